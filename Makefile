@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_DIR := .cache/node
+NODE_STAMP := $(NODE_DIR)/.installed
+
+.PHONY: demo test lint typecheck unit bench bench-quick clean node
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project metadata changes (editable install: code changes need none).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Stock Yjs clients for the interop tests, pinned by the lockfile, in a git-ignored folder.
+$(NODE_STAMP): interop/package.json interop/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp interop/package.json interop/package-lock.json $(NODE_DIR)/
+	cd $(NODE_DIR) && npm ci --silent --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+node: $(NODE_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/accord demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check accord engine relay terminal tests benchmarks
+	$(BIN)/mypy engine
+
+test: $(STAMP) $(NODE_STAMP) lint
+	ACCORD_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/engine_bench.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/engine_bench.py --n 2000
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Every error accord raises, under one root.
+
+::
+
+    AccordError
+    ├── ValidationError            caller gave input the model cannot accept
+    │   ├── InvalidCalendarName
+    │   └── InvalidReservation
+    ├── InvalidTransition          a status change the lifecycle does not allow
+    ├── NotFound
+    │   └── ReservationNotFound
+    ├── ProtocolError              something wrong on the wire
+    │   ├── RemoteProtocolError    the peer sent bytes we cannot accept (close the connection)
+    │   │   ├── MalformedMessage
+    │   │   └── MessageTooLarge
+    │   └── LocalProtocolError     this side misused the state machine (a bug in the caller)
+    └── StorageError
+        ├── CorruptRecord          a stored row cannot be decoded; names calendar and row
+        └── StoreUnavailable       the database file cannot be opened or is not an accord store
+
+Remote errors carry the websocket close code that ends the connection, so the I/O layer
+never has to guess: ``await ws.close(exc.close_code, exc.reason)``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """Every way an accord connection ends, as a websocket close code."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    NOT_FOUND = 4404
+
+
+class AccordError(Exception):
+    """Root of every error accord raises on purpose."""
+
+
+class ValidationError(AccordError):
+    """Input the model cannot accept; the message says which field and what is allowed."""
+
+
+class InvalidCalendarName(ValidationError):
+    """A calendar name outside 1-128 characters of ``A-Za-z0-9._-/``."""
+
+
+class InvalidReservation(ValidationError):
+    """A reservation field is missing, too long, or inconsistent (e.g. end before start)."""
+
+
+class InvalidTransition(AccordError):
+    """A lifecycle move the status table does not allow (e.g. check in a cancelled reservation)."""
+
+
+class NotFound(AccordError):
+    """The named object does not exist on this replica (yet)."""
+
+
+class ReservationNotFound(NotFound):
+    """No reservation with this id on this replica; it may not have synced here yet."""
+
+
+class ProtocolError(AccordError):
+    """Something is wrong with a message on the wire."""
+
+    close_code: CloseCode = CloseCode.PROTOCOL_ERROR
+
+    @property
+    def reason(self) -> str:
+        """A close reason that fits the 123-byte limit of a websocket close frame."""
+        return str(self).encode()[:120].decode(errors="ignore")
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something we cannot accept; close that connection, keep serving others."""
+
+
+class MalformedMessage(RemoteProtocolError):
+    """Truncated, garbage or unknown message."""
+
+    close_code = CloseCode.INVALID_DATA
+
+
+class MessageTooLarge(RemoteProtocolError):
+    """A message over the configured size limit."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+
+
+class LocalProtocolError(ProtocolError):
+    """This side used the state machine wrongly: a bug in the caller, not in the peer."""
+
+
+class StorageError(AccordError):
+    """The store cannot do what was asked."""
+
+
+class CorruptRecord(StorageError):
+    """A stored row cannot be decoded. Nothing is deleted; the operator decides (``accord store check``)."""
+
+    def __init__(self, calendar: str, row: int, detail: str) -> None:
+        super().__init__(
+            f"calendar {calendar!r}: stored update row {row} is corrupt ({detail}); "
+            f"other calendars are unaffected; inspect with `accord store check`"
+        )
+        self.calendar = calendar
+        self.row = row
+
+
+class StoreUnavailable(StorageError):
+    """The database cannot be opened, is not an accord store, or is newer than this version."""

@@ -1,0 +1,347 @@
+"""The wire format: y-websocket messages, accord's multiplexed framing, and state vectors.
+
+**y-websocket** (one calendar per connection, the calendar is the URL path)::
+
+    message      = varuint type, body
+    type 0 SYNC  = varuint subtype (0 step 1 | 1 step 2 | 2 update), varbytes payload
+    type 1 AWARENESS = varbytes awareness update
+    type 2 AUTH  = varuint 0 (permission denied), varstring reason
+    type 3 QUERY_AWARENESS = (empty)
+
+**accord multiplexed framing** (terminals and peer relays; many calendars on one
+connection), in the style of Hocuspocus: every message is prefixed with the calendar name::
+
+    frame        = varstring calendar, message
+
+with three accord message types besides the y-websocket ones:
+
+- ``100 ACK``: varbytes state vector. "Everything covered by this state vector is durably
+  stored on my side." A receiver sends it after its store committed the updates it got.
+  The sender compares it with its own state vector to know what is saved on the other side.
+- ``101 CALENDARS``: varuint count, then that many varstring names (frame calendar is empty).
+  Peers announce which calendars they hold so that the other side can open them.
+- ``102 REFUSED``: varuint close code, varstring reason: one calendar of a multiplexed
+  connection was refused (e.g. outside the token's globs); the connection stays open.
+
+Every decoder here raises :class:`MalformedMessage` for truncated or garbage input and
+:class:`MessageTooLarge` for input over the limit; nothing is half-decoded.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import InvalidCalendarName, MalformedMessage, MessageTooLarge
+from .model import CalendarId, check_calendar_name
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+EMPTY_UPDATE = b"\x00\x00"
+EMPTY_STATE_VECTOR = b"\x00"
+
+
+class MessageType(enum.IntEnum):
+    """Top-level message types (y-websocket's, then accord's own from 100)."""
+
+    SYNC = 0
+    AWARENESS = 1
+    AUTH = 2
+    QUERY_AWARENESS = 3
+    ACK = 100
+    CALENDARS = 101
+    REFUSED = 102
+
+
+class SyncType(enum.IntEnum):
+    """Sub-types of a SYNC message."""
+
+    STEP1 = 0
+    STEP2 = 1
+    UPDATE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep1:
+    """"Here is my state vector; send me what I miss.\""""
+
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep2:
+    """The reply to a step 1: everything the asker missed, as one update."""
+
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncUpdate:
+    """An incremental update, sent as it happens."""
+
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Awareness:
+    """An awareness (presence) update; relayed, never stored."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwareness:
+    """A request for the current awareness states."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDenied:
+    """y-websocket's permission-denied message."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Durable acknowledgement: the sender has stored everything this state vector covers."""
+
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Calendars:
+    """The calendars a peer holds (and may share)."""
+
+    names: tuple[CalendarId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """One calendar of a multiplexed connection was refused."""
+
+    code: int
+    reason: str
+
+
+Message = SyncStep1 | SyncStep2 | SyncUpdate | Awareness | QueryAwareness | AuthDenied | Ack | Calendars | Refused
+
+
+# ---- primitives ------------------------------------------------------------------------------
+
+
+def write_var_uint(value: int) -> bytes:
+    """lib0 variable-length unsigned integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def write_var_bytes(data: bytes) -> bytes:
+    """lib0 length-prefixed bytes."""
+    return write_var_uint(len(data)) + data
+
+
+def write_var_string(text: str) -> bytes:
+    """lib0 length-prefixed UTF-8 string."""
+    return write_var_bytes(text.encode())
+
+
+class Reader:
+    """A cursor over one message; every read checks bounds and raises MalformedMessage."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def var_uint(self) -> int:
+        data, pos = self.data, self.pos
+        result = shift = 0
+        while True:
+            if pos >= len(data):
+                raise MalformedMessage("truncated message: a number runs past the end")
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                self.pos = pos
+                return result
+            shift += 7
+            if shift > 63:
+                raise MalformedMessage("malformed message: a number is longer than 64 bits")
+
+    def var_bytes(self) -> bytes:
+        length = self.var_uint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise MalformedMessage(f"truncated message: {length} bytes announced, {len(self.data) - self.pos} left")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def var_string(self) -> str:
+        try:
+            return self.var_bytes().decode()
+        except UnicodeDecodeError:
+            raise MalformedMessage("malformed message: a string is not valid UTF-8") from None
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def rest(self) -> bytes:
+        chunk = self.data[self.pos :]
+        self.pos = len(self.data)
+        return chunk
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """One message in y-websocket framing (no calendar prefix)."""
+    match message:
+        case SyncStep1(state_vector):
+            return b"\x00\x00" + write_var_bytes(state_vector)
+        case SyncStep2(update):
+            return b"\x00\x01" + write_var_bytes(update)
+        case SyncUpdate(update):
+            return b"\x00\x02" + write_var_bytes(update)
+        case Awareness(payload):
+            return b"\x01" + write_var_bytes(payload)
+        case QueryAwareness():
+            return b"\x03"
+        case AuthDenied(reason):
+            return b"\x02\x00" + write_var_string(reason)
+        case Ack(state_vector):
+            return write_var_uint(MessageType.ACK) + write_var_bytes(state_vector)
+        case Calendars(names):
+            return write_var_uint(MessageType.CALENDARS) + write_var_uint(len(names)) + b"".join(
+                write_var_string(n) for n in names
+            )
+        case Refused(code, reason):
+            return write_var_uint(MessageType.REFUSED) + write_var_uint(code) + write_var_string(reason)
+    raise TypeError(f"not a message: {message!r}")
+
+
+def encode_framed(calendar: str, message: Message) -> bytes:
+    """One message in accord's multiplexed framing."""
+    return write_var_string(calendar) + encode(message)
+
+
+def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Parse one y-websocket message.
+
+    Raises:
+        MessageTooLarge: ``data`` is longer than ``max_bytes``.
+        MalformedMessage: truncated, trailing garbage, or an unknown type.
+    """
+    check_size(data, max_bytes)
+    reader = Reader(data)
+    message = _decode_body(reader)
+    return message
+
+
+def decode_framed(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[str, Message]:
+    """Parse one multiplexed frame into ``(calendar, message)``; the calendar may be ``""``
+    only for connection-level messages (CALENDARS)."""
+    check_size(data, max_bytes)
+    reader = Reader(data)
+    calendar = reader.var_string()
+    message = _decode_body(reader)
+    if calendar:
+        try:
+            check_calendar_name(calendar)
+        except InvalidCalendarName as exc:
+            raise MalformedMessage(str(exc)) from None
+    elif not isinstance(message, Calendars):
+        raise MalformedMessage("malformed frame: no calendar name")
+    return calendar, message
+
+
+def check_size(data: bytes, max_bytes: int) -> None:
+    """Raise MessageTooLarge if ``data`` exceeds ``max_bytes``."""
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+
+
+def _decode_body(reader: Reader) -> Message:
+    kind = reader.var_uint()
+    message: Message
+    if kind == MessageType.SYNC:
+        sub = reader.var_uint()
+        payload = reader.var_bytes()
+        if sub == SyncType.STEP1:
+            message = SyncStep1(payload)
+        elif sub == SyncType.STEP2:
+            message = SyncStep2(payload)
+        elif sub == SyncType.UPDATE:
+            message = SyncUpdate(payload)
+        else:
+            raise MalformedMessage(f"unknown sync message type {sub}")
+    elif kind == MessageType.AWARENESS:
+        message = Awareness(reader.var_bytes())
+    elif kind == MessageType.QUERY_AWARENESS:
+        message = QueryAwareness()
+    elif kind == MessageType.AUTH:
+        reader.var_uint()
+        message = AuthDenied(reader.var_string())
+    elif kind == MessageType.ACK:
+        message = Ack(reader.var_bytes())
+        decode_state_vector(message.state_vector)
+    elif kind == MessageType.CALENDARS:
+        count = reader.var_uint()
+        if count > 100_000:
+            raise MalformedMessage(f"calendar list of {count} entries is too long")
+        names = []
+        for _ in range(count):
+            name = reader.var_string()
+            try:
+                names.append(check_calendar_name(name))
+            except InvalidCalendarName as exc:
+                raise MalformedMessage(str(exc)) from None
+        message = Calendars(tuple(names))
+    elif kind == MessageType.REFUSED:
+        message = Refused(reader.var_uint(), reader.var_string())
+    else:
+        raise MalformedMessage(f"unknown message type {kind}")
+    if not reader.at_end():
+        raise MalformedMessage(f"malformed message: {len(reader.data) - reader.pos} trailing bytes")
+    return message
+
+
+# ---- state vectors ----------------------------------------------------------------------------
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """A Yjs state vector (varuint count, then client/clock pairs) as ``{client: clock}``."""
+    reader = Reader(data)
+    count = reader.var_uint()
+    if count > len(data):
+        raise MalformedMessage("malformed state vector: more entries than bytes")
+    out: dict[int, int] = {}
+    for _ in range(count):
+        client = reader.var_uint()
+        out[client] = reader.var_uint()
+    if not reader.at_end():
+        raise MalformedMessage("malformed state vector: trailing bytes")
+    return out
+
+
+def encode_state_vector(clocks: dict[int, int]) -> bytes:
+    """Inverse of :func:`decode_state_vector`."""
+    return write_var_uint(len(clocks)) + b"".join(
+        write_var_uint(client) + write_var_uint(clock) for client, clock in sorted(clocks.items())
+    )
+
+
+def covers(have: dict[int, int], want: dict[int, int]) -> bool:
+    """True if state ``have`` includes everything in state ``want``."""
+    return all(have.get(client, 0) >= clock for client, clock in want.items())
+
+
+def missing_count(have: dict[int, int], want: dict[int, int]) -> int:
+    """How many operations (clock ticks) ``want`` has that ``have`` lacks."""
+    return sum(max(0, clock - have.get(client, 0)) for client, clock in want.items())

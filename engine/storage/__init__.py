@@ -1,0 +1,94 @@
+"""Storage: an append-only log of updates per calendar, behind a small Protocol.
+
+Adapters (:class:`SqliteStorage`, :class:`MemoryStorage`) are dumb: append, load, replace a
+prefix with a snapshot, key/value metadata. Policy lives here once: when to compact
+(:class:`CompactionPolicy`) and how (:func:`merge_log`, chunked because ``merge_updates`` of
+many inputs in one call is super-linear).
+
+These are the only engine modules that await; model and sync code never import them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pycrdt
+
+from ..model import CalendarId
+from .memory import MemoryStorage
+from .sqlite import SqliteStorage
+
+MERGE_CHUNK = 500
+
+
+class Storage(Protocol):
+    """What relays and terminals need from a store.
+
+    ``append`` returns only once the update is durable: a crash right after it returns loses
+    nothing. Concurrent appends may share one commit (group commit).
+    """
+
+    async def append(self, calendar: CalendarId, update: bytes) -> int:
+        """Durably append one update; return its sequence number (increasing per store)."""
+        ...
+
+    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
+        """Durably append several updates in one commit; return their sequence numbers."""
+        ...
+
+    async def load(self, calendar: CalendarId) -> list[bytes]:
+        """Every stored update of ``calendar``, oldest first. Raises CorruptRecord."""
+        ...
+
+    async def log_length(self, calendar: CalendarId) -> tuple[int, int]:
+        """``(row count, highest seq)`` of the calendar's log (``(0, 0)`` if empty)."""
+        ...
+
+    async def compact(self, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
+        """Atomically replace rows with ``seq <= upto_seq`` by ``snapshot``, which must
+        include everything they held."""
+        ...
+
+    async def calendars(self) -> list[CalendarId]:
+        """Names of all calendars with at least one stored update."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """A small metadata value (e.g. a terminal's acknowledged state), or None."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Durably store a small metadata value."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending appends and close."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """Compact a calendar's log once it holds more than ``max_rows`` updates."""
+
+    max_rows: int = 1000
+
+    def should_compact(self, rows: int) -> bool:
+        """True if a log of ``rows`` updates is due for compaction."""
+        return rows > self.max_rows
+
+
+def merge_log(updates: list[bytes]) -> bytes:
+    """Merge updates into one, in chunks (``merge_updates`` is super-linear in its input count)."""
+    if not updates:
+        return b"\x00\x00"
+    while len(updates) > 1:
+        updates = [
+            pycrdt.merge_updates(*updates[i : i + MERGE_CHUNK]) if len(updates[i : i + MERGE_CHUNK]) > 1 else updates[i]
+            for i in range(0, len(updates), MERGE_CHUNK)
+        ]
+    return updates[0]
+
+
+
+__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "merge_log"]
