@@ -64,6 +64,7 @@ class SqliteStorage:
         self._wake = asyncio.Event()
         self._closing = False
         self.stats = StoreStats()
+        self._tx_lock = asyncio.Lock()  # one aiosqlite connection: transactions must not interleave
         self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{path.name}")
         self.on_commit: list[object] = []
 
@@ -132,11 +133,16 @@ class SqliteStorage:
             ]
             started = loop.time()
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                await self._conn.executemany("INSERT INTO updates (calendar, data, crc) VALUES (?, ?, ?)", rows)
-                cursor = await self._conn.execute("SELECT last_insert_rowid()")
-                last = (await cursor.fetchone() or (0,))[0]
-                await self._conn.execute("COMMIT")
+                async with self._tx_lock:
+                    await self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        await self._conn.executemany("INSERT INTO updates (calendar, data, crc) VALUES (?, ?, ?)", rows)
+                        cursor = await self._conn.execute("SELECT last_insert_rowid()")
+                        last = (await cursor.fetchone() or (0,))[0]
+                        await self._conn.execute("COMMIT")
+                    except BaseException:
+                        await self._conn.execute("ROLLBACK")
+                        raise
             except Exception as exc:  # a failed commit fails every append in it, loudly
                 try:
                     await self._conn.execute("ROLLBACK")
@@ -185,6 +191,10 @@ class SqliteStorage:
 
     async def compact(self, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
         """Replace rows ``<= upto_seq`` by one snapshot row, in one transaction."""
+        async with self._tx_lock:
+            await self._compact_locked(calendar, upto_seq, snapshot)
+
+    async def _compact_locked(self, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
             await self._conn.execute("DELETE FROM updates WHERE calendar = ? AND seq <= ?", (calendar, upto_seq))
@@ -217,7 +227,8 @@ class SqliteStorage:
         return None if row is None else str(row[0])
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        async with self._tx_lock:
+            await self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""
