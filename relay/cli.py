@@ -1,0 +1,102 @@
+"""``accord relay``: run a relay until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from accord import logs
+from accord.engine.errors import AccordError
+
+from .config import RelayConfig
+from .server import Relay
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  # a pair of relays on one machine, relay-a home to every clinic-* calendar
+  accord relay --id relay-a --port 8765 --db relay-a.sqlite --home 'clinic-*'
+  accord relay --id relay-b --port 8766 --db relay-b.sqlite --peer ws://127.0.0.1:8765
+
+  # with tokens (one per line: TOKEN ROLE GLOB...), reachable from the network
+  accord relay --id front-desk --host 0.0.0.0 --tokens tokens.txt --peer wss://partner:8765 --peer-token S
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accord relay",
+        description="Run a relay: the websocket server of one channel. It stores every update in SQLite before "
+        "forwarding or acknowledging it, serves stock Yjs clients at ws://HOST:PORT/<calendar> and terminals and "
+        "peer relays at ws://HOST:PORT/.accord/v1, peers with other relays, and decides bookings for the "
+        "calendars it is home to. Also serves GET /healthz and GET /metrics.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--id", required=True, dest="relay_id", help="this relay's name (logs, peering, decisions)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one and logs it)")
+    parser.add_argument("--db", default="accord-relay.sqlite",
+                        help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk)")
+    parser.add_argument("--peer", action="append", default=[], metavar="URL",
+                        help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable)")
+    parser.add_argument("--peer-token", default=None, help="token presented on outbound peer links")
+    parser.add_argument("--peer-calendars", action="append", default=None, metavar="GLOB",
+                        help="share only calendars matching GLOB with peers (repeatable; default all)")
+    parser.add_argument("--home", action="append", default=[], metavar="GLOB",
+                        help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar")
+    parser.add_argument("--hold-ttl", type=float, default=None, metavar="SECONDS",
+                        help="as home, reject pending bookings that arrive more than SECONDS after they were made")
+    parser.add_argument("--tokens", type=Path, default=None, metavar="FILE",
+                        help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, peer, read-only")
+    parser.add_argument("--insecure-open", action="store_true",
+                        help="allow listening on a non-loopback address without --tokens")
+    parser.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024, help="largest accepted message")
+    parser.add_argument("--max-connections", type=int, default=1000, help="connections beyond this are refused")
+    parser.add_argument("--idle-unload", type=float, default=300.0, metavar="SECONDS",
+                        help="unload calendars nobody used for this long (default 300)")
+    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    if not 0 <= args.port <= 65535:
+        print(f"accord relay: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
+        return 2
+    config = RelayConfig(
+        relay_id=args.relay_id, host=args.host, port=args.port, db_path=args.db, peers=args.peer,
+        peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
+        tokens_path=args.tokens, insecure_open=args.insecure_open, hold_ttl_s=args.hold_ttl,
+        max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
+        idle_unload_s=args.idle_unload,
+    )
+    try:
+        return asyncio.run(serve_until_signalled(config, args.port_file))
+    except AccordError as exc:
+        print(f"accord relay: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"accord relay: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Relay(config) as relay:
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(str(relay.port))
+            tmp.replace(port_file)
+        await stop.wait()
+        log.info("shutting down", extra={"relay": config.relay_id})
+    return 0

@@ -1,0 +1,48 @@
+"""Relay settings, with the defaults a small clinic deployment wants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+MEMORY_DB = ":memory:"
+
+
+@dataclass(slots=True)
+class RelayConfig:
+    """Everything ``accord relay`` can be told.
+
+    Args:
+        relay_id: this relay's name, used in logs, metrics, peering and decisions.
+        host, port: where to listen (``port=0`` picks a free port; read ``Relay.port``).
+        db_path: SQLite store; ``":memory:"`` keeps everything in memory (not durable).
+        peers: ``ws://`` URLs of relays to keep an outbound link to.
+        peer_token: token presented on outbound peer links.
+        peer_globs: calendars shared with peers (default: all).
+        home_globs: calendars this relay decides bookings for.
+        tokens_path: token file; without one the relay is open and only listens on loopback
+            unless ``insecure_open``.
+        hold_ttl_s: as home, reject pending bookings older than this when they arrive.
+    """
+
+    relay_id: str
+    host: str = "127.0.0.1"
+    port: int = 8765
+    db_path: Path | str = "accord-relay.sqlite"
+    peers: list[str] = field(default_factory=list)
+    peer_token: str | None = None
+    peer_globs: list[str] = field(default_factory=lambda: ["*"])
+    home_globs: list[str] = field(default_factory=list)
+    tokens_path: Path | None = None
+    insecure_open: bool = False
+    hold_ttl_s: float | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connections: int = 1000
+    outbox_messages: int = 4096
+    idle_unload_s: float = 300.0
+    compact_rows: int = 1000
+    handshake_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0

@@ -1,0 +1,84 @@
+"""Counters and histograms, rendered in the Prometheus text format at ``GET /metrics``.
+
+Metrics carry ids and counts only, never reservation contents.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+COMMIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """A cumulative histogram with fixed buckets."""
+
+    buckets: tuple[float, ...] = COMMIT_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS_S) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Everything the relay counts."""
+
+    updates_in: int = 0
+    updates_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    updates_dropped: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    commit_seconds: Histogram = field(default_factory=Histogram)
+    decisions: Counter[str] = field(default_factory=Counter)
+
+    def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str]) -> str:
+        """The Prometheus text exposition."""
+        lines = [
+            "# HELP accord_connections Open connections by role.",
+            "# TYPE accord_connections gauge",
+        ]
+        for role in ("terminal", "peer", "read-only", "yjs"):
+            lines.append(f'accord_connections{{role="{role}"}} {connections.get(role, 0)}')
+        lines += [
+            "# HELP accord_calendars_loaded Calendars held in memory.",
+            "# TYPE accord_calendars_loaded gauge",
+            f"accord_calendars_loaded {calendars_loaded}",
+            "# TYPE accord_updates_in_total counter",
+            f"accord_updates_in_total {self.updates_in}",
+            "# TYPE accord_updates_out_total counter",
+            f"accord_updates_out_total {self.updates_out}",
+            "# TYPE accord_bytes_in_total counter",
+            f"accord_bytes_in_total {self.bytes_in}",
+            "# TYPE accord_bytes_out_total counter",
+            f"accord_bytes_out_total {self.bytes_out}",
+            "# HELP accord_updates_dropped_total Updates refused, by reason.",
+            "# TYPE accord_updates_dropped_total counter",
+        ]
+        lines += [f'accord_updates_dropped_total{{reason="{k}"}} {v}' for k, v in sorted(self.updates_dropped.items())]
+        lines += ["# HELP accord_refused_connections_total Connections refused, by reason.",
+                  "# TYPE accord_refused_connections_total counter"]
+        lines += [f'accord_refused_connections_total{{reason="{k}"}} {v}' for k, v in sorted(self.refused.items())]
+        lines += ["# HELP accord_decisions_total Booking decisions written as home relay, by outcome.",
+                  "# TYPE accord_decisions_total counter"]
+        lines += [f'accord_decisions_total{{outcome="{k}"}} {v}' for k, v in sorted(self.decisions.items())]
+        lines += ["# HELP accord_peer_link_up Outbound peer links (1 up, 0 down).", "# TYPE accord_peer_link_up gauge"]
+        lines += [f'accord_peer_link_up{{peer="{url}"}} {1 if state == "up" else 0}' for url, state in sorted(peer_links.items())]
+        hist = self.commit_seconds
+        lines += ["# HELP accord_store_commit_seconds Store commit latency.", "# TYPE accord_store_commit_seconds histogram"]
+        cumulative = 0
+        for bound, count in zip(hist.buckets, hist.counts, strict=False):
+            cumulative += count
+            lines.append(f'accord_store_commit_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f'accord_store_commit_seconds_bucket{{le="+Inf"}} {hist.count}')
+        lines.append(f"accord_store_commit_seconds_sum {hist.total:.6f}")
+        lines.append(f"accord_store_commit_seconds_count {hist.count}")
+        return "\n".join(lines) + "\n"
