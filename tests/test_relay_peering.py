@@ -1,0 +1,111 @@
+"""Relays peered in pairs, chains and cycles converge, without echo storms."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from relays import Relay, relay_config
+from wire import NOW, WireClient
+
+CAL = "clinic-1"
+
+
+async def test_booking_on_one_relay_reaches_its_peer_and_back(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a")) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+        async with WireClient(a.url, actor="t1") as t1, WireClient(b.url, actor="t2") as t2:
+            await t1.open(CAL)
+            await t2.open(CAL)
+            rid = await t1.book(CAL)
+            await t1.wait_acked(CAL)
+            await t2.wait_for(lambda: rid in t2.replica(CAL).calendar.reservations)
+            t2.replica(CAL).calendar.edit(rid, note="moved by channel 2", now=t2.replica(CAL).calendar.get(rid).created_at)
+            await t2.push(CAL)
+            await t1.wait_for(lambda: t1.replica(CAL).calendar.get(rid).note == "moved by channel 2")
+
+
+async def _chain(tmp_path: Path, cycle: bool) -> None:
+    a = await Relay(relay_config(tmp_path, "a")).__aenter__()
+    b = await Relay(relay_config(tmp_path, "b", peers=[a.url])).__aenter__()
+    c = await Relay(relay_config(tmp_path, "c", peers=[b.url])).__aenter__()
+    relays = [c, b, a]
+    if cycle:
+        from accord.relay.peering import PeerLink
+
+        link = PeerLink(a, c.url)  # close the ring: a -> c
+        link.start()
+        a.peer_links.append(link)
+    try:
+        async with WireClient(a.url, actor="ta") as ta, WireClient(c.url, actor="tc") as tc:
+            await ta.open(CAL)
+            await tc.open(CAL)
+            await ta.wait_synced(CAL)
+            await tc.wait_synced(CAL)
+            ids = [await ta.book(CAL, hour=8 + i % 10, minute=0) for i in range(20)]
+            ids += [await tc.book(CAL, resource="room-2", hour=8 + i % 10) for i in range(20)]
+            await ta.wait_for(lambda: all(i in ta.replica(CAL).calendar.reservations for i in ids))
+            await tc.wait_for(lambda: all(i in tc.replica(CAL).calendar.reservations for i in ids))
+            assert ta.replica(CAL).calendar.to_py() == tc.replica(CAL).calendar.to_py()
+            for relay in relays:
+                await relay.pipeline.drain()  # type: ignore[union-attr]
+            states = [r.calendars.loaded[CAL].replica.calendar.to_py() for r in relays]  # type: ignore[union-attr]
+            assert states[0] == states[1] == states[2]
+            # No storm: every peer connection carried at most one message per update plus the handshakes.
+            for relay in relays:
+                for connection in relay.connections:
+                    if connection.is_peer:
+                        assert connection.sync.messages_in <= len(ids) + 10, (relay.config.relay_id, connection.label)
+    finally:
+        for relay in relays:
+            await relay.__aexit__(None, None, None)
+
+
+async def test_chain_of_three_relays_converges_without_echo_storm(tmp_path: Path) -> None:
+    await _chain(tmp_path, cycle=False)
+
+
+async def test_cycle_of_three_relays_converges_without_echo_storm(tmp_path: Path) -> None:
+    await _chain(tmp_path, cycle=True)
+
+
+async def test_relay_started_later_catches_up_with_only_the_missing_updates(tmp_path: Path) -> None:
+    """Partition and heal: b is stopped while 1% of a's reservations change, then restarted."""
+    async with Relay(relay_config(tmp_path, "a")) as a:
+        b = await Relay(relay_config(tmp_path, "b", peers=[a.url])).__aenter__()
+        async with WireClient(a.url, actor="ta") as ta:
+            replica = await ta.open(CAL)
+            await ta.wait_synced(CAL)
+            ids = [replica.calendar.book(resource=f"room-{i % 50}", start=f"2026-12-01T{8 + i % 10:02d}:00Z",
+                                         end=f"2026-12-01T{8 + i % 10:02d}:30Z", patient=f"P-{i}",
+                                         service="general practice", note="first visit, bring referral letter",
+                                         now=NOW).id for i in range(1000)]
+            await ta.push(CAL)
+            await ta.wait_acked(CAL)
+            full_state = len(replica.full_state())
+
+            async def b_has_all() -> None:
+                async with asyncio.timeout(20):
+                    while True:
+                        handle = b.calendars.loaded.get(CAL)  # type: ignore[union-attr]
+                        if handle and len(handle.replica.calendar.reservations) == len(ids):
+                            return
+                        await asyncio.sleep(0.02)
+
+            await b_has_all()
+            await b.__aexit__(None, None, None)  # partition: b goes away
+            for rid in ids[:10]:  # 1% of reservations change while b is down
+                replica.calendar.edit(rid, note="changed during partition", now=NOW)
+            await ta.push(CAL)
+            await ta.wait_acked(CAL)
+            b = await Relay(relay_config(tmp_path, "b", peers=[a.url])).__aenter__()
+            try:
+                async with asyncio.timeout(20):
+                    while True:
+                        handle = b.calendars.loaded.get(CAL)  # type: ignore[union-attr]
+                        if handle and handle.replica.calendar.get(ids[9]).note == "changed during partition":
+                            break
+                        await asyncio.sleep(0.02)
+                link_bytes = sum(c.sync.bytes_in for c in b.connections if c.is_peer)
+                assert link_bytes < 0.05 * full_state, (link_bytes, full_state)
+            finally:
+                await b.__aexit__(None, None, None)

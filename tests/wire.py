@@ -1,0 +1,131 @@
+"""A minimal protocol client for relay tests: a Replica pumped over a real websocket.
+
+It speaks the same protocol as a terminal (or, with ``calendar=``, as a stock y-websocket
+client) but has no store and no reconnect, so relay tests stay independent of terminal/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from accord.engine.protocol import covers
+from accord.engine.replica import Replica
+from accord.engine.sync import Acknowledged, PeerSync, SyncRequested, UpdateReceived
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class WireClient:
+    """One connection, one or more calendars, one Replica per calendar."""
+
+    def __init__(self, url: str, *, token: str | None = None, calendar: str | None = None, actor: str = "test",
+                 role: str = "terminal") -> None:
+        self.url = url
+        self.token = token
+        self.single = calendar
+        self.actor = actor
+        self.role = role
+        self.sync = PeerSync(calendar)
+        self.replicas: dict[str, Replica] = {}
+        self.acked: dict[str, dict[int, int]] = {}
+        self.ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.received_messages = 0
+
+    async def __aenter__(self) -> WireClient:
+        headers = {"X-Accord-Role": self.role}
+        target = self.url + (f"/{self.single}" if self.single else "/.accord/v1")
+        if self.token:
+            if self.single:
+                target += f"?token={self.token}"
+            else:
+                headers["Authorization"] = f"Bearer {self.token}"
+        self.ws = await connect(target, additional_headers=headers, max_size=None, compression=None)
+        self._reader = asyncio.create_task(self._read())
+        if self.single:
+            await self.open(self.single)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.ws is not None
+        await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    def replica(self, calendar: str) -> Replica:
+        if calendar not in self.replicas:
+            self.replicas[calendar] = Replica(calendar, actor=self.actor)
+        return self.replicas[calendar]
+
+    async def open(self, calendar: str) -> Replica:
+        replica = self.replica(calendar)
+        assert self.ws is not None
+        await self.ws.send(self.sync.step1(calendar, replica.state_vector()))
+        return replica
+
+    async def push(self, calendar: str) -> int:
+        """Send local changes; return the number of bytes sent."""
+        assert self.ws is not None
+        sent = 0
+        for change in self.replica(calendar).take_changes():
+            data = self.sync.update(calendar, change.update)
+            sent += len(data)
+            await self.ws.send(data)
+        return sent
+
+    async def book(self, calendar: str, resource: str = "room-1", hour: int = 9, minute: int = 0, **kw: Any) -> str:
+        replica = self.replica(calendar)
+        start = NOW.replace(hour=hour, minute=minute)
+        reservation = replica.calendar.book(resource=resource, start=start, end=start + timedelta(minutes=15),
+                                            patient=kw.pop("patient", "P-1"), now=NOW, **kw)
+        await self.push(calendar)
+        return reservation.id
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.changed.clear()
+                if condition():
+                    return
+                await self.changed.wait()
+
+    async def wait_synced(self, calendar: str, timeout: float = 10.0) -> None:
+        await self.wait_for(lambda: self.sync.is_synced(calendar), timeout)
+
+    async def wait_acked(self, calendar: str, timeout: float = 10.0) -> None:
+        replica = self.replica(calendar)
+        await self.wait_for(lambda: covers(self.acked.get(calendar, {}), replica.clocks()), timeout)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                assert isinstance(message, bytes)
+                self.received_messages += 1
+                for event in self.sync.receive(message):
+                    if isinstance(event, SyncRequested):
+                        replica = self.replica(event.calendar)
+                        await self.ws.send(self.sync.step2(event.calendar, replica.diff(event.state_vector)))
+                    elif isinstance(event, UpdateReceived):
+                        self.replica(event.calendar).apply(event.update, origin="relay")
+                    elif isinstance(event, Acknowledged):
+                        self.acked[event.calendar] = event.clocks
+                self.changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            self.changed.set()
+
+    @property
+    def close_code(self) -> int | None:
+        return None if self.ws is None else self.ws.close_code
