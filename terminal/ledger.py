@@ -1,0 +1,193 @@
+"""The ledger: what this terminal wrote and what the relay acknowledged, per calendar.
+
+Every local write is one Yjs transaction by this process's client id; it is identified by
+``(client, clock)`` where ``clock`` is that client's clock right after the write (the Yjs
+state-vector convention). The relay's ACK carries its state vector after a durable commit:
+a local change is *stored on the relay* once ``acked[client] >= clock``.
+
+The ledger of a calendar lives in one store-meta key (``terminal/ledger/<calendar>``) so the
+pending count survives restarts. It is a small state-based CRDT so that two processes on the
+same store file (say ``accord terminal watch`` and ``accord terminal book``) do not undo each
+other's bookkeeping: saving re-reads the stored record and merges it (acknowledged clocks by
+maximum, clients and pending changes by union), then drops what the merged ACK covers.
+
+Crash safety: the writing client id is recorded *before* the first update of a process is
+appended, so even a crash between the append and the pending-entry save leaves the
+terminal knowing that its own client has something the relay may lack
+(:meth:`CalendarLedger.covers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from accord.engine.errors import StorageError
+from accord.engine.model import CalendarId
+from accord.engine.storage import Storage
+
+KEY_PREFIX = "terminal/ledger/"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalChange:
+    """One local write: the client that made it, its clock right after, and the reservations it touched."""
+
+    client: int
+    clock: int
+    reservation_ids: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class CalendarLedger:
+    """Bookkeeping for one calendar (see the module docstring)."""
+
+    acked: dict[int, int] = field(default_factory=dict)
+    clients: set[int] = field(default_factory=set)
+    pending: dict[tuple[int, int], tuple[str, ...]] = field(default_factory=dict)
+    last_ack_at: str = ""
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def is_acked(self, client: int, clock: int) -> bool:
+        """True if the relay acknowledged ``client``'s writes up to ``clock``."""
+        return self.acked.get(client, 0) >= clock
+
+    def covers(self, local_clocks: Mapping[int, int]) -> bool:
+        """True if every write of this terminal's clients in ``local_clocks`` is acknowledged."""
+        return not self.pending and all(self.is_acked(c, local_clocks.get(c, 0)) for c in self.clients)
+
+    def pending_count(self, local_clocks: Mapping[int, int]) -> int:
+        """Local changes not yet acknowledged (at least 1 if any own write is uncovered)."""
+        if self.pending:
+            return len(self.pending)
+        return 0 if self.covers(local_clocks) else 1
+
+    def pending_ids(self) -> set[str]:
+        """Reservations touched by a not yet acknowledged local change."""
+        return {rid for ids in self.pending.values() for rid in ids}
+
+    # ---- updates ---------------------------------------------------------------------------
+
+    def merge(self, other: CalendarLedger) -> None:
+        """Fold ``other`` in: clocks by maximum, clients and pending entries by union."""
+        for client, clock in other.acked.items():
+            if clock > self.acked.get(client, 0):
+                self.acked[client] = clock
+        self.clients |= other.clients
+        for key, ids in other.pending.items():
+            self.pending.setdefault(key, ids)
+        self.last_ack_at = max(self.last_ack_at, other.last_ack_at)
+
+    def prune(self, keep_client: int | None) -> None:
+        """Drop acknowledged pending entries and finished clients of earlier processes."""
+        self.pending = {key: ids for key, ids in self.pending.items() if not self.is_acked(*key)}
+        busy = {client for client, _ in self.pending}
+        self.clients = {c for c in self.clients if c == keep_client or c in busy or c not in self.acked}
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "acked": sorted(self.acked.items()),
+                "clients": sorted(self.clients),
+                "pending": [[c, k, list(ids)] for (c, k), ids in sorted(self.pending.items())],
+                "last_ack_at": self.last_ack_at,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CalendarLedger:
+        """Parse a stored record; raise ValueError/TypeError/KeyError if it is malformed."""
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            acked={int(c): int(k) for c, k in data["acked"]},
+            clients={int(c) for c in data["clients"]},
+            pending={(int(c), int(k)): tuple(str(i) for i in ids) for c, k, ids in data["pending"]},
+            last_ack_at=str(data.get("last_ack_at", "")),
+        )
+
+
+class Ledger:
+    """The ledgers of all open calendars, persisted in ``store`` meta.
+
+    Args:
+        store: the terminal's store.
+
+    A process's own writing client (see :meth:`note_client`) is never pruned while it lives.
+    """
+
+    def __init__(self, store: Storage) -> None:
+        self.store = store
+        self._ledgers: dict[CalendarId, CalendarLedger] = {}
+        self._own: dict[CalendarId, int] = {}
+        self._locks: dict[CalendarId, asyncio.Lock] = {}
+
+    async def load(self, calendar: CalendarId) -> CalendarLedger:
+        """Read the calendar's ledger from the store (empty if there is none yet).
+
+        Raises:
+            StorageError: the stored record is unreadable (reported, never replaced).
+        """
+        ledger = await self._read(calendar)
+        self._ledgers[calendar] = ledger
+        self._locks.setdefault(calendar, asyncio.Lock())
+        return ledger
+
+    def get(self, calendar: CalendarId) -> CalendarLedger:
+        """The in-memory ledger of an open calendar."""
+        return self._ledgers[calendar]
+
+    async def note_client(self, calendar: CalendarId, client: int) -> None:
+        """Record ``client`` as a writer of this terminal before its first update is stored."""
+        self._own[calendar] = client
+        ledger = self._ledgers[calendar]
+        if client not in ledger.clients:
+            ledger.clients.add(client)
+            await self.save(calendar)
+
+    async def record(self, calendar: CalendarId, changes: Iterable[LocalChange]) -> None:
+        """Add stored local changes as pending and persist the ledger."""
+        ledger = self._ledgers[calendar]
+        for change in changes:
+            ledger.clients.add(change.client)
+            if not ledger.is_acked(change.client, change.clock):
+                ledger.pending[(change.client, change.clock)] = change.reservation_ids
+        await self.save(calendar)
+
+    async def acknowledge(self, calendar: CalendarId, clocks: Mapping[int, int], at: str) -> set[str]:
+        """Merge an ACK; persist; return the reservation ids whose changes it newly covers."""
+        ledger = self._ledgers[calendar]
+        before = dict(ledger.pending)
+        for client, clock in clocks.items():
+            if clock > ledger.acked.get(client, 0):
+                ledger.acked[client] = clock
+        ledger.last_ack_at = max(ledger.last_ack_at, at)
+        ledger.prune(self._own.get(calendar))
+        await self.save(calendar)
+        return {rid for key, ids in before.items() if key not in ledger.pending for rid in ids}
+
+    async def save(self, calendar: CalendarId) -> None:
+        """Merge with the stored record (another process may share the store), prune, write."""
+        async with self._locks[calendar]:
+            ledger = self._ledgers[calendar]
+            ledger.merge(await self._read(calendar))
+            ledger.prune(self._own.get(calendar))
+            await self.store.set_meta(KEY_PREFIX + calendar, ledger.to_json())
+
+    async def _read(self, calendar: CalendarId) -> CalendarLedger:
+        text = await self.store.get_meta(KEY_PREFIX + calendar)
+        if text is None:
+            return CalendarLedger()
+        try:
+            return CalendarLedger.from_json(text)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StorageError(
+                f"the terminal's sync record for calendar {calendar!r} is unreadable ({exc}); "
+                "the reservations are intact: inspect the store with `accord store check`"
+            ) from None
