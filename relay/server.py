@@ -47,6 +47,7 @@ from accord.engine.sync import (
     UpdateReceived,
 )
 
+from . import board
 from .auth import Grant, Role, TokenBook
 from .calendars import CalendarHandle, CalendarSet, CommitPipeline, matches
 from .config import MEMORY_DB, RelayConfig
@@ -173,6 +174,9 @@ class Relay:
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
         if request.headers.get("Upgrade", "").lower() != "websocket":
+            page = board.respond(self, connection, request, path)
+            if page is not None:
+                return page
             return self._respond(connection, http.HTTPStatus.NOT_FOUND, "not found: open a calendar over websocket\n")
         if len(self.connections) >= self.config.max_connections:
             self.metrics.refused["too_many_connections"] += 1
