@@ -1,0 +1,421 @@
+"""The home relay's decisions: no slot is ever booked beyond its capacity, on any replica."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import merge_updates
+
+from accord.engine.decisions import Decider, DecisionMade, RejectReason, needs_decision
+from accord.engine.errors import InvalidTransition
+from accord.engine.model import Decision, Slot, Status, parse_time
+from accord.engine.replica import Replica
+
+NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+DAY = "2026-12-01"
+
+
+def at(hhmm: str) -> str:
+    return f"{DAY}T{hhmm}:00Z"
+
+
+class Clinic:
+    """A home relay replica with its Decider, and terminal replicas that start from its state."""
+
+    def __init__(self, terminals: int = 2, *, hold_ttl: timedelta | None = None, capacity: dict[str, int] | None = None):
+        self.home = Replica("clinic-1", actor="relay-a", client_id=1)
+        for resource, cap in (capacity or {}).items():
+            self.home.calendar.put_resource(resource, capacity=cap)
+        self.decider = Decider(self.home.calendar, "relay-a", hold_ttl=hold_ttl)
+        self.terminals = [Replica("clinic-1", actor=f"desk-{i}", client_id=100 + i) for i in range(terminals)]
+        for terminal in self.terminals:
+            terminal.apply(self.home.full_state())
+            terminal.take_changes()
+        self.home.take_changes()
+
+    def book(self, terminal: int, resource: str, start: str, end: str, patient: str = "p") -> str:
+        return self.terminals[terminal].calendar.book(
+            resource=resource, start=at(start), end=at(end), patient=patient, now=NOW
+        ).id
+
+    def deliver(self, terminal: int) -> None:
+        """Send a terminal's pending changes to the home relay, in the order they were made."""
+        for change in self.terminals[terminal].take_changes():
+            self.home.apply(change.update, origin="terminal")
+
+    def decide(self) -> list[DecisionMade]:
+        return self.decider.decide_queued(NOW)
+
+    def exchange(self) -> None:
+        """Full anti-entropy between every pair of replicas."""
+        replicas = [self.home, *self.terminals]
+        for _ in range(2):
+            for source in replicas:
+                for target in replicas:
+                    if source is not target:
+                        target.apply(source.diff(target.state_vector()))
+
+    def status(self, rid: str, replica: Replica | None = None) -> Status:
+        return (replica or self.home).calendar.get(rid).status
+
+
+def assert_same_everywhere(clinic: Clinic) -> None:
+    expected = clinic.home.calendar.to_py()
+    for terminal in clinic.terminals:
+        assert terminal.calendar.to_py() == expected
+
+
+def overbooked(replica: Replica) -> list[str]:
+    """Resources where more booked reservations overlap at some instant than the capacity allows."""
+    calendar = replica.calendar
+    by_resource: dict[str, list[tuple[datetime, int]]] = {}
+    for item in calendar.list():
+        if item.status in (Status.CANCELLED, Status.ENTERED_IN_ERROR) or item.booked is None:
+            continue
+        events = by_resource.setdefault(item.booked.resource, [])
+        events += [(item.booked.start, 1), (item.booked.end, -1)]
+    bad = []
+    for resource, events in by_resource.items():
+        depth = 0
+        for _time, step in sorted(events):
+            depth += step
+            if depth > calendar.capacity(resource):
+                bad.append(resource)
+                break
+    return bad
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_same_slot_booked_offline_twice_is_booked_once_whatever_the_arrival_order(first: int) -> None:
+    clinic = Clinic()
+    ids = [clinic.book(0, "room-1", "09:00", "09:30"), clinic.book(1, "room-1", "09:00", "09:30")]
+    second = 1 - first
+    clinic.deliver(first)
+    clinic.deliver(second)
+    made = clinic.decide()
+
+    assert [(d.reservation_id, d.outcome) for d in made] == [(ids[first], Decision.BOOKED), (ids[second], Decision.REJECTED)]
+    assert clinic.status(ids[first]) is Status.BOOKED
+    loser = clinic.home.calendar.get(ids[second])
+    assert loser.status is Status.REJECTED
+    assert loser.conflict_with == ids[first]
+    assert loser.reason == RejectReason.CONFLICT
+    clinic.exchange()
+    assert_same_everywhere(clinic)
+    for terminal in clinic.terminals:
+        assert clinic.status(ids[first], terminal) is Status.BOOKED
+        assert clinic.status(ids[second], terminal) is Status.REJECTED
+
+
+def test_both_offline_bookings_in_one_update_are_decided_by_creation_order() -> None:
+    clinic = Clinic()
+    later = clinic.terminals[0].calendar.book(
+        resource="room-1", start=at("09:00"), end=at("09:30"), patient="p", now=NOW + timedelta(minutes=5)
+    ).id
+    earlier = clinic.book(1, "room-1", "09:00", "09:30")
+    merged = merge_updates(*(terminal.full_state() for terminal in clinic.terminals))
+    clinic.home.apply(merged)  # both arrive in one update (e.g. relayed by a peer)
+    made = clinic.decide()
+    assert [(d.reservation_id, d.outcome) for d in made] == [(earlier, Decision.BOOKED), (later, Decision.REJECTED)]
+
+
+def test_capacity_two_books_two_of_three_overlapping_requests() -> None:
+    clinic = Clinic(3, capacity={"room-2": 2})
+    ids = [clinic.book(i, "room-2", "09:00", "10:00") for i in range(3)]
+    for i in range(3):
+        clinic.deliver(i)
+    clinic.decide()
+    statuses = [clinic.status(rid) for rid in ids]
+    assert statuses == [Status.BOOKED, Status.BOOKED, Status.REJECTED]
+    assert clinic.home.calendar.get(ids[2]).conflict_with == min(ids[:2])  # same start: smallest id
+
+
+def test_capacity_is_checked_against_overlap_depth_not_overlap_count() -> None:
+    clinic = Clinic(1, capacity={"room-2": 2})
+    a = clinic.book(0, "room-2", "09:00", "10:00")
+    b = clinic.book(0, "room-2", "09:30", "10:30")
+    c = clinic.book(0, "room-2", "10:00", "11:00")  # overlaps A and B, but never both at once
+    clinic.deliver(0)
+    clinic.decide()
+    assert [clinic.status(rid) for rid in (a, b, c)] == [Status.BOOKED] * 3
+
+    d = clinic.book(0, "room-2", "09:45", "10:15")  # 09:45-10:00 has A and B: depth 3
+    e = clinic.book(0, "room-2", "10:30", "11:00")  # only C there
+    clinic.deliver(0)
+    clinic.decide()
+    assert clinic.status(d) is Status.REJECTED
+    assert clinic.home.calendar.get(d).conflict_with == a
+    assert clinic.status(e) is Status.BOOKED
+    assert overbooked(clinic.home) == []
+
+
+def test_reschedule_into_a_free_slot_moves_the_booking_and_frees_the_old_slot() -> None:
+    clinic = Clinic()
+    rid = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.decide()
+    clinic.exchange()
+    clinic.terminals[0].calendar.reschedule(rid, start=at("11:00"), end=at("11:30"), now=NOW)
+    clinic.deliver(0)
+    clinic.decide()
+
+    moved = clinic.home.calendar.get(rid)
+    assert moved.status is Status.BOOKED
+    assert moved.booked == Slot("room-1", parse_time(at("11:00")), parse_time(at("11:30")))
+    assert moved.proposal is None
+    clinic.exchange()
+    newcomer = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(newcomer) is Status.BOOKED
+
+
+def test_reschedule_overlapping_its_own_booking_is_accepted() -> None:
+    clinic = Clinic()
+    rid = clinic.book(0, "room-1", "09:00", "10:00")
+    clinic.deliver(0)
+    clinic.decide()
+    clinic.exchange()
+    clinic.terminals[0].calendar.reschedule(rid, start=at("09:30"), end=at("10:30"), now=NOW)
+    clinic.deliver(0)
+    clinic.decide()
+    assert clinic.home.calendar.get(rid).booked == Slot("room-1", parse_time(at("09:30")), parse_time(at("10:30")))
+
+
+def test_reschedule_into_a_taken_slot_is_rejected_and_keeps_the_original_booking() -> None:
+    clinic = Clinic()
+    mine = clinic.book(0, "room-1", "09:00", "09:30")
+    theirs = clinic.book(1, "room-1", "10:00", "10:30")
+    clinic.deliver(0)
+    clinic.deliver(1)
+    clinic.decide()
+    clinic.exchange()
+    clinic.terminals[0].calendar.reschedule(mine, start=at("10:00"), end=at("10:30"), now=NOW)
+    clinic.deliver(0)
+    made = clinic.decide()
+
+    assert made == [DecisionMade(mine, Decision.REJECTED, RejectReason.CONFLICT, theirs)]
+    kept = clinic.home.calendar.get(mine)
+    assert kept.status is Status.BOOKED
+    assert kept.proposal == "rejected"
+    assert kept.conflict_with == theirs
+    assert kept.booked == Slot("room-1", parse_time(at("09:00")), parse_time(at("09:30")))
+    # The old slot is still taken by it.
+    other = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(other) is Status.REJECTED
+    clinic.exchange()
+    assert_same_everywhere(clinic)
+
+
+def test_cancel_frees_the_slot_for_later_bookings() -> None:
+    clinic = Clinic()
+    first = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.decide()
+    clinic.exchange()
+    clinic.terminals[0].calendar.cancel(first, now=NOW, reason="patient called")
+    clinic.deliver(0)
+    assert clinic.decide() == []  # a cancel needs no decision, but it frees the slot
+    second = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(first) is Status.CANCELLED
+    assert clinic.status(second) is Status.BOOKED
+
+
+def test_entered_in_error_frees_the_slot_and_no_show_does_not() -> None:
+    clinic = Clinic()
+    err = clinic.book(0, "room-1", "09:00", "09:30")
+    gone = clinic.book(0, "room-2", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.decide()
+    clinic.exchange()
+    clinic.terminals[0].calendar.mark_entered_in_error(err, now=NOW)
+    clinic.terminals[0].calendar.no_show(gone, now=NOW)
+    clinic.deliver(0)
+    clinic.decide()
+    again = [clinic.book(1, "room-1", "09:00", "09:30"), clinic.book(1, "room-2", "09:00", "09:30")]
+    clinic.deliver(1)
+    clinic.decide()
+    assert [clinic.status(rid) for rid in again] == [Status.BOOKED, Status.REJECTED]
+
+
+def test_cancel_racing_the_decision_ends_cancelled_on_every_replica() -> None:
+    clinic = Clinic()
+    rid = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.terminals[0].calendar.cancel(rid, now=NOW)  # the terminal has not seen the decision yet
+    assert [d.outcome for d in clinic.decide()] == [Decision.BOOKED]
+    clinic.exchange()
+    clinic.decide()
+    for replica in (clinic.home, *clinic.terminals):
+        assert clinic.status(rid, replica) is Status.CANCELLED
+    assert_same_everywhere(clinic)
+    # and the home relay released the slot when the cancel arrived
+    other = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(other) is Status.BOOKED
+
+
+def test_cancel_arriving_before_the_decision_needs_no_decision() -> None:
+    clinic = Clinic()
+    rid = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.terminals[0].calendar.cancel(rid, now=NOW)
+    clinic.deliver(0)
+    assert clinic.decide() == []
+    assert clinic.status(rid) is Status.CANCELLED
+
+
+def test_hold_expires_when_decided_after_its_ttl() -> None:
+    clinic = Clinic(hold_ttl=timedelta(minutes=15))
+    late = clinic.book(0, "room-1", "09:00", "09:30")
+    fresh = clinic.terminals[1].calendar.book(
+        resource="room-2", start=at("09:00"), end=at("09:30"), patient="p", now=NOW + timedelta(minutes=50)
+    ).id
+    clinic.deliver(0)
+    clinic.deliver(1)
+    made = clinic.decider.decide_queued(NOW + timedelta(hours=1))
+    assert made == [
+        DecisionMade(late, Decision.REJECTED, RejectReason.EXPIRED),
+        DecisionMade(fresh, Decision.BOOKED),
+    ]
+    assert clinic.home.calendar.get(late).reason == "expired"
+    # A booked reservation's reschedule is not a hold: it never expires.
+    clinic.exchange()
+    clinic.terminals[1].calendar.reschedule(fresh, start=at("10:00"), end=at("10:30"), now=NOW + timedelta(hours=1))
+    clinic.deliver(1)
+    assert [d.outcome for d in clinic.decider.decide_queued(NOW + timedelta(days=2))] == [Decision.BOOKED]
+
+
+def test_decisions_are_not_redecided_and_own_writes_are_not_queued() -> None:
+    clinic = Clinic()
+    clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    assert len(clinic.decide()) == 1
+    assert clinic.decider.queued == 0
+    clinic.terminals[0].calendar.edit(clinic.home.calendar.list()[0].id, note="bring x-rays", now=NOW)
+    clinic.deliver(0)
+    assert clinic.decide() == []
+
+
+def test_decision_writes_are_one_transaction_with_the_decider_origin() -> None:
+    clinic = Clinic()
+    for minute in ("00", "10", "20"):
+        clinic.book(0, "room-1", f"09:{minute}", "09:30")
+    clinic.deliver(0)
+    seen: list[Any] = []
+    clinic.home.calendar.reservations.observe_deep(lambda events: seen.append(events[0].transaction.origin))
+    clinic.home.take_changes()
+    clinic.decide()
+    assert seen == [("decider", "relay-a")]
+    assert len(clinic.home.take_changes()) == 1
+
+
+def test_decide_all_pending_at_start_up_orders_by_creation_time() -> None:
+    terminal = Replica("clinic-1", actor="desk", client_id=7)
+    later = terminal.calendar.book(
+        resource="room-1", start=at("09:00"), end=at("09:30"), patient="p", now=NOW + timedelta(minutes=1)
+    ).id
+    earlier = terminal.calendar.book(resource="room-1", start=at("09:00"), end=at("09:30"), patient="q", now=NOW).id
+    home = Replica("clinic-1", actor="relay-a", client_id=1)
+    home.load([terminal.full_state()])
+    decider = Decider(home.calendar, "relay-a")
+    assert home.calendar.home == "relay-a"
+    made = decider.decide_all_pending(NOW)
+    assert [(d.reservation_id, d.outcome) for d in made] == [(earlier, Decision.BOOKED), (later, Decision.REJECTED)]
+    assert decider.decide_all_pending(NOW) == []
+
+
+def test_a_restarted_decider_rebuilds_its_index_from_the_document() -> None:
+    clinic = Clinic()
+    clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.decide()
+    clinic.decider.close()
+    restarted = Decider(clinic.home.calendar, "relay-a")
+    taken = clinic.book(1, "room-1", "09:15", "09:45")
+    clinic.deliver(1)
+    assert [d.outcome for d in restarted.decide_queued(NOW)] == [Decision.REJECTED]
+    assert clinic.status(taken) is Status.REJECTED
+
+
+def test_a_request_with_unusable_fields_is_rejected_as_invalid() -> None:
+    clinic = Clinic()
+    rid = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.terminals[0].calendar.reservations[rid]["end"] = "half past nine"  # a hand-written stock Yjs edit
+    clinic.deliver(0)
+    made = clinic.decide()
+    assert made == [DecisionMade(rid, Decision.REJECTED, RejectReason.INVALID)]
+    assert not needs_decision(clinic.home.calendar.all_fields()[rid])
+
+
+# ---- property: capacity holds under any arrival order ------------------------------------------
+
+RESOURCES = {"room-1": 1, "room-2": 2}
+book_op = st.tuples(
+    st.just("book"), st.integers(0, 2), st.sampled_from(sorted(RESOURCES)), st.integers(0, 8), st.integers(1, 4)
+)
+cancel_op = st.tuples(st.just("cancel"), st.integers(0, 2), st.integers(0, 20))
+reschedule_op = st.tuples(
+    st.just("reschedule"), st.integers(0, 2), st.integers(0, 20), st.integers(0, 8), st.integers(1, 4)
+)
+deliver_op = st.tuples(st.just("deliver"), st.integers(0, 2))
+pull_op = st.tuples(st.just("pull"), st.integers(0, 2))  # a terminal syncs down from the home relay
+decide_op = st.tuples(st.just("decide"))
+
+
+def half_hour(slot: int) -> str:
+    minutes = 8 * 60 + 30 * slot
+    return f"{DAY}T{minutes // 60:02d}:{minutes % 60:02d}:00Z"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(book_op, cancel_op, reschedule_op, deliver_op, pull_op, decide_op), max_size=40))
+def test_booked_reservations_never_overlap_beyond_capacity(ops: list[tuple[Any, ...]]) -> None:
+    clinic = Clinic(3, capacity=RESOURCES)
+    known: list[list[str]] = [[], [], []]
+    for op in ops:
+        kind = op[0]
+        if kind == "book":
+            _, t, resource, start, length = op
+            calendar = clinic.terminals[t].calendar
+            known[t].append(
+                calendar.book(resource=resource, start=half_hour(start), end=half_hour(start + length), patient="p", now=NOW).id
+            )
+        elif kind in ("cancel", "reschedule") and known[op[1]]:
+            t = op[1]
+            rid = known[t][op[2] % len(known[t])]
+            calendar = clinic.terminals[t].calendar
+            try:
+                if kind == "cancel":
+                    calendar.cancel(rid, now=NOW)
+                else:
+                    calendar.reschedule(rid, start=half_hour(op[3]), end=half_hour(op[3] + op[4]), now=NOW)
+            except InvalidTransition:
+                pass
+        elif kind == "deliver":
+            clinic.deliver(op[1])
+        elif kind == "pull":
+            terminal = clinic.terminals[op[1]]
+            terminal.apply(clinic.home.diff(terminal.state_vector()))
+            known[op[1]] = [r.id for r in terminal.calendar.list()]
+        elif kind == "decide":
+            clinic.decide()
+        assert overbooked(clinic.home) == []
+    for t in range(3):
+        clinic.deliver(t)
+    clinic.decide()
+    clinic.exchange()
+    clinic.decide()
+    clinic.exchange()
+    assert_same_everywhere(clinic)
+    for replica in (clinic.home, *clinic.terminals):
+        assert overbooked(replica) == []
+    assert not any(needs_decision(fields) for fields in clinic.home.calendar.all_fields().values())
