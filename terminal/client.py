@@ -32,7 +32,7 @@ import enum
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
 
+from .conflicts import Conflict, find_conflicts
 from .errors import AmbiguousId, DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout, TerminalError
 from .ledger import Ledger, LocalChange
 from .link import Backoff, Link, LinkState
@@ -218,7 +219,7 @@ class Terminal:
         self._open_lock = asyncio.Lock()
         self._signal = asyncio.Event()
         self._callbacks: list[Callable[[ChangeNotice], None]] = []
-        self._streams: set[asyncio.Queue[ChangeNotice | None]] = set()
+        self._streams: set[ChangeStream] = set()
         self._running = False
         self._closed = False
 
@@ -268,9 +269,8 @@ class Terminal:
         self._running = False
         if self.link is not None:
             await self.link.close()
-        for queue in self._streams:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        for stream in builtins.list(self._streams):
+            stream.end()
         for opened in self._open.values():
             opened.close()
         self._open.clear()
@@ -431,6 +431,17 @@ class Terminal:
         name = await self.open(calendar)
         return self._open[name].replica.calendar.list(resource=resource, between=between, statuses=statuses)
 
+    async def conflicts(
+        self,
+        calendar: str,
+        resource: str | None = None,
+        between: tuple[datetime | str, datetime | str] | None = None,
+    ) -> builtins.list[Conflict]:
+        """Bookings overlapping beyond their resource's capacity (possible in calendars without a home)."""
+        name = await self.open(calendar)
+        cal = self._open[name].replica.calendar
+        return find_conflicts(cal.list(resource=resource, between=between), cal.capacity)
+
     async def resolve(self, calendar: str, fragment: str) -> ReservationId:
         """The full id of the reservation whose id is, starts with or ends with ``fragment``.
 
@@ -491,6 +502,16 @@ class Terminal:
 
         try:
             return await self._wait_until(concluded, timeout)
+        except TimeoutError:
+            return link.state
+
+    async def wait_link_change(self, state: LinkState, timeout: float) -> LinkState:
+        """Wait until the link's state differs from ``state``; return the current state (also at the deadline)."""
+        link = self.link
+        if link is None:
+            return LinkState.OFFLINE
+        try:
+            return await self._wait_until(lambda: link.state if link.state is not state else None, timeout)
         except TimeoutError:
             return link.state
 
@@ -629,22 +650,15 @@ class Terminal:
 
         return unsubscribe
 
-    async def changes(self, max_queued: int = 1000) -> AsyncIterator[ChangeNotice]:
-        """Iterate over change notices as they happen; ends when the terminal closes.
+    def changes(self, max_queued: int = 1000) -> ChangeStream:
+        """A stream of change notices from now on (subscribed at once, before the first ``await``).
 
-        A consumer more than ``max_queued`` notices behind gets one ``overflow`` notice instead
-        of the dropped ones and should re-read what it shows.
+        Use ``async for notice in t.changes():``; it ends when the terminal closes, or call
+        ``close()`` on it (it is also an async context manager). A consumer more than
+        ``max_queued`` notices behind gets one ``overflow`` notice instead of the dropped ones
+        and should re-read what it shows.
         """
-        queue = asyncio.Queue[ChangeNotice | None](maxsize=max_queued)
-        self._streams.add(queue)
-        try:
-            while not self._closed or not queue.empty():
-                notice = await queue.get()
-                if notice is None:
-                    return
-                yield notice
-        finally:
-            self._streams.discard(queue)
+        return ChangeStream(self._streams, max_queued, closed=self._closed)
 
     def _publish(self, notice: ChangeNotice) -> None:
         self._wake()
@@ -655,13 +669,8 @@ class Terminal:
                 callback(notice)
             except Exception:  # an observer's bug must not break sync
                 log.exception("change observer failed")
-        for queue in self._streams:
-            try:
-                queue.put_nowait(notice)
-            except asyncio.QueueFull:
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(ChangeNotice(notice.calendar, (), ChangeKind.OVERFLOW))
+        for stream in builtins.list(self._streams):
+            stream.put(notice)
 
     # ---- LinkHandler (called by the link) ----------------------------------------------------
 
@@ -717,6 +726,55 @@ class Terminal:
         if self._ledger is None:
             raise TerminalError("the terminal is not running: use `async with Terminal(...) as t:`")
         return self._ledger
+
+
+class ChangeStream:
+    """Change notices for one consumer, in order, from its creation on (see :meth:`Terminal.changes`)."""
+
+    def __init__(self, streams: set[ChangeStream], max_queued: int, *, closed: bool = False) -> None:
+        self._streams = streams
+        self._max = max(1, max_queued)
+        self._queue = asyncio.Queue[ChangeNotice | None](maxsize=self._max + 1)  # +1: room for the end marker
+        self._ended = False
+        if closed:
+            self.end()
+        else:
+            streams.add(self)
+
+    def put(self, notice: ChangeNotice) -> None:
+        """Queue ``notice``; when the backlog is full, replace it by one ``overflow`` notice."""
+        if self._ended:
+            return
+        if self._queue.qsize() >= self._max:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            notice = ChangeNotice(notice.calendar, (), ChangeKind.OVERFLOW)
+        self._queue.put_nowait(notice)
+
+    def end(self) -> None:
+        """No more notices will come: iteration stops once the backlog is consumed."""
+        if not self._ended:
+            self._ended = True
+            self._streams.discard(self)
+            self._queue.put_nowait(None)
+
+    close = end
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> ChangeNotice:
+        notice = await self._queue.get()
+        if notice is None:
+            self._queue.put_nowait(None)  # stay ended for later calls
+            raise StopAsyncIteration
+        return notice
+
+    async def __aenter__(self) -> ChangeStream:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.end()
 
 
 def is_decided(reservation: Reservation) -> bool:

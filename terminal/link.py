@@ -226,7 +226,7 @@ class Link:
                 failures += 1
                 self.refused_code = exc.code
                 self.last_error = exc.reason
-                log.warning("relay refused the terminal", extra={"relay": self.url, "code": exc.code})
+                log.info("relay refused the terminal", extra={"relay": self.url, "code": exc.code})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # top of the task: any failure means "retry later"

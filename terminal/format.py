@@ -1,0 +1,154 @@
+"""Human-readable output of the terminal CLI: tables, one-reservation views, change lines.
+
+Times are shown in UTC (as stored), ``YYYY-MM-DD HH:MM``. Short ids are the *last* 8
+characters of a reservation id: the leading characters of a UUIDv7 are a timestamp, shared by
+everything booked within the same minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from accord.engine.model import Reservation
+
+from .client import SyncState, TerminalStatus
+from .conflicts import Conflict
+
+SHORT_ID = 8
+NOTE_WIDTH = 30
+
+SYNC_LABELS = {
+    SyncState.LOCAL: "saved locally",
+    SyncState.STORED: "on relay",
+    SyncState.DECIDED: "decided",
+}
+
+
+def short_id(reservation_id: str) -> str:
+    """The last 8 characters (unique enough to type; ``accord terminal show`` accepts them)."""
+    return reservation_id[-SHORT_ID:]
+
+
+def when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def span(start: datetime, end: datetime) -> str:
+    """``2026-12-01 09:00-09:30`` (the end's date is shown only if it differs)."""
+    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
+    tail = end_utc.strftime("%H:%M") if start_utc.date() == end_utc.date() else when(end_utc)
+    return f"{when(start_utc)}-{tail}"
+
+
+def clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def status_text(reservation: Reservation) -> str:
+    """The status, plus a pending or rejected reschedule of a booked reservation."""
+    text = str(reservation.status)
+    if reservation.proposal:
+        text += f" (move {reservation.proposal})"
+    return text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]]
+    return "\n".join(lines)
+
+
+RESERVATION_HEADERS = ("TIME (UTC)", "RESOURCE", "STATUS", "PATIENT", "NOTE", "ID", "SYNC")
+
+
+def reservation_row(reservation: Reservation, sync: SyncState) -> list[str]:
+    slot = reservation.slot
+    return [
+        span(slot.start, slot.end),
+        slot.resource,
+        status_text(reservation),
+        clip(reservation.patient, 20),
+        clip(reservation.note, NOTE_WIDTH),
+        short_id(reservation.id),
+        SYNC_LABELS[sync],
+    ]
+
+
+def reservation_table(items: Sequence[tuple[Reservation, SyncState]]) -> str:
+    """The ``list`` table."""
+    if not items:
+        return "no reservations"
+    return table(RESERVATION_HEADERS, [reservation_row(r, s) for r, s in items])
+
+
+def describe(reservation: Reservation, sync: SyncState) -> str:
+    """The ``show`` view: one ``field: value`` line each, empty fields left out."""
+    fields: list[tuple[str, str]] = [
+        ("id", reservation.id),
+        ("calendar", reservation.calendar),
+        ("status", status_text(reservation)),
+        ("sync", SYNC_LABELS[sync]),
+        ("requested", f"{reservation.resource} {span(reservation.start, reservation.end)} UTC"),
+    ]
+    if reservation.booked is not None:
+        booked = reservation.booked
+        fields.append(("booked", f"{booked.resource} {span(booked.start, booked.end)} UTC"))
+    fields += [
+        ("patient", reservation.patient),
+        ("service", reservation.service),
+        ("note", reservation.note),
+        ("reason", reservation.reason),
+        ("conflicts with", reservation.conflict_with),
+        ("decided by", reservation.decided_by),
+        ("created", f"{when(reservation.created_at)} by {reservation.created_by}"),
+        ("updated", f"{when(reservation.updated_at)} by {reservation.updated_by}"),
+    ]
+    width = max(len(name) for name, _ in fields)
+    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields if value)
+
+
+def conflicts_text(conflicts: Sequence[Conflict], sync_of: dict[str, SyncState]) -> str:
+    """The ``list --conflicts`` view: one block per overbooked run."""
+    if not conflicts:
+        return "no conflicts"
+    blocks = []
+    for conflict in conflicts:
+        title = (
+            f"{conflict.resource} {span(conflict.start, conflict.end)} UTC: "
+            f"{len(conflict.reservations)} bookings overlap, capacity {conflict.capacity}"
+        )
+        rows = [reservation_row(r, sync_of.get(r.id, SyncState.STORED)) for r in conflict.reservations]
+        blocks.append(title + "\n" + table(RESERVATION_HEADERS, rows))
+    return "\n\n".join(blocks)
+
+
+def status_text_block(status: TerminalStatus) -> str:
+    """The ``status`` view."""
+    lines = [
+        f"terminal:   {status.name}",
+        f"relay:      {status.relay or '(none)'} ({status.link})",
+        f"pending:    {status.pending} local change(s) not yet stored on the relay",
+        f"last ack:   {when(status.last_ack_at) + ' UTC' if status.last_ack_at else 'never'}",
+    ]
+    if status.last_error:
+        lines.append(f"last error: {status.last_error}")
+    for calendar in status.calendars:
+        extra = f", refused: {calendar.refused}" if calendar.refused else ""
+        lines.append(f"calendar:   {calendar.name}: {calendar.pending} pending{extra}")
+    return "\n".join(lines)
+
+
+def change_line(kind: str, reservation: Reservation | None, calendar: str, reservation_id: str) -> str:
+    """One ``watch`` line."""
+    if reservation is None:
+        return f"{kind:<7} {calendar} {short_id(reservation_id)}"
+    slot = reservation.slot
+    return (
+        f"{kind:<7} {calendar} {short_id(reservation.id)} {status_text(reservation)} "
+        f"{slot.resource} {span(slot.start, slot.end)} {clip(reservation.patient, 20)}"
+    )
