@@ -1,19 +1,236 @@
-"""Static pages served by the relay on its own port: ``GET /`` and ``GET /board/<calendar>``.
+"""The live front-desk board: web pages the relay serves over plain HTTP on its own port.
 
-(The live front-desk board; see the board issue. Until its page lands, these routes answer 404.)
+Routes (GET only; websocket upgrades never reach this module, they go to the sync endpoint):
+
+- ``/``: the calendars the visitor's token may open (token from ``?token=``), or a login form.
+- ``/board/<calendar>``: the board page. The HTML holds no data: its script opens the calendar
+  as a stock y-websocket client on ``ws://HOST:PORT/<calendar>?token=...``, keeps edits in the
+  browser (IndexedDB) and writes the same document shape as :mod:`accord.engine.calendar`.
+- ``/access/<calendar>?token=``: JSON ``{"calendar", "role", "can_write"}``, so the page can hide
+  edit controls from read-only tokens; 401 (unknown token) or 403 (calendar outside its globs).
+- ``/static/<name>``: the page's HTML, CSS and JS, the vendored Yjs bundle (built by
+  ``board/build.sh``), its licence texts and checksum file.
+
+Every answer carries ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``
+(tokens travel in query strings); HTML pages add a Content-Security-Policy that allows nothing
+but this relay, so the page loads no script, style or connection from any other host.
 """
 
 from __future__ import annotations
 
+import email.utils
+import html
+import http
+import importlib.resources
+import json
+import logging
+import urllib.parse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from accord.engine.errors import InvalidCalendarName
+from accord.engine.model import CalendarId, check_calendar_name
+
 if TYPE_CHECKING:
+    from .auth import Grant
     from .server import Relay
 
+log = logging.getLogger(__name__)
 
-def respond(relay: Relay, connection: ServerConnection, request: Request, path: str) -> Response | None:
-    """Answer a plain HTTP GET for a board route, or None if ``path`` is not one."""
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".sha256": "text/plain; charset=utf-8",
+    ".png": "image/png",
+}
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+BOARD_PAGE = "board.html"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """One file from ``relay/static``, read once at import."""
+
+    name: str
+    content_type: str
+    body: bytes
+
+
+def _load_static() -> dict[str, StaticFile]:
+    """Every servable file in the package's ``static`` folder, by name (a whitelist: no path walking)."""
+    files: dict[str, StaticFile] = {}
+    folder = importlib.resources.files("accord.relay") / "static"
+    if not folder.is_dir():
+        return files
+    for entry in folder.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
+        if entry.is_file() and suffix in CONTENT_TYPES:
+            files[entry.name] = StaticFile(entry.name, CONTENT_TYPES[suffix], entry.read_bytes())
+    return files
+
+
+STATIC = _load_static()
+
+
+async def respond(relay: Relay, connection: ServerConnection, request: Request, path: str) -> Response | None:
+    """Answer a plain HTTP GET for a board route, or None if ``path`` is not one.
+
+    Args:
+        relay: the relay serving the request (its tokens and calendars).
+        connection: the connection the request came on (unused; kept for the caller's signature).
+        request: the parsed request; the token is read from its ``?token=`` query parameter.
+        path: the request path without the query string, still percent-encoded.
+    """
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+    token = (query.get("token") or [None])[0]
+    if path in ("/", "/index.html"):
+        return await _index(relay, token)
+    if path.startswith("/static/"):
+        found = STATIC.get(path.removeprefix("/static/"))
+        if found is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "no such file\n")
+        return _answer(http.HTTPStatus.OK, found.content_type, found.body, page=found.name.endswith(".html"))
+    if path.startswith("/board/"):
+        calendar = _calendar(path.removeprefix("/board/"))
+        page = STATIC.get(BOARD_PAGE)
+        if calendar is None or page is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "no such calendar name; names use A-Z a-z 0-9 . _ - /\n")
+        return _answer(http.HTTPStatus.OK, page.content_type, page.body, page=True)
+    if path.startswith("/access/"):
+        calendar = _calendar(path.removeprefix("/access/"))
+        if calendar is None:
+            return _json(http.HTTPStatus.NOT_FOUND, {"error": "bad_calendar", "message": "no such calendar name"})
+        return _access(relay, calendar, token)
     return None
+
+
+# ---- routes -----------------------------------------------------------------------------------
+
+
+async def _index(relay: Relay, token: str | None) -> Response:
+    grant = relay.tokens.check(token)
+    if grant is None:
+        problem = "That token is not known to this relay; check it and try again." if token else ""
+        return _page(http.HTTPStatus.UNAUTHORIZED, "Sign in", _login_form(problem))
+    names = [name for name in await _known(relay) if grant.allows(name)]
+    return _page(http.HTTPStatus.OK, "Calendars", _calendar_list(relay, grant, names))
+
+
+def _access(relay: Relay, calendar: CalendarId, token: str | None) -> Response:
+    grant = relay.tokens.check(token)
+    if grant is None:
+        return _json(http.HTTPStatus.UNAUTHORIZED,
+                     {"error": "unauthorized", "message": "missing or wrong token; sign in with a valid token"})
+    if not grant.allows(calendar):
+        return _json(http.HTTPStatus.FORBIDDEN,
+                     {"error": "forbidden", "message": f"this token may not open calendar {calendar}"})
+    return _json(http.HTTPStatus.OK, {"calendar": calendar, "role": str(grant.role), "can_write": grant.can_write})
+
+
+async def _known(relay: Relay) -> list[CalendarId]:
+    if relay.calendars is None:
+        return []
+    return await relay.calendars.known()
+
+
+def _calendar(raw: str) -> CalendarId | None:
+    try:
+        return check_calendar_name(urllib.parse.unquote(raw))
+    except InvalidCalendarName:
+        return None
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+
+
+def _login_form(problem: str) -> str:
+    alert = f'<p class="problem" role="alert">{html.escape(problem)}</p>' if problem else ""
+    return f"""{alert}
+<p>This relay needs an access token. Your clinic's administrator gives you one.</p>
+<form method="get" action="/" class="login">
+  <label for="token">Access token</label>
+  <input id="token" name="token" type="password" autocomplete="off" required>
+  <button type="submit">Show my calendars</button>
+</form>"""
+
+
+def _calendar_list(relay: Relay, grant: Grant, names: list[CalendarId]) -> str:
+    if names:
+        items = "\n".join(
+            f'  <li><a href="/board/{urllib.parse.quote(name, safe="/")}">{html.escape(name)}</a></li>' for name in names
+        )
+        listing = f'<ul class="calendars">\n{items}\n</ul>'
+    else:
+        listing = "<p>No calendar this token may open holds any reservation yet. Open one by name below.</p>"
+    access = "read-only: you can watch boards but not change them" if not grant.can_write else str(grant.role)
+    mode = " This relay is open: it asks for no token." if relay.tokens.is_open else ""
+    return f"""<p>Access: {html.escape(access)}.{mode}</p>
+<h2>Calendars</h2>
+{listing}
+<form class="open-calendar" id="open-calendar">
+  <label for="calendar-name">Open a calendar by name</label>
+  <input id="calendar-name" name="calendar" required pattern="[A-Za-z0-9][A-Za-z0-9._/\\-]{{0,127}}"
+         aria-describedby="calendar-name-help">
+  <span id="calendar-name-help" class="help">Letters, digits, . _ - and /, e.g. clinic-1</span>
+  <button type="submit">Open board</button>
+</form>"""
+
+
+def _page(status: http.HTTPStatus, title: str, body: str) -> Response:
+    text = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} · accord front desk</title>
+<link rel="stylesheet" href="/static/board.css">
+<script type="module" src="/static/index.js"></script>
+</head>
+<body class="index">
+<header><h1>accord front desk</h1></header>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
+    return _answer(status, CONTENT_TYPES[".html"], text.encode(), page=True)
+
+
+# ---- responses ----------------------------------------------------------------------------------
+
+
+def _answer(status: http.HTTPStatus, content_type: str, body: bytes, *, page: bool = False,
+            cache: str = "no-cache") -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", cache),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+        ]
+    )
+    if page:
+        headers["Content-Security-Policy"] = PAGE_POLICY
+        headers["X-Frame-Options"] = "DENY"
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _text(status: http.HTTPStatus, text: str) -> Response:
+    return _answer(status, CONTENT_TYPES[".txt"], text.encode())
+
+
+def _json(status: http.HTTPStatus, payload: dict[str, object]) -> Response:
+    return _answer(status, "application/json", json.dumps(payload).encode(), cache="no-store")
