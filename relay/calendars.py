@@ -161,6 +161,8 @@ class CommitPipeline:
         if self.failed is not None:
             raise self.failed
         handle.touch()
+        if change is not None and handle.key_index is not None:
+            handle.key_index.observe(change.update)
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
         self._idle.clear()
         self.busy.add(handle.name)
@@ -169,6 +171,8 @@ class CommitPipeline:
     def submit_local(self, handle: CalendarHandle) -> None:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
         for change in handle.replica.take_changes():
+            if handle.key_index is not None:
+                handle.key_index.observe(change.update)
             self._idle.clear()
             self.busy.add(handle.name)
             self._queue.put_nowait(_Item(handle, change, None, change.state_vector))

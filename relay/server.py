@@ -21,6 +21,7 @@ import http
 import logging
 import urllib.parse
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,7 +31,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName, StorageError
+from accord.engine.decisions import Decider, DecisionMade
+from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName, MalformedMessage, StorageError
 from accord.engine.model import CalendarId, check_calendar_name
 from accord.engine.protocol import EMPTY_UPDATE, covers, decode_state_vector
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
@@ -46,6 +48,7 @@ from accord.engine.sync import (
     SyncRequested,
     UpdateReceived,
 )
+from accord.engine.update_keys import KeyIndex
 
 from . import board
 from .auth import Grant, Role, TokenBook
@@ -174,7 +177,7 @@ class Relay:
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            page = board.respond(self, connection, request, path)
+            page = await board.respond(self, connection, request, path)
             if page is not None:
                 return page
             return self._respond(connection, http.HTTPStatus.NOT_FOUND, "not found: open a calendar over websocket\n")
@@ -254,6 +257,7 @@ class Relay:
     async def connection_opened(self, connection: Connection) -> None:
         """First steps after the handshake: open the one calendar, or every calendar for a peer."""
         assert self.calendars is not None
+        self.connections.add(connection)  # outbound peer links arrive here too
         if connection.sync.single is not None:
             handle = await self._open(connection, connection.sync.single)
             if handle is not None:
@@ -299,7 +303,12 @@ class Relay:
         return handle
 
     async def _calendar_loaded(self, handle: CalendarHandle) -> None:
-        """A calendar came into memory: make the peers part of it and open it on their links."""
+        """A calendar came into memory: decide its pending bookings if this relay is its home,
+        make the peers part of it and open it on their links."""
+        if matches(handle.name, self.config.home_globs):
+            ttl = timedelta(seconds=self.config.hold_ttl_s) if self.config.hold_ttl_s else None
+            handle.decider = Decider(handle.replica.calendar, self.config.relay_id, ttl)
+            self._record_decisions(handle, handle.decider.decide_all_pending(datetime.now(UTC)))
         for connection in list(self.connections):
             if connection.is_peer and matches(handle.name, self.config.peer_globs) and connection.grant.allows(handle.name):
                 handle.subscribers.add(connection)
@@ -325,6 +334,13 @@ class Relay:
                     return
                 if not connection.grant.can_write:
                     return  # redundant: nothing to apply, nothing to acknowledge
+                if not connection.is_peer and self._forges_decision(handle, update):
+                    self.metrics.updates_dropped["forged_decision"] += 1
+                    log.warning("update writing decision fields dropped; only the home relay decides",
+                                extra={"conn": connection.label, "calendar": calendar})
+                    # Its later updates would depend on the dropped one and could never apply: close it.
+                    await connection.websocket.close(CloseCode.FORBIDDEN, "only the home relay writes decisions")
+                    return
                 change = handle.replica.apply(update, origin=connection)
                 await self.pipeline.submit(handle, change, connection)
             case SyncRequested(calendar, state_vector):
@@ -372,8 +388,31 @@ class Relay:
             return False
         return covers(handle.replica.clocks(), theirs)
 
+    @staticmethod
+    def _forges_decision(handle: CalendarHandle, update: bytes) -> bool:
+        """True if a client update would write keys only the home relay may write."""
+        if handle.key_index is None:
+            handle.key_index = KeyIndex.from_update(handle.replica.full_state())
+        try:
+            return bool(handle.key_index.writes_protected(update))
+        except MalformedMessage:
+            return False  # Replica.apply reports it with the right close code
+
     def _after_batch(self, handles: list[CalendarHandle]) -> None:
-        """Hook after each commit: home decisions are made here (see decisions wiring)."""
+        """After each commit: as home, decide the requests that just became durable here."""
+        now = datetime.now(UTC)
+        for handle in handles:
+            if handle.decider is not None:
+                self._record_decisions(handle, handle.decider.decide_queued(now))
+
+    def _record_decisions(self, handle: CalendarHandle, made: list[DecisionMade]) -> None:
+        for decision in made:
+            self.metrics.decisions[str(decision.outcome)] += 1
+            log.info("booking decided", extra={"calendar": handle.name, "reservation": decision.reservation_id,
+                                               "outcome": str(decision.outcome), "reason": decision.reason or "-",
+                                               "conflict_with": decision.conflict_with or "-"})
+        assert self.pipeline is not None
+        self.pipeline.submit_local(handle)  # decisions (and the home marker) are stored, then forwarded
 
 
 def _bearer(headers: Headers) -> str | None:

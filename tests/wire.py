@@ -102,8 +102,15 @@ class WireClient:
         await self.wait_for(lambda: self.sync.is_synced(calendar), timeout)
 
     async def wait_acked(self, calendar: str, timeout: float = 10.0) -> None:
+        """Wait until the relay acknowledged this client's own writes (other clients' updates that
+        the relay forwarded are durable there already)."""
         replica = self.replica(calendar)
-        await self.wait_for(lambda: covers(self.acked.get(calendar, {}), replica.clocks()), timeout)
+
+        def own() -> dict[int, int]:
+            client_id = replica.doc.client_id
+            return {client_id: replica.clocks().get(client_id, 0)}
+
+        await self.wait_for(lambda: covers(self.acked.get(calendar, {}), own()), timeout)
 
     async def _read(self) -> None:
         assert self.ws is not None
