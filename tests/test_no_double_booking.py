@@ -142,14 +142,14 @@ def overbooked(replica: Replica) -> list[tuple[str, list[str]]]:
     """Instants where more booked reservations overlap on a resource than its capacity."""
     booked: dict[str, list[Reservation]] = {}
     for item in replica.calendar.list():
-        if item.status in (Status.BOOKED, Status.CHECKED_IN) and item.booked is not None:
-            booked.setdefault(item.booked.resource, []).append(item)
+        if item.status in (Status.BOOKED, Status.CHECKED_IN):
+            booked.setdefault(item.slot.resource, []).append(item)
     problems = []
     for resource, items in booked.items():
         capacity = replica.calendar.capacity(resource)
         for item in items:
-            at = item.booked.start  # type: ignore[union-attr]
-            holders = [o.id for o in items if o.booked.start <= at < o.booked.end]  # type: ignore[union-attr]
+            at = item.slot.start
+            holders = [o.id for o in items if o.slot.start <= at < o.slot.end]
             if len(holders) > capacity:
                 problems.append((resource, holders))
     return problems
