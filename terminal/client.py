@@ -403,7 +403,7 @@ class Terminal:
         client = replica.doc.client_id
         await ledger.note_client(name, client)  # before the append: see ledger.py on crash safety
         await store.append_many([(name, change.update) for change in changes])
-        await ledger.record(
+        already_stored = await ledger.record(
             name, [LocalChange(client, decode_state_vector(c.state_vector).get(client, 0), ids) for c in changes]
         )
         log.debug("saved local change", extra={"calendar": name, "reservations": len(ids)})
@@ -411,6 +411,8 @@ class Terminal:
             for change in changes:
                 self.link.send_update(name, change.update)
         self._publish(ChangeNotice(name, ids, ChangeKind.LOCAL))
+        if already_stored:
+            self._publish(ChangeNotice(name, tuple(sorted(ReservationId(i) for i in already_stored)), ChangeKind.STORED))
         return reservation
 
     # ---- reads -------------------------------------------------------------------------------

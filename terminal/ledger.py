@@ -151,14 +151,22 @@ class Ledger:
             ledger.clients.add(client)
             await self.save(calendar)
 
-    async def record(self, calendar: CalendarId, changes: Iterable[LocalChange]) -> None:
-        """Add stored local changes as pending and persist the ledger."""
+    async def record(self, calendar: CalendarId, changes: Iterable[LocalChange]) -> set[str]:
+        """Add stored local changes as pending and persist the ledger.
+
+        Returns the reservation ids of changes the relay acknowledged already (it can ask for
+        them with a STEP1 while they are being stored here).
+        """
         ledger = self._ledgers[calendar]
+        acknowledged: set[str] = set()
         for change in changes:
             ledger.clients.add(change.client)
-            if not ledger.is_acked(change.client, change.clock):
+            if ledger.is_acked(change.client, change.clock):
+                acknowledged.update(change.reservation_ids)
+            else:
                 ledger.pending[(change.client, change.clock)] = change.reservation_ids
         await self.save(calendar)
+        return acknowledged
 
     async def acknowledge(self, calendar: CalendarId, clocks: Mapping[int, int], at: str) -> set[str]:
         """Merge an ACK; persist; return the reservation ids whose changes it newly covers."""

@@ -193,6 +193,8 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
     try:
         for i in range(6):
             await connect(i)
+        for client in clients:  # terminals are provisioned online once: they learn who decides
+            await client.wait_for(lambda c=client: c.replica(CAL).calendar.home == "r0")
         for _step in range(60):
             i = rng.randrange(6)
             action = rng.random()
