@@ -1,0 +1,186 @@
+"""Terminals against real relays on 127.0.0.1: push, pull, ACKs, reconnects, refusals, decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from relays import Relay, RelayConfig, relay_config
+
+from accord.engine.model import Status
+from accord.terminal.client import ChangeKind, ChangeNotice, SyncState, Terminal
+from accord.terminal.errors import RelayRefused
+from accord.terminal.link import Backoff, LinkState
+
+CAL = "clinic-1"
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+FAST = Backoff(initial_s=0.05, max_s=0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def config_on(tmp_path: Path, relay_id: str, port: int, **kw: object) -> RelayConfig:
+    """A test relay config on a fixed port (so a terminal can be pointed at it before it runs)."""
+    return dataclasses.replace(relay_config(tmp_path, relay_id, **kw), port=port)
+
+
+def terminal(relay: str, tmp_path: Path, name: str, **kw: object) -> Terminal:
+    return Terminal(relay=relay, store=tmp_path / f"{name}.sqlite", name=name, backoff=FAST, **kw)  # type: ignore[arg-type]
+
+
+async def book(t: Terminal, minutes: int = 0, resource: str = "room-1") -> str:
+    start = START + timedelta(minutes=minutes)
+    reservation = await t.book(CAL, resource=resource, start=start, end=start + timedelta(minutes=30), patient="P-0042")
+    return reservation.id
+
+
+async def next_notice(stream: object, kind: ChangeKind, timeout: float = 5.0) -> ChangeNotice:
+    async with asyncio.timeout(timeout):
+        async for notice in stream:  # type: ignore[attr-defined]
+            if notice.kind is kind:
+                return notice  # type: ignore[no-any-return]
+    raise AssertionError("change stream ended")
+
+
+async def test_booking_reaches_another_terminal_without_polling(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "r1")) as relay:
+        async with terminal(relay.url, tmp_path, "desk-1") as one, terminal(relay.url, tmp_path, "desk-2") as two:
+            await two.open(CAL)
+            await two.synced(timeout=5)
+            stream = two.changes()
+            rid = await book(one)
+            notice = await next_notice(stream, ChangeKind.REMOTE)
+            assert (notice.calendar, notice.reservation_ids) == (CAL, (rid,))
+            seen = await two.get(CAL, rid)
+            assert (seen.created_by, seen.status) == ("desk-1", Status.BOOKED)
+            assert two.sync_state(CAL, rid) is SyncState.STORED
+            await two.cancel(CAL, rid, reason="duplicate")
+            await two.synced(timeout=5)
+            await one.synced(timeout=5)
+            assert (await one.get(CAL, rid)).status is Status.CANCELLED
+
+
+async def test_pending_count_drops_to_zero_after_ack_and_stays_zero_after_restart(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "r1")) as relay:
+        async with terminal(relay.url, tmp_path, "desk-1") as t:
+            await t.synced(timeout=5)
+            stream = t.changes()
+            rid = await book(t)
+            assert (await next_notice(stream, ChangeKind.STORED)).reservation_ids == (rid,)
+            await t.synced(timeout=5)
+            status = t.status()
+            assert (status.pending, status.link) == (0, LinkState.ONLINE)
+            assert status.last_ack_at is not None
+            assert t.sync_state(CAL, rid) is SyncState.STORED
+    async with Terminal(store=tmp_path / "desk-1.sqlite") as t:  # offline now: the acknowledgement was persisted
+        assert t.status().pending == 0
+        assert t.status().last_ack_at is not None
+        assert t.sync_state(CAL, rid) is SyncState.STORED
+
+
+async def test_offline_booking_is_synced_once_the_relay_starts(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    async with terminal(url, tmp_path, "desk-1") as one:
+        rid = await book(one)
+        assert await one.wait_connected(5) is LinkState.OFFLINE
+        assert one.status().pending == 1
+        async with Relay(config_on(tmp_path, "r1", port)) as relay, terminal(relay.url, tmp_path, "desk-2") as two:
+            await one.synced(timeout=10)  # the link reconnected by itself
+            assert one.status().pending == 0
+            await two.open(CAL)
+            await two.synced(timeout=5)
+            assert (await two.get(CAL, rid)).created_by == "desk-1"
+
+
+async def test_offline_changes_survive_a_terminal_restart_and_go_out_later(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    async with terminal(url, tmp_path, "desk-1") as t:
+        rid = await book(t)
+        await t.edit(CAL, rid, note="bring referral")
+    async with Relay(config_on(tmp_path, "r1", port)) as relay:
+        async with terminal(url, tmp_path, "desk-1") as t:  # a new process: new Yjs client id, same store
+            assert t.status().pending == 2
+            await t.synced(timeout=10)
+            assert t.status().pending == 0
+        async with terminal(relay.url, tmp_path, "desk-2") as other:
+            await other.open(CAL)
+            await other.synced(timeout=5)
+            assert (await other.get(CAL, rid)).note == "bring referral"
+
+
+async def test_remote_updates_are_stored_so_an_offline_restart_still_shows_them(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "r1")) as relay:
+        async with terminal(relay.url, tmp_path, "desk-1") as one:
+            rid = await book(one)
+            await one.synced(timeout=5)
+        async with terminal(relay.url, tmp_path, "desk-2") as two:
+            await two.open(CAL)
+            await two.synced(timeout=5)
+    async with Terminal(store=tmp_path / "desk-2.sqlite") as two:  # relay gone
+        assert [r.id for r in await two.list(CAL)] == [rid]
+        assert two.status().pending == 0  # what came from the relay is never pending here
+
+
+async def test_terminal_reconnects_after_relay_restart(tmp_path: Path) -> None:
+    port = free_port()
+    config = config_on(tmp_path, "r1", port)
+    async with terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk-1") as t:
+        async with Relay(config):
+            await t.open(CAL)
+            await t.synced(timeout=5)
+        await t.wait_link_change(LinkState.ONLINE, timeout=5)
+        rid = await book(t)  # relay down: saved locally
+        assert t.status().pending == 1
+        async with Relay(config) as relay, terminal(relay.url, tmp_path, "desk-2") as other:
+            await t.synced(timeout=10)
+            await other.open(CAL)
+            await other.synced(timeout=5)
+            assert [r.id for r in await other.list(CAL)] == [rid]
+
+
+async def test_wrong_token_is_refused_and_reported(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\n")
+    async with Relay(relay_config(tmp_path, "r1", tokens_path=tokens)) as relay:
+        async with terminal(relay.url, tmp_path, "bad", token="nope") as t:
+            await book(t)
+            with pytest.raises(RelayRefused, match="refused") as caught:
+                await t.synced(timeout=5)
+            assert caught.value.code == 4401
+            assert t.status().link in (LinkState.REFUSED, LinkState.CONNECTING)
+            assert t.status().pending == 1
+        async with terminal(relay.url, tmp_path, "bad", token="desk-secret") as t:  # same store, right token
+            await t.synced(timeout=5)
+            assert t.status().pending == 0
+            with pytest.raises(RelayRefused, match="other-1"):  # outside the token's globs: refused per calendar
+                await t.synced(timeout=5, calendars=["other-1"])
+
+
+async def test_home_relay_decides_and_the_loser_sees_rejected(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    async with terminal(url, tmp_path, "desk-1") as one, terminal(url, tmp_path, "desk-2") as two:
+        first, second = await book(one), await book(two)  # both offline, same slot
+        assert one.sync_state(CAL, first) is SyncState.LOCAL
+        async with Relay(config_on(tmp_path, "home", port, home_globs=["clinic-*"])):
+            await one.synced(timeout=10)
+            decided_first = await one.decision(CAL, first, timeout=10)
+            await two.synced(timeout=10)
+            decided_second = await two.decision(CAL, second, timeout=10)
+            assert sorted([decided_first.status, decided_second.status]) == [Status.BOOKED, Status.REJECTED]
+            assert one.sync_state(CAL, first) is SyncState.DECIDED
+            await one.synced(timeout=10)
+            loser = second if decided_second.status is Status.REJECTED else first
+            winner = first if loser == second else second
+            assert (await one.get(CAL, loser)).conflict_with == winner
