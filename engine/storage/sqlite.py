@@ -77,8 +77,8 @@ class SqliteStorage:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open store {target}: {exc}") from exc
         try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute(f"PRAGMA synchronous={synchronous}")
+            # Check what the file is before changing anything: a foreign database must be left
+            # byte-identical (switching it to WAL would rewrite its header).
             await conn.execute("PRAGMA busy_timeout=5000")
             version = (await (await conn.execute("PRAGMA user_version")).fetchone() or (0,))[0]
             if version > SCHEMA_VERSION:
@@ -93,6 +93,9 @@ class SqliteStorage:
                         f"{target} is a SQLite database but not an accord store (it has tables {sorted(foreign)}); "
                         "pass another --db path"
                     )
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
+            if version == 0:
                 await conn.executescript(SCHEMA)
                 await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
