@@ -124,7 +124,8 @@ class SqliteStorage:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            if not self._closing:  # once closing, drain the queue without waiting for another wake-up
+                await self._wake.wait()
             self._wake.clear()
             batch, self._queue = self._queue, []
             if not batch:
