@@ -245,8 +245,7 @@ async def reach_relay(ctx: Context) -> None:
     t = ctx.terminal
     ctx.link = await t.wait_connected(ctx.timeout_s)
     if ctx.link is LinkState.REFUSED:
-        raise RelayRefused(f"relay {t.relay} refused this terminal: {t.status().last_error}; check --token",
-                           t.link.refused_code if t.link and t.link.refused_code else 4401)
+        raise _refused(t)
     if not ctx.online:
         return
     try:
@@ -420,6 +419,10 @@ async def cmd_watch(ctx: Context) -> int:
     for name in sorted(wanted):
         await t.open(name)
     stream = t.changes()
+    state = await t.wait_connected(ctx.timeout_s)
+    _note_link(ctx, state)
+    if state is LinkState.REFUSED:
+        raise _refused(t)
     printer = asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer")
     states = asyncio.create_task(_watch_link(ctx), name="watch-link")
     try:
@@ -466,13 +469,22 @@ async def _watch_link(ctx: Context) -> None:
         if new is state:
             continue
         state = new
-        if state is LinkState.ONLINE:
-            ctx.out.note(f"connected to {t.relay}")
-        elif state is LinkState.OFFLINE:
-            ctx.out.note(f"relay unreachable ({t.status().last_error}); retrying")
-        elif state is LinkState.REFUSED:
-            raise RelayRefused(f"relay {t.relay} refused this terminal: {t.status().last_error}; check --token",
-                               t.link.refused_code if t.link and t.link.refused_code else 4401)
+        _note_link(ctx, state)
+        if state is LinkState.REFUSED:
+            raise _refused(t)
+
+
+def _note_link(ctx: Context, state: LinkState) -> None:
+    t = ctx.terminal
+    if state is LinkState.ONLINE:
+        ctx.out.note(f"connected to {t.relay}; watching")
+    elif state is LinkState.OFFLINE:
+        ctx.out.note(f"relay {t.relay} unreachable ({t.status().last_error}); retrying, changes made here still show")
+
+
+def _refused(t: Terminal) -> RelayRefused:
+    code = t.link.refused_code if t.link is not None and t.link.refused_code else 4401
+    return RelayRefused(f"relay {t.relay} refused this terminal: {t.status().last_error}; check --token or ACCORD_TOKEN", code)
 
 
 COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
@@ -525,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0) if isinstance(exc.code, int | None) else EXIT_USAGE
     logs.configure(args.log_level)
+    # aiosqlite's DEBUG lines quote SQL parameters, i.e. the stored updates with patient data.
+    logging.getLogger("aiosqlite").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return asyncio.run(run(args, out))
     except KeyboardInterrupt:

@@ -533,12 +533,18 @@ class Terminal:
 
         def done() -> bool | None:
             if link.state is LinkState.REFUSED:
-                raise RelayRefused(f"relay {self.relay} refused this terminal: {link.last_error}", link.refused_code or 4401)
+                raise RelayRefused(
+                    f"relay {self.relay} refused this terminal: {link.last_error}; "
+                    "check the token (CLI: --token or ACCORD_TOKEN)",
+                    link.refused_code or 4401,
+                )
             wanted = names if names is not None else list(self._open)
             for name in wanted:
                 if name in link.refused_calendars:
                     raise RelayRefused(
-                        f"relay {self.relay} refused calendar {name!r}: {link.refused_calendars[name]}", 4403
+                        f"relay {self.relay} refused calendar {name!r}: {link.refused_calendars[name]}; "
+                        "check the calendar name, or ask for a token that covers it",
+                        4403,
                     )
             if link.state is not LinkState.ONLINE:
                 return None

@@ -175,7 +175,7 @@ class Link:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"accord-link:{self.url}")
 
-    async def close(self, timeout_s: float = 5.0) -> None:
+    async def close(self, timeout_s: float = 2.0) -> None:
         """Close the connection (normal closure) and stop the loop."""
         self._closing = True
         self._wake.set()
@@ -229,10 +229,14 @@ class Link:
                 log.info("relay refused the terminal", extra={"relay": self.url, "code": exc.code})
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # top of the task: any failure means "retry later"
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
                 failures += 1
                 self.last_error = describe_failure(exc)
                 log.info("relay unreachable", extra={"relay": self.url, "error": self.last_error})
+            except Exception as exc:  # top of the task: a bug or a local store failure; retry later, loudly
+                failures += 1
+                self.last_error = describe_failure(exc)
+                log.exception("link session failed", extra={"relay": self.url})
             finally:
                 self._ws = None
                 self._sync = None
