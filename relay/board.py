@@ -48,6 +48,7 @@ CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
     ".sha256": "text/plain; charset=utf-8",
     ".png": "image/png",
+    ".svg": "image/svg+xml",
 }
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -91,7 +92,8 @@ async def respond(relay: Relay, connection: ServerConnection, request: Request, 
         path: the request path without the query string, still percent-encoded.
     """
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
-    token = (query.get("token") or [None])[0]
+    given = query.get("token")
+    token = given[0] if given else None
     if path in ("/", "/index.html"):
         return await _index(relay, token)
     if path.startswith("/static/"):
@@ -192,6 +194,7 @@ def _page(status: http.HTTPStatus, title: str, body: str) -> Response:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · accord front desk</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/board.css">
 <script type="module" src="/static/index.js"></script>
 </head>

@@ -1,0 +1,455 @@
+"""The live front-desk board in a real headless Chromium, against real relays on 127.0.0.1.
+
+Each page runs in its own browser context (no shared IndexedDB, no BroadcastChannel), so what
+one page sees from another came through the relays. Python clients (tests/wire.py) read and
+write the same calendars over the terminal protocol.
+
+Needs Chromium (Debian: ``apt-get install -y chromium``) and the pinned ``playwright`` Python
+package; Playwright's own browser download is never used. Without them the tests are skipped
+with the reason, unless ``ACCORD_REQUIRE_BROWSER=1``, which turns the skip into a failure.
+``ACCORD_BOARD_SCREENSHOT=docs/board.png`` makes the populated-board test save its screenshot there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from relays import Relay, RelayConfig, relay_config
+from wire import WireClient
+
+from accord.engine.calendar import Calendar
+from accord.engine.model import derive_status
+
+CAL = "clinic-1"
+DAY = "2026-11-25"
+NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+DASH = "\N{EN DASH}"  # the board writes time spans as 09:00, en dash, 09:30
+WAIT_MS = 5000  # every browser-side wait is bounded by this
+TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+BOOK_KEYS = {"id", "calendar", "resource", "start", "end", "patient", "service", "note",
+             "created_by", "created_at", "updated_by", "updated_at"}
+
+
+def _find_chromium() -> str | None:
+    # The headless shell starts contexts several times faster than the full browser; both work.
+    candidates = [os.environ.get("ACCORD_CHROMIUM"), "/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium",
+                  shutil.which("chromium-headless-shell"), shutil.which("chromium")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("ACCORD_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"ACCORD_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+# One browser for the module (each test still gets fresh contexts): launching costs a few seconds here.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Any]:
+    chromium = _find_chromium()
+    if chromium is None:
+        _unavailable("no Chromium binary (apt-get install -y chromium, or set ACCORD_CHROMIUM)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
+    async with async_playwright() as driver:
+        launched = await driver.chromium.launch(
+            executable_path=chromium,
+            args=["--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+            timeout=20_000,
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def _context(browser: Any) -> Any:
+    context = await browser.new_context(timezone_id="UTC", locale="en-GB", viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    return context
+
+
+async def _open_board(context: Any, relay: Relay, *, token: str | None = None, wait: str = "synced") -> Any:
+    from playwright.async_api import expect
+
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors  # type: ignore[attr-defined]
+    query = f"?day={DAY}" + (f"&token={token}" if token else "")
+    await page.goto(f"http://127.0.0.1:{relay.port}/board/{CAL}{query}")
+    await expect(page.locator("#link")).to_have_attribute("data-state", wait)
+    return page
+
+
+def _row(page: Any, text: str) -> Any:
+    return page.locator("#rows tr", has_text=text)
+
+
+async def _book_in_page(page: Any, *, patient: str, start: str, end: str, resource: str = "room-1",
+                        note: str = "", actor: str | None = None) -> None:
+    if actor is not None:
+        await page.fill("#actor", actor)
+    await page.fill("#book-resource", resource)
+    await page.fill("#book-date", DAY)
+    await page.fill("#book-start", start)
+    await page.fill("#book-end", end)
+    await page.fill("#book-patient", patient)
+    await page.fill("#book-note", note)
+    await page.click("#book-submit")
+
+
+async def _wire(relay: Relay, actor: str = "desk-py") -> WireClient:
+    client = WireClient(relay.url, actor=actor)
+    await client.__aenter__()
+    await client.open(CAL)
+    await client.wait_synced(CAL)
+    return client
+
+
+def _reservation_with(client: WireClient, patient: str) -> dict[str, Any] | None:
+    found = [f for f in client.replica(CAL).calendar.all_fields().values() if f.get("patient") == patient]
+    return found[0] if found else None
+
+
+async def test_booking_in_page_a_appears_in_page_b_on_the_peered_relay(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+        page_a = await _open_board(await _context(browser), a)
+        page_b = await _open_board(await _context(browser), b)
+        await _book_in_page(page_a, patient="P-0001", start="09:00", end="09:30", note="first visit", actor="Ana")
+        await expect(page_a.locator("#message")).to_have_attribute("data-kind", "ok")
+
+        row = _row(page_b, "P-0001")
+        await expect(row).to_have_count(1)
+        await expect(row).to_have_attribute("data-status", "booked")
+        await expect(row).to_contain_text(f"09:00{DASH}09:30")
+        await expect(row).to_contain_text("first visit")
+        await expect(row).to_contain_text("Ana")
+
+        client = await _wire(b)
+        try:
+            await client.wait_for(lambda: _reservation_with(client, "P-0001") is not None)
+            fields = _reservation_with(client, "P-0001")
+            assert fields is not None
+            assert set(fields) == BOOK_KEYS  # the engine's shape, and never a decision key
+            assert UUID7.fullmatch(fields["id"])
+            assert all(TIME.fullmatch(fields[k]) for k in ("start", "end", "created_at", "updated_at"))
+            assert (fields["start"], fields["end"]) == (f"{DAY}T09:00:00Z", f"{DAY}T09:30:00Z")
+            assert fields["created_by"] == fields["updated_by"] == "Ana"
+            assert client.replica(CAL).calendar.get(fields["id"]).status == "booked"
+        finally:
+            await client.__aexit__(None, None, None)
+        assert page_a.errors == [] and page_b.errors == []
+
+
+async def test_python_client_change_appears_in_both_pages(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+        page_a = await _open_board(await _context(browser), a)
+        page_b = await _open_board(await _context(browser), b)
+        client = await _wire(a)
+        try:
+            calendar = client.replica(CAL).calendar
+            rid = calendar.book(resource="room-2", start=f"{DAY}T10:00Z", end=f"{DAY}T10:20Z", patient="P-0002",
+                                note="from python", now=NOW).id
+            await client.push(CAL)
+            for page in (page_a, page_b):
+                await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_contain_text(f"10:00{DASH}10:20")
+            calendar.reschedule(rid, start=f"{DAY}T11:00Z", end=f"{DAY}T11:45Z", now=NOW)
+            await client.push(CAL)
+            for page in (page_a, page_b):
+                row = page.locator(f'#rows tr[data-id="{rid}"]')
+                await expect(row).to_contain_text(f"11:00{DASH}11:45")
+                await expect(row).to_contain_text("desk-py")
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+async def test_cancel_in_page_b_reaches_the_python_client(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+        client = await _wire(a)
+        try:
+            calendar = client.replica(CAL).calendar
+            rid = calendar.book(resource="room-1", start=f"{DAY}T13:00Z", end=f"{DAY}T13:30Z", patient="P-0003", now=NOW).id
+            await client.push(CAL)
+            page_b = await _open_board(await _context(browser), b)
+            await page_b.fill("#actor", "Bo")
+            await page_b.click(f'#rows tr[data-id="{rid}"] button[data-action="cancel"]')
+            await page_b.fill("#cancel-reason", "patient phoned")
+            await page_b.click("#cancel-submit")
+            await expect(page_b.locator(f'#rows tr[data-id="{rid}"]')).to_have_attribute("data-status", "cancelled")
+
+            await client.wait_for(lambda: calendar.get(rid).status == "cancelled")
+            cancelled = calendar.get(rid)
+            assert cancelled.reason == "patient phoned" and cancelled.updated_by == "Bo"
+            fields = calendar.all_fields()[rid]
+            assert TIME.fullmatch(fields["cancelled_at"]) and TIME.fullmatch(fields["updated_at"])
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+async def _stored_in_browser(page: Any, patient: str) -> bool:
+    """True once the page's IndexedDB copy (read through a fresh document) holds the booking."""
+    script = """async (patient) => {
+        const { Y, IndexeddbPersistence } = await import('/static/yjs-bundle.min.js')
+        const doc = new Y.Doc()
+        const stored = new IndexeddbPersistence('accord:' + window.accordBoard.calendar, doc)
+        await stored.whenSynced
+        const found = Object.values(doc.getMap('reservations').toJSON()).some(f => f.patient === patient)
+        await stored.destroy()
+        return found
+    }"""
+    async with asyncio.timeout(WAIT_MS / 1000):
+        while not await page.evaluate(script, patient):
+            await asyncio.sleep(0.05)
+    return True
+
+
+async def test_offline_booking_in_the_page_reaches_python_client_after_relay_restart(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    config = relay_config(tmp_path, "a")
+    relay = Relay(config)
+    await relay.start()
+    port = relay.port
+    try:
+        context = await _context(browser)
+        page = await _open_board(context, relay)
+        await relay.stop()
+        await expect(page.locator("#link")).to_have_attribute("data-state", "offline")
+
+        await _book_in_page(page, patient="P-OFF-1", start="08:00", end="08:15", note="booked offline")
+        await expect(_row(page, "P-OFF-1")).to_have_count(1)
+        await expect(page.locator("#message")).to_contain_text("kept in this browser")
+        await _stored_in_browser(page, "P-OFF-1")
+
+        # A second booking, then the tab is closed: only IndexedDB holds it when the relay comes back.
+        await _book_in_page(page, patient="P-OFF-2", start="08:30", end="08:45")
+        await _stored_in_browser(page, "P-OFF-2")
+        await page.close()
+        page = await context.new_page()
+
+        relay = Relay(_same_port(config, port))
+        await relay.start()
+        assert relay.port == port
+        client = await _wire(relay)
+        try:
+            await page.goto(f"http://127.0.0.1:{port}/board/{CAL}?day={DAY}")
+            await expect(page.locator("#link")).to_have_attribute("data-state", "synced")
+            await client.wait_for(lambda: all(_reservation_with(client, p) for p in ("P-OFF-1", "P-OFF-2")))
+            assert _reservation_with(client, "P-OFF-1")["note"] == "booked offline"  # type: ignore[index]
+        finally:
+            await client.__aexit__(None, None, None)
+    finally:
+        await relay.stop()
+
+
+def _same_port(config: RelayConfig, port: int) -> RelayConfig:
+    return dataclasses.replace(config, port=port)
+
+
+async def test_page_that_stays_open_sends_offline_booking_when_relay_returns(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    config = relay_config(tmp_path, "a")
+    relay = Relay(config)
+    await relay.start()
+    port = relay.port
+    try:
+        page = await _open_board(await _context(browser), relay)
+        await relay.stop()
+        await expect(page.locator("#link")).to_have_attribute("data-state", "offline")
+        await _book_in_page(page, patient="P-OFF-3", start="07:00", end="07:30")
+        await expect(_row(page, "P-OFF-3")).to_have_count(1)
+
+        relay = Relay(_same_port(config, port))
+        await relay.start()
+        await expect(page.locator("#link")).to_have_attribute("data-state", "synced", timeout=8000)
+        client = await _wire(relay)
+        try:
+            await client.wait_for(lambda: _reservation_with(client, "P-OFF-3") is not None)
+        finally:
+            await client.__aexit__(None, None, None)
+    finally:
+        await relay.stop()
+
+
+async def test_read_only_token_sees_no_edit_controls_and_its_forced_write_is_dropped(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\nwall-secret read-only clinic-*\n")
+    async with Relay(relay_config(tmp_path, "a", tokens_path=tokens)) as relay:
+        client = WireClient(relay.url, token="desk-secret", actor="desk-py")
+        async with client:
+            await client.open(CAL)
+            calendar = client.replica(CAL).calendar
+            rid = calendar.book(resource="room-1", start=f"{DAY}T09:00Z", end=f"{DAY}T09:30Z", patient="P-RO", now=NOW).id
+            await client.push(CAL)
+            await client.wait_acked(CAL)
+
+            page = await _open_board(await _context(browser), relay, token="wall-secret")
+            await expect(_row(page, "P-RO")).to_have_count(1)
+            assert "token=" not in page.url  # moved to sessionStorage, out of the address bar
+            await expect(page.locator("#access")).to_contain_text("Read-only")
+            for hidden in ("#book", "#identity", "#rows button", "th.writer-only"):
+                await expect(page.locator(hidden)).to_be_hidden()
+
+            await page.evaluate("""(id) => {
+                const { doc } = window.accordBoard
+                doc.transact(() => doc.getMap('reservations').get(id).set('note', 'forged by the wallboard'))
+            }""", rid)
+            await expect(page.locator("#link")).to_have_attribute("data-state", "refused")
+            await expect(page.locator("#link")).to_contain_text("4403")
+
+            rid2 = calendar.book(resource="room-1", start=f"{DAY}T10:00Z", end=f"{DAY}T10:30Z", patient="P-RO-2", now=NOW).id
+            await client.push(CAL)
+            await client.wait_acked(CAL)  # the relay has processed everything before this too
+            assert calendar.get(rid).note == ""
+            assert relay.calendars.loaded[CAL].replica.calendar.get(rid).note == ""  # type: ignore[union-attr]
+            assert rid2 in calendar.reservations
+
+
+async def test_refused_actions_show_a_clear_message(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        client = await _wire(relay)
+        try:
+            calendar = client.replica(CAL).calendar
+            calendar.put_resource("room-1", name="Room 1")
+            rid = calendar.book(resource="room-1", start=f"{DAY}T09:00Z", end=f"{DAY}T09:30Z", patient="P-R", now=NOW).id
+            await client.push(CAL)
+            page = await _open_board(await _context(browser), relay)
+            await expect(_row(page, "P-R")).to_have_count(1)
+            message = page.locator("#message")
+
+            await _book_in_page(page, patient="P-X", start="10:00", end="09:00")
+            await expect(message).to_have_attribute("data-kind", "error")
+            await expect(message).to_contain_text("is not after start")
+
+            await _book_in_page(page, patient="P-X", start="10:00", end="10:30", resource="room-9")
+            await expect(message).to_contain_text("room-9 is not declared in this calendar; choose one of room-1")
+            await expect(_row(page, "P-X")).to_have_count(0)
+
+            # The dialog is open when another desk cancels: the reschedule is checked against the new facts.
+            await page.click(f'#rows tr[data-id="{rid}"] button[data-action="reschedule"]')
+            calendar.cancel(rid, now=NOW)
+            await client.push(CAL)
+            await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_have_attribute("data-status", "cancelled")
+            await page.fill("#reschedule-start", "11:00")
+            await page.fill("#reschedule-end", "11:30")
+            await page.click("#reschedule-submit")
+            await expect(page.locator("#reschedule-problem")).to_contain_text(
+                f"cannot reschedule reservation {rid} (cancelled): it is cancelled; book a new reservation instead")
+            assert calendar.get(rid).start.hour == 9
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+def _seed_day(calendar: Calendar, home: Calendar) -> dict[str, str]:
+    """A front desk's morning in every status the board shows; returns patient -> reservation id."""
+    def at(hour: int, minute: int = 0) -> datetime:
+        return datetime(2026, 11, 25, hour, minute, tzinfo=UTC)
+
+    home.set_home("relay-a")
+    calendar.put_resource("room-1", name="Room 1")
+    calendar.put_resource("room-2", name="Room 2")
+    calendar.put_resource("dr-lee", name="Dr Lee")
+    ids: dict[str, str] = {}
+
+    def book(patient: str, resource: str, start: datetime, minutes: int, **kw: Any) -> str:
+        ids[patient] = calendar.book(resource=resource, start=start, end=start + timedelta(minutes=minutes),
+                                     patient=patient, now=NOW, **kw).id
+        return ids[patient]
+
+    def decide(rid: str, outcome: str, conflict: str = "", reason: str = "") -> None:
+        entry = home.reservations[rid]
+        with home.doc.transaction(origin=home.origin):
+            entry["decision"] = outcome
+            entry["decided_start"], entry["decided_end"] = entry["start"], entry["end"]
+            entry["decided_resource"] = entry["resource"]
+            entry["decided_by"], entry["decided_at"] = "relay-a", "2026-11-25T07:05:00Z"
+            if outcome == "booked":
+                entry["booked_start"], entry["booked_end"] = entry["start"], entry["end"]
+                entry["booked_resource"] = entry["resource"]
+            else:
+                entry["conflict_with"], entry["reason"] = conflict, reason
+
+    first = book("P-1042", "room-1", at(8, 30), 30, service="check-up", note="fasting since midnight")
+    decide(first, "booked")
+    calendar.check_in(first, now=NOW)
+    decide(book("P-2210", "room-1", at(9), 20, service="vaccination"), "booked")
+    clash = book("P-3318", "room-1", at(9, 10), 20, service="vaccination", note="asked for the morning")
+    decide(clash, "rejected", conflict=ids["P-2210"], reason="room-1 is fully booked 09:00-09:20")
+    book("P-4521", "dr-lee", at(9, 30), 45, service="consultation", note="interpreter needed (Polish)")
+    cancelled = book("P-5007", "room-2", at(10), 30, service="dressing change")
+    decide(cancelled, "booked")
+    calendar.cancel(cancelled, now=NOW, reason="patient phoned: feeling better")
+    decide(book("P-6123", "dr-lee", at(11), 30, service="follow-up"), "booked")
+    return ids
+
+
+async def test_populated_board_shows_every_status_as_the_engine_derives_it(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        assert relay.calendars is not None and relay.pipeline is not None
+        handle = await relay.calendars.get(CAL)  # type: ignore[arg-type]
+        desk = Calendar(CAL, handle.replica.doc, actor="desk-2")
+        home = Calendar(CAL, handle.replica.doc, actor="relay-a")  # what the home relay writes
+        ids = _seed_day(desk, home)
+        relay.pipeline.submit_local(handle)
+        await relay.pipeline.drain()
+
+        page = await _open_board(await _context(browser), relay)
+        await expect(page.locator("#rows tr")).to_have_count(len(ids))
+        fields = desk.all_fields()
+        for rid in ids.values():
+            expected = derive_status(fields[rid], has_home=True)
+            await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_have_attribute("data-status", str(expected))
+        statuses = {await row.get_attribute("data-status") for row in await page.locator("#rows tr").all()}
+        assert statuses == {"pending", "booked", "rejected", "cancelled", "checked-in"}
+        rejected = page.locator(f'#rows tr[data-id="{ids["P-3318"]}"]')
+        await expect(rejected).to_contain_text(f"conflicts with P-2210 09:00{DASH}09:20 on room-1")
+        # Only allowed moves are offered: a pending booking cannot be checked in yet.
+        pending = page.locator(f'#rows tr[data-id="{ids["P-4521"]}"]')
+        await expect(pending.locator('button[data-action="check in"]')).to_have_count(0)
+        await expect(pending.locator('button[data-action="cancel"]')).to_have_count(1)
+
+        # Moving between days with the picker's buttons, and back.
+        await page.click("#next-day")
+        await expect(page.locator("#empty")).to_be_visible()
+        await page.click("#prev-day")
+        await expect(page.locator("#rows tr")).to_have_count(len(ids))
+
+        target = os.environ.get("ACCORD_BOARD_SCREENSHOT")
+        shot = Path(target) if target else tmp_path / "board.png"
+        await page.fill("#book-resource", "room-2")
+        await page.fill("#book-start", "11:30")
+        await page.fill("#book-end", "12:00")
+        await page.fill("#actor", "Ana (desk 1)")
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert page.errors == []
