@@ -28,17 +28,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import enum
 import json
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pycrdt import Subscription
+from typing import TypeVar
 
 from accord.engine.calendar import Calendar
 from accord.engine.errors import ReservationNotFound
@@ -55,10 +51,13 @@ from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
 
+from .changes import ChangeKind, ChangeNotice, ChangeStream
 from .conflicts import Conflict, find_conflicts
 from .errors import AmbiguousId, DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout, TerminalError
 from .ledger import Ledger, LocalChange
 from .link import Backoff, Link, LinkState
+from .opened import OpenCalendar
+from .status import CalendarStatus, SyncState, TerminalStatus, is_decided
 
 log = logging.getLogger(__name__)
 
@@ -68,109 +67,6 @@ DEFAULT_STORE = "accord-terminal.sqlite"
 MIN_ID_FRAGMENT = 4
 
 T = TypeVar("T")
-
-
-class SyncState(enum.StrEnum):
-    """How far a reservation's latest local change got."""
-
-    LOCAL = "local"  # saved in this terminal's store; the relay has not acknowledged it yet
-    STORED = "stored"  # the relay durably stored it (or it came from the relay)
-    DECIDED = "decided"  # the calendar's home relay booked or rejected the current request
-
-
-class ChangeKind(enum.StrEnum):
-    """Why observers are told about reservations."""
-
-    LOCAL = "local"  # a write on this terminal
-    REMOTE = "remote"  # an update arrived from the relay
-    STORED = "stored"  # the relay acknowledged local changes to these reservations
-    OVERFLOW = "overflow"  # a slow change stream dropped notices: re-read what you show
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeNotice:
-    """Reservations of one calendar that changed (ids only; read them with :meth:`Terminal.get`)."""
-
-    calendar: CalendarId
-    reservation_ids: tuple[ReservationId, ...]
-    kind: ChangeKind
-
-    def to_json(self) -> dict[str, Any]:
-        return {"calendar": self.calendar, "ids": list(self.reservation_ids), "kind": str(self.kind)}
-
-
-@dataclass(frozen=True, slots=True)
-class CalendarStatus:
-    """Sync status of one open calendar."""
-
-    name: CalendarId
-    pending: int
-    pulled: bool  # the relay's state arrived during the current connection
-    refused: str  # the relay's reason if it refused this calendar, else ""
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalStatus:
-    """What :meth:`Terminal.status` reports."""
-
-    name: str
-    relay: str | None
-    link: LinkState
-    pending: int  # local changes not yet acknowledged by the relay, all calendars
-    last_ack_at: datetime | None
-    last_error: str
-    calendars: tuple[CalendarStatus, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "relay": self.relay,
-            "link": str(self.link),
-            "pending": self.pending,
-            "last_ack_at": format_time(self.last_ack_at) if self.last_ack_at else None,
-            "last_error": self.last_error,
-            "calendars": [
-                {"name": c.name, "pending": c.pending, "pulled": c.pulled, "refused": c.refused} for c in self.calendars
-            ],
-        }
-
-
-class _OpenCalendar:
-    """A loaded replica plus the ids its transactions touched (collected by a deep observer)."""
-
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-        self.touched: set[str] = set()
-        self.everything = False
-        self._subs: list[tuple[Any, Subscription]] = [
-            (replica.calendar.reservations, replica.calendar.reservations.observe_deep(self._on_reservations)),
-            (replica.calendar.meta, replica.calendar.meta.observe(self._on_meta)),
-        ]
-
-    def _on_reservations(self, events: list[Any]) -> None:
-        for event in events:
-            path = list(event.path)
-            if path:
-                self.touched.add(str(path[0]))
-            else:
-                self.touched.update(str(key) for key in event.keys)
-
-    def _on_meta(self, _event: Any) -> None:
-        self.everything = True  # e.g. the home changed: every status may have changed
-
-    def take_touched(self) -> tuple[ReservationId, ...]:
-        if self.everything:
-            self.touched.update(self.replica.calendar.reservations.keys())
-        ids = tuple(sorted(ReservationId(i) for i in self.touched))
-        self.touched.clear()
-        self.everything = False
-        return ids
-
-    def close(self) -> None:
-        for shared, sub in self._subs:
-            with contextlib.suppress(Exception):
-                shared.unobserve(sub)
-        self.replica.close()
 
 
 class Terminal:
@@ -215,7 +111,7 @@ class Terminal:
         self._store: SqliteStorage | None = None
         self._ledger: Ledger | None = None
         self.link: Link | None = None
-        self._open: dict[CalendarId, _OpenCalendar] = {}
+        self._open: dict[CalendarId, OpenCalendar] = {}
         self._open_lock = asyncio.Lock()
         self._signal = asyncio.Event()
         self._callbacks: list[Callable[[ChangeNotice], None]] = []
@@ -313,7 +209,7 @@ class Terminal:
             log.info("compacted calendar log", extra={"calendar": name, "rows": rows})
         assert self._ledger is not None
         await self._ledger.load(name)
-        self._open[name] = _OpenCalendar(replica)
+        self._open[name] = OpenCalendar(replica)
 
     async def _known_calendars(self) -> builtins.list[str]:
         text = await self._require_store().get_meta(CALENDARS_KEY)
@@ -736,60 +632,17 @@ class Terminal:
         return self._ledger
 
 
-class ChangeStream:
-    """Change notices for one consumer, in order, from its creation on (see :meth:`Terminal.changes`)."""
-
-    def __init__(self, streams: set[ChangeStream], max_queued: int, *, closed: bool = False) -> None:
-        self._streams = streams
-        self._max = max(1, max_queued)
-        self._queue = asyncio.Queue[ChangeNotice | None](maxsize=self._max + 1)  # +1: room for the end marker
-        self._ended = False
-        if closed:
-            self.end()
-        else:
-            streams.add(self)
-
-    def put(self, notice: ChangeNotice) -> None:
-        """Queue ``notice``; when the backlog is full, replace it by one ``overflow`` notice."""
-        if self._ended:
-            return
-        if self._queue.qsize() >= self._max:
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            notice = ChangeNotice(notice.calendar, (), ChangeKind.OVERFLOW)
-        self._queue.put_nowait(notice)
-
-    def end(self) -> None:
-        """No more notices will come: iteration stops once the backlog is consumed."""
-        if not self._ended:
-            self._ended = True
-            self._streams.discard(self)
-            self._queue.put_nowait(None)
-
-    close = end
-
-    def __aiter__(self) -> ChangeStream:
-        return self
-
-    async def __anext__(self) -> ChangeNotice:
-        notice = await self._queue.get()
-        if notice is None:
-            self._queue.put_nowait(None)  # stay ended for later calls
-            raise StopAsyncIteration
-        return notice
-
-    async def __aenter__(self) -> ChangeStream:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self.end()
-
-
-def is_decided(reservation: Reservation) -> bool:
-    """True if the home relay decided the reservation's current request (booked, rejected, or a closed state)."""
-    return reservation.status is not Status.PENDING and reservation.proposal != "pending"
-
-
 def default_name() -> str:
     """The host name (what ``--as`` defaults to)."""
     return (socket.gethostname() or "terminal")[:64]
+
+
+__all__ = [
+    "ChangeKind",
+    "ChangeNotice",
+    "ChangeStream",
+    "LinkState",
+    "SyncState",
+    "Terminal",
+    "TerminalStatus",
+]

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from accord.engine.model import Reservation
 
-from .client import SyncState, TerminalStatus
 from .conflicts import Conflict
+from .status import SyncState, TerminalStatus
 
 SHORT_ID = 8
 NOTE_WIDTH = 30

@@ -271,8 +271,8 @@ class Link:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
-                code = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
-                raise _Refused(code, f"relay answered HTTP {status}: check --token") from None
+                refusal = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
+                raise _Refused(refusal, f"relay answered HTTP {status}: check --token") from None
             raise
         self._ws = ws
         self._sync = sync = PeerSync()
