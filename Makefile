@@ -36,11 +36,23 @@ lint: $(STAMP)
 test: $(STAMP) $(NODE_STAMP) lint
 	ACCORD_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules $(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/engine_bench.py
+BENCH_STAMP := $(VENV)/.installed-bench
 
-bench-quick: $(STAMP)
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Measure and print; writes benchmarks/RESULTS.md and benchmarks/results.png (relay vs peers).
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/engine_bench.py
+	$(BIN)/python benchmarks/decisions_bench.py
+	$(BIN)/python benchmarks/relay_vs_peers.py
+
+# The same at smoke sizes (what CI may run; no timing assertions anywhere).
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/engine_bench.py --n 2000
+	$(BIN)/python benchmarks/decisions_bench.py --n 2000
+	$(BIN)/python benchmarks/relay_vs_peers.py --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
