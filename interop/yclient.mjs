@@ -1,0 +1,188 @@
+#!/usr/bin/env node
+// A stock Yjs client (Y.Doc + y-websocket's WebsocketProvider over the `ws` package) for accord's
+// interop tests. Nothing here knows about accord: it is what any Yjs web app would run.
+//
+//   node yclient.mjs edit --url ws://127.0.0.1:PORT --calendar clinic-1 [--token T]
+//                         --reservation ID --note TEXT [--timeout 20]
+//       connect, wait until synced, wait until reservation ID is in doc.getMap('reservations'),
+//       set `note` (+ updated_by/updated_at) on its nested Y.Map, then wait until the edit is
+//       flushed: a second, fresh stock client on the same calendar receives it from the relay.
+//   node yclient.mjs awareness --url ... --calendar ... [--token T] --name ME --expect OTHER
+//       connect, publish awareness {user: ME} (re-published every 200 ms so the join order does
+//       not matter), and wait until a state with {user: OTHER} arrives from another client.
+//
+// Output: JSON lines on stdout, one per step ({"event": "synced" | "seen" | "edited" | "flushed" |
+// "awareness" | "error" | "timeout", ...}). Exit code 0 when done, 1 on error (e.g. the relay closed
+// the connection with a 4xxx code), 2 on timeout, 64 on bad usage.
+//
+// Packages come from $ACCORD_NODE_MODULES (an absolute node_modules folder, as installed by
+// `make node`); ES modules ignore NODE_PATH, so their ESM entry points are resolved by hand below.
+// Without ACCORD_NODE_MODULES the script falls back to the node_modules next to it.
+import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+const NODE_MODULES = process.env.ACCORD_NODE_MODULES || join(dirname(fileURLToPath(import.meta.url)), 'node_modules')
+
+// The ESM entry of a package's main export: exports["."] (import > module > default), else module, else main.
+// y-websocket imports `yjs` by name and resolves it to the same file, so there is one Yjs instance.
+function esmEntry (pkg) {
+  const root = join(NODE_MODULES, pkg)
+  const meta = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  let target = null
+  const exp = meta.exports
+  const dot = exp && (typeof exp === 'string' ? exp : exp['.'] || (exp.import || exp.default ? exp : null))
+  if (typeof dot === 'string') target = dot
+  else if (dot) target = [dot.import, dot.module, dot.default].find(x => typeof x === 'string') || null
+  target = target || meta.module || meta.main || 'index.js'
+  return pathToFileURL(join(root, target)).href
+}
+
+const EXIT_ERROR = 1
+const EXIT_TIMEOUT = 2
+const EXIT_USAGE = 64
+
+const emit = obj => process.stdout.write(JSON.stringify(obj) + '\n')
+
+function parseArgs (argv) {
+  const opts = { mode: argv[0], url: '', calendar: '', token: '', reservation: '', note: '', name: '', expect: '', timeout: 20 }
+  for (let i = 1; i < argv.length; i++) {
+    const key = argv[i].replace(/^--/, '')
+    if (!argv[i].startsWith('--') || !(key in opts) || key === 'mode' || i + 1 >= argv.length) {
+      emit({ event: 'error', error: `bad argument ${argv[i]}; see the header of yclient.mjs for usage` })
+      process.exit(EXIT_USAGE)
+    }
+    opts[key] = key === 'timeout' ? Number(argv[++i]) : argv[++i]
+  }
+  const need = { edit: ['url', 'calendar', 'reservation', 'note'], awareness: ['url', 'calendar', 'name', 'expect'] }[opts.mode]
+  const missing = need ? need.filter(k => !opts[k]) : ['mode (edit or awareness)']
+  if (missing.length) {
+    emit({ event: 'error', error: `missing ${missing.map(k => '--' + k).join(', ')}` })
+    process.exit(EXIT_USAGE)
+  }
+  return opts
+}
+
+const opts = parseArgs(process.argv.slice(2))
+const [Y, { WebsocketProvider }, wsModule] = await Promise.all(
+  ['yjs', 'y-websocket', 'ws'].map(pkg => import(esmEntry(pkg)))
+)
+const WebSocket = wsModule.default || wsModule.WebSocket
+
+let stage = 'connecting'
+const providers = []
+
+function finish (code, extra) {
+  if (extra) emit(extra)
+  for (const p of providers) {
+    try { p.destroy() } catch (_) {}
+  }
+  // let the close frames go out; never hang here
+  setTimeout(() => process.exit(code), 50).unref()
+  setTimeout(() => process.exit(code), 500)
+}
+
+const deadline = setTimeout(() => finish(EXIT_TIMEOUT, { event: 'timeout', stage, timeout_s: opts.timeout }), opts.timeout * 1000)
+deadline.unref()
+
+// One stock client: a fresh Y.Doc and a WebsocketProvider on ws://HOST:PORT/<calendar>?token=...
+function connect (label) {
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(opts.url, opts.calendar, doc, {
+    WebSocketPolyfill: WebSocket,
+    params: opts.token ? { token: opts.token } : {},
+    disableBc: true,
+    maxBackoffTime: 500
+  })
+  providers.push(provider)
+  provider.on('connection-close', event => {
+    const code = event && event.code
+    // 4xxx: the relay refused us (unauthorized, forbidden, not found); retrying will not help.
+    if (code >= 4000) finish(EXIT_ERROR, { event: 'error', client: label, stage, close_code: code, reason: String(event.reason || '') })
+  })
+  const synced = new Promise(resolve => {
+    if (provider.synced) resolve()
+    else provider.on('sync', isSynced => { if (isSynced) resolve() })
+  })
+  return { doc, provider, synced, reservations: doc.getMap('reservations') }
+}
+
+// Resolves with the value of predicate() once it is truthy, checking after every document change.
+function when (doc, predicate) {
+  return new Promise(resolve => {
+    const check = () => {
+      const value = predicate()
+      if (value) { doc.off('afterTransaction', check); resolve(value) }
+    }
+    doc.on('afterTransaction', check)
+    check()
+  })
+}
+
+const utcStamp = () => new Date().toISOString().replace(/\.\d+Z$/, 'Z')
+
+async function runEdit () {
+  const me = connect('editor')
+  await me.synced
+  stage = 'waiting for reservation'
+  emit({ event: 'synced', calendar: opts.calendar, reservations: me.reservations.size })
+  const entry = await when(me.doc, () => {
+    const value = me.reservations.get(opts.reservation)
+    return value instanceof Y.Map ? value : null
+  })
+  emit({ event: 'seen', id: opts.reservation, fields: entry.toJSON() })
+
+  stage = 'editing'
+  me.doc.transact(() => {
+    entry.set('note', opts.note)
+    entry.set('updated_by', 'yjs-client')
+    entry.set('updated_at', utcStamp())
+  })
+  emit({ event: 'edited', id: opts.reservation, note: opts.note, fields: entry.toJSON() })
+
+  // Flushed = the relay holds the edit: a fresh client that syncs from the relay receives it.
+  stage = 'waiting for the edit to be flushed'
+  const check = connect('verifier')
+  await check.synced
+  await when(check.doc, () => {
+    const value = check.reservations.get(opts.reservation)
+    return value instanceof Y.Map && value.get('note') === opts.note
+  })
+  emit({ event: 'flushed', id: opts.reservation, note: opts.note })
+  finish(0)
+}
+
+async function runAwareness () {
+  const me = connect(opts.name)
+  const { awareness } = me.provider
+  await me.synced
+  stage = 'waiting for awareness'
+  emit({ event: 'synced', calendar: opts.calendar })
+  let beat = 0
+  const publish = () => awareness.setLocalState({ user: opts.name, beat: beat++ })
+  publish()
+  const republish = setInterval(publish, 200)
+  await new Promise(resolve => {
+    const check = () => {
+      for (const [clientId, state] of awareness.getStates()) {
+        if (clientId !== me.doc.clientID && state && state.user === opts.expect) {
+          awareness.off('change', check)
+          resolve()
+          return
+        }
+      }
+    }
+    awareness.on('change', check)
+    check()
+  })
+  emit({ event: 'awareness', name: opts.name, saw: opts.expect })
+  // keep publishing briefly so the other client also sees us even if it joined last
+  setTimeout(() => { clearInterval(republish); finish(0) }, 600)
+}
+
+try {
+  if (opts.mode === 'edit') await runEdit()
+  else await runAwareness()
+} catch (err) {
+  finish(EXIT_ERROR, { event: 'error', stage, error: String(err && err.stack || err) })
+}

@@ -1,0 +1,214 @@
+"""Stock Yjs clients (yjs + y-websocket's WebsocketProvider under node) against real relays.
+
+The node side is ``interop/yclient.mjs``; its packages come from ``$ACCORD_NODE_MODULES``
+(``make test`` installs them from ``interop/package-lock.json`` into ``.cache/node``).
+Without node or those packages the tests are skipped, unless ``CI_REQUIRE_NODE=1``, which
+turns the skip into a failure so CI cannot pass without running them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from accord.engine.protocol import covers
+from accord.engine.replica import Replica
+from accord.engine.sync import Acknowledged, PeerSync, SyncRequested, UpdateReceived
+from accord.relay.server import Relay, RelayConfig
+
+pytestmark = pytest.mark.node
+
+YCLIENT = Path(__file__).resolve().parent.parent / "interop" / "yclient.mjs"
+CALENDAR = "clinic-1"
+DESK_TOKEN = "desk-secret"
+PEER_TOKEN = "peer-secret"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NODE_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class NodeEnv:
+    node: str
+    modules: Path
+
+
+def _missing_node() -> str | None:
+    """Why the node interop tests cannot run here, or None if they can."""
+    modules = os.environ.get("ACCORD_NODE_MODULES")
+    if not modules:
+        return "ACCORD_NODE_MODULES is unset: run `make test` (it installs interop/package-lock.json into .cache/node)"
+    if not (Path(modules) / "yjs" / "package.json").is_file() or not (Path(modules) / "y-websocket").is_dir():
+        return f"ACCORD_NODE_MODULES={modules} has no yjs/y-websocket: run `make node`"
+    if shutil.which("node") is None:
+        return "node is not on PATH: install Node 20+"
+    return None
+
+
+@pytest.fixture
+def node_env() -> NodeEnv:
+    reason = _missing_node()
+    if reason is not None:
+        if os.environ.get("CI_REQUIRE_NODE") == "1":
+            pytest.fail(f"CI_REQUIRE_NODE=1 but {reason}")
+        pytest.skip(reason)
+    node = shutil.which("node")
+    assert node is not None
+    return NodeEnv(node, Path(os.environ["ACCORD_NODE_MODULES"]))
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    code: int
+    events: list[dict[str, Any]]
+    stderr: str
+
+    def first(self, event: str) -> dict[str, Any]:
+        found = [e for e in self.events if e.get("event") == event]
+        assert found, f"no {event!r} event from yclient.mjs: {self.events} {self.stderr[-2000:]}"
+        return found[0]
+
+
+async def run_yclient(env: NodeEnv, *args: str) -> NodeRun:
+    """Run interop/yclient.mjs to completion (the script has its own timeout; this one backs it up)."""
+    proc = await asyncio.create_subprocess_exec(
+        env.node, str(YCLIENT), *args, "--timeout", str(NODE_TIMEOUT_S),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "ACCORD_NODE_MODULES": str(env.modules)},
+    )
+    try:
+        async with asyncio.timeout(NODE_TIMEOUT_S + 10):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert proc.returncode is not None
+    return NodeRun(proc.returncode, events, err.decode())
+
+
+class AccordClient:
+    """A terminal-like client on ``/.accord/v1``: one Replica of one calendar, pumped by a reader task."""
+
+    def __init__(self, url: str, *, actor: str) -> None:
+        self.url = url
+        self.sync = PeerSync()
+        self.replica = Replica(CALENDAR, actor=actor)
+        self.acked: dict[int, int] = {}
+        self.changed = asyncio.Event()
+        self.ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AccordClient:
+        headers = {"X-Accord-Role": "terminal", "Authorization": f"Bearer {DESK_TOKEN}"}
+        self.ws = await connect(self.url + "/.accord/v1", additional_headers=headers, compression=None)
+        self._reader = asyncio.create_task(self._read())
+        await self.ws.send(self.sync.step1(CALENDAR, self.replica.state_vector()))
+        await self.wait_for(lambda: self.sync.is_synced(CALENDAR))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.ws is not None and self._reader is not None
+        await self.ws.close()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def push(self) -> None:
+        assert self.ws is not None
+        for change in self.replica.take_changes():
+            await self.ws.send(self.sync.update(CALENDAR, change.update))
+
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+    def note_of(self, reservation_id: str) -> str | None:
+        entry = self.replica.calendar.reservations.get(reservation_id)
+        return None if entry is None else entry.get("note")
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                assert isinstance(message, bytes)
+                for event in self.sync.receive(message):
+                    if isinstance(event, SyncRequested):
+                        await self.ws.send(self.sync.step2(CALENDAR, self.replica.diff(event.state_vector)))
+                    elif isinstance(event, UpdateReceived):
+                        self.replica.apply(event.update, origin="relay")
+                    elif isinstance(event, Acknowledged):
+                        self.acked = event.clocks
+                self.changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.changed.set()
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens.txt"
+    path.write_text(f"{DESK_TOKEN} terminal clinic-*\n{PEER_TOKEN} peer *\n")
+    return path
+
+
+def relay_config(tmp_path: Path, tokens: Path, relay_id: str, **kw: Any) -> RelayConfig:
+    return RelayConfig(relay_id=relay_id, host="127.0.0.1", port=0, db_path=tmp_path / f"{relay_id}.sqlite",
+                       tokens_path=tokens, peer_token=PEER_TOKEN, backoff_initial_s=0.05, backoff_max_s=0.5, **kw)
+
+
+async def test_stock_yjs_client_edit_reaches_the_peered_relay(node_env: NodeEnv, tmp_path: Path, tokens: Path) -> None:
+    async with Relay(relay_config(tmp_path, tokens, "r1")) as r1, \
+            Relay(relay_config(tmp_path, tokens, "r2", peers=[r1.url])) as r2, \
+            AccordClient(r1.url, actor="desk-1") as desk, AccordClient(r2.url, actor="desk-2") as far:
+        booked = desk.replica.calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z",
+                                            patient="P-0042", note="first visit", now=NOW)
+        await desk.push()
+        await desk.wait_for(lambda: covers(desk.acked, desk.replica.clocks()))
+
+        run = await run_yclient(node_env, "edit", "--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
+                                "--reservation", booked.id, "--note", "edited in a stock Yjs client")
+
+        assert run.code == 0, f"yclient.mjs failed: {run.events} {run.stderr[-2000:]}"
+        seen = run.first("seen")["fields"]
+        assert (seen["patient"], seen["start"], seen["note"]) == ("P-0042", "2026-12-01T09:00:00Z", "first visit")
+        run.first("flushed")
+        await far.wait_for(lambda: far.note_of(booked.id) == "edited in a stock Yjs client")
+        await desk.wait_for(lambda: desk.note_of(booked.id) == "edited in a stock Yjs client")
+        edited = far.replica.calendar.get(booked.id)
+        assert (edited.patient, edited.resource, edited.updated_by) == ("P-0042", "room-1", "yjs-client")
+
+
+async def test_stock_yjs_client_without_token_is_refused(node_env: NodeEnv, tmp_path: Path, tokens: Path) -> None:
+    async with Relay(relay_config(tmp_path, tokens, "r1")) as r1:
+        run = await run_yclient(node_env, "edit", "--url", r1.url, "--calendar", CALENDAR,
+                                "--reservation", "nope", "--note", "x")
+
+    assert run.code == 1
+    assert run.first("error")["close_code"] == 4401
+
+
+async def test_awareness_is_relayed_between_stock_yjs_clients(node_env: NodeEnv, tmp_path: Path, tokens: Path) -> None:
+    async with Relay(relay_config(tmp_path, tokens, "r1")) as r1:
+        common = ("--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN)
+        alice, bob = await asyncio.gather(
+            run_yclient(node_env, "awareness", *common, "--name", "alice", "--expect", "bob"),
+            run_yclient(node_env, "awareness", *common, "--name", "bob", "--expect", "alice"),
+        )
+
+    assert (alice.code, bob.code) == (0, 0), f"{alice.events} {alice.stderr[-1000:]} {bob.events} {bob.stderr[-1000:]}"
+    assert alice.first("awareness")["saw"] == "bob"
+    assert bob.first("awareness")["saw"] == "alice"
