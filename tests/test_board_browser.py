@@ -453,3 +453,68 @@ async def test_populated_board_shows_every_status_as_the_engine_derives_it(brows
         await page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         assert page.errors == []
+
+
+async def test_home_relay_decisions_show_live_and_a_rejected_booking_is_rescheduled(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    home_config = relay_config(tmp_path, "a", home_globs=["clinic-*"])
+    async with Relay(home_config) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+        page = await _open_board(await _context(browser), b)  # a desk on the relay that is not home
+        await _book_in_page(page, patient="P-FIRST", start="09:00", end="09:30", actor="Ana")
+        first = _row(page, "P-FIRST")
+        await expect(first).to_have_attribute("data-status", "booked")  # pending until relay-a's decision arrives
+        await _book_in_page(page, patient="P-SECOND", start="09:15", end="09:45")
+        second = _row(page, "P-SECOND")
+        await expect(second).to_have_attribute("data-status", "rejected")
+        await expect(second).to_contain_text(f"conflicts with P-FIRST 09:00{DASH}09:30 on room-1")
+        await expect(second.locator('button[data-action="check in"]')).to_have_count(0)
+
+        # Keyboard only: open the reschedule dialog from the row, move it after the first booking, save.
+        await second.locator('button[data-action="reschedule"]').focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#reschedule-dialog")).to_be_visible()
+        await page.fill("#reschedule-start", "09:30")
+        await page.fill("#reschedule-end", "10:00")
+        await page.keyboard.press("Enter")  # submits the dialog's form
+        await expect(page.locator("#reschedule-dialog")).to_be_hidden()
+        await expect(second).to_have_attribute("data-status", "booked")
+        await expect(second).to_contain_text(f"09:30{DASH}10:00")
+
+        await first.locator('button[data-action="check in"]').focus()
+        await page.keyboard.press("Enter")
+        await expect(first).to_have_attribute("data-status", "checked-in")
+        await expect(page.locator("#message")).to_contain_text("Checked in P-FIRST")
+        assert page.errors == []
+
+
+async def test_sign_in_from_the_calendar_list_opens_the_board_with_the_kept_token(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\n")
+    async with Relay(relay_config(tmp_path, "a", tokens_path=tokens)) as relay:
+        assert relay.calendars is not None and relay.pipeline is not None
+        for name in (CAL, "other-1"):
+            handle = await relay.calendars.get(name)  # type: ignore[arg-type]
+            handle.replica.calendar.put_resource("room-1")
+            relay.pipeline.submit_local(handle)
+        await relay.pipeline.drain()
+        context = await _context(browser)
+        page = await context.new_page()
+
+        await page.goto(f"http://127.0.0.1:{relay.port}/board/{CAL}?day={DAY}")  # no token yet: the board asks
+        await expect(page.locator("#login")).to_be_visible()
+        await page.fill("#login-token", "wrong")
+        await page.press("#login-token", "Enter")
+        await expect(page.locator("#login-problem")).to_contain_text("not known to this relay")
+
+        await page.goto(f"http://127.0.0.1:{relay.port}/")
+        await page.fill("#token", "desk-secret")
+        await page.press("#token", "Enter")
+        await expect(page.get_by_role("link", name=CAL)).to_be_visible()
+        await expect(page.get_by_role("link", name="other-1")).to_have_count(0)
+        assert "token=" not in page.url  # kept in sessionStorage instead
+        await page.get_by_role("link", name=CAL).click()
+        await expect(page.locator("#link")).to_have_attribute("data-state", "synced")
+        await expect(page.locator("#book")).to_be_visible()
