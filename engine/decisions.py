@@ -51,7 +51,8 @@ import enum
 import json
 import logging
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,6 +74,9 @@ from .model import (
 )
 
 log = logging.getLogger(__name__)
+
+_SlotKey = tuple[str, int, int]  # (resource, start, end) in epoch seconds
+_PAUSE_AT = 8  # queued reservations from which a decide call unsubscribes while it writes
 
 FREEING_MARKS = ("cancelled_at", "entered_in_error_at")
 """Lifecycle marks that release a booked slot; every other mark keeps it occupied."""
@@ -125,7 +129,7 @@ class Decider:
         self.hold_ttl = hold_ttl
         self.origin = ("decider", relay_id)
         self._slots: dict[str, _ResourceSlots] = {}
-        self._occupied: dict[str, tuple[str, int, int]] = {}  # reservation id -> its slot in the index
+        self._occupied: dict[str, _SlotKey] = {}  # reservation id -> the slot it holds in the index
         self._queue: list[list[str]] = []  # batches of changed reservation ids, in arrival order
         calendar.set_home(relay_id)
         self.rebuild()
@@ -142,10 +146,7 @@ class Decider:
 
     def rebuild(self) -> None:
         """Reload the index of booked slots from the document (e.g. after a bulk load)."""
-        self._slots.clear()
-        self._occupied.clear()
-        for rid, fields in self.calendar.all_fields().items():
-            self._sync_slot(rid, fields)
+        self._load_index(self.calendar.all_fields())
 
     def decide_queued(self, now: datetime) -> list[DecisionMade]:
         """Decide every queued reservation that needs it, in arrival order; one transaction.
@@ -158,15 +159,15 @@ class Decider:
         reservations = self.calendar.reservations
         made: list[DecisionMade] = []
         stamp = format_time(parse_time(now))
-        with self.calendar.doc.transaction(origin=self.origin):
+        with self._writing(pause_observer=sum(len(batch) for batch in batches) >= _PAUSE_AT):
             for batch in batches:
-                found: list[tuple[str, dict[str, Any]]] = []
+                found: list[tuple[str, dict[str, Any], Map[Any]]] = []
                 for rid in dict.fromkeys(batch):
                     entry = reservations.get(rid)
                     fields = json.loads(str(entry)) if isinstance(entry, Map) else None
                     self._sync_slot(rid, fields)
-                    if fields is not None and needs_decision(fields):
-                        found.append((rid, fields))
+                    if fields is not None and entry is not None and needs_decision(fields):
+                        found.append((rid, fields, entry))
                 found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
                 made.extend(self._decide_each(found, now, stamp))
         return made
@@ -178,18 +179,24 @@ class Decider:
         """
         self._queue.clear()
         everything = self.calendar.all_fields()
-        self._slots.clear()
-        self._occupied.clear()
-        for rid, fields in everything.items():
-            self._sync_slot(rid, fields)
+        self._load_index(everything)
         found = [(rid, fields) for rid, fields in everything.items() if needs_decision(fields)]
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
         if not found:
             return []
-        with self.calendar.doc.transaction(origin=self.origin):
-            return self._decide_each(found, now, format_time(parse_time(now)))
+        reservations = self.calendar.reservations
+        with self._writing(pause_observer=len(found) >= _PAUSE_AT):
+            return self._decide_each(
+                ((rid, fields, reservations[rid]) for rid, fields in found), now, format_time(parse_time(now))
+            )
 
     # ---- internals ----------------------------------------------------------------------------
+
+    def _load_index(self, everything: Mapping[str, Mapping[str, Any]]) -> None:
+        self._slots.clear()
+        self._occupied.clear()
+        for rid, fields in everything.items():
+            self._sync_slot(rid, fields)
 
     def _on_change(self, events: list[Any]) -> None:
         # Inside a pycrdt observer: writing would raise, so only queue.
@@ -205,13 +212,32 @@ class Decider:
         if batch:
             self._queue.append(sorted(batch))
 
-    def _decide_each(self, found: Iterable[tuple[str, dict[str, Any]]], now: datetime, stamp: str) -> list[DecisionMade]:
+    @contextmanager
+    def _writing(self, *, pause_observer: bool) -> Iterator[None]:
+        """One transaction for a decide call. For many decisions, with our observer off: pycrdt
+        builds an event per changed map for every deep observer, which costs more than the writes
+        (and subscribing again costs a signature inspection, so a single decision keeps it on)."""
+        reservations = self.calendar.reservations
+        if pause_observer:
+            reservations.unobserve(self._subscription)
+        try:
+            with self.calendar.doc.transaction(origin=self.origin):
+                yield
+        finally:
+            if pause_observer:
+                self._subscription = reservations.observe_deep(self._on_change)
+
+    def _decide_each(
+        self, found: Iterable[tuple[str, dict[str, Any], Map[Any]]], now: datetime, stamp: str
+    ) -> list[DecisionMade]:
         made = []
-        for rid, fields in found:
-            decision = self._decide(rid, fields, now)
-            self._write(rid, fields, decision, stamp)
+        for rid, fields, entry in found:
+            decision, slot = self._decide(rid, fields, now)
+            self._write(entry, fields, decision, stamp)
+            if slot is not None:
+                self._set_slot(rid, slot)
             made.append(decision)
-            log.info(
+            log.debug(  # the relay logs the INFO line per decision, with its connection context
                 "booking decided",
                 extra={
                     "calendar": self.calendar.name,
@@ -223,13 +249,14 @@ class Decider:
             )
         return made
 
-    def _decide(self, rid: str, fields: Mapping[str, Any], now: datetime) -> DecisionMade:
+    def _decide(self, rid: str, fields: Mapping[str, Any], now: datetime) -> tuple[DecisionMade, _SlotKey | None]:
+        """The decision about the current request, and the slot to occupy if it is booked."""
         reservation_id = ReservationId(rid)
         try:
             resource = check_resource_id(fields.get("resource"))  # type: ignore[arg-type]
             start_at, end_at = check_interval(fields.get("start"), fields.get("end"))  # type: ignore[arg-type]
         except InvalidReservation:
-            return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.INVALID)
+            return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.INVALID), None
         if self.hold_ttl is not None and not fields.get("booked_start"):
             asked = fields.get("updated_at") if fields.get("decided_start") else fields.get("created_at")
             try:
@@ -237,19 +264,22 @@ class Decider:
             except InvalidReservation:
                 expired = False
             if expired:
-                return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.EXPIRED)
+                return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.EXPIRED), None
         start, end = int(start_at.timestamp()), int(end_at.timestamp())
+        booked = DecisionMade(reservation_id, Decision.BOOKED), (resource, start, end)
         slots = self._slots.get(resource)
         if slots is None:
-            return DecisionMade(reservation_id, Decision.BOOKED)
+            return booked
         overlapping = slots.overlapping(start, end, exclude=rid)
+        if len(overlapping) == 0:
+            return booked
         capacity = self.calendar.capacity(resource)
         if len(overlapping) < capacity or _max_depth(overlapping, start, end) < capacity:
-            return DecisionMade(reservation_id, Decision.BOOKED)
+            return booked
         first = min(overlapping, key=lambda item: (item[0], item[2]))  # earliest start, then id
-        return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.CONFLICT, first[2])
+        return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.CONFLICT, first[2]), None
 
-    def _write(self, rid: str, fields: dict[str, Any], decision: DecisionMade, stamp: str) -> None:
+    def _write(self, entry: Map[Any], fields: dict[str, Any], decision: DecisionMade, stamp: str) -> None:
         request = {"resource": fields.get("resource"), "start": fields.get("start"), "end": fields.get("end")}
         changes: dict[str, Any] = {
             "decision": str(decision.outcome),
@@ -263,16 +293,16 @@ class Decider:
         }
         if decision.outcome is Decision.BOOKED:
             changes.update(booked_resource=request["resource"], booked_start=request["start"], booked_end=request["end"])
-        entry = self.calendar.reservations[rid]
         for key, value in changes.items():
             if fields.get(key, "") != value:  # a missing reason/conflict_with reads as ""
                 entry[key] = value
         fields.update(changes)
-        self._sync_slot(rid, fields)
 
     def _sync_slot(self, rid: str, fields: Mapping[str, Any] | None) -> None:
         """Make the index hold exactly the slot this reservation occupies now (if any)."""
-        slot = _occupied_slot(fields)
+        self._set_slot(rid, _occupied_slot(fields))
+
+    def _set_slot(self, rid: str, slot: _SlotKey | None) -> None:
         old = self._occupied.get(rid)
         if old == slot:
             return
@@ -327,7 +357,7 @@ def _max_depth(intervals: list[tuple[int, int, str]], start: int, end: int) -> i
     return deepest
 
 
-def _occupied_slot(fields: Mapping[str, Any] | None) -> tuple[str, int, int] | None:
+def _occupied_slot(fields: Mapping[str, Any] | None) -> _SlotKey | None:
     """(resource, start_s, end_s) of the booked slot this reservation holds, or None."""
     if not fields or not fields.get("booked_start") or any(fields.get(key) for key in FREEING_MARKS):
         return None

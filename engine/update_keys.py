@@ -232,6 +232,22 @@ class KeyIndex:
         codes = [cand[3] for cand in cands]
         if _INHERIT not in codes:
             return codes
+        starts, ends = scan.starts, scan.ends
+        if not any(
+            client in ends and starts[client] <= clock < ends[client]
+            for cand in cands
+            if cand[3] == _INHERIT
+            for client, clock in ((cand[4], cand[5]), (cand[6], cand[7]))
+        ):
+            # The usual case (e.g. a terminal overwriting its note): every origin is outside this
+            # update, so the index alone answers.
+            for i, cand in enumerate(cands):
+                if codes[i] == _INHERIT:
+                    code = self._code_at(cand[6], cand[7], scan, strict) if cand[6] >= 0 else 0
+                    if code <= 0 and cand[4] >= 0:
+                        code = self._code_at(cand[4], cand[5], scan, strict)
+                    codes[i] = code
+            return codes
         # Candidates per client, sorted by clock, to find an origin inside this update.
         local: dict[int, tuple[list[int], list[int]]] = {}
         for i, cand in enumerate(cands):
@@ -443,6 +459,7 @@ def _scan(data: bytes) -> _Scan:
     ends: dict[int, int] = {}
     nested_codes = _NESTED_CODES
     meta_codes = _META_CODES
+    uint_at = _uint_at
     for _ in range(uint()):
         count = uint()
         client = uint()
@@ -464,28 +481,44 @@ def _scan(data: bytes) -> _Scan:
             code = 0
             oc = ok = rc = rk = -1
             if info & 0x80:
-                oc = uint()
-                ok = uint()
+                oc, pos = uint_at(data, pos)
+                ok, pos = uint_at(data, pos)
                 code = _INHERIT
             if info & 0x40:
-                rc = uint()
-                rk = uint()
+                rc, pos = uint_at(data, pos)
+                rk, pos = uint_at(data, pos)
                 code = _INHERIT
             if not info & 0xC0:
-                if uint() == 1:  # parent is a root type, by name
-                    length = uint()
+                parent_info = data[pos]
+                pos += 1
+                if parent_info == 1:  # parent is a root type, by name
+                    length = data[pos]
+                    if length < 0x80:
+                        pos += 1
+                    else:
+                        length, pos = uint_at(data, pos)
                     root = data[pos : pos + length]
                     pos += length
                     if pos > size:
                         raise IndexError
                     nested = False
-                else:  # parent is a nested type, by the ID of its item
-                    uint()
-                    uint()
+                elif parent_info == 0:  # parent is a nested type, by the ID of its item: skip it
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
                     root = b""
                     nested = True
+                else:
+                    raise MalformedMessage(f"not a Yjs update: parent info {parent_info}")
                 if info & 0x20:
-                    length = uint()
+                    length = data[pos]
+                    if length < 0x80:
+                        pos += 1
+                    else:
+                        length, pos = uint_at(data, pos)
                     key = data[pos : pos + length]
                     pos += length
                     if pos > size:
@@ -496,7 +529,11 @@ def _scan(data: bytes) -> _Scan:
                         code = meta_codes.get(key, 0)
             # content: advance past it and learn its length in clock units
             if ref == _ANY:
-                length = uint()
+                length = data[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = uint_at(data, pos)
                 for _ in range(length):
                     if data[pos] == 119 and data[pos + 1] < 0x80:  # fast path: one short string
                         pos += 2 + data[pos + 1]

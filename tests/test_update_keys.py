@@ -293,6 +293,13 @@ def test_constructs_yjs_and_yrs_read_differently_are_refused(content: bytes, why
         KeyIndex().writes_protected(any_item(content))
 
 
+def test_an_unusual_parent_info_is_refused() -> None:
+    # parent info 2: an ID for Yjs and Yrs alike, but no encoder writes it
+    update = bytes([1, 1, 9, 0, 0x28, 2, 5, 0, 1]) + b"k" + bytes([1, 0x77, 1]) + b"x" + bytes([0])
+    with pytest.raises(MalformedMessage):
+        KeyIndex().observe(update)
+
+
 def test_hand_encoded_any_item_matches_yrs() -> None:
     update = any_item(bytes([0x08, 2, 0x77, 1]) + b"x" + bytes([0x7D, 0xC1, 0x01]))  # ["x", -65]
     doc = Doc()
