@@ -173,7 +173,7 @@ def _calendar_list(relay: Relay, grant: Grant, names: list[CalendarId]) -> str:
         listing = f'<ul class="calendars">\n{items}\n</ul>'
     else:
         listing = "<p>No calendar this token may open holds any reservation yet. Open one by name below.</p>"
-    access = "read-only: you can watch boards but not change them" if not grant.can_write else str(grant.role)
+    access = "read and write" if grant.can_write else "read-only: you can watch boards but not change them"
     mode = " This relay is open: it asks for no token." if relay.tokens.is_open else ""
     return f"""<p>Access: {html.escape(access)}.{mode}</p>
 <h2>Calendars</h2>

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,10 +176,12 @@ async def test_python_client_change_appears_in_both_pages(browser: Any, tmp_path
             for page in (page_a, page_b):
                 await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_contain_text(f"10:00{DASH}10:20")
             calendar.reschedule(rid, start=f"{DAY}T11:00Z", end=f"{DAY}T11:45Z", now=NOW)
+            started = time.monotonic()
             await client.push(CAL)
             for page in (page_a, page_b):
                 row = page.locator(f'#rows tr[data-id="{rid}"]')
                 await expect(row).to_contain_text(f"11:00{DASH}11:45")
+                assert time.monotonic() - started < 1.0, "a change must appear on the board within a second"
                 await expect(row).to_contain_text("desk-py")
         finally:
             await client.__aexit__(None, None, None)

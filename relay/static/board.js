@@ -129,7 +129,8 @@ function open (token, granted) {
     if (state.refused) return
     if (status === 'connected') setLink('connecting', 'Connected; syncing…')
     else if (status === 'disconnected' || state.link === 'offline') {
-      setLink('offline', 'Offline: changes are kept in this browser and sent when the relay is back')
+      setLink('offline', state.canWrite ? 'Offline: changes are kept in this browser and sent when the relay is back'
+        : 'Offline: showing the last copy; live again when the relay is back')
     } else if (state.link !== 'synced') setLink('connecting', 'Connecting to the relay…')
   })
   provider.on('sync', synced => {
