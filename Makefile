@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := .cache/node
 NODE_STAMP := $(NODE_DIR)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean node
+.PHONY: demo test lint bench bench-quick clean node screenshot board-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,11 @@ bench-quick: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate docs/board.png from the populated-board browser test (needs chromium-headless-shell or chromium).
+screenshot: $(STAMP)
+	ACCORD_REQUIRE_BROWSER=1 ACCORD_BOARD_SCREENSHOT=$(CURDIR)/docs/board.png $(BIN)/python -m pytest -q tests/test_board_browser.py -k populated_board
+
+# Rebuild the vendored Yjs bundle and check it matches the committed files (needs node + npm).
+board-check:
+	sh board/build.sh --check
