@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from relays import Relay, RelayConfig, relay_config
 
-from accord.engine.model import Status
+from accord.engine.errors import ReservationNotFound
+from accord.engine.model import Reservation, Status
 from accord.terminal.client import ChangeKind, ChangeNotice, SyncState, Terminal
 from accord.terminal.errors import RelayRefused
 from accord.terminal.link import Backoff, LinkState
@@ -51,6 +54,20 @@ async def next_notice(stream: object, kind: ChangeKind, timeout: float = 5.0) ->
     raise AssertionError("change stream ended")
 
 
+async def eventually(t: Terminal, read: Callable[[], Awaitable[Reservation]], status: Status,
+                     timeout: float = 10) -> Reservation:
+    """Wait (re-reading on every change notice) until the reservation exists with ``status``."""
+    stream = t.changes()
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(ReservationNotFound):
+                found = await read()
+                if found.status is status:
+                    stream.close()
+                    return found
+            await anext(stream)
+
+
 async def test_booking_reaches_another_terminal_without_polling(tmp_path: Path) -> None:
     async with Relay(relay_config(tmp_path, "r1")) as relay:
         async with terminal(relay.url, tmp_path, "desk-1") as one, terminal(relay.url, tmp_path, "desk-2") as two:
@@ -64,9 +81,7 @@ async def test_booking_reaches_another_terminal_without_polling(tmp_path: Path) 
             assert (seen.created_by, seen.status) == ("desk-1", Status.BOOKED)
             assert two.sync_state(CAL, rid) is SyncState.STORED
             await two.cancel(CAL, rid, reason="duplicate")
-            await two.synced(timeout=5)
-            await one.synced(timeout=5)
-            assert (await one.get(CAL, rid)).status is Status.CANCELLED
+            assert (await eventually(one, lambda: one.get(CAL, rid), Status.CANCELLED)).reason == "duplicate"
 
 
 async def test_pending_count_drops_to_zero_after_ack_and_stays_zero_after_restart(tmp_path: Path) -> None:
@@ -180,7 +195,7 @@ async def test_home_relay_decides_and_the_loser_sees_rejected(tmp_path: Path) ->
             decided_second = await two.decision(CAL, second, timeout=10)
             assert sorted([decided_first.status, decided_second.status]) == [Status.BOOKED, Status.REJECTED]
             assert one.sync_state(CAL, first) is SyncState.DECIDED
-            await one.synced(timeout=10)
             loser = second if decided_second.status is Status.REJECTED else first
             winner = first if loser == second else second
-            assert (await one.get(CAL, loser)).conflict_with == winner
+            seen_by_one = await eventually(one, lambda: one.get(CAL, loser), Status.REJECTED)  # the other desk's booking
+            assert seen_by_one.conflict_with == winner
