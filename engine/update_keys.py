@@ -29,6 +29,9 @@ Typical use on a relay, per calendar::
     index = KeyIndex.from_update(replica.full_state())      # once, after loading
     if from_terminal and index.writes_protected(update):     # before applying
         ...refuse the update...
+    # MalformedMessage from writes_protected means "refuse" too, never "apply unchecked": the
+    # decoder refuses every construct Yjs and Yrs read differently (legacy JSON content, XML hooks,
+    # 5-bit content refs, odd parent infos) and trailing bytes, all of which Yrs may still accept.
     change = replica.apply(update)
     if change is not None:
         index.observe(change.update)                         # every applied change, any source
