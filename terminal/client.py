@@ -375,7 +375,7 @@ class Terminal:
         if opened is None:
             raise ReservationNotFound(f"calendar {calendar!r} is not open on this terminal")
         reservation = opened.replica.calendar.get(reservation_id)
-        if reservation_id in self._require_ledger().get(opened.replica.name).pending_ids():
+        if reservation_id in self._require_ledger().get(opened.replica.name).pending_ids(opened.replica.clocks()):
             return SyncState.LOCAL
         if opened.replica.calendar.home is not None and is_decided(reservation):
             return SyncState.DECIDED

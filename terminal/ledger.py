@@ -10,6 +10,8 @@ pending count survives restarts. It is a small state-based CRDT so that two proc
 same store file (say ``accord terminal watch`` and ``accord terminal book``) do not undo each
 other's bookkeeping: saving re-reads the stored record and merges it (acknowledged clocks by
 maximum, clients and pending changes by union), then drops what the merged ACK covers.
+Each process counts only the pending changes its own document holds
+(:meth:`CalendarLedger.known_pending`): it cannot send what it never loaded.
 
 Crash safety: the writing client id is recorded *before* the first update of a process is
 appended, so even a crash between the append and the pending-entry save leaves the
@@ -56,19 +58,28 @@ class CalendarLedger:
         """True if the relay acknowledged ``client``'s writes up to ``clock``."""
         return self.acked.get(client, 0) >= clock
 
+    def known_pending(self, local_clocks: Mapping[int, int]) -> dict[tuple[int, int], tuple[str, ...]]:
+        """Pending changes that the document at ``local_clocks`` holds.
+
+        Another process sharing the store may have recorded changes this process never loaded;
+        they stay in the ledger for their owner (or the next start) but this process cannot send them.
+        """
+        return {key: ids for key, ids in self.pending.items() if local_clocks.get(key[0], 0) >= key[1]}
+
     def covers(self, local_clocks: Mapping[int, int]) -> bool:
         """True if every write of this terminal's clients in ``local_clocks`` is acknowledged."""
-        return not self.pending and all(self.is_acked(c, local_clocks.get(c, 0)) for c in self.clients)
+        return not self.known_pending(local_clocks) and all(self.is_acked(c, local_clocks.get(c, 0)) for c in self.clients)
 
     def pending_count(self, local_clocks: Mapping[int, int]) -> int:
         """Local changes not yet acknowledged (at least 1 if any own write is uncovered)."""
-        if self.pending:
-            return len(self.pending)
+        known = self.known_pending(local_clocks)
+        if known:
+            return len(known)
         return 0 if self.covers(local_clocks) else 1
 
-    def pending_ids(self) -> set[str]:
+    def pending_ids(self, local_clocks: Mapping[int, int]) -> set[str]:
         """Reservations touched by a not yet acknowledged local change."""
-        return {rid for ids in self.pending.values() for rid in ids}
+        return {rid for ids in self.known_pending(local_clocks).values() for rid in ids}
 
     # ---- updates ---------------------------------------------------------------------------
 

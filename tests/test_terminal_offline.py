@@ -159,7 +159,8 @@ def test_ledger_merge_keeps_pending_until_acknowledged() -> None:
     one.merge(two)
     one.prune(keep_client=7)
     assert one.pending == {(7, 20): ("r2",)}
-    assert one.pending_count({7: 20}) == 1 and one.pending_ids() == {"r2"}
+    assert one.pending_count({7: 20}) == 1 and one.pending_ids({7: 20}) == {"r2"}
+    assert one.pending_count({7: 13}) == 0 and one.pending_ids({7: 13}) == set()  # not loaded here: not ours to send
     assert one.clients == {7}  # client 9 of an earlier process is fully acknowledged
     one.acked[7] = 20
     one.prune(keep_client=7)

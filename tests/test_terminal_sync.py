@@ -199,3 +199,23 @@ async def test_home_relay_decides_and_the_loser_sees_rejected(tmp_path: Path) ->
             winner = first if loser == second else second
             seen_by_one = await eventually(one, lambda: one.get(CAL, loser), Status.REJECTED)  # the other desk's booking
             assert seen_by_one.conflict_with == winner
+
+
+async def test_two_terminals_sharing_one_store_do_not_lose_each_others_pending_changes(tmp_path: Path) -> None:
+    """Like `accord terminal watch` running while `accord terminal book` runs on the same store file."""
+    store = tmp_path / "desk.sqlite"
+    async with Relay(relay_config(tmp_path, "r1")) as relay:
+        async with Terminal(relay=relay.url, store=store, name="watcher", backoff=FAST) as watcher:
+            await watcher.open(CAL)
+            await watcher.synced(timeout=5)
+            async with Terminal(store=store, name="desk") as offline_writer:  # no relay: stays pending
+                offline_id = await book(offline_writer, 0)
+            await book(watcher, 60)  # the watcher's own write is acknowledged and its ledger saved
+            await watcher.synced(timeout=5)
+            assert watcher.status().pending == 0  # it never loaded the other process's write
+        async with Terminal(store=store, name="desk") as reopened:
+            assert reopened.status().pending == 1  # the other process's pending change survived the merge
+            assert reopened.sync_state(CAL, offline_id) is SyncState.LOCAL
+        async with Terminal(relay=relay.url, store=store, name="desk", backoff=FAST) as online:
+            await online.synced(timeout=5)
+            assert online.status().pending == 0
