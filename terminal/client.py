@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
 from accord.engine.errors import ReservationNotFound
@@ -497,6 +497,34 @@ class Terminal:
                 f"reservation {reservation_id} was not decided within {timeout:g} s; it stays requested: "
                 "check later with `accord terminal show`"
             ) from None
+
+    async def wait_for(self, check: Callable[[], T], timeout: float) -> T:
+        """Re-evaluate ``check`` whenever anything changes (a write, an update from the relay, an
+        ACK, the link state) until it returns a truthy value; return that value.
+
+        ``check`` must not block; use :meth:`peek` and :meth:`snapshot` inside it.
+
+        Raises:
+            TimeoutError: ``check`` stayed falsy until the deadline.
+        """
+
+        def truthy() -> T | None:
+            value = check()
+            return value if value else None
+
+        return await self._wait_until(truthy, timeout)
+
+    def peek(self, calendar: str, reservation_id: str) -> Reservation | None:
+        """The reservation if ``calendar`` is open here and holds it, else None (no I/O: for :meth:`wait_for`)."""
+        opened = self._open.get(CalendarId(calendar))
+        if opened is None or reservation_id not in opened.replica.calendar.reservations:
+            return None
+        return opened.replica.calendar.get(reservation_id)
+
+    def snapshot(self, calendar: str) -> dict[str, Any]:
+        """The open calendar's whole document as plain data (for comparing replicas); {} if not open."""
+        opened = self._open.get(CalendarId(calendar))
+        return opened.replica.calendar.to_py() if opened is not None else {}
 
     async def _wait_until(self, check: Callable[[], T | None], timeout: float) -> T:
         """Re-run ``check`` on every change until it returns a value; TimeoutError at the deadline."""

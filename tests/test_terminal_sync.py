@@ -77,11 +77,16 @@ async def test_booking_reaches_another_terminal_without_polling(tmp_path: Path) 
             rid = await book(one)
             notice = await next_notice(stream, ChangeKind.REMOTE)
             assert (notice.calendar, notice.reservation_ids) == (CAL, (rid,))
+            assert await two.wait_for(lambda: two.peek(CAL, rid), timeout=5)
             seen = await two.get(CAL, rid)
             assert (seen.created_by, seen.status) == ("desk-1", Status.BOOKED)
             assert two.sync_state(CAL, rid) is SyncState.STORED
             await two.cancel(CAL, rid, reason="duplicate")
             assert (await eventually(one, lambda: one.get(CAL, rid), Status.CANCELLED)).reason == "duplicate"
+            await two.synced(timeout=5)
+            await one.wait_for(lambda: one.snapshot(CAL) == two.snapshot(CAL), timeout=5)
+            with pytest.raises(TimeoutError):
+                await one.wait_for(lambda: one.peek(CAL, "no-such-id"), timeout=0.05)
 
 
 async def test_pending_count_drops_to_zero_after_ack_and_stays_zero_after_restart(tmp_path: Path) -> None:
