@@ -55,15 +55,20 @@ class Replica:
         """Apply a remote update; return the change it made, or None if it brought nothing new.
 
         Raises:
-            MalformedMessage: the bytes are not a Yjs update. The document is unchanged.
+            MalformedMessage: the bytes are not a Yjs update. The document is unchanged, except
+                for an update that decodes but that Yrs refuses half way through integrating it
+                (e.g. an item whose parent is not a map or array): what it integrated stays, and
+                the next :meth:`take_changes` reports it, so that the store can keep up with the
+                document (it cannot be rolled back).
         """
         if update == EMPTY_UPDATE or not update:
             return None
         before = len(self._changes)
+        transaction = self.doc.transaction(origin=origin)  # a RuntimeError here is the caller's bug
         try:
-            with self.doc.transaction(origin=origin):
+            with transaction:
                 self.doc.apply_update(update)
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:  # Yrs decode errors, and integration errors
             raise MalformedMessage(f"not a Yjs update: {exc}") from None
         except BaseException as exc:  # pyo3 PanicException derives from BaseException
             if type(exc).__name__ != "PanicException":

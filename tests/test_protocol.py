@@ -372,6 +372,30 @@ def test_replica_apply_of_a_truncated_update_leaves_the_doc_unchanged() -> None:
     assert target.apply(update) is not None
 
 
+def test_update_refused_half_way_raises_malformed_and_reports_what_was_integrated() -> None:
+    source = Replica(CAL, actor="src", client_id=9)
+    source.calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW,
+                         reservation_id="r1")
+    forged = bytearray(source.take_changes()[0].update)
+    forged[38] = 1  # an item's parent info now names a non-container: Yrs fails after integrating earlier items
+    target = Replica(CAL, actor="b", client_id=2)
+    with pytest.raises(MalformedMessage, match="not a Yjs update"):
+        target.apply(bytes(forged))
+    partial = target.take_changes()
+    assert len(partial) == 1  # what did get integrated is reported, so a store can keep up with the document
+    follower = Replica(CAL, actor="c", client_id=3)
+    follower.apply(partial[0].update)
+    assert follower.calendar.to_py() == target.calendar.to_py()
+
+
+def test_apply_inside_a_transaction_with_another_origin_is_the_callers_bug_not_the_peers() -> None:
+    replica = Replica(CAL, actor="a", client_id=1)
+    _, message = decode_framed(valid_update_frame())
+    assert isinstance(message, SyncUpdate)
+    with replica.doc.transaction(origin="local"), pytest.raises(RuntimeError, match="origin"):
+        replica.apply(message.update, origin="peer")
+
+
 def test_replica_diff_of_a_garbage_state_vector_raises_malformed() -> None:
     with pytest.raises(MalformedMessage, match="state vector"):
         Replica(CAL).diff(b"\x09\x01")
