@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -279,18 +280,27 @@ async def cmd_watch(ctx: Context) -> int:
     _note_link(ctx, state)
     if state is LinkState.REFUSED:
         raise _refused(t)
-    printer = asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer")
-    states = asyncio.create_task(_watch_link(ctx), name="watch-link")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        loop.add_signal_handler(signal.SIGTERM, stop.set)  # a service manager stopping us: exit 0, cleanly
+    tasks = {
+        asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer"),
+        asyncio.create_task(_watch_link(ctx, state), name="watch-link"),
+        asyncio.create_task(stop.wait(), name="watch-stop"),
+    }
     try:
-        done, _ = await asyncio.wait({printer, states}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # re-raise RelayRefused
         return EXIT_OK
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
         stream.close()
-        for task in (printer, states):
+        for task in tasks:
             task.cancel()
-        await asyncio.wait({printer, states})
+        await asyncio.wait(tasks)
 
 
 async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[CalendarId]) -> None:
@@ -316,18 +326,18 @@ async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[Calenda
             ctx.out.result(fmt.change_line(str(notice.kind), reservation, notice.calendar, rid), data)
 
 
-async def _watch_link(ctx: Context) -> None:
-    """Report link changes on stderr; return (so watch ends with exit 4) when the relay refuses us."""
+async def _watch_link(ctx: Context, reported: LinkState) -> None:
+    """Report going online or offline on stderr (not every retry); raise RelayRefused (exit 4) on refusal."""
     t = ctx.terminal
     state = t.status().link
     while True:
-        new = await t.wait_link_change(state, WATCH_STATE_POLL_S)
-        if new is state:
-            continue
-        state = new
-        _note_link(ctx, state)
+        state = await t.wait_link_change(state, WATCH_STATE_POLL_S)
         if state is LinkState.REFUSED:
+            _note_link(ctx, state)
             raise _refused(t)
+        if state is not LinkState.CONNECTING and state is not reported:
+            _note_link(ctx, state)
+            reported = state
 
 
 def _note_link(ctx: Context, state: LinkState) -> None:
