@@ -101,7 +101,7 @@ class Terminal:
         compaction: CompactionPolicy | None = None,
     ) -> None:
         self.relay = relay
-        self.store_path = Path(store)
+        self.store_path = Path(store).expanduser()
         self.token = token
         self.name = (name or default_name())[:64]
         self.connect_timeout_s = connect_timeout_s
