@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,15 +110,15 @@ async def run(folder: Path) -> bool:
             say("   stored on relay-1 (durable acknowledgement received)")
             decided = await t1.decision(CAL, first.id, timeout=10)
             say(f"   relay-1 decided: {decided.status}")
-            seen = await _wait_for(lambda: _has(t2, first.id), "terminal-2 sees the booking")
+            seen = await _wait_for(lambda: _has(t2, first.id), "terminal-2 sees the booking", t2)
             say(f"   terminal-2 sees it via relay-2: {seen}")
 
             say("\n2. terminal-2 reschedules it to 10:00 through relay-2")
             await t2.reschedule(CAL, first.id, start=at(10), end=at(10, 30))
             await t2.synced(timeout=10)
-            await _wait_for(lambda: _start_of(t1, first.id) == at(10), "terminal-1 sees 10:00")
+            await _wait_for(lambda: _start_of(t1, first.id) == at(10), "terminal-1 sees 10:00", t1)
             await t1.decision(CAL, first.id, timeout=10)
-            await _wait_for(lambda: _booked_at(t1, first.id) == at(10), "relay-1 accepts 10:00")
+            await _wait_for(lambda: _booked_at(t1, first.id) == at(10), "relay-1 accepts 10:00", t1)
             say("   terminal-1 sees the new time, confirmed by relay-1: 10:00")
 
         say("\n3. everyone goes offline; relay-2 is also cut from relay-1")
@@ -150,7 +150,7 @@ async def run(folder: Path) -> bool:
                 return all(_has(t, i) for t in (t1, t2) for i in ids) and all(
                     _decided(t, i) for t in (t1, t2) for i in ids) and _same(t1, t2)
 
-            ok = await _wait_for(converged, "convergence", timeout=20, quiet=True)
+            ok = await _wait_for(converged, "convergence", t1, t2, timeout=20, quiet=True)
             for name, t in (("terminal-1", t1), ("terminal-2", t2)):
                 say(f"\n{name} ({t.relay}):")
                 say(await table(t))
@@ -168,39 +168,44 @@ async def run(folder: Path) -> bool:
 
 
 def _has(t: Terminal, rid: str) -> bool:
-    opened = t._open.get(CAL)
-    return opened is not None and rid in opened.replica.calendar.reservations
+    return t.peek(CAL, rid) is not None
 
 
 def _start_of(t: Terminal, rid: str) -> datetime | None:
-    return t._open[CAL].replica.calendar.get(rid).start if _has(t, rid) else None
+    found = t.peek(CAL, rid)
+    return found.start if found else None
 
 
 def _booked_at(t: Terminal, rid: str) -> datetime | None:
-    if not _has(t, rid):
-        return None
-    booked = t._open[CAL].replica.calendar.get(rid).booked
-    return booked.start if booked else None
+    found = t.peek(CAL, rid)
+    return found.booked.start if found and found.booked else None
 
 
 def _decided(t: Terminal, rid: str) -> bool:
-    reservation = t._open[CAL].replica.calendar.get(rid)
-    return reservation.status != "pending" and reservation.proposal != "pending"
+    found = t.peek(CAL, rid)
+    return found is not None and found.status != "pending" and found.proposal != "pending"
 
 
 def _same(t1: Terminal, t2: Terminal) -> bool:
-    return bool(t1._open[CAL].replica.calendar.to_py() == t2._open[CAL].replica.calendar.to_py())
+    return t1.snapshot(CAL) == t2.snapshot(CAL)
 
 
-async def _wait_for(check: object, what: str, timeout: float = 10.0, quiet: bool = False) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.02)
-    if not quiet:
-        raise TimeoutError(f"timed out waiting for {what}")
-    return False
+async def _wait_for(check: Callable[[], bool], what: str, *terminals: Terminal, timeout: float = 10.0,
+                    quiet: bool = False) -> bool:
+    """Wait (without polling) until ``check`` holds on every change of the given terminals."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                waits = [asyncio.ensure_future(t.wait_for(check, timeout)) for t in terminals]
+                _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+    except TimeoutError:
+        if not quiet:
+            raise TimeoutError(f"timed out waiting for {what}") from None
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
