@@ -16,12 +16,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from accord.engine.decisions import Decider
 from accord.engine.errors import StorageError
 from accord.engine.model import CalendarId
 from accord.engine.replica import Change, Replica
 from accord.engine.storage import CompactionPolicy, Storage
+from accord.engine.update_keys import KeyIndex
 
 from .metrics import Metrics
 
@@ -41,8 +43,8 @@ class CalendarHandle:
     rows_in_log: int = 0
     last_seq: int = 0
     last_active: float = field(default_factory=time.monotonic)
-    decider: Any = None  # engine.decisions.Decider when this relay is the calendar's home
-    key_index: Any = None  # engine.update_keys.KeyIndex: spots forged decisions from terminals
+    decider: Decider | None = None  # set when this relay is the calendar's home
+    key_index: KeyIndex | None = None  # spots client updates that write decision keys (built lazily)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -119,6 +121,8 @@ class CalendarSet:
             clients = [c for c in handle.subscribers if not c.is_peer]
             if clients or name in busy or now - handle.last_active < idle_s:
                 continue
+            if handle.decider is not None:
+                handle.decider.close()
             handle.replica.close()
             del self.loaded[name]
             dropped.append(name)
