@@ -46,6 +46,7 @@ from .protocol import (
     encode,
     encode_framed,
     encode_framed_update,
+    split_update_frame,
 )
 
 # ---- events ----------------------------------------------------------------------------------
@@ -160,6 +161,12 @@ class PeerSync:
         Raises:
             RemoteProtocolError: malformed, unknown or oversized message (state unchanged).
         """
+        if self.single is None:
+            quick = split_update_frame(data, self.max_message_bytes)  # the common case, parsed fast
+            if quick is not None:
+                self.messages_in += 1
+                self.bytes_in += len(data)
+                return [UpdateReceived(quick[0], quick[1], False)]
         if self.single is not None:
             name: str = self.single
             message: Message = decode(data, max_bytes=self.max_message_bytes)

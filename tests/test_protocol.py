@@ -436,3 +436,28 @@ def test_mutated_messages_raise_only_remote_protocol_errors_and_never_corrupt_th
         pass
     replica.calendar.to_py()  # still readable
     decode_state_vector(replica.state_vector())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from([CAL, "a", "x" * 127, "x" * 128, ".bad", ""]),
+    payload=st.binary(max_size=300),
+    tail=st.binary(max_size=3),
+    cut=st.integers(0, 4),
+)
+def test_the_fast_update_path_agrees_with_the_full_decoder(name: str, payload: bytes, tail: bytes, cut: int) -> None:
+    frame = encode_framed(name, SyncUpdate(payload)) + tail
+    frame = frame[: len(frame) - cut] if cut else frame
+    sync = PeerSync()
+    try:
+        expected: object = decode_framed(frame)
+    except RemoteProtocolError as exc:
+        expected = type(exc)
+    try:
+        got: object = sync.receive(frame)
+    except RemoteProtocolError as exc:
+        got = type(exc)
+    if isinstance(expected, tuple):
+        assert got == [UpdateReceived(expected[0], expected[1].update, False)]  # type: ignore[arg-type]
+    else:
+        assert got == expected
