@@ -172,6 +172,8 @@ class PeerSync:
             message: Message = decode(data, max_bytes=self.max_message_bytes)
         else:
             name, message = decode_framed(data, max_bytes=self.max_message_bytes)
+        if isinstance(message, SyncStep1):
+            decode_state_vector(message.state_vector)  # validate before any state changes
         self.messages_in += 1
         self.bytes_in += len(data)
         calendar = CalendarId(name)
@@ -179,7 +181,6 @@ class PeerSync:
             case SyncUpdate(update):
                 return [UpdateReceived(calendar, update, False)]
             case SyncStep1(state_vector):
-                decode_state_vector(state_vector)
                 return [SyncRequested(calendar, state_vector)]
             case SyncStep2(update):
                 state = self.state(calendar)

@@ -316,11 +316,13 @@ def test_every_truncation_of_a_message_is_malformed_and_harmless() -> None:
 def test_garbage_is_refused_with_a_close_code_and_the_connection_state_is_kept(data: bytes, why: str) -> None:
     a, b = new_side("a", 1), new_side("b", 2)
     connect(a, b)
+    counters = (b.sync.messages_in, b.sync.bytes_in)
     with pytest.raises(MalformedMessage, match=why) as info:
         b.receive(data)
     assert info.value.close_code == CloseCode.INVALID_DATA
     assert len(info.value.reason.encode()) <= 123
     assert b.sync.is_synced(CAL)
+    assert (b.sync.messages_in, b.sync.bytes_in) == counters  # a refused message is not counted
     assert_still_syncs(a, b)
 
 
