@@ -96,7 +96,7 @@ def bench_merge(updates: list[bytes], source: Replica) -> None:
             for frame in chunk:
                 for event in receive(frame):
                     if type(event) is UpdateReceived:
-                        change = apply(event.update, "peer")
+                        change = apply(event.update)
                         if change is not None:
                             out(update(event.calendar, change.update))
         return work

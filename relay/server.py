@@ -341,7 +341,7 @@ class Relay:
                     # Its later updates would depend on the dropped one and could never apply: close it.
                     await connection.websocket.close(CloseCode.FORBIDDEN, "only the home relay writes decisions")
                     return
-                change = handle.replica.apply(update, origin=connection)
+                change = handle.replica.apply(update)
                 await self.pipeline.submit(handle, change, connection)
             case SyncRequested(calendar, state_vector):
                 handle = await self._subscribed(connection, calendar)

@@ -61,7 +61,6 @@ from .status import CalendarStatus, SyncState, TerminalStatus, is_decided
 
 log = logging.getLogger(__name__)
 
-RELAY_ORIGIN = "accord.terminal:relay"
 CALENDARS_KEY = "terminal/calendars"
 DEFAULT_STORE = "accord-terminal.sqlite"
 MIN_ID_FRAGMENT = 4
@@ -624,7 +623,7 @@ class Terminal:
             return
         opened.take_touched()
         try:
-            change = opened.replica.apply(update, origin=RELAY_ORIGIN)
+            change = opened.replica.apply(update)
         finally:
             ids = opened.take_touched()
         if change is None:
