@@ -8,6 +8,7 @@ hot path (see ``pycrdt-limits.md``: a diff carries the whole delete set).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +68,12 @@ class Replica:
         if update == EMPTY_UPDATE or not update:
             return None
         before = len(self._changes)
+        # The common case is untagged (about 25% cheaper in pycrdt). Opening a tagged transaction
+        # inside another origin's transaction raises RuntimeError here: the caller's bug, not the peer's.
+        transaction = contextlib.nullcontext() if origin is None else self.doc.transaction(origin=origin)
         try:
-            if origin is None:  # the common case: an untagged transaction is ~25% cheaper in pycrdt
+            with transaction:
                 self.doc.apply_update(update)
-            else:
-                with self.doc.transaction(origin=origin):
-                    self.doc.apply_update(update)
         except (ValueError, RuntimeError) as exc:  # Yrs decode errors, and integration errors
             raise MalformedMessage(f"not a Yjs update: {exc}") from None
         except BaseException as exc:  # pyo3 PanicException derives from BaseException
