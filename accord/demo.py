@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from accord.relay.process import RelayProcess
 from accord.terminal.client import Terminal
 from accord.terminal.format import reservation_table, short_id
 
@@ -32,48 +31,6 @@ DAY = datetime(2026, 12, 1, tzinfo=UTC)
 
 def at(hour: int, minute: int = 0) -> datetime:
     return DAY.replace(hour=hour, minute=minute)
-
-
-class RelayChild:
-    """``accord relay`` as a child process on a free loopback port."""
-
-    def __init__(self, folder: Path, relay_id: str, *extra: str) -> None:
-        self.folder, self.relay_id, self.extra = folder, relay_id, list(extra)
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def start(self, *extra: str) -> RelayChild:
-        port_file = self.folder / f"{self.relay_id}.port"
-        port_file.unlink(missing_ok=True)
-        log = (self.folder / f"{self.relay_id}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accord", "relay", "--id", self.relay_id, "--port", str(self.port),
-             "--db", str(self.folder / f"{self.relay_id}.sqlite"), "--port-file", str(port_file),
-             *self.extra, *extra],
-            stdout=log, stderr=log,
-        )
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.relay_id} did not start; see {self.folder / (self.relay_id + '.log')}")
-            await asyncio.sleep(0.02)
-        self.port = int(port_file.read_text())
-        return self
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            for _ in range(500):
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def say(text: str) -> None:
@@ -92,9 +49,9 @@ async def table(t: Terminal) -> str:
 
 
 async def run(folder: Path) -> bool:
-    relay1 = RelayChild(folder, "relay-1", "--home", "clinic-*")
+    relay1 = RelayProcess(folder, "relay-1", "--home", "clinic-*")
     await relay1.start()
-    relay2 = RelayChild(folder, "relay-2")
+    relay2 = RelayProcess(folder, "relay-2")
     await relay2.start("--peer", relay1.url)
     say(f"relay-1 (front desk, decides clinic-* bookings) at {relay1.url}")
     say(f"relay-2 (patient app platform, peered with relay-1) at {relay2.url}")
