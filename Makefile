@@ -46,12 +46,14 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/decisions_bench.py
+	$(BIN)/python benchmarks/system_bench.py
 	$(BIN)/python benchmarks/relay_vs_peers.py
 
 # The same at smoke sizes (what CI may run; no timing assertions anywhere).
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/engine_bench.py --n 2000
 	$(BIN)/python benchmarks/decisions_bench.py --n 2000
+	$(BIN)/python benchmarks/system_bench.py --quick
 	$(BIN)/python benchmarks/relay_vs_peers.py --quick
 
 clean:
