@@ -169,8 +169,12 @@ class Terminal:
         for opened in self._open.values():
             opened.close()
         self._open.clear()
-        if self._store is not None:
-            await self._store.close()
+        try:
+            if self._ledger is not None:
+                await self._ledger.flush()
+        finally:
+            if self._store is not None:
+                await self._store.close()
         self._wake()
         log.info("terminal closed", extra={"terminal": self.name})
 

@@ -32,6 +32,7 @@ from accord.engine.model import CalendarId
 from accord.engine.storage import Storage
 
 KEY_PREFIX = "terminal/ledger/"
+SAVE_INTERVAL_S = 0.25  # at most ~4 rewrites of a busy calendar's record per second (each is O(pending))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,9 @@ class Ledger:
         self._ledgers: dict[CalendarId, CalendarLedger] = {}
         self._own: dict[CalendarId, int] = {}
         self._locks: dict[CalendarId, asyncio.Lock] = {}
+        self._dirty: set[CalendarId] = set()
+        self._closing = False
+        self._flushers: dict[CalendarId, asyncio.Task[None]] = {}
 
     async def load(self, calendar: CalendarId) -> CalendarLedger:
         """Read the calendar's ledger from the store (empty if there is none yet).
@@ -176,7 +180,11 @@ class Ledger:
                 acknowledged.update(change.reservation_ids)
             else:
                 ledger.pending[(change.client, change.clock)] = change.reservation_ids
-        await self.save(calendar)
+        # Saved in the background, coalesced and rate-limited: a burst of offline writes rewrites
+        # the record a few times per second, not once per write (each save is O(pending)). The
+        # update itself is already durable, and note_client() saved the writing client first, so
+        # a crash before this save still leaves the terminal knowing it has unacknowledged writes.
+        self.save_soon(calendar)
         return acknowledged
 
     async def acknowledge(self, calendar: CalendarId, clocks: Mapping[int, int], at: str) -> set[str]:
@@ -190,6 +198,37 @@ class Ledger:
         ledger.prune(self._own.get(calendar))
         await self.save(calendar)
         return {rid for key, ids in before.items() if key not in ledger.pending for rid in ids}
+
+    def save_soon(self, calendar: CalendarId) -> None:
+        """Schedule a save; saves requested while one runs are merged into the next."""
+        self._dirty.add(calendar)
+        task = self._flushers.get(calendar)
+        if task is None or task.done():
+            self._flushers[calendar] = asyncio.create_task(self._flush_loop(calendar), name=f"ledger-save:{calendar}")
+
+    async def _flush_loop(self, calendar: CalendarId) -> None:
+        while calendar in self._dirty:
+            self._dirty.discard(calendar)
+            await self.save(calendar)
+            if calendar in self._dirty and not self._closing:
+                await asyncio.sleep(SAVE_INTERVAL_S)  # a burst of writes: let more join the next save
+
+    async def flush(self) -> None:
+        """Wait for scheduled saves (call before closing the store).
+
+        Raises:
+            StorageError: a background save failed.
+        """
+        self._closing = True
+        while True:
+            running = [task for task in self._flushers.values() if not task.done()]
+            finished = [task for task in self._flushers.values() if task.done()]
+            for task in finished:
+                task.result()  # re-raise a failed save
+            self._flushers = {k: t for k, t in self._flushers.items() if not t.done()}
+            if not running:
+                return
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def save(self, calendar: CalendarId) -> None:
         """Merge with the stored record (another process may share the store), prune, write."""
