@@ -323,26 +323,7 @@ class Relay:
         assert self.pipeline is not None
         match event:
             case UpdateReceived(calendar, update, _):
-                handle = await self._subscribed(connection, calendar)
-                if handle is None:
-                    return
-                self.metrics.updates_in += 1
-                if not connection.grant.can_write and not self._is_redundant(handle, update):
-                    self.metrics.updates_dropped["read_only"] += 1
-                    log.warning("write from read-only token dropped", extra={"conn": connection.label, "calendar": calendar})
-                    await connection.websocket.close(CloseCode.FORBIDDEN, "read-only token: writes are not accepted")
-                    return
-                if not connection.grant.can_write:
-                    return  # redundant: nothing to apply, nothing to acknowledge
-                if not connection.is_peer and self._forges_decision(handle, update):
-                    self.metrics.updates_dropped["forged_decision"] += 1
-                    log.warning("update writing decision fields dropped; only the home relay decides",
-                                extra={"conn": connection.label, "calendar": calendar})
-                    # Its later updates would depend on the dropped one and could never apply: close it.
-                    await connection.websocket.close(CloseCode.FORBIDDEN, "only the home relay writes decisions")
-                    return
-                change = handle.replica.apply(update)
-                await self.pipeline.submit(handle, change, connection)
+                await self._receive_update(connection, calendar, update)
             case SyncRequested(calendar, state_vector):
                 handle = await self._subscribed(connection, calendar)
                 if handle is None:
@@ -367,6 +348,33 @@ class Relay:
             case SyncCompleted() | Acknowledged() | AwarenessQueried():
                 pass
 
+    async def _receive_update(self, connection: Connection, calendar: CalendarId, update: bytes) -> None:
+        """Check, apply and queue one update for commit (then forward and acknowledge)."""
+        assert self.pipeline is not None
+        handle = await self._subscribed(connection, calendar)
+        if handle is None:
+            return
+        self.metrics.updates_in += 1
+        if update == EMPTY_UPDATE:  # an empty sync reply: nothing to check or apply; still acknowledged
+            if connection.wants_acks:
+                await self.pipeline.submit(handle, None, connection)
+            return
+        if not connection.grant.can_write:
+            if not self._is_redundant(handle, update):
+                self.metrics.updates_dropped["read_only"] += 1
+                log.warning("write from read-only token dropped", extra={"conn": connection.label, "calendar": calendar})
+                await connection.websocket.close(CloseCode.FORBIDDEN, "read-only token: writes are not accepted")
+            return  # a read-only connection never gets anything applied
+        if not connection.is_peer and self._forges_decision(handle, update):
+            self.metrics.updates_dropped["forged_decision"] += 1
+            log.warning("update writing decision fields dropped; only the home relay decides",
+                        extra={"conn": connection.label, "calendar": calendar})
+            # Its later updates would depend on the dropped one and could never apply: close it.
+            await connection.websocket.close(CloseCode.FORBIDDEN, "only the home relay writes decisions")
+            return
+        change = handle.replica.apply(update)
+        await self.pipeline.submit(handle, change, connection)
+
     async def _subscribed(self, connection: Connection, calendar: CalendarId) -> CalendarHandle | None:
         assert self.calendars is not None
         handle = self.calendars.loaded.get(calendar)
@@ -380,8 +388,6 @@ class Relay:
 
         Read-only connections never get anything applied; this only decides whether to close them.
         """
-        if update == EMPTY_UPDATE:
-            return True
         try:
             theirs = decode_state_vector(pycrdt.get_state(update))
         except (ValueError, AccordError):
