@@ -8,11 +8,12 @@
 //       set `note` (+ updated_by/updated_at) on its nested Y.Map, then wait until the edit is
 //       flushed: a second, fresh stock client on the same calendar receives it from the relay.
 //   node yclient.mjs awareness --url ... --calendar ... [--token T] --name ME --expect OTHER
-//       connect, publish awareness {user: ME} (re-published every 200 ms so the join order does
-//       not matter), and wait until a state with {user: OTHER} arrives from another client.
+//       connect, publish awareness {user: ME, saw}, re-published every 200 ms so the join order
+//       does not matter; set saw=true once a state {user: OTHER} arrives from another client, and
+//       finish once OTHER's state says saw=true too (both sides have seen each other).
 //
 // Output: JSON lines on stdout, one per step ({"event": "synced" | "seen" | "edited" | "flushed" |
-// "awareness" | "error" | "timeout", ...}). Exit code 0 when done, 1 on error (e.g. the relay closed
+// "awareness" | "awareness-done" | "error" | "timeout", ...}). Exit code 0 when done, 1 on error (e.g. the relay closed
 // the connection with a 4xxx code), 2 on timeout, 64 on bad usage.
 //
 // Packages come from $ACCORD_NODE_MODULES (an absolute node_modules folder, as installed by
@@ -158,26 +159,35 @@ async function runAwareness () {
   await me.synced
   stage = 'waiting for awareness'
   emit({ event: 'synced', calendar: opts.calendar })
+  // Done when each side has seen the other: we publish {saw: true} once we see OTHER, and stop once
+  // OTHER's state says it saw us. Messages are ordered, so OTHER gets our {saw: true} before we leave.
   let beat = 0
-  const publish = () => awareness.setLocalState({ user: opts.name, beat: beat++ })
+  let sawOther = false
+  const publish = () => awareness.setLocalState({ user: opts.name, saw: sawOther, beat: beat++ })
   publish()
-  const republish = setInterval(publish, 200)
+  const republish = setInterval(publish, 200) // whoever joins last still gets a fresh state
   await new Promise(resolve => {
     const check = () => {
       for (const [clientId, state] of awareness.getStates()) {
-        if (clientId !== me.doc.clientID && state && state.user === opts.expect) {
-          awareness.off('change', check)
-          resolve()
-          return
+        if (clientId === me.doc.clientID || !state || state.user !== opts.expect) continue
+        if (!sawOther) {
+          sawOther = true
+          emit({ event: 'awareness', name: opts.name, saw: opts.expect })
+          publish()
         }
+        if (state.saw) {
+          awareness.off('update', check)
+          resolve()
+        }
+        return
       }
     }
-    awareness.on('change', check)
+    awareness.on('update', check)
     check()
   })
-  emit({ event: 'awareness', name: opts.name, saw: opts.expect })
-  // keep publishing briefly so the other client also sees us even if it joined last
-  setTimeout(() => { clearInterval(republish); finish(0) }, 600)
+  clearInterval(republish)
+  emit({ event: 'awareness-done', name: opts.name })
+  finish(0)
 }
 
 try {
