@@ -550,6 +550,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="attach py-spy to the accord relay during each scenario; write DIR/<server>-<scenario>-<run>"
                              ".txt (collapsed stacks) and .top.txt (functions by share of samples). Skews those rows")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing; rewrite RESULTS.md and results.png from OUT/results.jsonl")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/, or .cache/bench-quick with --quick)")
     args = parser.parse_args(argv)
@@ -616,16 +618,33 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             for server in running:
                 await server.stop()
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"meta": meta}, *rows]))
+    write_reports(out, rows, meta)
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
+def write_reports(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     (out / "RESULTS.md").write_text(report.render_markdown(rows, meta))
     report.render_plot(rows, out / "results.png")
     print(f"wrote {out / 'RESULTS.md'}, {out / 'results.png'} and {out / 'results.jsonl'}", file=sys.stderr)
     print(report.summary_table(rows))
-    return 0 if all(r.get("ok") for r in rows) else 1
+
+
+def render_only(out: Path) -> int:
+    """Rewrite RESULTS.md and results.png from an earlier run's results.jsonl."""
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    metas = [line["meta"] for line in lines if "meta" in line]
+    if not metas:
+        print(f"relay_vs_peers: {out / 'results.jsonl'} has no meta line; rerun the benchmark", file=sys.stderr)
+        return 1
+    write_reports(out, [line for line in lines if "meta" not in line], metas[0])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args.out or (ROOT / ".cache" / "bench-quick" if args.quick else ROOT / "benchmarks"))
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

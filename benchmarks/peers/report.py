@@ -22,6 +22,30 @@ the update window, summed (200 % = both cores); **RSS** = server resident memory
 received by then (the writer stays connected)."""
 
 
+CAVEATS = """## Read before quoting numbers
+
+- **Shared, noisy machine.** Drivers and servers share 2 cores (and whatever else runs on the machine).
+  Every server runs for the whole benchmark and the scenarios are interleaved (run, scenario, server),
+  so outside load is spread over all servers; still, compare servers within one run, and prefer
+  `--repeat 3` medians. Server CPU per 1000 deliveries is the steadiest server-side signal.
+- **Unpaced fan-out is mostly bounded by the drivers**: every delivered update is applied by a Yjs
+  client in a Node driver. When driver CPU % approaches 200 (both cores), throughput and latency in
+  those rows are lower bounds for every server; the paced rows are the fairer latency comparison.
+- **Durability differs.** The accord relay with SQLite commits (fsync, WAL, synchronous=FULL, group
+  commit) *before* it forwards or acknowledges an update, so its latency includes the commit.
+  pycrdt-websocket's SQLiteYStore writes each update after broadcasting it. Hocuspocus' SQLite
+  extension stores the whole document state 2 s (at most 10 s) after changes stop, or when the last
+  client leaves: updates of the last seconds are lost if the process dies.
+- **Hocuspocus merges the broadcasts of one event-loop turn** into one message, so its receivers
+  apply fewer, larger messages (fewer latency samples: only the last stamp of a merged edit is seen).
+- **y-websocket-server echoes** every update back to its sender too (more bytes received).
+- **Memory.** The in-memory peers drop a document when its last client leaves; the accord relay
+  keeps a calendar loaded for `--idle-unload` (300 s) after its last client, and every scenario uses
+  a new document, so its RSS grows over the run.
+- Server CPU covers the whole scenario: connects and syncs, the updates, and a settle period until
+  the server is idle (so deferred stores are counted)."""
+
+
 def median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(present) if present else None
@@ -93,15 +117,14 @@ SEP = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 
 def scenario_tables(rows: list[Row], label: Callable[[Row], str] | None = None) -> list[str]:
     lines: list[str] = []
+    if label is not None:
+        rows = [{**r, "server": label(r)} for r in rows]
     by_scenario: dict[str, list[list[Row]]] = {}
     for (scenario, _server), runs in grouped(rows).items():
         by_scenario.setdefault(scenario, []).append(runs)
     for scenario, groups in by_scenario.items():
         lines += [f"### {scenario}", "", HEAD, SEP]
-        for runs in groups:
-            if label is not None:
-                runs = [{**r, "server": label(r)} for r in runs]
-            lines.append(table_line(runs))
+        lines += [table_line(runs) for runs in groups]
         lines.append("")
     return lines
 
@@ -131,10 +154,11 @@ def render_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         lines.append(f"| {label} | {version} | {meta['storage'].get(label, '')} |")
     lines += ["", "## Results", ""]
     lines += scenario_tables(rows)
-    lines += [COLUMNS_NOTE, ""]
+    lines += [COLUMNS_NOTE, "", CAVEATS, ""]
     if repeat > 1:
         lines += ["## Per-run rows", ""]
-        lines += scenario_tables(rows, label=lambda r: f"{r['server']} (run {r['run']})")
+        ordered = sorted(rows, key=lambda r: r.get("run", 0))  # stable: keeps scenario and server order
+        lines += scenario_tables(ordered, label=lambda r: f"{r['server']} (run {r['run']})")
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +201,7 @@ def render_plot(rows: list[Row], path: Path) -> None:
             if with_p50:
                 ax.bar(xs, [value(s, server, "lat_p50_ms") for s in scenarios], width, color="white", alpha=0.6,
                        hatch="//", edgecolor=colors(i))
-        ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(scenarios))], scenarios)
+        ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(scenarios))], scenarios, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         if with_p50:
