@@ -106,6 +106,7 @@ class KeyIndex:
         self._runs: dict[int, _Runs] = {}
         self._seen: dict[int, int] = {}  # client -> clock after the last struct observed
         self._writers: set[int] = set()  # clients that wrote protected keys (relays)
+        self._writer_probes: tuple[bytes, ...] = ()
         self._last: tuple[bytes, _Scan] | None = None
 
     @classmethod
@@ -147,7 +148,9 @@ class KeyIndex:
                 if runs is None:
                     runs = self._runs[client] = _Runs()
                 runs.add(cand[1], cand[1] + cand[2], code)
-                self._writers.add(client)
+                if client not in self._writers:
+                    self._writers.add(client)
+                    self._writer_probes = tuple(_client_probe(c) for c in sorted(self._writers))
         for client, clock, length in scan.deletes:
             runs = self._runs.get(client)
             if runs is not None:
@@ -156,6 +159,20 @@ class KeyIndex:
         for client, end in scan.ends.items():
             if end > seen.get(client, 0):
                 seen[client] = end
+
+    def might_write_protected(self, update: bytes) -> bool:
+        """A fast, conservative pre-check (a few substring searches, no decoding).
+
+        False means ``update`` can neither write nor delete a protected key, so :meth:`writes_protected`
+        would find nothing and :meth:`observe` would record nothing a later check needs: a new
+        protected item carries its key name as bytes, and an overwrite or deletion of one names
+        a protected writer's client id (origin IDs and delete sets are varuint client, clock).
+        Names are searched without their length prefix and client ids without their last byte,
+        so that non-canonical varuint encodings cannot slip through. True means: decode and check.
+        """
+        if any(name in update for name in _PROTECTED_NAMES):
+            return True
+        return any(probe in update for probe in self._writer_probes)
 
     def writes_protected(self, update: bytes) -> bool:
         """True if applying ``update`` would create, overwrite or delete a protected key.
@@ -634,6 +651,22 @@ def _skip_any(data: bytes, pos: int) -> int:
         if pos > size:
             raise IndexError
     return pos
+
+
+_PROTECTED_NAMES = tuple(key.encode() for key in (*NESTED_PROTECTED, *META_PROTECTED))
+
+
+def _client_probe(client: int) -> bytes:
+    """The varuint encoding of ``client`` without its last byte (which padding may change).
+
+    A one-byte id gives ``b""``, which every update contains: such a writer always gets the full check.
+    """
+    out = bytearray()
+    while client > 0x7F:
+        out.append(0x80 | (client & 0x7F))
+        client >>= 7
+    out.append(client)
+    return bytes(out[:-1])
 
 
 def _uint_at(data: bytes, pos: int) -> tuple[int, int]:

@@ -165,8 +165,8 @@ class CommitPipeline:
         if self.failed is not None:
             raise self.failed
         handle.touch()
-        if change is not None and handle.key_index is not None:
-            handle.key_index.observe(change.update)
+        if change is not None:
+            self._observe_keys(handle, change)
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
         self._idle.clear()
         self.busy.add(handle.name)
@@ -175,11 +175,17 @@ class CommitPipeline:
     def submit_local(self, handle: CalendarHandle) -> None:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
         for change in handle.replica.take_changes():
-            if handle.key_index is not None:
-                handle.key_index.observe(change.update)
+            self._observe_keys(handle, change)
             self._idle.clear()
             self.busy.add(handle.name)
             self._queue.put_nowait(_Item(handle, change, None, change.state_vector))
+
+    @staticmethod
+    def _observe_keys(handle: CalendarHandle, change: Change) -> None:
+        """Keep the calendar's protected-key index in step with every change the document made."""
+        index = handle.key_index
+        if index is not None and index.might_write_protected(change.update):
+            index.observe(change.update)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed and forwarded."""

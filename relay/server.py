@@ -401,7 +401,8 @@ class Relay:
             handle.key_index = KeyIndex.from_update(handle.replica.full_state())
         # An update the decoder cannot read exactly as Yrs would raises MalformedMessage: the
         # connection is closed with 1007 rather than applying bytes nobody checked.
-        return bool(handle.key_index.writes_protected(update))
+        index = handle.key_index
+        return index.might_write_protected(update) and index.writes_protected(update)
 
     def _after_batch(self, handles: list[CalendarHandle]) -> None:
         """After each commit: as home, decide the requests that just became durable here."""

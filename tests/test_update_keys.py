@@ -339,3 +339,63 @@ def test_decoded_clocks_match_the_document_state(ops: list[tuple[str, str, Any]]
         assert_clocks_match(update, replay)
     full = doc.get_update()
     assert _scan_update(full).ends == decode_state_vector(get_state(full))
+
+
+def test_pre_check_passes_ordinary_edits_and_catches_forged_overwrites_without_key_names() -> None:
+    home = Replica("clinic-1", actor="relay-a", client_id=0x1F2E3D4C5B)
+    decider = Decider(home.calendar, "relay-a")
+    desk = Replica("clinic-1", actor="desk", client_id=0x2A3B4C5D6E)
+    rid = desk.calendar.book(resource="room-1", start="2026-12-01T09:00:00Z", end="2026-12-01T09:30:00Z",
+                             patient="p", now=NOW).id
+    home.apply(desk.full_state())
+    home.take_changes()
+    decider.decide_queued(NOW)
+    index = KeyIndex.from_update(home.full_state())
+    desk.apply(home.full_state())
+    desk.take_changes()
+
+    desk.calendar.edit(rid, note="bring x-rays", now=NOW)
+    (edit,) = updates_of(desk)
+    assert not index.might_write_protected(edit) and not index.writes_protected(edit)
+
+    desk.calendar.reservations[rid]["decision"] = "rejected"  # overwrite: no key name in the bytes
+    (forged,) = updates_of(desk)
+    assert b"decision" not in forged
+    assert index.might_write_protected(forged) and index.writes_protected(forged)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["book", "note", "cancel", "forge", "forge-new", "reschedule"]), min_size=1, max_size=12))
+def test_pre_check_never_misses_what_the_full_check_finds(ops: list[str]) -> None:
+    home = Replica("clinic-1", actor="relay-a", client_id=0x1F2E3D4C5B)
+    decider = Decider(home.calendar, "relay-a")
+    desk = Replica("clinic-1", actor="desk", client_id=0x2A3B4C5D6E)
+    index = KeyIndex.from_update(home.full_state())
+    ids: list[str] = []
+    for i, op in enumerate(ops):
+        calendar = desk.calendar
+        if op == "book" or not ids:
+            ids.append(calendar.book(resource="room-1", start=f"2026-12-01T{8 + i % 8:02d}:00:00Z",
+                                     end=f"2026-12-01T{8 + i % 8:02d}:30:00Z", patient="p", now=NOW).id)
+        elif op == "note":
+            calendar.reservations[ids[-1]]["note"] = f"n{i}"
+        elif op == "cancel" and "cancelled_at" not in calendar.reservations[ids[-1]]:
+            calendar.cancel(ids[-1], now=NOW)
+        elif op == "forge":
+            calendar.reservations[ids[0]]["decision"] = "booked"
+        elif op == "forge-new":
+            calendar.reservations[ids[-1]]["booked_start"] = "2026-12-01T07:00:00Z"
+        elif op == "reschedule" and "cancelled_at" not in calendar.reservations[ids[-1]]:
+            calendar.reservations[ids[-1]]["start"] = "2026-12-01T07:00:00Z"
+        for update in updates_of(desk):
+            if index.writes_protected(update):
+                assert index.might_write_protected(update)
+            change = home.apply(update)
+            home.take_changes()
+            if change is not None and index.might_write_protected(change.update):
+                index.observe(change.update)
+        decider.decide_queued(NOW)
+        for update in updates_of(home):
+            index.observe(update)
+            desk.apply(update)
+            desk.take_changes()
