@@ -264,10 +264,10 @@ class CommitPipeline:
                 continue  # never echo an update back to where it came from
             if connection.sync.single is None:
                 framed = framed or connection.sync.update(handle.name, update)
-                connection.send_update(handle.name, update, framed)
+                connection.send(framed)
             else:
                 single = single or connection.sync.update(handle.name, update)
-                connection.send_update(handle.name, update, single)
+                connection.send(single)
             self.metrics.updates_out += 1
 
     async def _compact(self, handle: CalendarHandle) -> None:
