@@ -32,7 +32,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from accord.engine.decisions import Decider, DecisionMade
-from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName, StorageError
+from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName, MalformedMessage, StorageError
 from accord.engine.model import CalendarId, check_calendar_name
 from accord.engine.protocol import EMPTY_UPDATE, covers, decode_state_vector
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
@@ -372,7 +372,13 @@ class Relay:
             # Its later updates would depend on the dropped one and could never apply: close it.
             await connection.websocket.close(CloseCode.FORBIDDEN, "only the home relay writes decisions")
             return
-        change = handle.replica.apply(update)
+        try:
+            change = handle.replica.apply(update)
+        except MalformedMessage:
+            # Yrs may have integrated part of an update it then refused; that part is in the
+            # document now, so store it like the relay's own writes before closing the sender.
+            self.pipeline.submit_local(handle)
+            raise
         await self.pipeline.submit(handle, change, connection)
 
     async def _subscribed(self, connection: Connection, calendar: CalendarId) -> CalendarHandle | None:
