@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"accord {__version__}")
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items()))
-    if not args or args[0] in ("-h", "--help", "--version"):
-        parser.parse_args(args or ["--help"])
+    if not args:
+        parser.print_help(sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "--version"):
+        parser.parse_args(args)
         return 0
     if args[0] not in SUBCOMMANDS:
         parser.print_usage(sys.stderr)

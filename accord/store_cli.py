@@ -88,8 +88,11 @@ async def compact_store(path: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.path.exists():
-        print(f"accord store: {args.path} does not exist", file=sys.stderr)
+    if not args.path.is_file():
+        print(f"accord store: {args.path} does not exist or is not a file", file=sys.stderr)
+        return 1
+    if args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
+        print(f"accord store: {args.path} is empty: not an accord store (nothing was changed)", file=sys.stderr)
         return 1
     try:
         report = asyncio.run(check_store(args.path) if args.action == "check" else compact_store(args.path))

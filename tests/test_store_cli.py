@@ -166,3 +166,10 @@ def test_accord_store_check_runs_as_a_command(tmp_path: Path) -> None:
     damaged = subprocess.run([str(accord), "store", "check", str(path)], capture_output=True, text=True, timeout=60)
     assert damaged.returncode == 1
     assert "row 1 is corrupt" in damaged.stdout
+
+
+def test_check_refuses_an_empty_file_and_leaves_it_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    assert main(["store", "check", str(empty)]) == 1
+    assert empty.read_bytes() == b""
