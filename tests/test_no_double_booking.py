@@ -264,3 +264,14 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
                 await client.__aexit__(None, None, None)
         for relay in reversed(relays):
             await relay.__aexit__(None, None, None)
+
+
+async def test_home_with_hold_ttl_rejects_a_booking_that_arrives_after_its_hold_expired(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60)) as home:
+        async with WireClient(home.url, actor="late") as late:
+            await late.open(CAL)
+            stale = book_offline(late)  # made at NOW, hours before the relay's clock: its hold is over
+            await late.push(CAL)
+            await late.wait_for(lambda: decided(late, [stale]))
+            reservation = late.replica(CAL).calendar.get(stale)
+            assert reservation.status is Status.REJECTED and reservation.reason == "expired"
