@@ -270,6 +270,7 @@ async def test_home_with_hold_ttl_rejects_a_booking_that_arrives_after_its_hold_
     async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60)) as home:
         async with WireClient(home.url, actor="late") as late:
             await late.open(CAL)
+            await late.wait_for(lambda: late.replica(CAL).calendar.home == "home")
             stale = book_offline(late)  # made at NOW, hours before the relay's clock: its hold is over
             await late.push(CAL)
             await late.wait_for(lambda: decided(late, [stale]))
