@@ -12,19 +12,14 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from wire import WireClient
 
-from accord.engine.protocol import covers
-from accord.engine.replica import Replica
-from accord.engine.sync import Acknowledged, PeerSync, SyncRequested, UpdateReceived
 from accord.relay.server import Relay, RelayConfig
 
 pytestmark = pytest.mark.node
@@ -98,64 +93,9 @@ async def run_yclient(env: NodeEnv, *args: str) -> NodeRun:
     return NodeRun(proc.returncode, events, err.decode())
 
 
-class AccordClient:
-    """A terminal-like client on ``/.accord/v1``: one Replica of one calendar, pumped by a reader task."""
-
-    def __init__(self, url: str, *, actor: str) -> None:
-        self.url = url
-        self.sync = PeerSync()
-        self.replica = Replica(CALENDAR, actor=actor)
-        self.acked: dict[int, int] = {}
-        self.changed = asyncio.Event()
-        self.ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> AccordClient:
-        headers = {"X-Accord-Role": "terminal", "Authorization": f"Bearer {DESK_TOKEN}"}
-        self.ws = await connect(self.url + "/.accord/v1", additional_headers=headers, compression=None)
-        self._reader = asyncio.create_task(self._read())
-        await self.ws.send(self.sync.step1(CALENDAR, self.replica.state_vector()))
-        await self.wait_for(lambda: self.sync.is_synced(CALENDAR))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.ws is not None and self._reader is not None
-        await self.ws.close()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-
-    async def push(self) -> None:
-        assert self.ws is not None
-        for change in self.replica.take_changes():
-            await self.ws.send(self.sync.update(CALENDAR, change.update))
-
-    async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not condition():
-                self.changed.clear()
-                await self.changed.wait()
-
-    def note_of(self, reservation_id: str) -> str | None:
-        entry = self.replica.calendar.reservations.get(reservation_id)
-        return None if entry is None else entry.get("note")
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                assert isinstance(message, bytes)
-                for event in self.sync.receive(message):
-                    if isinstance(event, SyncRequested):
-                        await self.ws.send(self.sync.step2(CALENDAR, self.replica.diff(event.state_vector)))
-                    elif isinstance(event, UpdateReceived):
-                        self.replica.apply(event.update, origin="relay")
-                    elif isinstance(event, Acknowledged):
-                        self.acked = event.clocks
-                self.changed.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.changed.set()
+def note_of(client: WireClient, reservation_id: str) -> str | None:
+    entry = client.replica(CALENDAR).calendar.reservations.get(reservation_id)
+    return None if entry is None else entry.get("note")
 
 
 @pytest.fixture
@@ -173,11 +113,14 @@ def relay_config(tmp_path: Path, tokens: Path, relay_id: str, **kw: Any) -> Rela
 async def test_stock_yjs_client_edit_reaches_the_peered_relay(node_env: NodeEnv, tmp_path: Path, tokens: Path) -> None:
     async with Relay(relay_config(tmp_path, tokens, "r1")) as r1, \
             Relay(relay_config(tmp_path, tokens, "r2", peers=[r1.url])) as r2, \
-            AccordClient(r1.url, actor="desk-1") as desk, AccordClient(r2.url, actor="desk-2") as far:
-        booked = desk.replica.calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z",
-                                            patient="P-0042", note="first visit", now=NOW)
-        await desk.push()
-        await desk.wait_for(lambda: covers(desk.acked, desk.replica.clocks()))
+            WireClient(r1.url, token=DESK_TOKEN, actor="desk-1") as desk, \
+            WireClient(r2.url, token=DESK_TOKEN, actor="desk-2") as far:
+        await far.open(CALENDAR)
+        mine = await desk.open(CALENDAR)
+        booked = mine.calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z",
+                                    patient="P-0042", note="first visit", now=NOW)
+        await desk.push(CALENDAR)
+        await desk.wait_acked(CALENDAR)
 
         run = await run_yclient(node_env, "edit", "--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
                                 "--reservation", booked.id, "--note", "edited in a stock Yjs client")
@@ -186,9 +129,9 @@ async def test_stock_yjs_client_edit_reaches_the_peered_relay(node_env: NodeEnv,
         seen = run.first("seen")["fields"]
         assert (seen["patient"], seen["start"], seen["note"]) == ("P-0042", "2026-12-01T09:00:00Z", "first visit")
         run.first("flushed")
-        await far.wait_for(lambda: far.note_of(booked.id) == "edited in a stock Yjs client")
-        await desk.wait_for(lambda: desk.note_of(booked.id) == "edited in a stock Yjs client")
-        edited = far.replica.calendar.get(booked.id)
+        await far.wait_for(lambda: note_of(far, booked.id) == "edited in a stock Yjs client")
+        await desk.wait_for(lambda: note_of(desk, booked.id) == "edited in a stock Yjs client")
+        edited = far.replica(CALENDAR).calendar.get(booked.id)
         assert (edited.patient, edited.resource, edited.updated_by) == ("P-0042", "room-1", "yjs-client")
 
 
