@@ -59,7 +59,10 @@ async def run(folder: Path) -> bool:
     try:
         say("\n1. terminal-1 books room-1 at 09:00 through relay-1")
         async with terminal("desk-1", store1, relay1.url) as t1, terminal("app-2", store2, relay2.url) as t2:
+            await t1.open(CAL)
             await t2.open(CAL)
+            await t1.synced(timeout=10)  # terminals are provisioned online once: they learn who decides
+            await t2.synced(timeout=10)
             first = await t1.book(CAL, resource="room-1", start=at(9), end=at(9, 30), patient="P-0042",
                                   service="check-up")
             say(f"   saved locally as {short_id(first.id)} ({first.status})")

@@ -52,21 +52,32 @@ class Calendar:
         doc: an existing document (e.g. held by a relay or terminal replica); a new one if None.
         actor: who writes (``created_by``/``updated_by``), e.g. ``"desk-1"``; at most 64 characters.
         origin: transaction origin for local writes; defaults to ``actor``.
+        assume_home: treat the calendar as decided by a home relay even before ``meta.home`` is
+            known here. A terminal sets it for a calendar it has never synced: until it hears
+            from a relay it cannot tell a plain calendar from one whose home it has not learned,
+            and must not show an undecided booking as booked.
 
     Raises:
         InvalidCalendarName: if ``name`` is not 1-128 characters of ``A-Za-z0-9._-/``.
     """
 
-    def __init__(self, name: str, doc: Doc[Any] | None = None, *, actor: str = "local", origin: object = None) -> None:
+    def __init__(self, name: str, doc: Doc[Any] | None = None, *, actor: str = "local", origin: object = None,
+                 assume_home: bool = False) -> None:
         self.name: CalendarId = check_calendar_name(name)
         self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.actor = check_text("actor", actor, required=True)
         self.origin = origin if origin is not None else actor
+        self.assume_home = assume_home
         self.reservations = self.doc.get("reservations", type=Map)
         self.resources_map = self.doc.get("resources", type=Map)
         self.meta = self.doc.get("meta", type=Map)
 
     # ---- reads -----------------------------------------------------------------------------
+
+    @property
+    def has_home(self) -> bool:
+        """True if a home relay decides bookings here (known from ``meta.home``, or assumed)."""
+        return self.assume_home or self.home is not None
 
     @property
     def home(self) -> str | None:
@@ -80,7 +91,7 @@ class Calendar:
         Raises:
             ReservationNotFound: if this replica has no such reservation (it may not have synced yet).
         """
-        return reservation_from_fields(self.name, self._fields(reservation_id), has_home=self.home is not None)
+        return reservation_from_fields(self.name, self._fields(reservation_id), has_home=self.has_home)
 
     def list(
         self,
@@ -93,7 +104,7 @@ class Calendar:
 
         ``between`` keeps reservations whose shown slot overlaps ``[from, to)``.
         """
-        has_home = self.home is not None
+        has_home = self.has_home
         wanted = set(statuses) if statuses is not None else None
         lo = hi = None
         if between is not None:
@@ -286,7 +297,7 @@ class Calendar:
 
     def _update(self, reservation_id: str, action: Action, changes: dict[str, Any], now: datetime) -> Reservation:
         entry = self._entry(reservation_id)
-        status = derive_status(json.loads(str(entry)), has_home=self.home is not None)
+        status = derive_status(json.loads(str(entry)), has_home=self.has_home)
         if status not in ALLOWED_FROM[action]:
             raise InvalidTransition(
                 f"cannot {action} reservation {reservation_id} ({status}): {WHY_REFUSED[status]}"

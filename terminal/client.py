@@ -52,7 +52,7 @@ from accord.engine.replica import Replica
 from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
 
 from .changes import ChangeKind, ChangeNotice, ChangeStream
-from .conflicts import Conflict, find_conflicts
+from .conflicts import HOLDING, Conflict, find_conflicts
 from .errors import AmbiguousId, DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout, TerminalError
 from .ledger import Ledger, LocalChange
 from .link import Backoff, Link, LinkState
@@ -62,6 +62,7 @@ from .status import CalendarStatus, SyncState, TerminalStatus, is_decided
 log = logging.getLogger(__name__)
 
 CALENDARS_KEY = "terminal/calendars"
+PULLED_PREFIX = "terminal/pulled/"  # calendars this store has synced at least once
 DEFAULT_STORE = "accord-terminal.sqlite"
 MIN_ID_FRAGMENT = 4
 
@@ -212,6 +213,9 @@ class Terminal:
             log.info("compacted calendar log", extra={"calendar": name, "rows": rows})
         assert self._ledger is not None
         await self._ledger.load(name)
+        # Never synced with a relay: a home relay may decide this calendar, so show bookings as
+        # pending until we know. A terminal without a relay is standalone: a plain calendar.
+        replica.calendar.assume_home = bool(self.relay) and await store.get_meta(PULLED_PREFIX + name) is None
         self._open[name] = OpenCalendar(replica)
 
     async def _known_calendars(self) -> builtins.list[str]:
@@ -341,7 +345,9 @@ class Terminal:
         """Bookings overlapping beyond their resource's capacity (possible in calendars without a home)."""
         name = await self.open(calendar)
         cal = self._open[name].replica.calendar
-        return find_conflicts(cal.list(resource=resource, between=between), cal.capacity)
+        # Until a home is known, pending bookings are what a plain calendar would book: count them.
+        holding = HOLDING if cal.home is not None else HOLDING | {Status.PENDING}
+        return find_conflicts(cal.list(resource=resource, between=between), cal.capacity, holding=holding)
 
     async def resolve(self, calendar: str, fragment: str) -> ReservationId:
         """The full id of the reservation whose id is, starts with or ends with ``fragment``.
@@ -642,6 +648,12 @@ class Terminal:
         covered = await self._require_ledger().acknowledge(calendar, clocks, format_time(self.clock()))
         ids = tuple(sorted(ReservationId(i) for i in covered))
         self._publish(ChangeNotice(calendar, ids, ChangeKind.STORED))
+
+    async def link_pulled(self, calendar: CalendarId) -> None:
+        opened = self._open.get(calendar)
+        if opened is not None and opened.replica.calendar.assume_home:
+            opened.replica.calendar.assume_home = False  # meta.home, if any, is here now
+            await self._require_store().set_meta(PULLED_PREFIX + calendar, format_time(self.clock()))
 
     def link_event(self) -> None:
         self._wake()

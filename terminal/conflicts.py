@@ -28,16 +28,18 @@ class Conflict:
     reservations: tuple[Reservation, ...]
 
 
-def find_conflicts(reservations: Iterable[Reservation], capacity: Callable[[str], int]) -> list[Conflict]:
+def find_conflicts(reservations: Iterable[Reservation], capacity: Callable[[str], int], *,
+                   holding: frozenset[Status] = HOLDING) -> list[Conflict]:
     """Overbooked runs, sorted by resource and start.
 
     Args:
-        reservations: any reservations; only those holding their slot (booked, checked in) count.
+        reservations: any reservations; only those whose status is in ``holding`` count
+            (default: booked, checked in).
         capacity: a resource's capacity (e.g. ``Calendar.capacity``).
     """
     by_resource: dict[str, list[Reservation]] = {}
     for item in reservations:
-        if item.status in HOLDING:
+        if item.status in holding:
             by_resource.setdefault(item.slot.resource, []).append(item)
     found: list[Conflict] = []
     for resource, items in sorted(by_resource.items()):

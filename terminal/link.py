@@ -101,6 +101,10 @@ class LinkHandler(Protocol):
         """The relay durably stored everything covered by ``clocks``."""
         ...
 
+    async def link_pulled(self, calendar: CalendarId) -> None:
+        """The first STEP2 for ``calendar`` on this connection arrived: we hold what the relay had."""
+        ...
+
     def link_event(self) -> None:
         """Something observable changed (state, pulled calendars, refusals): wake waiters."""
         ...
@@ -330,6 +334,7 @@ class Link:
                 await self.handler.link_update(calendar, update)
             case SyncCompleted(calendar):
                 self.pulled.add(calendar)
+                await self.handler.link_pulled(calendar)
                 self.handler.link_event()
             case Acknowledged(calendar, _, clocks):
                 await self.handler.link_acknowledged(calendar, clocks)

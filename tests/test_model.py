@@ -360,3 +360,14 @@ def test_a_cancelled_reservation_stays_cancelled_after_a_concurrent_booking_deci
         entry["booked_end"] = END
         entry["booked_resource"] = "room-1"
     assert calendar.get(made.id).status is Status.CANCELLED
+
+
+def test_a_calendar_assuming_a_home_shows_new_bookings_pending_and_refuses_check_in(now: datetime) -> None:
+    calendar = Calendar("clinic-1", actor="desk", assume_home=True)
+    reservation = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z",
+                                patient="P-1", now=now)
+    assert reservation.status is Status.PENDING
+    with pytest.raises(InvalidTransition, match="pending"):
+        calendar.check_in(reservation.id, now=now)
+    calendar.assume_home = False
+    assert calendar.get(reservation.id).status is Status.BOOKED

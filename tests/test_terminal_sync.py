@@ -224,3 +224,17 @@ async def test_two_terminals_sharing_one_store_do_not_lose_each_others_pending_c
         async with Terminal(relay=relay.url, store=store, name="desk", backoff=FAST) as online:
             await online.synced(timeout=5)
             assert online.status().pending == 0
+
+
+async def test_a_calendar_never_synced_shows_bookings_pending_until_a_relay_says_it_has_no_home(
+        tmp_path: Path) -> None:
+    port = free_port()
+    async with terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk") as t:  # relay not up yet
+        rid = await book(t)
+        assert (await t.get(CAL, rid)).status is Status.PENDING  # a home might decide it: not booked yet
+    async with Relay(config_on(tmp_path, "plain", port)):  # this relay is home to nothing
+        async with terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk") as t:
+            await t.synced(timeout=10)
+            assert (await t.get(CAL, rid)).status is Status.BOOKED  # a plain calendar: booked at once
+    async with terminal(f"ws://127.0.0.1:{free_port()}", tmp_path, "desk") as t:  # offline again
+        assert (await t.get(CAL, rid)).status is Status.BOOKED  # it remembers having synced
