@@ -216,7 +216,7 @@ class Relay:
         assert request is not None
         split = urllib.parse.urlsplit(request.path)
         query = urllib.parse.parse_qs(split.query)
-        token = _bearer(request.headers) or (query.get("token") or [None])[0]
+        token = _bearer(request.headers) or next(iter(query.get("token", [])), None)
         path = urllib.parse.unquote(split.path)
         role_header = request.headers.get("X-Accord-Role", "terminal").lower()
         wants_peer = path == SYNC_PATH and role_header == "peer"
