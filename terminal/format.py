@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from accord.engine.model import Reservation
+from accord.engine.model import Reservation, Status
 
 from .conflicts import Conflict
 from .status import SyncState, TerminalStatus
@@ -47,10 +47,16 @@ def clip(text: str, width: int) -> str:
 
 
 def status_text(reservation: Reservation) -> str:
-    """The status, plus a pending or rejected reschedule of a booked reservation."""
+    """The status, plus a pending or rejected reschedule of a booked reservation, and what a
+    rejection conflicts with (short id) or why it was rejected."""
     text = str(reservation.status)
     if reservation.proposal:
         text += f" (move {reservation.proposal})"
+    if reservation.status is Status.REJECTED or reservation.proposal == "rejected":
+        if reservation.conflict_with:
+            text += f" by {short_id(reservation.conflict_with)}"
+        elif reservation.reason:
+            text += f": {reservation.reason}"
     return text
 
 

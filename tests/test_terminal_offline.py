@@ -181,3 +181,19 @@ def test_endpoint_url_appends_the_multiplexed_path() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     backoff = Backoff(initial_s=0.5, factor=2, max_s=4, jitter=0.5)
     assert [0.25 <= backoff.delay_s(0) <= 0.5, 2 <= backoff.delay_s(3) <= 4, 2 <= backoff.delay_s(60) <= 4] == [True] * 3
+
+
+def test_status_text_names_what_a_rejection_conflicts_with() -> None:
+    from accord.engine.calendar import Calendar
+    from accord.terminal.format import short_id, status_text
+
+    calendar = Calendar("clinic-1", actor="desk")
+    calendar.set_home("home")
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    loser = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="p", now=now)
+    winner_id = "01a2157b-8e78-70f7-a5ec-62335bf90d85"
+    entry = calendar.reservations[loser.id]
+    for key, value in {"decision": "rejected", "decided_start": entry["start"], "decided_end": entry["end"],
+                       "decided_resource": "room-1", "reason": "conflict", "conflict_with": winner_id}.items():
+        entry[key] = value
+    assert status_text(calendar.get(loser.id)) == f"rejected by {short_id(winner_id)}"
