@@ -29,7 +29,6 @@ from .model import (
     Action,
     CalendarId,
     Reservation,
-    ReservationId,
     Resource,
     Status,
     check_calendar_name,
@@ -309,7 +308,3 @@ class Calendar:
                     entry[key] = value
         return self.get(reservation_id)
 
-
-def reservation_ids(calendar: Calendar) -> list[ReservationId]:
-    """All reservation ids on this replica (unsorted)."""
-    return [ReservationId(key) for key in calendar.reservations]
