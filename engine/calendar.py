@@ -215,6 +215,7 @@ class Calendar:
             "patient": patient,
             "service": service,
             "note": note,
+            "requested_at": stamp,
             "created_by": self.actor,
             "created_at": stamp,
             "updated_by": self.actor,
@@ -234,7 +235,8 @@ class Calendar:
             ReservationNotFound, InvalidReservation, InvalidTransition (e.g. fulfilled or cancelled).
         """
         start_at, end_at = check_interval(start, end)
-        changes: dict[str, Any] = {"start": format_time(start_at), "end": format_time(end_at)}
+        changes: dict[str, Any] = {"start": format_time(start_at), "end": format_time(end_at),
+                                   "requested_at": format_time(parse_time(now))}
         if resource is not None:
             changes["resource"] = check_resource_id(resource)
         return self._update(reservation_id, Action.RESCHEDULE, changes, now)

@@ -83,7 +83,9 @@ FREEING_MARKS = ("cancelled_at", "entered_in_error_at")
 
 _MARK_KEYS = tuple(key for key, _status in LIFECYCLE_MARKS)
 # A change to any of these may change whether a reservation needs a decision or what it occupies.
-_WATCHED_KEYS = frozenset({"resource", "start", "end", "booked_resource", "booked_start", "booked_end", *_MARK_KEYS})
+_WATCHED_KEYS = frozenset(
+    {"resource", "start", "end", "requested_at", "booked_resource", "booked_start", "booked_end", *_MARK_KEYS}
+)
 
 
 class RejectReason(enum.StrEnum):
@@ -258,7 +260,8 @@ class Decider:
         except InvalidReservation:
             return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.INVALID), None
         if self.hold_ttl is not None and not fields.get("booked_start"):
-            asked = fields.get("updated_at") if fields.get("decided_start") else fields.get("created_at")
+            asked = fields.get("requested_at") or (
+                fields.get("updated_at") if fields.get("decided_start") else fields.get("created_at"))
             try:
                 expired = parse_time(str(asked)) + self.hold_ttl < parse_time(now)
             except InvalidReservation:
@@ -288,6 +291,7 @@ class Decider:
             "decided_end": request["end"],
             "decided_by": self.relay_id,
             "decided_at": stamp,
+            "decided_request": fields.get("requested_at", ""),
             "reason": str(decision.reason),
             "conflict_with": decision.conflict_with,
         }

@@ -104,6 +104,7 @@ DECISION_KEYS = frozenset(
         "conflict_with",
         "decided_by",
         "decided_at",
+        "decided_request",
     }
 )
 
@@ -226,11 +227,16 @@ def derive_status(fields: Mapping[str, Any], *, has_home: bool) -> Status:
 
 
 def is_decided(fields: Mapping[str, Any]) -> bool:
-    """True if the home's last decision was about the request as it stands now."""
+    """True if the home's last decision was about the request as it stands now.
+
+    ``requested_at`` (stamped by every booking and reschedule) tells a fresh request for the
+    very slot that was rejected before (say, after the winner cancelled) from the old one.
+    """
     return (
         fields.get("decided_start") == fields.get("start")
         and fields.get("decided_end") == fields.get("end")
         and fields.get("decided_resource") == fields.get("resource")
+        and fields.get("decided_request", "") == fields.get("requested_at", "")
     )
 
 

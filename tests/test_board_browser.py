@@ -39,7 +39,7 @@ WAIT_MS = 5000  # every browser-side wait is bounded by this
 TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 BOOK_KEYS = {"id", "calendar", "resource", "start", "end", "patient", "service", "note",
-             "created_by", "created_at", "updated_by", "updated_at"}
+             "requested_at", "created_by", "created_at", "updated_by", "updated_at"}
 
 
 def _find_chromium() -> str | None:
@@ -394,6 +394,7 @@ def _seed_day(calendar: Calendar, home: Calendar) -> dict[str, str]:
             entry["decided_start"], entry["decided_end"] = entry["start"], entry["end"]
             entry["decided_resource"] = entry["resource"]
             entry["decided_by"], entry["decided_at"] = "relay-a", "2026-11-25T07:05:00Z"
+            entry["decided_request"] = entry.get("requested_at", "")
             if outcome == "booked":
                 entry["booked_start"], entry["booked_end"] = entry["start"], entry["end"]
                 entry["booked_resource"] = entry["resource"]

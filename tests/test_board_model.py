@@ -98,6 +98,8 @@ def _fact_combinations() -> list[dict[str, Any]]:
         if booked and not current:
             fields.update(start="2026-11-25T11:00:00Z", end="2026-11-25T11:30:00Z")  # a pending or rejected reschedule
         combos.append(fields)
+        if decision is not None and current:  # the same slot asked again after the decision
+            combos.append({**fields, "requested_at": "2026-11-25T08:00:00Z", "decided_request": "2026-11-25T07:00:00Z"})
     return combos
 
 

@@ -419,3 +419,25 @@ def test_booked_reservations_never_overlap_beyond_capacity(ops: list[tuple[Any, 
     for replica in (clinic.home, *clinic.terminals):
         assert overbooked(replica) == []
     assert not any(needs_decision(fields) for fields in clinic.home.calendar.all_fields().values())
+
+
+def test_a_rejected_booking_asked_again_for_the_same_slot_is_decided_again() -> None:
+    clinic = Clinic()
+    winner = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    loser = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(loser) is Status.REJECTED
+    clinic.exchange()
+    clinic.terminals[0].calendar.cancel(winner, now=NOW)
+    clinic.deliver(0)
+    clinic.decide()
+    later = NOW + timedelta(minutes=5)  # the same slot, asked again after the winner cancelled
+    clinic.terminals[1].calendar.reschedule(loser, start=at("09:00"), end=at("09:30"), now=later)
+    assert clinic.terminals[1].calendar.get(loser).status is Status.PENDING
+    clinic.deliver(1)
+    clinic.decide()
+    assert clinic.status(loser) is Status.BOOKED
+    clinic.exchange()
+    assert_same_everywhere(clinic)

@@ -300,7 +300,8 @@ def test_home_decision_fields_make_a_pending_request_booked_or_rejected(calendar
     calendar.set_home("relay-a")
     accepted = book(calendar, now)
     refused = book(calendar, now)
-    decided = {"decided_start": "2026-12-01T09:00:00Z", "decided_end": "2026-12-01T09:30:00Z", "decided_resource": "room-1"}
+    decided = {"decided_start": "2026-12-01T09:00:00Z", "decided_end": "2026-12-01T09:30:00Z", "decided_resource": "room-1",
+               "decided_request": calendar.reservations[accepted.id]["requested_at"]}
     with calendar.doc.transaction():
         entry = calendar.reservations[accepted.id]
         for key, value in {**decided, "decision": "booked", "booked_start": decided["decided_start"],

@@ -194,6 +194,7 @@ def test_status_text_names_what_a_rejection_conflicts_with() -> None:
     winner_id = "01a2157b-8e78-70f7-a5ec-62335bf90d85"
     entry = calendar.reservations[loser.id]
     for key, value in {"decision": "rejected", "decided_start": entry["start"], "decided_end": entry["end"],
-                       "decided_resource": "room-1", "reason": "conflict", "conflict_with": winner_id}.items():
+                       "decided_resource": "room-1", "decided_request": entry["requested_at"], "reason": "conflict",
+                       "conflict_with": winner_id}.items():
         entry[key] = value
     assert status_text(calendar.get(loser.id)) == f"rejected by {short_id(winner_id)}"

@@ -57,7 +57,7 @@ export const LIFECYCLE_MARKS = Object.freeze([
 // Keys only the home relay writes (engine/model.py DECISION_KEYS); the board must never write them.
 export const DECISION_KEYS = Object.freeze([
   'decision', 'decided_start', 'decided_end', 'decided_resource', 'booked_start', 'booked_end',
-  'booked_resource', 'reason', 'conflict_with', 'decided_by', 'decided_at'
+  'booked_resource', 'reason', 'conflict_with', 'decided_by', 'decided_at', 'decided_request'
 ])
 
 export const MAX_LENGTHS = Object.freeze({ patient: 256, service: 128, note: 2000, reason: 500, actor: 64, name: 128 })
@@ -87,7 +87,8 @@ const get = (fields, key) => (fields[key] === undefined ? null : fields[key])
 export function isDecided (fields) {
   return get(fields, 'decided_start') === get(fields, 'start') &&
     get(fields, 'decided_end') === get(fields, 'end') &&
-    get(fields, 'decided_resource') === get(fields, 'resource')
+    get(fields, 'decided_resource') === get(fields, 'resource') &&
+    (fields.decided_request ?? '') === (fields.requested_at ?? '')
 }
 
 /**
@@ -276,6 +277,7 @@ export function planBook ({ calendar, request, actor, nowMs, randomBytes, resour
     patient: request.patient,
     service: request.service ?? '',
     note: request.note ?? '',
+    requested_at: stamp,
     created_by: actor,
     created_at: stamp,
     updated_by: actor,
@@ -293,6 +295,7 @@ export function planUpdate ({ id, fields, hasHome, action, changes, actor, nowMs
   const status = deriveStatus(fields, hasHome)
   checkTransition(id, action, status)
   const all = { ...changes, updated_by: actor, updated_at: formatTime(nowMs) }
+  if (action === Action.RESCHEDULE) all.requested_at = all.updated_at  // a new request, even for the same slot
   const out = {}
   for (const [key, value] of Object.entries(all)) {
     if (DECISION_KEYS.includes(key)) throw new Error(`bug: the board may not write decision key ${key}`)
