@@ -408,3 +408,38 @@ def covers(have: dict[int, int], want: dict[int, int]) -> bool:
 def missing_count(have: dict[int, int], want: dict[int, int]) -> int:
     """How many operations (clock ticks) ``want`` has that ``have`` lacks."""
     return sum(max(0, clock - have.get(client, 0)) for client, clock in want.items())
+
+
+# ---- awareness ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    """One client's presence in a y-protocols awareness update (``state`` is JSON text, "null" = gone)."""
+
+    client: int
+    clock: int
+    state: str
+
+
+def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
+    """The entries of an awareness update (varuint count, then client, clock, JSON state each).
+
+    Raises:
+        MalformedMessage: truncated or trailing bytes.
+    """
+    reader = Reader(payload)
+    count = reader.var_uint()
+    if count > len(payload):
+        raise MalformedMessage("malformed awareness update: more entries than bytes")
+    entries = [AwarenessEntry(reader.var_uint(), reader.var_uint(), reader.var_string()) for _ in range(count)]
+    if not reader.at_end():
+        raise MalformedMessage("malformed awareness update: trailing bytes")
+    return entries
+
+
+def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
+    """Inverse of :func:`decode_awareness`."""
+    return write_var_uint(len(entries)) + b"".join(
+        write_var_uint(e.client) + write_var_uint(e.clock) + write_var_string(e.state) for e in entries
+    )

@@ -56,6 +56,7 @@ class Connection:
         self.calendars: set[CalendarId] = set()
         self._closing: asyncio.Task[None] | None = None
         self._writing = False  # the writer task holds a batch (keeps the order of direct writes)
+        self.awareness: dict[int, int] = {}  # presence client ids this connection announced -> clock
 
     @property
     def is_peer(self) -> bool:

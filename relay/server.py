@@ -34,7 +34,14 @@ from websockets.http11 import Request, Response
 from accord.engine.decisions import Decider, DecisionMade
 from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName, MalformedMessage, StorageError
 from accord.engine.model import CalendarId, check_calendar_name
-from accord.engine.protocol import EMPTY_UPDATE, covers, decode_state_vector
+from accord.engine.protocol import (
+    EMPTY_UPDATE,
+    AwarenessEntry,
+    covers,
+    decode_awareness,
+    decode_state_vector,
+    encode_awareness,
+)
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
 from accord.engine.sync import (
     Acknowledged,
@@ -269,8 +276,34 @@ class Relay:
                     if handle is not None:
                         connection.send(connection.sync.step1(name, handle.replica.state_vector()))
 
+    def _relay_awareness(self, connection: Connection, calendar: CalendarId, payload: bytes) -> None:
+        """Pass presence on to the calendar's other stock Yjs clients, remembering who announced
+        which client ids so that they can be cleared when the connection goes away."""
+        handle = self.calendars.loaded.get(calendar) if self.calendars else None
+        if handle is None or connection not in handle.subscribers:
+            return
+        for entry in decode_awareness(payload):  # MalformedMessage closes the sender with 1007
+            if entry.state == "null":
+                connection.awareness.pop(entry.client, None)
+            else:
+                connection.awareness[entry.client] = entry.clock
+        self._broadcast_awareness(handle, payload, exclude=connection)
+
+    @staticmethod
+    def _broadcast_awareness(handle: CalendarHandle, payload: bytes, exclude: Connection | None) -> None:
+        for other in handle.subscribers:
+            if other is not exclude and not other.is_peer and other.sync.single is not None:
+                other.send(other.sync.awareness(handle.name, payload))
+
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        if connection.awareness and connection.sync.single is not None and self.calendars is not None:
+            # Like y-websocket's server: tell the others this client's presence is gone now,
+            # rather than leaving a ghost until their awareness timeout.
+            handle = self.calendars.loaded.get(connection.sync.single)
+            if handle is not None:
+                gone = [AwarenessEntry(client, clock + 1, "null") for client, clock in connection.awareness.items()]
+                self._broadcast_awareness(handle, encode_awareness(gone), exclude=connection)
         if self.calendars is not None:
             for name in connection.calendars:
                 handle = self.calendars.loaded.get(name)
@@ -332,11 +365,7 @@ class Relay:
                 if not connection.sync.state(calendar).opened:
                     connection.send(connection.sync.step1(calendar, handle.replica.state_vector()))
             case AwarenessReceived(calendar, payload):
-                handle = self.calendars.loaded.get(calendar) if self.calendars else None
-                if handle is not None and connection in handle.subscribers:
-                    for other in handle.subscribers:
-                        if other is not connection and not other.is_peer and other.sync.single is not None:
-                            other.send(other.sync.awareness(calendar, payload))
+                self._relay_awareness(connection, calendar, payload)
             case CalendarsAnnounced(names):
                 for name in names:
                     handle = await self._subscribed(connection, name)
