@@ -109,3 +109,19 @@ async def test_relay_started_later_catches_up_with_only_the_missing_updates(tmp_
                 assert link_bytes < 0.05 * full_state, (link_bytes, full_state)
             finally:
                 await b.__aexit__(None, None, None)
+
+
+async def test_peer_calendar_globs_limit_what_crosses_the_link(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a")) as a, \
+            Relay(relay_config(tmp_path, "b", peers=[a.url], peer_globs=["shared-*"])) as b:
+        async with WireClient(a.url, actor="ta") as ta, WireClient(b.url, actor="tb") as tb:
+            for calendar in ("shared-1", "private-1"):
+                await ta.open(calendar)
+                await tb.open(calendar)
+            private = await ta.book("private-1")
+            shared = await ta.book("shared-1")
+            await tb.wait_for(lambda: shared in tb.replica("shared-1").calendar.reservations)
+            marker = await ta.book("shared-1", hour=11)  # sent after the private booking, on the same link
+            await tb.wait_for(lambda: marker in tb.replica("shared-1").calendar.reservations)
+            assert private not in tb.replica("private-1").calendar.reservations
+            assert private not in b.calendars.loaded["private-1"].replica.calendar.reservations  # type: ignore[union-attr]
