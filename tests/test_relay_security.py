@@ -173,3 +173,23 @@ async def test_healthz_and_metrics_endpoints(tmp_path: Path) -> None:
         updates_in = int(next(line for line in body.splitlines() if line.startswith("accord_updates_in_total")).split()[1])
         assert updates_in >= 1
         assert "accord_store_commit_seconds_count" in body
+
+
+async def test_connections_beyond_the_limit_are_refused_with_503(tmp_path: Path) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    async with Relay(relay_config(tmp_path, "a", max_connections=1)) as relay:
+        async with WireClient(relay.url) as first:
+            await first.open(CAL)
+            await first.wait_synced(CAL)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(relay.url + "/.accord/v1"):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert 'accord_refused_connections_total{reason="too_many_connections"} 1' in relay.render_metrics()
+        async with asyncio.timeout(5):
+            while relay.connections:  # the relay notices the close
+                await asyncio.sleep(0.01)
+        async with WireClient(relay.url) as again:  # the slot is free again
+            await again.open(CAL)
+            await again.wait_synced(CAL)
