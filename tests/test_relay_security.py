@@ -193,3 +193,27 @@ async def test_connections_beyond_the_limit_are_refused_with_503(tmp_path: Path)
         async with WireClient(relay.url) as again:  # the slot is free again
             await again.open(CAL)
             await again.wait_synced(CAL)
+
+
+async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a", outbox_messages=8)) as relay:
+        async with WireClient(relay.url, actor="writer") as writer, \
+                connect(relay.url + f"/{CAL}", max_size=None, max_queue=1, compression=None) as sleeper:
+            await writer.open(CAL)
+            replica = writer.replica(CAL)
+            rid = await writer.book(CAL)
+            big = "x" * 1900
+            async with asyncio.timeout(30):
+                for i in range(8000):  # up to ~16 MB: more than the socket buffers hold
+                    replica.calendar.edit(rid, note=f"{i}{big}", now=replica.calendar.get(rid).created_at)
+                    await writer.push(CAL)
+                    if 'reason="slow_consumer"' in relay.render_metrics():
+                        break
+                    await asyncio.sleep(0)
+            assert 'accord_updates_dropped_total{reason="slow_consumer"}' in relay.render_metrics()
+            async with asyncio.timeout(10):
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await sleeper.recv()
+            assert sleeper.close_code == 1013
+            await writer.wait_acked(CAL, timeout=20)  # the writer was never held up
