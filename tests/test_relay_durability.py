@@ -86,3 +86,34 @@ async def test_idle_calendar_is_unloaded_and_reloaded_from_store(tmp_path: Path)
         async with WireClient(relay.url) as again:
             await again.open(CAL)
             await again.wait_for(lambda: rid in again.replica(CAL).calendar.reservations)
+
+
+async def test_a_corrupt_row_refuses_its_calendar_only_and_nothing_is_deleted(tmp_path: Path) -> None:
+    import sqlite3
+
+    config = relay_config(tmp_path, "a")
+    async with Relay(config) as relay:
+        async with WireClient(relay.url) as client:
+            for calendar in ("clinic-1", "clinic-2"):
+                await client.open(calendar)
+                await client.book(calendar)
+                await client.wait_acked(calendar)
+            kept = await client.book("clinic-2", hour=10)
+            await client.wait_acked("clinic-2")
+    db = sqlite3.connect(config.db_path)
+    with db:
+        db.execute("UPDATE updates SET data = zeroblob(length(data)) WHERE calendar = 'clinic-1'")
+    rows_before = db.execute("SELECT count(*) FROM updates").fetchone()[0]
+    db.close()
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        async with WireClient(relay.url, calendar="clinic-1") as damaged:
+            await damaged.wait_for(lambda: damaged.closed.is_set())
+            assert damaged.close_code == 1011
+        async with WireClient(relay.url) as client:
+            await client.open("clinic-2")
+            await client.wait_for(lambda: kept in client.replica("clinic-2").calendar.reservations)
+        health = relay.render_metrics()
+        assert "accord_calendars_loaded 1" in health
+    db = sqlite3.connect(config.db_path)
+    assert db.execute("SELECT count(*) FROM updates").fetchone()[0] == rows_before  # nothing "repaired" away
+    db.close()
