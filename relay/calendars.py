@@ -150,7 +150,12 @@ class CommitPipeline:
         self.storage = storage
         self.metrics = metrics
         self.compaction = compaction or CompactionPolicy()
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        # Readers get back-pressure in submit(); the relay's own writes (decisions, made while a
+        # batch commits) must never wait or fail on a full queue, so the queue itself is unbounded.
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._space.set()
         self._after_batch = after_batch
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -164,8 +169,11 @@ class CommitPipeline:
     async def submit(self, handle: CalendarHandle, change: Change | None, origin: Connection | None) -> None:
         """Queue a change (or, with ``change=None``, just an acknowledgement) for commit.
 
-        Waits when the queue is full, which slows the submitting reader down (back-pressure).
+        Waits when ``max_queue`` items are queued, which slows the submitting reader down (back-pressure).
         """
+        while self._queue.qsize() >= self.max_queue and self.failed is None:
+            self._space.clear()
+            await self._space.wait()
         if self.failed is not None:
             raise self.failed
         handle.touch()
@@ -215,10 +223,12 @@ class CommitPipeline:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 5000:
                 batch.append(self._queue.get_nowait())
+            self._space.set()
             try:
                 await self._commit(batch)
             except StorageError as exc:
                 self.failed = exc
+                self._space.set()  # waiting submitters raise the failure instead of hanging
                 log.error("store commit failed; relay stops accepting writes", extra={"error": str(exc)})
                 for item in batch:
                     if item.origin is not None:
