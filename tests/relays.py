@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 from accord.relay.process import RelayProcess as _RelayProcess
 from accord.relay.server import Relay, RelayConfig
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def relay_config(tmp_path: Path, relay_id: str, **kw: object) -> RelayConfig:
@@ -27,4 +36,4 @@ class RelayProcess(_RelayProcess):
         return code
 
 
-__all__ = ["Relay", "RelayConfig", "RelayProcess", "relay_config"]
+__all__ = ["Relay", "RelayConfig", "RelayProcess", "free_port", "relay_config"]

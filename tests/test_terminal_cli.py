@@ -7,13 +7,12 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from relays import Relay, relay_config
+from relays import Relay, free_port, relay_config
 
 from accord.terminal import cli
 from accord.terminal.client import Terminal
@@ -23,13 +22,6 @@ PATIENT = "Ada Lovelace"  # a name, to prove it never reaches the logs
 NOTE = "allergic to latex"
 ACCORD_BIN = Path(sys.executable).with_name("accord")
 ACCORD = [str(ACCORD_BIN)] if ACCORD_BIN.exists() else [sys.executable, "-m", "accord"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +60,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], fragment: str, tmp_p
 
 
 def test_missing_calendar_and_empty_edit_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    relay = f"ws://127.0.0.1:{closed_port()}"
+    relay = f"ws://127.0.0.1:{free_port()}"
     assert cli.main(["list", "--store", str(tmp_path / "t.sqlite"), "--relay", relay]) == 2
     assert "give --calendar NAME or set ACCORD_CALENDAR" in capsys.readouterr().err
     assert cli.main(["edit", "abcd", "--calendar", CAL, "--store", str(tmp_path / "t.sqlite"), "--relay", relay]) == 2
@@ -77,7 +69,7 @@ def test_missing_calendar_and_empty_edit_are_usage_errors(tmp_path: Path, capsys
 
 def test_errors_are_json_on_stderr_under_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["show", "deadbeef", "--calendar", CAL, "--store", str(tmp_path / "t.sqlite"),
-                     "--relay", f"ws://127.0.0.1:{closed_port()}", "--json"])
+                     "--relay", f"ws://127.0.0.1:{free_port()}", "--json"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     lines = [json.loads(line) for line in captured.err.splitlines()]
@@ -97,7 +89,7 @@ def test_help_explains_every_option_with_an_example(capsys: pytest.CaptureFixtur
 
 def test_offline_book_is_saved_locally_and_sync_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    store, relay = tmp_path / "desk.sqlite", f"ws://127.0.0.1:{closed_port()}"
+    store, relay = tmp_path / "desk.sqlite", f"ws://127.0.0.1:{free_port()}"
     assert cli.main(book_args(store, relay)) == 0
     captured = capsys.readouterr()
     rid = captured.out.strip()
@@ -122,7 +114,7 @@ def test_offline_book_is_saved_locally_and_sync_exits_3(tmp_path: Path, monkeypa
 
 
 def test_conflicts_listing_shows_overlapping_bookings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store, relay = tmp_path / "desk.sqlite", f"ws://127.0.0.1:{closed_port()}"
+    store, relay = tmp_path / "desk.sqlite", f"ws://127.0.0.1:{free_port()}"
     assert cli.main(book_args(store, relay)) == 0
     assert cli.main(book_args(store, relay, start="2026-12-01T09:15Z", end="2026-12-01T09:45Z")) == 0
     assert cli.main(book_args(store, relay, start="2026-12-01T09:45Z", end="2026-12-01T10:00Z")) == 0
@@ -184,7 +176,7 @@ async def test_cli_terminals_in_separate_processes_share_bookings(tmp_path: Path
 
 
 async def test_cli_offline_booking_goes_out_with_the_next_sync(tmp_path: Path) -> None:
-    port = closed_port()
+    port = free_port()
     env = cli_env(ACCORD_RELAY=f"ws://127.0.0.1:{port}", ACCORD_CALENDAR=CAL)
     booked = await run("book", "--store", str(tmp_path / "desk-1.sqlite"), "--resource", "room-1",
                        "--start", "2026-12-01T09:00Z", "--end", "2026-12-01T09:30Z", "--patient", "P-1", env=env)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from relays import free_port
 
 from accord.engine.errors import InvalidReservation, InvalidTransition, ReservationNotFound
 from accord.engine.model import Status
@@ -21,14 +21,6 @@ START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 FAST = Backoff(initial_s=0.05, max_s=0.2)
 
 
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def book(t: Terminal, minutes: int = 0, resource: str = "room-1", length: int = 30, patient: str = "P-0042") -> str:
     start = START + timedelta(minutes=minutes)
     reservation = await t.book(CAL, resource=resource, start=start, end=start + timedelta(minutes=length), patient=patient)
@@ -37,7 +29,7 @@ async def book(t: Terminal, minutes: int = 0, resource: str = "room-1", length: 
 
 async def test_offline_booking_survives_restart_and_stays_pending(tmp_path: Path) -> None:
     store = tmp_path / "desk.sqlite"
-    async with Terminal(relay=f"ws://127.0.0.1:{closed_port()}", store=store, name="desk-1", backoff=FAST) as t:
+    async with Terminal(relay=f"ws://127.0.0.1:{free_port()}", store=store, name="desk-1", backoff=FAST) as t:
         rid = await book(t)
         await t.edit(CAL, rid, note="first visit")
         assert t.status().pending == 2
@@ -55,7 +47,7 @@ async def test_offline_booking_survives_restart_and_stays_pending(tmp_path: Path
 
 
 async def test_unreachable_relay_shows_offline_and_synced_raises_unreachable(tmp_path: Path) -> None:
-    async with Terminal(relay=f"ws://127.0.0.1:{closed_port()}", store=tmp_path / "t.sqlite", backoff=FAST) as t:
+    async with Terminal(relay=f"ws://127.0.0.1:{free_port()}", store=tmp_path / "t.sqlite", backoff=FAST) as t:
         await book(t)
         assert await t.wait_connected(5) is LinkState.OFFLINE
         status = t.status()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from relays import Relay, RelayConfig, relay_config
+from relays import Relay, RelayConfig, free_port, relay_config
 
 from accord.engine.errors import ReservationNotFound
 from accord.engine.model import Reservation, Status
@@ -22,13 +21,6 @@ from accord.terminal.link import Backoff, LinkState
 CAL = "clinic-1"
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 FAST = Backoff(initial_s=0.05, max_s=0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def config_on(tmp_path: Path, relay_id: str, port: int, **kw: object) -> RelayConfig:
