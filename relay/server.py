@@ -252,7 +252,6 @@ class Relay:
             peer_id = ""
         connection = Connection(self, websocket, kind=kind, grant=grant, sync=sync, peer_id=peer_id,
                                 outbox_messages=self.config.outbox_messages)
-        self.connections.add(connection)
         log.info("connection opened", extra={"conn": connection.label, "remote": _remote(websocket)})
         await connection.run()
 
@@ -264,7 +263,7 @@ class Relay:
     async def connection_opened(self, connection: Connection) -> None:
         """First steps after the handshake: open the one calendar, or every calendar for a peer."""
         assert self.calendars is not None
-        self.connections.add(connection)  # outbound peer links arrive here too
+        self.connections.add(connection)  # every connection, inbound or an outbound peer link, starts here
         if connection.sync.single is not None:
             handle = await self._open(connection, connection.sync.single)
             if handle is not None:
