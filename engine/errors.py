@@ -43,6 +43,18 @@ class CloseCode(enum.IntEnum):
     NOT_FOUND = 4404
 
 
+class ExitCode(enum.IntEnum):
+    """Every way an accord command ends, as a process exit status (the same for every subcommand)."""
+
+    OK = 0
+    ERROR = 1  # an error the user can fix; the message says how
+    USAGE = 2  # bad command line
+    UNREACHABLE = 3  # the relay could not be reached; local work is kept
+    REFUSED = 4  # the relay refused the credentials or the calendar
+    REJECTED = 5  # the home relay rejected the booking
+    INTERRUPTED = 130  # Ctrl-C
+
+
 class AccordError(Exception):
     """Root of every error accord raises on purpose."""
 
