@@ -25,10 +25,10 @@ import importlib.resources
 import json
 import logging
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -36,8 +36,9 @@ from accord.engine.errors import InvalidCalendarName
 from accord.engine.model import CalendarId, check_calendar_name
 
 if TYPE_CHECKING:
-    from .auth import Grant
-    from .server import Relay
+    from .auth import Grant, TokenBook
+
+KnownCalendars = Callable[[], Awaitable[list[CalendarId]]]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ def _load_static() -> dict[str, StaticFile]:
 STATIC = _load_static()
 
 
-async def respond(relay: Relay, connection: ServerConnection, request: Request, path: str) -> Response | None:
+async def respond(tokens: TokenBook, known: KnownCalendars, request: Request, path: str) -> Response | None:
     """Answer a plain HTTP GET for a board route, or None if ``path`` is not one.
 
     Args:
-        relay: the relay serving the request (its tokens and calendars).
-        connection: the connection the request came on (unused; kept for the caller's signature).
+        tokens: who may see what.
+        known: every calendar the relay holds (for the index page).
         request: the parsed request; the token is read from its ``?token=`` query parameter.
         path: the request path without the query string, still percent-encoded.
     """
@@ -95,7 +96,7 @@ async def respond(relay: Relay, connection: ServerConnection, request: Request, 
     given = query.get("token")
     token = given[0] if given else None
     if path in ("/", "/index.html"):
-        return await _index(relay, token)
+        return await _index(tokens, known, token)
     if path.startswith("/static/"):
         found = STATIC.get(path.removeprefix("/static/"))
         if found is None:
@@ -111,24 +112,24 @@ async def respond(relay: Relay, connection: ServerConnection, request: Request, 
         calendar = _calendar(path.removeprefix("/access/"))
         if calendar is None:
             return _json(http.HTTPStatus.NOT_FOUND, {"error": "bad_calendar", "message": "no such calendar name"})
-        return _access(relay, calendar, token)
+        return _access(tokens, calendar, token)
     return None
 
 
 # ---- routes -----------------------------------------------------------------------------------
 
 
-async def _index(relay: Relay, token: str | None) -> Response:
-    grant = relay.tokens.check(token)
+async def _index(tokens: TokenBook, known: KnownCalendars, token: str | None) -> Response:
+    grant = tokens.check(token)
     if grant is None:
         problem = "That token is not known to this relay; check it and try again." if token else ""
         return _page(http.HTTPStatus.UNAUTHORIZED, "Sign in", _login_form(problem))
-    names = [name for name in await _known(relay) if grant.allows(name)]
-    return _page(http.HTTPStatus.OK, "Calendars", _calendar_list(relay, grant, names))
+    names = [name for name in await known() if grant.allows(name)]
+    return _page(http.HTTPStatus.OK, "Calendars", _calendar_list(tokens.is_open, grant, names))
 
 
-def _access(relay: Relay, calendar: CalendarId, token: str | None) -> Response:
-    grant = relay.tokens.check(token)
+def _access(tokens: TokenBook, calendar: CalendarId, token: str | None) -> Response:
+    grant = tokens.check(token)
     if grant is None:
         return _json(http.HTTPStatus.UNAUTHORIZED,
                      {"error": "unauthorized", "message": "missing or wrong token; sign in with a valid token"})
@@ -136,12 +137,6 @@ def _access(relay: Relay, calendar: CalendarId, token: str | None) -> Response:
         return _json(http.HTTPStatus.FORBIDDEN,
                      {"error": "forbidden", "message": f"this token may not open calendar {calendar}"})
     return _json(http.HTTPStatus.OK, {"calendar": calendar, "role": str(grant.role), "can_write": grant.can_write})
-
-
-async def _known(relay: Relay) -> list[CalendarId]:
-    if relay.calendars is None:
-        return []
-    return await relay.calendars.known()
 
 
 def _calendar(raw: str) -> CalendarId | None:
@@ -165,7 +160,7 @@ def _login_form(problem: str) -> str:
 </form>"""
 
 
-def _calendar_list(relay: Relay, grant: Grant, names: list[CalendarId]) -> str:
+def _calendar_list(is_open: bool, grant: Grant, names: list[CalendarId]) -> str:
     if names:
         items = "\n".join(
             f'  <li><a href="/board/{urllib.parse.quote(name, safe="/")}">{html.escape(name)}</a></li>' for name in names
@@ -174,7 +169,7 @@ def _calendar_list(relay: Relay, grant: Grant, names: list[CalendarId]) -> str:
     else:
         listing = "<p>No calendar this token may open holds any reservation yet. Open one by name below.</p>"
     access = "read and write" if grant.can_write else "read-only: you can watch boards but not change them"
-    mode = " This relay is open: it asks for no token." if relay.tokens.is_open else ""
+    mode = " This relay is open: it asks for no token." if is_open else ""
     return f"""<p>Access: {html.escape(access)}.{mode}</p>
 <h2>Calendars</h2>
 {listing}

@@ -1,99 +1,108 @@
 """Outbound links to other relays, kept up with exponential backoff and jitter.
 
 A link is a multiplexed connection with role ``peer``. Once it is up, both sides open every
-calendar they hold (state-vector exchange), so after a partition only what the other side is
+calendar they share (state-vector exchange), so after a partition only what the other side is
 missing crosses the link, never the full state again. Updates then flow both ways as they
 happen; the relay never sends an update back to the link it came from, and a relay that
 already has an update does not forward it again, so chains and cycles converge without storms.
+Relays do not acknowledge each other's updates (see :mod:`accord.engine.session`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from accord.engine.sync import PeerSync
+from accord.engine.backoff import Backoff
+from accord.engine.errors import CloseCode
+from accord.engine.session import AUTHORIZATION_HEADER, RELAY_HEADER, ROLE_HEADER, SYNC_PATH, bearer
+from accord.transport import keep_connected
 
-from .auth import OPEN_PEER_GRANT
-from .connection import Connection
-
-if TYPE_CHECKING:
-    from .server import Relay
+from .connection import Connection, ConnectionHandler
 
 log = logging.getLogger(__name__)
-SYNC_PATH = "/.accord/v1"
+REFUSED = (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN)
 
 
 class PeerLink:
-    """Keeps one outbound link to ``url`` alive until :meth:`close`."""
+    """Keeps one outbound link to ``url`` alive until :meth:`close`.
 
-    def __init__(self, relay: Relay, url: str) -> None:
-        self.relay = relay
+    Args:
+        url: the other relay (``ws://host:port``).
+        relay_id: this relay's id (sent for the other side's logs).
+        token: presented as a bearer token, or None.
+        backoff: reconnect delays.
+        make_connection: wraps a fresh websocket into a peer :class:`Connection`.
+        handler: where the connection reports (the hub).
+        max_message_bytes, open_timeout_s: websocket limits.
+    """
+
+    def __init__(self, url: str, *, relay_id: str, token: str | None, backoff: Backoff,
+                 make_connection: Callable[[ClientConnection, str], Connection], handler: ConnectionHandler,
+                 max_message_bytes: int, open_timeout_s: float) -> None:
         self.url = url.rstrip("/")
+        self.headers = {ROLE_HEADER: "peer", RELAY_HEADER: relay_id}
+        if token:
+            self.headers[AUTHORIZATION_HEADER] = bearer(token)
+        self.backoff = backoff
+        self.make_connection = make_connection
+        self.handler = handler
+        self.max_message_bytes = max_message_bytes
+        self.open_timeout_s = open_timeout_s
         self.state = "down"
         self.connects = 0
+        self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._connection: Connection | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"peer-link:{self.url}")
+        self._task = asyncio.create_task(
+            keep_connected(self._connect_once, self.backoff, wake=self._wake, stopping=lambda: self._stopping,
+                           on_failure=self._failed),
+            name=f"peer-link:{self.url}",
+        )
 
     async def close(self) -> None:
-        """Stop reconnecting and close the link with 1001."""
+        """Stop reconnecting and close the link with 1001 (GOING_AWAY)."""
+        self._stopping = True
+        self._wake.set()
+        if self._connection is not None:
+            await self._connection.close(CloseCode.GOING_AWAY, "relay shutting down")
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
 
-    async def _run(self) -> None:
-        config = self.relay.config
-        attempt = 0
-        headers = {"X-Accord-Role": "peer", "X-Accord-Relay": config.relay_id}
-        if config.peer_token:
-            headers["Authorization"] = f"Bearer {config.peer_token}"
-        while True:
-            started = time.monotonic()
+    async def _connect_once(self) -> None:
+        async with connect(self.url + SYNC_PATH, additional_headers=self.headers, max_size=self.max_message_bytes,
+                           open_timeout=self.open_timeout_s, compression=None) as websocket:
+            if self._stopping:
+                return
+            self.state = "up"
+            self.connects += 1
+            self.failures = 0
+            log.info("peer link up", extra={"peer": self.url, "connects": self.connects})
+            self._connection = self.make_connection(websocket, self.url)
             try:
-                async with connect(
-                    self.url + SYNC_PATH,
-                    additional_headers=headers,
-                    max_size=config.max_message_bytes,
-                    open_timeout=config.handshake_timeout_s,
-                    compression=None,
-                ) as websocket:
-                    self.state = "up"
-                    self.connects += 1
-                    log.info("peer link up", extra={"peer": self.url, "connects": self.connects})
-                    connection = Connection(
-                        self.relay, websocket, kind="peer", grant=OPEN_PEER_GRANT,
-                        sync=PeerSync(max_message_bytes=config.max_message_bytes), peer_id=self.url,
-                        outbox_messages=config.outbox_messages,
-                    )
-                    self._connection = connection
-                    await connection.run()
-                    code = websocket.close_code
-                    log.info("peer link down", extra={"peer": self.url, "code": code})
-                    if code in (4401, 4403):
-                        log.error("peer refused this relay; check --peer-token", extra={"peer": self.url, "code": code})
-            except asyncio.CancelledError:
-                raise
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                detail = f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else type(exc).__name__
-                if attempt == 0 or attempt % 10 == 0:
-                    log.info("peer unreachable; retrying", extra={"peer": self.url, "error": detail, "attempt": attempt})
+                await self._connection.run(self.handler)
             finally:
-                self.state = "down"
                 self._connection = None
-            if time.monotonic() - started > 5:
-                attempt = 0  # the link was up for a while: start backing off from scratch
-            delay = min(config.backoff_max_s, config.backoff_initial_s * 2**attempt) * (0.5 + random.random() / 2)
-            attempt += 1
-            await asyncio.sleep(delay)
+                self.state = "down"
+            code = websocket.close_code
+            log.info("peer link down", extra={"peer": self.url, "code": code})
+            if code in REFUSED:
+                log.error("peer refused this relay; check --peer-token", extra={"peer": self.url, "code": code})
+
+    def _failed(self, exc: BaseException) -> None:
+        self.state = "down"
+        if not isinstance(exc, OSError | WebSocketException | TimeoutError):
+            log.error("peer link failed", extra={"peer": self.url}, exc_info=exc)
+            return
+        detail = f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else type(exc).__name__
+        if self.failures % 10 == 0:
+            log.info("peer unreachable; retrying", extra={"peer": self.url, "error": detail, "attempt": self.failures})
+        self.failures += 1

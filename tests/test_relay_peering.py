@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from relays import Relay, relay_config
@@ -30,11 +29,7 @@ async def _chain(tmp_path: Path, cycle: bool) -> None:
     c = await Relay(relay_config(tmp_path, "c", peers=[b.url])).__aenter__()
     relays = [c, b, a]
     if cycle:
-        from accord.relay.peering import PeerLink
-
-        link = PeerLink(a, c.url)  # close the ring: a -> c
-        link.start()
-        a.peer_links.append(link)
+        a.add_peer(c.url)  # close the ring: a -> c
     try:
         async with WireClient(a.url, actor="ta") as ta, WireClient(c.url, actor="tc") as tc:
             await ta.open(CAL)
@@ -47,14 +42,14 @@ async def _chain(tmp_path: Path, cycle: bool) -> None:
             await tc.wait_for(lambda: all(i in tc.replica(CAL).calendar.reservations for i in ids))
             assert ta.replica(CAL).calendar.to_py() == tc.replica(CAL).calendar.to_py()
             for relay in relays:
-                await relay.pipeline.drain()  # type: ignore[union-attr]
-            states = [r.calendars.loaded[CAL].replica.calendar.to_py() for r in relays]  # type: ignore[union-attr]
+                await relay.pipeline.drain()
+            states = [r.calendars.loaded[CAL].replica.calendar.to_py() for r in relays]
             assert states[0] == states[1] == states[2]
             # No storm: every peer connection carried at most one message per update plus the handshakes.
             for relay in relays:
                 for connection in relay.connections:
                     if connection.is_peer:
-                        assert connection.sync.messages_in <= len(ids) + 10, (relay.config.relay_id, connection.label)
+                        assert connection.session.messages_in <= len(ids) + 10, (relay.config.relay_id, connection.label)
     finally:
         for relay in relays:
             await relay.__aexit__(None, None, None)
@@ -83,15 +78,11 @@ async def test_relay_started_later_catches_up_with_only_the_missing_updates(tmp_
             await ta.wait_acked(CAL)
             full_state = len(replica.full_state())
 
-            async def b_has_all() -> None:
-                async with asyncio.timeout(20):
-                    while True:
-                        handle = b.calendars.loaded.get(CAL)  # type: ignore[union-attr]
-                        if handle and len(handle.replica.calendar.reservations) == len(ids):
-                            return
-                        await asyncio.sleep(0.02)
+            def b_has_all() -> bool:
+                handle = b.calendars.loaded.get(CAL)
+                return handle is not None and len(handle.replica.calendar.reservations) == len(ids)
 
-            await b_has_all()
+            await b.wait_for(b_has_all, 20)
             await b.__aexit__(None, None, None)  # partition: b goes away
             for rid in ids[:10]:  # 1% of reservations change while b is down
                 replica.calendar.edit(rid, note="changed during partition", now=NOW)
@@ -99,13 +90,12 @@ async def test_relay_started_later_catches_up_with_only_the_missing_updates(tmp_
             await ta.wait_acked(CAL)
             b = await Relay(relay_config(tmp_path, "b", peers=[a.url])).__aenter__()
             try:
-                async with asyncio.timeout(20):
-                    while True:
-                        handle = b.calendars.loaded.get(CAL)  # type: ignore[union-attr]
-                        if handle and handle.replica.calendar.get(ids[9]).note == "changed during partition":
-                            break
-                        await asyncio.sleep(0.02)
-                link_bytes = sum(c.sync.bytes_in for c in b.connections if c.is_peer)
+                def b_caught_up() -> bool:
+                    handle = b.calendars.loaded.get(CAL)
+                    return handle is not None and handle.replica.calendar.get(ids[9]).note == "changed during partition"
+
+                await b.wait_for(b_caught_up, 20)
+                link_bytes = sum(c.session.bytes_in for c in b.connections if c.is_peer)
                 assert link_bytes < 0.05 * full_state, (link_bytes, full_state)
             finally:
                 await b.__aexit__(None, None, None)
@@ -124,4 +114,4 @@ async def test_peer_calendar_globs_limit_what_crosses_the_link(tmp_path: Path) -
             marker = await ta.book("shared-1", hour=11)  # sent after the private booking, on the same link
             await tb.wait_for(lambda: marker in tb.replica("shared-1").calendar.reservations)
             assert private not in tb.replica("private-1").calendar.reservations
-            assert private not in b.calendars.loaded["private-1"].replica.calendar.reservations  # type: ignore[union-attr]
+            assert private not in b.calendars.loaded["private-1"].replica.calendar.reservations

@@ -9,8 +9,9 @@ from wire import NOW
 from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
 from accord.engine.storage import MemoryStorage
-from accord.relay.calendars import CalendarHandle, CommitPipeline
+from accord.relay.calendars import CalendarHandle
 from accord.relay.metrics import Metrics
+from accord.relay.pipeline import CommitPipeline
 
 
 async def test_own_writes_are_queued_past_the_reader_limit_and_all_stored() -> None:

@@ -1,0 +1,132 @@
+"""Admission: who may connect (the handshake) and which updates may reach a calendar.
+
+:meth:`Admission.admit_connection` turns a websocket handshake into what the connection may
+do (:class:`Admitted`) or why it may not (:class:`Refusal`): the token, the role it asks for,
+the endpoint (multiplexed ``/.accord/v1`` or a y-websocket ``/<calendar>``).
+
+:meth:`Admission.check_update` judges one update before it is applied. A read-only connection
+gets nothing applied (and is closed if it tried to add anything); a client may not write the
+keys only the home relay writes. The per-calendar key index that answers the second question is
+kept here and kept in step with every change the document makes (:meth:`Admission.observe`,
+a pipeline change hook); it is dropped when the calendar unloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from dataclasses import dataclass
+
+import pycrdt
+from websockets.http11 import Request
+
+from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName
+from accord.engine.model import CalendarId, check_calendar_name
+from accord.engine.protocol import covers, decode_state_vector
+from accord.engine.replica import Change
+from accord.engine.session import RELAY_HEADER, ROLE_HEADER, SYNC_PATH, parse_bearer
+from accord.engine.update_keys import KeyIndex
+
+from .auth import Grant, Role, TokenBook
+from .calendars import CalendarHandle
+from .connection import Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A handshake that may proceed: what the connection is and may open."""
+
+    kind: Kind
+    grant: Grant
+    calendar: CalendarId | None  # the one calendar of a y-websocket connection
+    peer_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a connection or an update is refused: close code, reason, and the metric label."""
+
+    code: CloseCode
+    reason: str
+    metric: str
+
+
+IGNORED = Refusal(CloseCode.NORMAL, "a read-only client's sync reply adds nothing: ignored", "")
+
+
+class Admission:
+    """The relay's gatekeeper (see the module docstring)."""
+
+    def __init__(self, tokens: TokenBook) -> None:
+        self.tokens = tokens
+        self._indexes: dict[CalendarId, KeyIndex] = {}
+
+    # ---- connections ----------------------------------------------------------------------------
+
+    def admit_connection(self, request: Request) -> Admitted | Refusal:
+        """Check a websocket handshake's token, role and path."""
+        split = urllib.parse.urlsplit(request.path)
+        query = urllib.parse.parse_qs(split.query)
+        token = parse_bearer(request.headers.get("Authorization")) or next(iter(query.get("token", [])), None)
+        path = urllib.parse.unquote(split.path)
+        wants_peer = path == SYNC_PATH and request.headers.get(ROLE_HEADER, "terminal").lower() == "peer"
+        grant = self.tokens.check(token, wants_peer=wants_peer)
+        if grant is None:
+            return Refusal(CloseCode.UNAUTHORIZED, "missing or wrong token", "unauthorized")
+        if path == SYNC_PATH:
+            if wants_peer and grant.role is not Role.PEER:
+                return Refusal(CloseCode.FORBIDDEN, "this token may not peer", "forbidden")
+            if wants_peer:
+                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64])
+            return Admitted(Kind(str(grant.role)), grant, None)
+        try:
+            calendar = check_calendar_name(path.lstrip("/"))
+        except InvalidCalendarName as exc:
+            return Refusal(CloseCode.NOT_FOUND, str(exc), "bad_calendar")
+        if not grant.allows(calendar):
+            return Refusal(CloseCode.FORBIDDEN, f"token may not open {calendar}", "forbidden")
+        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar)
+
+    # ---- updates --------------------------------------------------------------------------------
+
+    def check_update(self, kind: Kind, grant: Grant, handle: CalendarHandle, update: bytes) -> Refusal | None:
+        """None if ``update`` (from a connection of ``kind`` with ``grant``) may be applied.
+
+        Raises:
+            MalformedMessage: the update cannot be read exactly as Yrs would read it; the
+                sender is closed with 1007 rather than applying bytes nobody checked.
+        """
+        if not grant.can_write:
+            if self._is_redundant(handle, update):
+                return IGNORED
+            return Refusal(CloseCode.FORBIDDEN, "read-only token: writes are not accepted", "read_only")
+        if kind is not Kind.PEER and self._writes_protected(handle, update):
+            return Refusal(CloseCode.FORBIDDEN, "only the home relay writes decisions", "forged_decision")
+        return None
+
+    def observe(self, handle: CalendarHandle, change: Change) -> None:
+        """Keep the calendar's protected-key index in step with a change the document made."""
+        index = self._indexes.get(handle.name)
+        if index is not None and index.might_write_protected(change.update):
+            index.observe(change.update)
+
+    def forget(self, handle: CalendarHandle) -> None:
+        """The calendar left memory: drop its index."""
+        self._indexes.pop(handle.name, None)
+
+    @staticmethod
+    def _is_redundant(handle: CalendarHandle, update: bytes) -> bool:
+        """True if ``update`` adds no operation the calendar lacks."""
+        try:
+            theirs = decode_state_vector(pycrdt.get_state(update))
+        except (ValueError, AccordError):
+            return False
+        return covers(handle.replica.clocks(), theirs)
+
+    def _writes_protected(self, handle: CalendarHandle, update: bytes) -> bool:
+        index = self._indexes.get(handle.name)
+        if index is None:
+            index = self._indexes[handle.name] = KeyIndex.from_update(handle.replica.full_state())
+        return index.might_write_protected(update) and index.writes_protected(update)

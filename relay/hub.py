@@ -1,0 +1,184 @@
+"""The hub: which connection is subscribed to which calendar, and what each session event does.
+
+Every connection (inbound terminals, stock Yjs clients, peers, and the relay's own outbound
+peer links) reports to the hub (:class:`~accord.relay.connection.ConnectionHandler`):
+
+- a calendar a session asks for is checked against the token's globs (and, for peers, the
+  ``--peer-calendars`` globs), loaded, subscribed and opened on the session, or refused;
+- an update is judged by :class:`~accord.relay.admission.Admission`, applied to the replica
+  and handed to the :class:`~accord.relay.pipeline.CommitPipeline` (stored, then forwarded
+  and acknowledged);
+- presence goes to the calendar's other stock clients (:mod:`~accord.relay.presence`).
+
+Peers are subscribed to every calendar they may share as it loads (a calendar-set hook), so an
+update reaches every relay; a calendar that unloads is forgotten on their sessions and opened
+again (a fresh state-vector exchange) when it next loads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from accord.engine.errors import CloseCode, MalformedMessage, StorageError
+from accord.engine.model import CalendarId
+from accord.engine.session import (
+    AwarenessReceived,
+    CalendarRefused,
+    CalendarRequested,
+    Event,
+    NothingNew,
+    UpdateReceived,
+)
+
+from . import presence
+from .admission import IGNORED, Admission
+from .calendars import CalendarHandle, CalendarSet, matches
+from .connection import Connection
+from .metrics import Metrics
+from .notice import Notice
+from .pipeline import CommitPipeline
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Connections, subscriptions and event handling (see the module docstring)."""
+
+    def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
+                 *, peer_globs: list[str], notice: Notice) -> None:
+        self.calendars = calendars
+        self.pipeline = pipeline
+        self.admission = admission
+        self.metrics = metrics
+        self.peer_globs = peer_globs
+        self.notice = notice
+        self.connections: set[Connection] = set()
+
+    # ---- ConnectionHandler ----------------------------------------------------------------------
+
+    async def connection_opened(self, connection: Connection) -> None:
+        """Open the one calendar of a y-websocket connection, or every shared calendar for a peer."""
+        self.connections.add(connection)
+        log.info("connection opened", extra={"conn": connection.label,
+                                             "remote": _remote(connection)})
+        self.notice.notify()
+        if connection.session.single is not None:
+            await self._open(connection, connection.session.single)
+        elif connection.is_peer:
+            for name in await self.calendars.known():
+                if matches(name, self.peer_globs):
+                    await self._open(connection, name)
+
+    async def connection_event(self, connection: Connection, event: Event) -> None:
+        match event:
+            case CalendarRequested(calendar):
+                await self._open(connection, calendar)
+            case UpdateReceived(calendar, update, _):
+                handle = await self._subscribed(connection, calendar)
+                if handle is not None:
+                    await self._receive_update(connection, handle, update)
+            case NothingNew(calendar):  # still acknowledged, in order with what came before
+                handle = await self._subscribed(connection, calendar)
+                if handle is not None:
+                    self.metrics.updates_in += 1
+                    await self.pipeline.submit(handle, None, connection)
+            case AwarenessReceived(calendar, payload):
+                handle = self.calendars.loaded.get(calendar)
+                if handle is not None and connection in handle.subscribers:
+                    presence.broadcast(handle, payload, sender=connection)
+            case CalendarRefused(calendar, code, reason):
+                log.warning("calendar refused by other side", extra={"conn": connection.label, "calendar": calendar,
+                                                                     "code": code, "reason": reason})
+            case _:
+                pass  # SyncCompleted, Acknowledged, AwarenessQueried: nothing to do on a relay
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        presence.clear(connection, self.calendars.loaded)  # type: ignore[arg-type]
+        for name in connection.calendars():
+            handle = self.calendars.loaded.get(name)
+            if handle is not None:
+                handle.subscribers.discard(connection)
+        log.info("connection closed", extra={"conn": connection.label, "code": connection.websocket.close_code,
+                                             "messages": connection.session.messages_in})
+        self.notice.notify()
+
+    # ---- calendar-set hooks ---------------------------------------------------------------------
+
+    async def calendar_loaded(self, handle: CalendarHandle) -> None:
+        """Make the peers part of a calendar that just loaded and open it on their links."""
+        if not matches(handle.name, self.peer_globs):
+            return
+        for connection in list(self.connections):
+            if connection.is_peer and connection.grant.allows(handle.name):
+                self._subscribe(connection, handle)
+                connection.flush()
+
+    def calendar_unloading(self, handle: CalendarHandle) -> None:
+        for connection in handle.subscribers:
+            connection.session.forget(handle.name)
+        handle.subscribers.clear()
+
+    # ---- subscriptions --------------------------------------------------------------------------
+
+    async def _open(self, connection: Connection, name: CalendarId) -> CalendarHandle | None:
+        """Subscribe ``connection`` to ``name`` (loading it); None if refused."""
+        if not connection.grant.allows(name) or (connection.is_peer and not matches(name, self.peer_globs)):
+            self.metrics.refused["forbidden_calendar"] += 1
+            await self._refuse(connection, name, CloseCode.FORBIDDEN, f"not allowed: {name}")
+            return None
+        try:
+            handle = await self.calendars.get(name)
+        except StorageError as exc:
+            log.error("calendar unavailable", extra={"calendar": name, "error": str(exc)})
+            await self._refuse(connection, name, CloseCode.INTERNAL_ERROR, "calendar store is damaged")
+            return None
+        self._subscribe(connection, handle)
+        return handle
+
+    @staticmethod
+    def _subscribe(connection: Connection, handle: CalendarHandle) -> None:
+        handle.subscribers.add(connection)
+        connection.session.open(handle.name)
+
+    @staticmethod
+    async def _refuse(connection: Connection, name: CalendarId, code: CloseCode, reason: str) -> None:
+        if connection.is_stock_yjs:  # y-websocket knows no per-calendar refusal: close it
+            await connection.close(code, reason)
+            return
+        connection.session.refuse(name, code, reason)
+
+    async def _subscribed(self, connection: Connection, calendar: CalendarId) -> CalendarHandle | None:
+        handle = self.calendars.loaded.get(calendar)
+        if handle is not None and connection in handle.subscribers:
+            return handle
+        return await self._open(connection, calendar)
+
+    # ---- updates --------------------------------------------------------------------------------
+
+    async def _receive_update(self, connection: Connection, handle: CalendarHandle, update: bytes) -> None:
+        """Check, apply and queue one update for commit (then forward and acknowledge)."""
+        self.metrics.updates_in += 1
+        refusal = self.admission.check_update(connection.kind, connection.grant, handle, update)
+        if refusal is IGNORED:
+            return
+        if refusal is not None:
+            self.metrics.updates_dropped[refusal.metric] += 1
+            log.warning("update refused", extra={"conn": connection.label, "calendar": handle.name,
+                                                 "reason": refusal.reason})
+            # Its later updates would depend on the refused one and could never apply: close it.
+            await connection.close(refusal.code, refusal.reason)
+            return
+        try:
+            change = handle.replica.apply(update)
+        except MalformedMessage:
+            # Yrs may have integrated part of an update it then refused; that part is in the
+            # document now, so store it like the relay's own writes before closing the sender.
+            self.pipeline.submit_local(handle)
+            raise
+        await self.pipeline.submit(handle, change, connection)
+
+
+def _remote(connection: Connection) -> str:
+    address = connection.websocket.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
