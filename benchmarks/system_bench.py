@@ -6,7 +6,7 @@ the latency from a terminal's booking to the home relay's decision arriving back
 
 Measures and prints; asserts nothing. Relays run as ``accord relay`` child processes with
 durable SQLite stores in a temporary folder; load clients live in this process and speak the
-multiplexed protocol directly (engine ``PeerSync`` + ``Replica``), the terminal figures use
+multiplexed protocol directly (engine ``Session`` + ``Replica``), the terminal figures use
 the real ``Terminal``.
 """
 
@@ -31,9 +31,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from accord import __version__
+from accord.engine.errors import CloseCode
+from accord.engine.model import CalendarId
 from accord.engine.protocol import covers
 from accord.engine.replica import Replica
-from accord.engine.sync import Acknowledged, PeerSync, SyncRequested, UpdateReceived
+from accord.engine.session import ROLE_HEADER, SYNC_PATH, Acknowledged, CalendarRequested, Session, UpdateReceived
 from accord.relay.process import RelayProcess
 from accord.terminal.client import Terminal
 
@@ -47,7 +49,7 @@ class LoadClient:
     def __init__(self, url: str, name: str, on_update: Callable[[LoadClient], None] | None = None,
                  calendar: str = CAL) -> None:
         self.url, self.name, self.calendar = url, name, calendar
-        self.sync = PeerSync()
+        self.session = Session(self)
         self.replica = Replica(calendar, actor=name)
         self.acked: dict[int, int] = {}
         self.on_update = on_update
@@ -55,12 +57,24 @@ class LoadClient:
         self.reader: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
 
+    def state_vector(self, calendar: CalendarId) -> bytes:  # Documents, for the session
+        return self.replica.state_vector()
+
+    def diff(self, calendar: CalendarId, state_vector: bytes) -> bytes:
+        return self.replica.diff(state_vector)
+
     async def start(self) -> LoadClient:
-        self.ws = await connect(self.url + "/.accord/v1", additional_headers={"X-Accord-Role": "terminal"},
+        self.ws = await connect(self.url + SYNC_PATH, additional_headers={ROLE_HEADER: "terminal"},
                                 max_size=None, compression=None)
         self.reader = asyncio.create_task(self._read())
-        await self.ws.send(self.sync.step1(self.calendar, self.replica.state_vector()))
+        self.session.open(self.calendar)
+        await self._flush()
         return self
+
+    async def _flush(self) -> None:
+        assert self.ws is not None
+        for data in self.session.data_to_send():
+            await self.ws.send(data)
 
     async def stop(self) -> None:
         if self.ws is not None:
@@ -72,7 +86,7 @@ class LoadClient:
     async def push(self) -> None:
         assert self.ws is not None
         for change in self.replica.take_changes():
-            await self.ws.send(self.sync.update(self.calendar, change.update))
+            await self.ws.send(self.session.update(self.calendar, change.update))
 
     async def wait(self, condition: Callable[[], bool], timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
@@ -89,14 +103,16 @@ class LoadClient:
         try:
             async for message in self.ws:
                 assert isinstance(message, bytes)
-                for event in self.sync.receive(message):
-                    if isinstance(event, SyncRequested):
-                        await self.ws.send(self.sync.step2(self.calendar, self.replica.diff(event.state_vector)))
+                self.session.receive(message)
+                while (event := self.session.next_event()) is not None:
+                    if isinstance(event, CalendarRequested):
+                        self.session.refuse(event.calendar, CloseCode.NOT_FOUND, "not open on this client")
                     elif isinstance(event, UpdateReceived):
                         if self.replica.apply(event.update) is not None and self.on_update is not None:
                             self.on_update(self)
                     elif isinstance(event, Acknowledged):
                         self.acked = event.clocks
+                await self._flush()
                 self.changed.set()
         except ConnectionClosed:
             pass

@@ -2,15 +2,18 @@
 
 Theory of operation. :class:`Link` runs one background task. Each round it connects to the
 relay's multiplexed endpoint (``/.accord/v1``, ``X-Accord-Role: terminal``, bearer token),
-opens every calendar the terminal holds with STEP1, then pumps bytes through a fresh
-:class:`~accord.engine.sync.PeerSync` until the connection ends:
+opens every calendar the terminal holds, then pumps bytes through a fresh engine
+:class:`~accord.engine.session.Session` (the same sync rules the relay runs) until the
+connection ends:
 
-- the relay's STEP1 is answered with STEP2 (what the relay misses, from the replica);
+- the session answers the relay's STEP1 with STEP2 (what the relay misses, from the replica);
 - STEP2 and UPDATE from the relay go to the terminal, which applies and stores them;
 - ACKs go to the terminal, which marks the covered local changes as stored on the relay;
-- local changes are queued with :meth:`Link.send_update` and written in order by a writer task.
+- local changes are queued with :meth:`Link.send_update` and written in order through the
+  shared :class:`~accord.transport.Outbox`.
 
-When the connection fails or ends, the link waits (exponential backoff with jitter, capped)
+When the connection fails or ends, the shared reconnect loop
+(:func:`~accord.transport.keep_connected`) waits (exponential backoff with jitter, capped)
 and connects again; the new session's STEP1/STEP2 exchange carries everything either side
 missed, so nothing is queued across sessions. A close with 4401/4403 (or an HTTP 401/403
 handshake answer) puts the link in state ``refused``; it keeps retrying at the capped delay
@@ -26,31 +29,37 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from accord.engine.backoff import Backoff
 from accord.engine.errors import CloseCode, RemoteProtocolError
 from accord.engine.model import CalendarId
-from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from accord.engine.sync import (
+from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES, EMPTY_UPDATE
+from accord.engine.session import (
+    AUTHORIZATION_HEADER,
+    ROLE_HEADER,
+    SYNC_PATH,
+    TERMINAL_HEADER,
     Acknowledged,
     CalendarRefused,
-    PeerSync,
+    CalendarRequested,
+    Event,
+    Session,
     SyncCompleted,
-    SyncRequested,
     UpdateReceived,
+    bearer,
 )
+from accord.transport import Outbox, keep_connected
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "/.accord/v1"
 REFUSED_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN})
 STABLE_SESSION_S = 5.0
+__all__ = ["Backoff", "Link", "LinkHandler", "LinkState", "describe_failure", "endpoint_url"]
 
 
 class LinkState(enum.StrEnum):
@@ -61,21 +70,6 @@ class LinkState(enum.StrEnum):
     CONNECTING = "connecting"
     ONLINE = "online"
     REFUSED = "refused"
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: ``initial_s * factor**n`` capped at ``max_s``, minus up to ``jitter`` of it."""
-
-    initial_s: float = 0.25
-    factor: float = 2.0
-    max_s: float = 30.0
-    jitter: float = 0.5
-
-    def delay_s(self, attempt: int) -> float:
-        """The wait before reconnect number ``attempt`` (0-based), randomised so terminals spread out."""
-        base = min(self.max_s, self.initial_s * self.factor ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random.random())
 
 
 class LinkHandler(Protocol):
@@ -120,9 +114,23 @@ def endpoint_url(relay: str) -> str:
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
         raise ValueError(f"relay URL {relay!r} is invalid: write it like ws://127.0.0.1:8765")
     path = parts.path.rstrip("/")
-    if not path.endswith(ENDPOINT):
-        path = path + ENDPOINT
+    if not path.endswith(SYNC_PATH):
+        path = path + SYNC_PATH
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class _Documents:
+    """The terminal's replicas as the session sees them."""
+
+    def __init__(self, handler: LinkHandler) -> None:
+        self.handler = handler
+
+    def state_vector(self, calendar: CalendarId) -> bytes:
+        return self.handler.link_state_vector(calendar)
+
+    def diff(self, calendar: CalendarId, state_vector: bytes) -> bytes:
+        diff = self.handler.link_diff(calendar, state_vector)
+        return EMPTY_UPDATE if diff is None else diff
 
 
 class Link:
@@ -164,8 +172,9 @@ class Link:
         self.attempts = 0  # connection attempts that have concluded (succeeded or failed)
         self.pulled: set[CalendarId] = set()  # calendars whose STEP2 arrived in this session
         self.refused_calendars: dict[CalendarId, str] = {}
-        self._sync: PeerSync | None = None
-        self._outbox: asyncio.Queue[bytes] | None = None
+        self._documents = _Documents(handler)
+        self._session: Session | None = None
+        self._outbox: Outbox | None = None
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -177,7 +186,11 @@ class Link:
     def start(self) -> None:
         """Start the background connect loop."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"accord-link:{self.url}")
+            self._task = asyncio.create_task(
+                keep_connected(self._connect_once, self.backoff, wake=self._wake, stopping=lambda: self._closing,
+                               on_failure=self._failed, stable_session_s=STABLE_SESSION_S),
+                name=f"accord-link:{self.url}",
+            )
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Close the connection (normal closure) and stop the loop."""
@@ -204,74 +217,40 @@ class Link:
 
     def open_calendar(self, calendar: CalendarId, state_vector: bytes) -> None:
         """Ask the relay for ``calendar`` now (if online); otherwise it is opened on connect."""
-        if self._sync is not None and self.state is LinkState.ONLINE:
-            self._enqueue(self._sync.step1(calendar, state_vector))
+        if self._session is not None and self.state is LinkState.ONLINE:
+            self._session.open(calendar)
+            self._flush()
 
     def send_update(self, calendar: CalendarId, update: bytes) -> None:
         """Queue a local change for the relay; a no-op offline (the next sync carries it)."""
-        if self._sync is not None and self.state is LinkState.ONLINE:
-            self._enqueue(self._sync.update(calendar, update))
+        if self._session is not None and self.state is LinkState.ONLINE:
+            self._session.send_update(calendar, update)
+            self._flush()
 
-    # ---- the loop ----------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while not self._closing:
-            self._set_state(LinkState.CONNECTING)
-            refused = False
-            started = loop.time()
-            try:
-                await self._connect_once()
-                # A session that lasted resets the backoff; one that was dropped at once does not.
-                failures = 0 if loop.time() - started >= STABLE_SESSION_S else failures + 1
-            except _Refused as exc:
-                refused = True
-                failures += 1
-                self.refused_code = exc.code
-                self.last_error = exc.reason
-                log.info("relay refused the terminal", extra={"relay": self.url, "code": exc.code})
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-                failures += 1
-                self.last_error = describe_failure(exc)
-                log.info("relay unreachable", extra={"relay": self.url, "error": self.last_error})
-            except Exception as exc:  # top of the task: a bug or a local store failure; retry later, loudly
-                failures += 1
-                self.last_error = describe_failure(exc)
-                log.exception("link session failed", extra={"relay": self.url})
-            finally:
-                self._ws = None
-                self._sync = None
-                self._outbox = None
-                self.pulled = set()
-                self.attempts += 1
-            self._set_state(LinkState.REFUSED if refused else LinkState.OFFLINE)
-            if self._closing:
-                break
-            delay_s = self.backoff.delay_s(max(0, failures - 1))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay_s):
-                    await self._wake.wait()
+    # ---- one session ---------------------------------------------------------------------------
 
     async def _connect_once(self) -> None:
         """One session, until the connection ends. Raises if it cannot connect or is refused."""
-        headers = {"X-Accord-Role": "terminal"}
-        if self.name:
-            headers["X-Accord-Terminal"] = self.name
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        self._set_state(LinkState.CONNECTING)
         try:
-            ws = await connect(
-                self.url,
-                additional_headers=headers,
-                open_timeout=self.connect_timeout_s,
-                close_timeout=2.0,
-                max_size=DEFAULT_MAX_MESSAGE_BYTES,
-                compression=None,
-            )
+            await self._session_until_closed()
+        finally:
+            self._ws = None
+            self._session = None
+            self._outbox = None
+            self.pulled = set()
+            self.attempts += 1
+            self._set_state(LinkState.OFFLINE)
+
+    async def _session_until_closed(self) -> None:
+        headers = {ROLE_HEADER: "terminal"}
+        if self.name:
+            headers[TERMINAL_HEADER] = self.name
+        if self.token:
+            headers[AUTHORIZATION_HEADER] = bearer(self.token)
+        try:
+            ws = await connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
+                               close_timeout=2.0, max_size=DEFAULT_MAX_MESSAGE_BYTES, compression=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -279,24 +258,23 @@ class Link:
                 raise _Refused(refusal, f"relay answered HTTP {status}: check --token") from None
             raise
         self._ws = ws
-        self._sync = sync = PeerSync()
-        self._outbox = outbox = asyncio.Queue[bytes](maxsize=self.max_outbox)
+        self._session = session = Session(self._documents)
+        self._outbox = outbox = Outbox(ws, max_messages=self.max_outbox, label="relay")
         self.refused_calendars = {}
         self.last_error = ""
         calendars = self.handler.link_calendars()
         for calendar in calendars:
-            outbox.put_nowait(sync.step1(calendar, self.handler.link_state_vector(calendar)))
+            session.open(calendar)
         log.info("connected to relay", extra={"relay": self.url, "calendars": len(calendars)})
         self.refused_code = None
         self._set_state(LinkState.ONLINE)
-        writer = asyncio.create_task(self._write(ws, outbox), name="accord-link-writer")
+        self._flush()
+        writer = asyncio.create_task(outbox.run(), name="accord-link-writer")
         try:
-            await self._read(ws, sync, outbox)
+            await self._read(ws, session)
         finally:
             writer.cancel()
             await asyncio.wait([writer])
-            if not writer.cancelled() and writer.exception() is not None:
-                log.debug("link writer ended", extra={"error": repr(writer.exception())})
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await ws.close()
@@ -308,28 +286,32 @@ class Link:
             raise _Refused(code, reason or "refused by the relay: check --token and the calendar name")
         self.last_error = f"connection closed ({code or 'no close frame'}{': ' + reason if reason else ''})"
 
-    async def _read(self, ws: ClientConnection, sync: PeerSync, outbox: asyncio.Queue[bytes]) -> None:
+    async def _read(self, ws: ClientConnection, session: Session) -> None:
         try:
             async for message in ws:
                 if isinstance(message, str):
                     await ws.close(CloseCode.INVALID_DATA, "text frames are not part of the accord protocol")
                     return
                 try:
-                    for event in sync.receive(message):
-                        await self._handle(event, sync)
+                    session.receive(message)
+                    while (event := session.next_event()) is not None:
+                        await self._handle(event, session)
+                        self._flush()
                 except RemoteProtocolError as exc:  # garbage from the relay: drop this session, resync later
                     log.warning("relay sent a malformed message", extra={"error": str(exc)})
                     await ws.close(exc.close_code, exc.reason)
                     return
+                self._flush()
         except ConnectionClosed:
             return
 
-    async def _handle(self, event: object, sync: PeerSync) -> None:
+    async def _handle(self, event: Event, session: Session) -> None:
         match event:
-            case SyncRequested(calendar, state_vector):
-                diff = self.handler.link_diff(calendar, state_vector)
-                if diff is not None:
-                    self._enqueue(sync.step2(calendar, diff))
+            case CalendarRequested(calendar):
+                if calendar in self.handler.link_calendars():
+                    session.open(calendar)
+                else:
+                    session.refuse(calendar, CloseCode.NOT_FOUND, "this terminal does not hold that calendar")
             case UpdateReceived(calendar, update, _):
                 await self.handler.link_update(calendar, update)
             case SyncCompleted(calendar):
@@ -345,22 +327,29 @@ class Link:
             case _:
                 log.debug("ignored message from relay", extra={"kind": type(event).__name__})
 
-    async def _write(self, ws: ClientConnection, outbox: asyncio.Queue[bytes]) -> None:
-        while True:
-            data = await outbox.get()
-            await ws.send(data)
-
-    def _enqueue(self, data: bytes) -> None:
-        outbox, ws = self._outbox, self._ws
-        if outbox is None or ws is None:
+    def _flush(self) -> None:
+        session, outbox, ws = self._session, self._outbox, self._ws
+        if session is None or outbox is None or ws is None:
             return
-        try:
-            outbox.put_nowait(data)
-        except asyncio.QueueFull:
+        if not outbox.send_all(session.data_to_send()):
             # A relay this slow gets a fresh session: the STEP1/STEP2 exchange resends what it lacks.
             log.warning("outbox full; reconnecting to resync", extra={"relay": self.url})
             if self._closer is None or self._closer.done():
                 self._closer = asyncio.create_task(ws.close(CloseCode.TRY_AGAIN_LATER, "terminal outbox full"))
+
+    def _failed(self, exc: BaseException) -> None:
+        """A session could not start or was refused: record why (the loop retries after a backoff)."""
+        if isinstance(exc, _Refused):
+            self.refused_code = exc.code
+            self.last_error = exc.reason
+            log.info("relay refused the terminal", extra={"relay": self.url, "code": exc.code})
+            self._set_state(LinkState.REFUSED)
+            return
+        self.last_error = describe_failure(exc)
+        if isinstance(exc, OSError | TimeoutError | InvalidHandshake | InvalidURI | ConnectionClosed):
+            log.info("relay unreachable", extra={"relay": self.url, "error": self.last_error})
+        else:  # a bug or a local store failure; retried later, loudly
+            log.error("link session failed", extra={"relay": self.url}, exc_info=exc)
 
     def _set_state(self, state: LinkState) -> None:
         if state is not self.state:

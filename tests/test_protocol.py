@@ -1,5 +1,5 @@
-"""The wire protocol: two PeerSync state machines pumped against each other in memory, each
-backed by Replica documents, plus hostile input on the receive path."""
+"""The wire protocol: two engine Sessions (over PeerSync) pumped against each other in memory,
+each backed by Replica documents, plus hostile input on the receive path."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accord.engine.errors import CloseCode, MalformedMessage, MessageTooLarge, RemoteProtocolError
+from accord.engine.model import CalendarId
 from accord.engine.protocol import (
     Ack,
     Calendars,
@@ -28,6 +29,7 @@ from accord.engine.protocol import (
     write_var_uint,
 )
 from accord.engine.replica import Replica
+from accord.engine.session import CalendarRequested, NothingNew, Session
 from accord.engine.sync import (
     Acknowledged,
     CalendarRefused,
@@ -45,36 +47,60 @@ MAX_PUMP_ROUNDS = 100
 
 @dataclass
 class Side:
-    """One end of a connection: its PeerSync, its replicas, and what it has to send."""
+    """One end of a connection: the engine's Session over its replicas, and what it has to send.
+
+    Everything protocol-shaped (answering STEP1, opening back, acknowledging) is the shipped
+    Session's; this glue only applies updates and records what it observed.
+    """
 
     name: str
     replicas: dict[str, Replica]
-    sync: PeerSync = field(default_factory=PeerSync)
+    single: str | None = None
+    max_message_bytes: int | None = None
     outbox: list[bytes] = field(default_factory=list)
     bytes_sent: int = 0
     completed: set[str] = field(default_factory=set)
     acked: dict[str, dict[int, int]] = field(default_factory=dict)
+    session: Session = field(init=False)
+
+    def __post_init__(self) -> None:
+        # "Durably stored" is immediate in memory: both sides acknowledge what they apply.
+        self.session = Session(self, calendar=self.single, send_acks=True, max_message_bytes=self.max_message_bytes)
+
+    # Documents
+    def state_vector(self, calendar: CalendarId) -> bytes:
+        return self.replicas[calendar].state_vector()
+
+    def diff(self, calendar: CalendarId, state_vector: bytes) -> bytes:
+        return self.replicas[calendar].diff(state_vector)
 
     def open(self, calendar: str = CAL) -> None:
-        self.outbox.append(self.sync.step1(calendar, self.replicas[calendar].state_vector()))
+        self.session.open(calendar)
+        self.outbox += self.session.data_to_send()
 
     def push_local_changes(self, calendar: str = CAL) -> None:
         for change in self.replicas[calendar].take_changes():
-            self.outbox.append(self.sync.update(calendar, change.update))
+            self.outbox.append(self.session.update(calendar, change.update))
 
     def receive(self, data: bytes) -> None:
-        for event in self.sync.receive(data):
+        self.session.receive(data)
+        while (event := self.session.next_event()) is not None:
             match event:
-                case SyncRequested(calendar, state_vector):
-                    self.outbox.append(self.sync.step2(calendar, self.replicas[calendar].diff(state_vector)))
+                case CalendarRequested(calendar):
+                    if calendar in self.replicas:
+                        self.session.open(calendar)
+                    else:
+                        self.session.refuse(calendar, CloseCode.NOT_FOUND, "no such calendar here")
                 case UpdateReceived(calendar, update, _):
                     self.replicas[calendar].apply(update, origin=self.name)
-                    # "Durably stored" is immediate in memory: acknowledge every batch, redundant ones too.
-                    self.outbox.append(self.sync.ack(calendar, self.replicas[calendar].state_vector()))
+                    self.session.stored(calendar, self.replicas[calendar].state_vector())
+                case NothingNew(calendar):
+                    self.session.stored(calendar, self.replicas[calendar].state_vector())
                 case SyncCompleted(calendar):
                     self.completed.add(calendar)
                 case Acknowledged(calendar, _, clocks):
                     self.acked[calendar] = clocks
+        self.outbox += self.session.data_to_send()
 
 
 def pump(a: Side, b: Side) -> int:
@@ -128,7 +154,7 @@ def test_empty_side_receives_everything_on_connect() -> None:
     assert doc(b) == doc(a)
     assert len(doc(b)["reservations"]) == 50  # type: ignore[arg-type]
     assert a.completed == b.completed == {CAL}
-    assert a.sync.is_synced(CAL) and b.sync.is_synced(CAL)
+    assert a.session.is_synced(CAL) and b.session.is_synced(CAL)
 
 
 def test_two_empty_sides_sync_to_empty() -> None:
@@ -181,7 +207,7 @@ def test_acknowledgement_covers_the_senders_changes() -> None:
     a.push_local_changes()
     pump(a, b)
     assert covers(a.acked[CAL], a.replicas[CAL].clocks())
-    assert a.sync.state(CAL).acked == a.acked[CAL]
+    assert a.session.acked(CAL) == a.acked[CAL]
 
 
 def test_incremental_sync_is_far_smaller_than_the_full_state() -> None:
@@ -224,8 +250,8 @@ def test_many_calendars_share_one_multiplexed_connection() -> None:
 
 
 def test_single_calendar_framing_syncs_like_y_websocket() -> None:
-    a = Side("a", {CAL: Replica(CAL, actor="a", client_id=1)}, PeerSync(calendar=CAL))
-    b = Side("b", {CAL: Replica(CAL, actor="b", client_id=2)}, PeerSync(calendar=CAL))
+    a = Side("a", {CAL: Replica(CAL, actor="a", client_id=1)}, single=CAL)
+    b = Side("b", {CAL: Replica(CAL, actor="b", client_id=2)}, single=CAL)
     book_many(a.replicas[CAL], 3)
     a.replicas[CAL].take_changes()
     a.open()
@@ -316,19 +342,19 @@ def test_every_truncation_of_a_message_is_malformed_and_harmless() -> None:
 def test_garbage_is_refused_with_a_close_code_and_the_connection_state_is_kept(data: bytes, why: str) -> None:
     a, b = new_side("a", 1), new_side("b", 2)
     connect(a, b)
-    counters = (b.sync.messages_in, b.sync.bytes_in)
+    counters = (b.session.messages_in, b.session.bytes_in)
     with pytest.raises(MalformedMessage, match=why) as info:
         b.receive(data)
     assert info.value.close_code == CloseCode.INVALID_DATA
     assert len(info.value.reason.encode()) <= 123
-    assert b.sync.is_synced(CAL)
-    assert (b.sync.messages_in, b.sync.bytes_in) == counters  # a refused message is not counted
+    assert b.session.is_synced(CAL)
+    assert (b.session.messages_in, b.session.bytes_in) == counters  # a refused message is not counted
     assert_still_syncs(a, b)
 
 
 def test_oversized_message_is_refused_before_parsing() -> None:
     a = new_side("a", 1)
-    b = Side("b", {CAL: Replica(CAL, actor="b", client_id=2)}, PeerSync(max_message_bytes=64 * 1024))
+    b = Side("b", {CAL: Replica(CAL, actor="b", client_id=2)}, max_message_bytes=64 * 1024)
     connect(a, b)
     big = encode_framed(CAL, SyncUpdate(b"\x00" * (64 * 1024)))
     with pytest.raises(MessageTooLarge, match="exceeds the limit of 65536 bytes") as info:

@@ -55,7 +55,7 @@ async def test_calendar_outside_token_globs_is_refused_with_4403(tmp_path: Path,
             await client.open("other-1")
             await client.open(CAL)
             await client.wait_synced(CAL)
-            assert not client.sync.is_synced("other-1")
+            assert not client.session.is_synced("other-1")
             assert "other-1" not in relay.calendars.loaded  # type: ignore[union-attr]
 
 

@@ -14,9 +14,20 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from accord.engine.errors import CloseCode
+from accord.engine.model import CalendarId
 from accord.engine.protocol import covers
 from accord.engine.replica import Replica
-from accord.engine.sync import Acknowledged, PeerSync, SyncRequested, UpdateReceived
+from accord.engine.session import (
+    AUTHORIZATION_HEADER,
+    ROLE_HEADER,
+    SYNC_PATH,
+    Acknowledged,
+    CalendarRequested,
+    Session,
+    UpdateReceived,
+    bearer,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -31,7 +42,7 @@ class WireClient:
         self.single = calendar
         self.actor = actor
         self.role = role
-        self.sync = PeerSync(calendar)
+        self.session = Session(self, calendar=calendar)
         self.replicas: dict[str, Replica] = {}
         self.acked: dict[str, dict[int, int]] = {}
         self.ws: ClientConnection | None = None
@@ -41,13 +52,13 @@ class WireClient:
         self.received_messages = 0
 
     async def __aenter__(self) -> WireClient:
-        headers = {"X-Accord-Role": self.role}
-        target = self.url + (f"/{self.single}" if self.single else "/.accord/v1")
+        headers = {ROLE_HEADER: self.role}
+        target = self.url + (f"/{self.single}" if self.single else SYNC_PATH)
         if self.token:
             if self.single:
                 target += f"?token={self.token}"
             else:
-                headers["Authorization"] = f"Bearer {self.token}"
+                headers[AUTHORIZATION_HEADER] = bearer(self.token)
         self.ws = await connect(target, additional_headers=headers, max_size=None, compression=None)
         self._reader = asyncio.create_task(self._read())
         if self.single:
@@ -61,6 +72,13 @@ class WireClient:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
+    # Documents, for the session
+    def state_vector(self, calendar: CalendarId) -> bytes:
+        return self.replica(calendar).state_vector()
+
+    def diff(self, calendar: CalendarId, state_vector: bytes) -> bytes:
+        return self.replica(calendar).diff(state_vector)
+
     def replica(self, calendar: str) -> Replica:
         if calendar not in self.replicas:
             self.replicas[calendar] = Replica(calendar, actor=self.actor)
@@ -68,16 +86,21 @@ class WireClient:
 
     async def open(self, calendar: str) -> Replica:
         replica = self.replica(calendar)
-        assert self.ws is not None
-        await self.ws.send(self.sync.step1(calendar, replica.state_vector()))
+        self.session.open(calendar)
+        await self._flush()
         return replica
+
+    async def _flush(self) -> None:
+        assert self.ws is not None
+        for data in self.session.data_to_send():
+            await self.ws.send(data)
 
     async def push(self, calendar: str) -> int:
         """Send local changes; return the number of bytes sent."""
         assert self.ws is not None
         sent = 0
         for change in self.replica(calendar).take_changes():
-            data = self.sync.update(calendar, change.update)
+            data = self.session.update(calendar, change.update)
             sent += len(data)
             await self.ws.send(data)
         return sent
@@ -99,7 +122,7 @@ class WireClient:
                 await self.changed.wait()
 
     async def wait_synced(self, calendar: str, timeout: float = 10.0) -> None:
-        await self.wait_for(lambda: self.sync.is_synced(calendar), timeout)
+        await self.wait_for(lambda: self.session.is_synced(calendar), timeout)
 
     async def wait_acked(self, calendar: str, timeout: float = 10.0) -> None:
         """Wait until the relay acknowledged this client's own writes (other clients' updates that
@@ -118,14 +141,18 @@ class WireClient:
             async for message in self.ws:
                 assert isinstance(message, bytes)
                 self.received_messages += 1
-                for event in self.sync.receive(message):
-                    if isinstance(event, SyncRequested):
-                        replica = self.replica(event.calendar)
-                        await self.ws.send(self.sync.step2(event.calendar, replica.diff(event.state_vector)))
+                self.session.receive(message)
+                while (event := self.session.next_event()) is not None:
+                    if isinstance(event, CalendarRequested):
+                        if event.calendar in self.replicas:
+                            self.session.open(event.calendar)
+                        else:
+                            self.session.refuse(event.calendar, CloseCode.NOT_FOUND, "not open on this client")
                     elif isinstance(event, UpdateReceived):
                         self.replica(event.calendar).apply(event.update, origin="relay")
                     elif isinstance(event, Acknowledged):
                         self.acked[event.calendar] = event.clocks
+                await self._flush()
                 self.changed.set()
         except ConnectionClosed:
             pass
