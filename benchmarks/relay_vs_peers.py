@@ -6,10 +6,18 @@ Usage::
     .venv/bin/python benchmarks/relay_vs_peers.py --quick         # smoke sizes (< 2 min), writes .cache/bench-quick/
     .venv/bin/python benchmarks/relay_vs_peers.py --repeat 3      # medians over 3 runs per scenario
     .venv/bin/python benchmarks/relay_vs_peers.py --servers accord-memory,hocuspocus --scenarios fanout-10x200
+    .venv/bin/python benchmarks/relay_vs_peers.py --accord-baseline ../wt-base --repeat 3 --out .cache/bench-refactor
 
 Servers (each started fresh on a free loopback port, stopped by its PID afterwards): the accord relay
 with ``--db :memory:`` and with a SQLite file, pycrdt-websocket in memory and with ``SQLiteYStore``,
 ``@y/websocket-server`` (in memory), Hocuspocus in memory and with its SQLite extension.
+
+Before/after an accord change, in one run: ``--accord-baseline DIR`` adds ``accord-base-memory`` and
+``accord-base-sqlite``, the relay of another checkout started as ``DIR/.venv/bin/accord relay ...``
+(same flags as the ``accord-*`` rows, which run this checkout's working tree). Make one with
+``git worktree add ../wt-base <commit> && cd ../wt-base && python3 -m venv .venv &&
+.venv/bin/pip install -e '.[test,bench]'``. Its commit (``+dirty`` if its sources have uncommitted
+changes) is in the row label and the versions table.
 
 The workload (``benchmarks/peers/load.mjs``) is reservations: one nested ``Y.Map`` of 11 string fields
 per reservation, inserts and edits, one transaction per update. Fan-out clients are spread over
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -99,16 +108,17 @@ class ServerSpec:
     protocol: str  # y-websocket | hocuspocus
     storage: str  # what "durable" means for this row
     settle_min_s: float = 0.0  # wait at least this long after a scenario (deferred stores)
+    accord: Path | None = None  # accord-* rows: the accord executable (None: the one next to this Python)
 
     def command(self, work: Path) -> tuple[list[str], Path | None]:
         """The command line, and the port file it writes (None: the port is printed on stdout)."""
         node = shutil.which("node") or "node"
-        accord = Path(sys.executable).with_name("accord")
+        accord = self.accord or Path(sys.executable).with_name("accord")
         accord_cmd = [str(accord)] if accord.exists() else [sys.executable, "-m", "accord"]
         port_file = work / f"{self.key}.port"
         match self.key:
-            case "accord-memory" | "accord-sqlite":
-                db = ":memory:" if self.key == "accord-memory" else str(work / "accord.sqlite")
+            case "accord-memory" | "accord-sqlite" | "accord-base-memory" | "accord-base-sqlite":
+                db = ":memory:" if self.key.endswith("memory") else str(work / "accord.sqlite")
                 return [*accord_cmd, "relay", "--id", "bench", "--port", "0", "--port-file", str(port_file),
                         "--db", db, "--log-level", "WARNING"], port_file
             case "pycrdt-websocket" | "pycrdt-websocket-sqlite":
@@ -135,6 +145,15 @@ SERVERS = [
                "extension-sqlite: whole document state, debounced (2 s, max 10 s) and on last disconnect",
                settle_min_s=2.5),
 ]
+BASELINE_KEYS = ["accord-base-memory", "accord-base-sqlite"]
+
+
+def baseline_servers(checkout: Path, commit: str) -> list[ServerSpec]:
+    """The two accord rows again, run by another checkout's ``.venv/bin/accord`` (``--accord-baseline``)."""
+    accord = checkout / ".venv" / "bin" / "accord"
+    return [dataclasses.replace(spec, key=key, label=spec.label.replace("accord relay", f"accord baseline {commit}"),
+                                accord=accord)
+            for spec, key in zip(SERVERS[:2], BASELINE_KEYS, strict=True)]
 
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -181,7 +200,22 @@ def py_version(package: str) -> str:
         return "?"
 
 
-def server_version(spec: ServerSpec, accord_version: str) -> str:
+def baseline_py_versions(accord: Path) -> dict[str, str]:
+    """accord, pycrdt and websockets versions in the venv that holds ``accord`` (the baseline's)."""
+    code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+            "('accord', 'pycrdt', 'websockets')}))")
+    done = subprocess.run([str(accord.with_name("python")), "-c", code], capture_output=True, text=True, check=False)
+    try:
+        return dict(json.loads(done.stdout))
+    except ValueError:
+        return {}
+
+
+def server_version(spec: ServerSpec, accord_version: str, baseline_version: str = "?") -> str:
+    if spec.accord is not None:
+        found = baseline_py_versions(spec.accord)
+        return (f"accord {found.get('accord', '?')} ({baseline_version}) / pycrdt {found.get('pycrdt', '?')}"
+                f" / websockets {found.get('websockets', '?')}; {spec.accord}")
     if spec.key.startswith("accord"):
         return f"accord {accord_version} / pycrdt {py_version('pycrdt')} / websockets {py_version('websockets')}"
     if spec.key.startswith("pycrdt"):
@@ -199,9 +233,20 @@ def accord_version() -> str:
         from accord import __version__
     except ImportError:
         __version__ = "?"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
+    commit = checkout_commit(ROOT)
     return f"{__version__} ({commit})" if commit else __version__
+
+
+def checkout_commit(checkout: Path) -> str:
+    """Short HEAD of a checkout, ``+dirty`` if the relay's sources differ from it (editable installs run the tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "accord", "engine", "relay", "terminal",
+                "pyproject.toml")
+    return f"{commit}+dirty" if commit and dirty else commit
 
 
 def machine_description() -> dict[str, str]:
@@ -537,12 +582,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark the accord relay against pycrdt-websocket, @y/websocket-server and Hocuspocus "
                     "on one reservation workload, in one run; writes RESULTS.md, results.png and results.jsonl.",
-        epilog="example: .venv/bin/python benchmarks/relay_vs_peers.py --repeat 3",
+        epilog="examples: .venv/bin/python benchmarks/relay_vs_peers.py --repeat 3\n"
+               "  before/after a change, in one run: git worktree add ../wt-base <commit>; (cd ../wt-base && "
+               "python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]');\n"
+               "  .venv/bin/python benchmarks/relay_vs_peers.py --accord-baseline ../wt-base --repeat 3 "
+               "--out .cache/bench-before-after",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smoke sizes (< 2 min); output goes to .cache/bench-quick")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (tables show medians; default 1)")
-    parser.add_argument("--servers", default=",".join(s.key for s in SERVERS),
-                        help=f"comma-separated subset of: {', '.join(s.key for s in SERVERS)}")
+    parser.add_argument("--servers", default="",
+                        help=f"comma-separated subset of: {', '.join(s.key for s in SERVERS)}, "
+                             f"{', '.join(BASELINE_KEYS)} (default: all; the last two need --accord-baseline)")
+    parser.add_argument("--accord-baseline", type=Path, default=None, metavar="DIR",
+                        help="also run the accord relay of checkout DIR (with its own DIR/.venv, e.g. a git worktree "
+                             "of the commit before a change) as accord-base-memory and accord-base-sqlite, in the "
+                             "same tables")
     parser.add_argument("--scenarios", default="",
                         help=f"comma-separated subset of: {', '.join(s.key for s in FULL + QUICK)} (default: all of the mode)")
     parser.add_argument("--drivers", type=int, default=3, help="driver processes per fan-out scenario (default 3)")
@@ -557,6 +612,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.drivers < 1:
         parser.error("--repeat and --drivers must be at least 1")
+    if args.accord_baseline is not None:
+        args.accord_baseline = args.accord_baseline.resolve()
+        if not (args.accord_baseline / ".venv" / "bin" / "accord").exists():
+            parser.error(f"--accord-baseline: {args.accord_baseline}/.venv/bin/accord not found; create the venv "
+                         "there (python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]')")
+    elif any(key in args.servers.split(",") for key in BASELINE_KEYS):
+        parser.error(f"{' and '.join(BASELINE_KEYS)} need --accord-baseline DIR")
     return args
 
 
@@ -568,8 +630,12 @@ async def run(args: argparse.Namespace) -> int:
     ensure_node_modules(logs / "npm.log")
     by_key = {s.key: s for s in FULL + QUICK}
     scenarios = [by_key[k] for k in args.scenarios.split(",") if k] if args.scenarios else (QUICK if args.quick else FULL)
-    servers = [s for s in SERVERS if s.key in args.servers.split(",")]
-    unknown = set(args.servers.split(",")) - {s.key for s in SERVERS}
+    baseline_commit = checkout_commit(args.accord_baseline) if args.accord_baseline else ""
+    known = SERVERS[:2] + (baseline_servers(args.accord_baseline, baseline_commit) if args.accord_baseline else [])
+    known += SERVERS[2:]
+    wanted = args.servers.split(",") if args.servers else [s.key for s in known]
+    servers = [s for s in known if s.key in wanted]
+    unknown = set(wanted) - {s.key for s in known}
     if unknown:
         print(f"relay_vs_peers: unknown server(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -577,6 +643,8 @@ async def run(args: argparse.Namespace) -> int:
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **machine_description(),
             "repeat": args.repeat, "drivers": args.drivers, "quick": args.quick, "accord": version,
             "storage": {s.label: s.storage for s in servers}, "versions": {}}
+    if args.accord_baseline:
+        meta["accord_baseline"] = f"{baseline_commit} ({args.accord_baseline})"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="accord-bench-") as tmp:
         running: list[RunningServer] = []
@@ -585,7 +653,7 @@ async def run(args: argparse.Namespace) -> int:
             # interleaved (run -> scenario -> server), so load from anything else on the machine is
             # spread over all servers instead of landing on whichever ran at that moment.
             for spec in servers:
-                meta["versions"][spec.label] = server_version(spec, version)
+                meta["versions"][spec.label] = server_version(spec, version, baseline_commit)
                 work = Path(tmp) / spec.key
                 work.mkdir()
                 server = RunningServer(spec, work, logs)

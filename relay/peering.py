@@ -80,7 +80,8 @@ class PeerLink:
     async def _connect_once(self) -> None:
         async with connect(self.url + SYNC_PATH, additional_headers=self.headers, max_size=self.max_message_bytes,
                            open_timeout=self.open_timeout_s, compression=None) as websocket:
-            if self._stopping:
+            if self._stopping:  # closed while the handshake was under way
+                await websocket.close(CloseCode.GOING_AWAY, "relay shutting down")
                 return
             self.state = "up"
             self.connects += 1

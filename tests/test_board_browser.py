@@ -330,7 +330,7 @@ async def test_read_only_token_sees_no_edit_controls_and_its_forced_write_is_dro
             await client.push(CAL)
             await client.wait_acked(CAL)  # the relay has processed everything before this too
             assert calendar.get(rid).note == ""
-            assert relay.calendars.loaded[CAL].replica.calendar.get(rid).note == ""  # type: ignore[union-attr]
+            assert relay.calendars.loaded[CAL].replica.calendar.get(rid).note == ""
             assert rid2 in calendar.reservations
 
 
@@ -419,17 +419,14 @@ async def test_populated_board_shows_every_status_as_the_engine_derives_it(brows
     from playwright.async_api import expect
 
     async with Relay(relay_config(tmp_path, "a")) as relay:
-        assert relay.calendars is not None and relay.pipeline is not None
-        handle = await relay.calendars.get(CAL)  # type: ignore[arg-type]
-        desk = Calendar(CAL, handle.replica.doc, actor="desk-2")
-        home = Calendar(CAL, handle.replica.doc, actor="relay-a")  # what the home relay writes
-        ids = _seed_day(desk, home)
-        relay.pipeline.submit_local(handle)
-        await relay.pipeline.drain()
+        ids = await relay.edit(CAL, lambda calendar: _seed_day(
+            Calendar(CAL, calendar.doc, actor="desk-2"),
+            Calendar(CAL, calendar.doc, actor="relay-a"),  # what the home relay writes
+        ))
 
         page = await _open_board(await _context(browser), relay)
         await expect(page.locator("#rows tr")).to_have_count(len(ids))
-        fields = desk.all_fields()
+        fields = (await relay.calendar(CAL)).all_fields()
         for rid in ids.values():
             expected = derive_status(fields[rid], has_home=True)
             await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_have_attribute("data-status", str(expected))
@@ -498,12 +495,8 @@ async def test_sign_in_from_the_calendar_list_opens_the_board_with_the_kept_toke
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("desk-secret terminal clinic-*\n")
     async with Relay(relay_config(tmp_path, "a", tokens_path=tokens)) as relay:
-        assert relay.calendars is not None and relay.pipeline is not None
         for name in (CAL, "other-1"):
-            handle = await relay.calendars.get(name)  # type: ignore[arg-type]
-            handle.replica.calendar.put_resource("room-1")
-            relay.pipeline.submit_local(handle)
-        await relay.pipeline.drain()
+            await relay.edit(name, lambda calendar: calendar.put_resource("room-1"))
         context = await _context(browser)
         page = await context.new_page()
 

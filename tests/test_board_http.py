@@ -43,12 +43,8 @@ async def _get(relay: Relay, path: str) -> tuple[int, dict[str, str], bytes]:
 
 async def _seed(relay: Relay, *names: str) -> None:
     """Make calendars exist in the relay's store (as if terminals had written them)."""
-    assert relay.calendars is not None and relay.pipeline is not None
     for name in names:
-        handle = await relay.calendars.get(name)  # type: ignore[arg-type]
-        handle.replica.calendar.put_resource("room-1")
-        relay.pipeline.submit_local(handle)
-    await relay.pipeline.drain()
+        await relay.edit(name, lambda calendar: calendar.put_resource("room-1"))
 
 
 async def test_calendar_list_shows_only_what_the_token_may_open(tmp_path: Path, tokens: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from relays import Relay, relay_config
-from wire import NOW, WireClient
+from wire import NOW, WireClient, wait_for_any
 
 from accord.engine.model import Reservation, Status
 from accord.engine.replica import Replica
@@ -93,7 +93,7 @@ async def test_forged_decision_from_a_terminal_is_dropped(tmp_path: Path) -> Non
             await honest.wait_acked(CAL)
             assert marker in honest.replica(CAL).calendar.reservations
             assert honest.replica(CAL).calendar.get(victim).status is Status.REJECTED
-            handle = home.calendars.loaded[CAL]  # type: ignore[union-attr]
+            handle = home.calendars.loaded[CAL]
             assert handle.replica.calendar.get(victim).status is Status.REJECTED
             assert 'accord_updates_dropped_total{reason="forged_decision"}' in home.render_metrics()
 
@@ -186,7 +186,7 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
             if CAL in client.replicas:
                 assert not overbooked(client.replica(CAL)), f"seed {seed}: overbooked on {client.actor}"
         for relay in relays:
-            handle = relay.calendars.loaded.get(CAL) if relay.calendars else None
+            handle = relay.calendars.loaded.get(CAL)
             if handle is not None:
                 assert not overbooked(handle.replica), f"seed {seed}: overbooked on relay {relay.config.relay_id}"
 
@@ -247,10 +247,7 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
                 return False
             return all(r.status is not Status.PENDING for r in clients[0].replica(CAL).calendar.list())
 
-        async with asyncio.timeout(30):
-            while not healed():
-                check_invariant()
-                await asyncio.sleep(0.05)
+        await wait_for_any(clients, healed, 30, each=check_invariant)
         check_invariant()
         calendar = clients[0].replica(CAL).calendar
         assert set(made) <= set(calendar.reservations.keys()), f"seed {seed}: a booking was lost"

@@ -3,7 +3,6 @@ idle calendars leave memory but not the store."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 
@@ -80,9 +79,7 @@ async def test_idle_calendar_is_unloaded_and_reloaded_from_store(tmp_path: Path)
             await client.open(CAL)
             rid = await client.book(CAL)
             await client.wait_acked(CAL)
-        async with asyncio.timeout(5):
-            while CAL in relay.calendars.loaded:  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
+        await relay.wait_for(lambda: CAL not in relay.calendars.loaded, 5)
         async with WireClient(relay.url) as again:
             await again.open(CAL)
             await again.wait_for(lambda: rid in again.replica(CAL).calendar.reservations)

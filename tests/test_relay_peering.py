@@ -115,3 +115,28 @@ async def test_peer_calendar_globs_limit_what_crosses_the_link(tmp_path: Path) -
             await tb.wait_for(lambda: marker in tb.replica("shared-1").calendar.reservations)
             assert private not in tb.replica("private-1").calendar.reservations
             assert private not in b.calendars.loaded["private-1"].replica.calendar.reservations
+
+
+async def test_a_relay_does_not_acknowledge_what_a_peer_sends(tmp_path: Path) -> None:
+    """Relays read no ACKs from each other, so none is sent: only terminals get them."""
+    async with Relay(relay_config(tmp_path, "a")) as a:
+        async with WireClient(a.url, actor="peer", role="peer") as peer, WireClient(a.url, actor="t") as terminal:
+            await peer.open(CAL)
+            await peer.wait_synced(CAL)
+            await peer.book(CAL)
+            await terminal.open(CAL)
+            await terminal.book(CAL, hour=11)
+            await terminal.wait_acked(CAL)  # the terminal's write was committed after the peer's
+            await a.wait_committed(CAL, peer.replica(CAL).state_vector())
+            await peer.open("clinic-2")  # a round trip on the peer's connection: anything sent before has arrived
+            await peer.wait_synced("clinic-2")
+            assert peer.acked == {}
+
+
+async def test_shutdown_closes_outbound_peer_links_with_going_away(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a")) as a:
+        b = await Relay(relay_config(tmp_path, "b", peers=[a.url])).__aenter__()
+        link = await a.wait_for(lambda: next((c for c in a.connections if c.is_peer), None))
+        await b.__aexit__(None, None, None)
+        await a.wait_for(lambda: link not in a.connections)
+        assert link.websocket.close_code == 1001

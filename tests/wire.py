@@ -163,3 +163,23 @@ class WireClient:
     @property
     def close_code(self) -> int | None:
         return None if self.ws is None else self.ws.close_code
+
+
+async def wait_for_any(clients: list[WireClient], condition: Callable[[], bool], timeout: float = 10.0,
+                       each: Callable[[], None] | None = None) -> None:
+    """Wait until ``condition()`` holds, re-checking (and running ``each``) whenever any client
+    receives a message: for conditions that span several clients."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for client in clients:
+                client.changed.clear()
+            if each is not None:
+                each()
+            if condition():
+                return
+            waits = [asyncio.ensure_future(client.changed.wait()) for client in clients]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()

@@ -142,7 +142,8 @@ def render_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"- Runtimes: {meta['runtimes']}",
         f"- Driver: {meta['driver']}; fan-out clients spread over {meta['drivers']} driver processes that start "
         "together; servers on 127.0.0.1, each started fresh and used for all its scenarios",
-        f"- accord: {meta['accord']}",
+        f"- accord: {meta['accord']}"
+        + (f"; baseline (accord baseline rows): {meta['accord_baseline']}" if meta.get("accord_baseline") else ""),
         f"- Runs per scenario: {repeat}" + (" (cells are medians over the ok runs; per-run rows at the end)"
                                             if repeat > 1 else ""),
         "- Driver and server share the machine: compare servers within one run, not absolute numbers across runs.",
