@@ -244,7 +244,7 @@ def reservation_from_fields(calendar: CalendarId, fields: Mapping[str, Any], *, 
     """Build the frozen view of one stored reservation map (as a plain dict)."""
     status = derive_status(fields, has_home=has_home)
     booked = None
-    if fields.get("booked_start"):
+    if fields.get("booked_start") and fields.get("booked_end"):  # a half-written slot is no slot
         booked = Slot(
             str(fields.get("booked_resource", "")),
             parse_time(fields["booked_start"]),

@@ -54,6 +54,12 @@ from .sync import (
     UpdateReceived,
 )
 
+__all__ = [
+    "AUTHORIZATION_HEADER", "RELAY_HEADER", "ROLE_HEADER", "SYNC_PATH", "TERMINAL_HEADER",
+    "Acknowledged", "AwarenessQueried", "AwarenessReceived", "CalendarRefused", "CalendarRequested", "Documents",
+    "Event", "Framing", "NothingNew", "Session", "SyncCompleted", "UpdateReceived", "bearer", "parse_bearer",
+]
+
 SYNC_PATH = "/.accord/v1"  # the multiplexed endpoint (terminals and peer relays)
 ROLE_HEADER = "X-Accord-Role"  # terminal | peer
 RELAY_HEADER = "X-Accord-Relay"  # a peer relay's id, for logs

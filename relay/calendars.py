@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from accord.engine.model import CalendarId
+from accord.engine.protocol import covers, decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import Storage
 
@@ -114,6 +115,11 @@ class CalendarSet:
         for hook in self.loaded_hooks:
             await hook(handle)
         return handle
+
+    def is_committed(self, name: CalendarId, state_vector: bytes) -> bool:
+        """True if ``name`` is loaded and stored up to ``state_vector``."""
+        handle = self.loaded.get(name)
+        return handle is not None and covers(decode_state_vector(handle.committed), decode_state_vector(state_vector))
 
     async def known(self) -> list[CalendarId]:
         """Every calendar in the store or in memory."""

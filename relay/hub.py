@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+
 from accord.engine.errors import CloseCode, MalformedMessage, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.session import (
@@ -27,13 +30,15 @@ from accord.engine.session import (
     CalendarRequested,
     Event,
     NothingNew,
+    Session,
     UpdateReceived,
 )
 
 from . import presence
-from .admission import IGNORED, Admission
+from .admission import IGNORED, Admission, Admitted
+from .auth import OPEN_PEER_GRANT, Grant
 from .calendars import CalendarHandle, CalendarSet, matches
-from .connection import Connection
+from .connection import Connection, Kind
 from .metrics import Metrics
 from .notice import Notice
 from .pipeline import CommitPipeline
@@ -45,14 +50,41 @@ class Hub:
     """Connections, subscriptions and event handling (see the module docstring)."""
 
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
-                 *, peer_globs: list[str], notice: Notice) -> None:
+                 *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int) -> None:
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
         self.metrics = metrics
-        self.peer_globs = peer_globs
         self.notice = notice
+        self.peer_globs = peer_globs
+        self.max_message_bytes = max_message_bytes
+        self.outbox_messages = outbox_messages
         self.connections: set[Connection] = set()
+
+    # ---- accepting ------------------------------------------------------------------------------
+
+    async def serve(self, websocket: ServerConnection) -> None:
+        """Serve one inbound websocket (the server's handler): admit it, then run it."""
+        assert websocket.request is not None
+        verdict = self.admission.admit_connection(websocket.request)
+        if not isinstance(verdict, Admitted):
+            self.metrics.refused[verdict.metric] += 1
+            log.info("connection refused", extra={"code": int(verdict.code), "reason": verdict.reason})
+            await websocket.close(verdict.code, verdict.reason)
+            return
+        await self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id).run(self)
+
+    def peer_connection(self, websocket: ClientConnection, url: str) -> Connection:
+        """Wrap an outbound peer link's websocket (the link runs it)."""
+        return self._connection(websocket, Kind.PEER, OPEN_PEER_GRANT, None, url)
+
+    def _connection(self, websocket: ServerConnection | ClientConnection, kind: Kind, grant: Grant,
+                    calendar: CalendarId | None, peer_id: str) -> Connection:
+        # ACKs go to terminals only: stock Yjs clients do not know them, relays do not read them.
+        session = Session(self.calendars, calendar=calendar, send_acks=calendar is None and kind is not Kind.PEER,
+                          max_message_bytes=self.max_message_bytes)
+        return Connection(websocket, session, kind=kind, grant=grant, metrics=self.metrics, peer_id=peer_id,
+                          outbox_messages=self.outbox_messages)
 
     # ---- ConnectionHandler ----------------------------------------------------------------------
 

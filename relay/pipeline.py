@@ -99,6 +99,17 @@ class CommitPipeline:
         self.busy.add(item.handle.name)
         self._queue.put_nowait(item)
 
+    async def healthy(self) -> bool:
+        """True if commits have not failed and the store answers (for /healthz)."""
+        if self.failed is not None:
+            return False
+        try:
+            await self.storage.get_meta("healthz")
+        except (StorageError, OSError, ValueError) as exc:
+            log.warning("health check failed", extra={"error": str(exc)})
+            return False
+        return True
+
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed and forwarded."""
         while not self._queue.empty() or not self._idle.is_set():

@@ -29,22 +29,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, serve
 
 from accord.engine.backoff import Backoff
 from accord.engine.calendar import Calendar
-from accord.engine.errors import AccordError, CloseCode, StorageError
-from accord.engine.model import CalendarId, check_calendar_name
-from accord.engine.protocol import covers, decode_state_vector
-from accord.engine.session import Session
+from accord.engine.errors import AccordError, CloseCode
+from accord.engine.model import check_calendar_name
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
 
-from .admission import Admission, Admitted
-from .auth import OPEN_PEER_GRANT, Grant, TokenBook
+from .admission import Admission
+from .auth import Grant, TokenBook
 from .calendars import CalendarSet
 from .config import MEMORY_DB, RelayConfig
-from .connection import Connection, Kind
+from .connection import Connection
 from .home import Home
 from .hub import Hub
 from .metrics import Metrics
@@ -125,7 +122,8 @@ class Relay:
         storage: Storage = MemoryStorage() if str(config.db_path) == MEMORY_DB else await SqliteStorage.open(Path(config.db_path))
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
-        hub = Hub(calendars, pipeline, self.admission, self.metrics, peer_globs=config.peer_globs, notice=self.notice)
+        hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
+                  max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages)
         home = Home(config.relay_id, config.home_globs, pipeline, self.metrics, hold_ttl_s=config.hold_ttl_s)
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, self.admission.forget]
@@ -133,9 +131,9 @@ class Relay:
         pipeline.batch_hooks.append(home.batch_stored)
         pipeline.start()
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
-                        store_healthy=self._store_healthy, render_metrics=self.render_metrics,
+                        store_healthy=pipeline.healthy, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections)
-        server = await serve(self._handle, config.host, config.port, process_request=routes.process_request,
+        server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s)
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
@@ -152,7 +150,7 @@ class Relay:
         config = self.config
         link = PeerLink(url, relay_id=config.relay_id, token=config.peer_token,
                         backoff=Backoff(initial_s=config.backoff_initial_s, max_s=config.backoff_max_s),
-                        make_connection=self._peer_connection, handler=self.running.hub,
+                        make_connection=self.running.hub.peer_connection, handler=self.running.hub,
                         max_message_bytes=config.max_message_bytes, open_timeout_s=config.handshake_timeout_s)
         self.running.links.append(link)
         link.start()
@@ -181,41 +179,7 @@ class Relay:
             if calendars.unload_idle(self.config.idle_unload_s, pipeline.busy):
                 self.notice.notify()
 
-    # ---- connections ------------------------------------------------------------------------------
-
-    async def _handle(self, websocket: ServerConnection) -> None:
-        assert websocket.request is not None
-        verdict = self.admission.admit_connection(websocket.request)
-        if not isinstance(verdict, Admitted):
-            self.metrics.refused[verdict.metric] += 1
-            log.info("connection refused", extra={"code": int(verdict.code), "reason": verdict.reason})
-            await websocket.close(verdict.code, verdict.reason)
-            return
-        await self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id).run(self.running.hub)
-
-    def _peer_connection(self, websocket: ClientConnection, url: str) -> Connection:
-        return self._connection(websocket, Kind.PEER, OPEN_PEER_GRANT, None, url)
-
-    def _connection(self, websocket: ServerConnection | ClientConnection, kind: Kind, grant: Grant,
-                    calendar: CalendarId | None, peer_id: str) -> Connection:
-        # ACKs go to terminals only: stock Yjs clients do not know them, relays do not read them.
-        session = Session(self.running.calendars, calendar=calendar, send_acks=calendar is None and kind is not Kind.PEER,
-                          max_message_bytes=self.config.max_message_bytes)
-        return Connection(websocket, session, kind=kind, grant=grant, metrics=self.metrics, peer_id=peer_id,
-                          outbox_messages=self.config.outbox_messages)
-
     # ---- observing and writing (operators' tools and tests) ---------------------------------------
-
-    async def _store_healthy(self) -> bool:
-        running = self._running
-        if running is None or running.pipeline.failed is not None:
-            return False
-        try:
-            await running.storage.get_meta("healthz")
-        except (StorageError, OSError, ValueError) as exc:
-            log.warning("health check failed", extra={"error": str(exc)})
-            return False
-        return True
 
     def render_metrics(self) -> str:
         """The current metrics in Prometheus text format."""
@@ -232,14 +196,7 @@ class Relay:
 
     async def wait_committed(self, calendar: str, state_vector: bytes, timeout_s: float = 10.0) -> None:
         """Wait until ``calendar`` is committed to the store up to ``state_vector``."""
-        wanted = decode_state_vector(state_vector)
-        name = check_calendar_name(calendar)
-
-        def committed() -> bool:
-            handle = self.running.calendars.loaded.get(name)
-            return handle is not None and covers(decode_state_vector(handle.committed), wanted)
-
-        await self.wait_for(committed, timeout_s)
+        await self.wait_for(lambda: self.calendars.is_committed(check_calendar_name(calendar), state_vector), timeout_s)
 
     async def edit(self, calendar: str, operation: Callable[[Calendar], T]) -> T:
         """Run ``operation`` on the calendar as this relay's own write; return once it is stored

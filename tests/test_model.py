@@ -17,6 +17,7 @@ from accord.engine.errors import (
     ValidationError,
 )
 from accord.engine.model import Slot, Status, derive_status, new_reservation_id
+from accord.engine.replica import Replica
 
 START = "2026-12-01T09:00:00Z"
 END = "2026-12-01T09:30:00Z"
@@ -372,3 +373,12 @@ def test_a_calendar_assuming_a_home_shows_new_bookings_pending_and_refuses_check
         calendar.check_in(reservation.id, now=now)
     calendar.assume_home = False
     assert calendar.get(reservation.id).status is Status.BOOKED
+
+
+def test_a_half_written_booked_slot_reads_as_no_slot_instead_of_crashing() -> None:
+    replica = Replica("clinic-1", actor="desk")
+    rid = replica.calendar.book(resource="room-1", start="2026-12-01T08:00:00Z", end="2026-12-01T08:30:00Z",
+                                patient="p", now=datetime(2026, 11, 30, 8, tzinfo=UTC)).id
+    replica.calendar.reservations[rid]["booked_start"] = "2026-12-01T07:00:00Z"  # a forged, partial decision
+    assert replica.calendar.get(rid).booked is None
+    assert replica.calendar.cancel(rid, now=datetime(2026, 11, 30, 9, tzinfo=UTC)).id == rid
