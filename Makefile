@@ -8,14 +8,20 @@ NODE_STAMP := $(NODE_DIR)/.installed
 
 .PHONY: demo test lint bench bench-quick clean node screenshot board-check
 
+# Installer output goes to $(INSTALL_LOG), printed only if an install fails: `make demo` starts with the demo.
+PIP := $(BIN)/python -m pip
+INSTALL_LOG := $(VENV)/install.log
+LOGGED = >>$(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG) >&2; echo "make: installing into $(VENV) failed; the output above is in $(INSTALL_LOG)" >&2; exit 1; }
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when the project metadata changes (editable install: code changes need none).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@: >$(INSTALL_LOG)
+	@$(PIP) install --quiet --upgrade pip $(LOGGED)
+	@$(PIP) install --quiet -e '.[test]' $(LOGGED)
+	@touch $(STAMP)
 
 # Stock Yjs clients for the interop tests, pinned by the lockfile, in a git-ignored folder.
 $(NODE_STAMP): interop/package.json interop/package-lock.json
@@ -27,7 +33,7 @@ $(NODE_STAMP): interop/package.json interop/package-lock.json
 node: $(NODE_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/accord demo
+	@$(BIN)/accord demo
 
 # accord/engine, accord/relay and accord/terminal are symlinks to the top-level folders, so every
 # tool sees the installed layout as it is; ruff walks the tree once (it does not follow the links).
@@ -42,8 +48,9 @@ test: $(STAMP) $(NODE_STAMP) lint
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	touch $(BENCH_STAMP)
+	@: >$(INSTALL_LOG)
+	@$(PIP) install --quiet -e '.[test,bench]' $(LOGGED)
+	@touch $(BENCH_STAMP)
 
 # Measure and print; writes benchmarks/RESULTS.md and benchmarks/results.png (relay vs peers).
 bench: $(BENCH_STAMP)
