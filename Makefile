@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := .cache/node
 NODE_STAMP := $(NODE_DIR)/.installed
 
-.PHONY: demo test lint bench bench-quick clean node screenshot board-check
+.PHONY: demo test lint bench bench-quick clean node browser screenshot board-check
 
 # Installer output goes to $(INSTALL_LOG), printed only if an install fails: `make demo` starts with the demo.
 PIP := $(BIN)/python -m pip
@@ -42,7 +42,12 @@ lint: $(STAMP)
 	$(BIN)/mypy -p accord.engine
 	$(BIN)/mypy -p accord
 
-test: $(STAMP) $(NODE_STAMP) lint
+# The board browser tests need Chromium: .ci/chromium installs Debian's headless shell when it is
+# missing and apt-get is usable (root), and otherwise prints one line saying why those tests skip.
+browser:
+	@sh .ci/chromium
+
+test: $(STAMP) $(NODE_STAMP) browser lint
 	ACCORD_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules $(BIN)/python -m pytest -q
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -70,7 +75,7 @@ clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
 # Regenerate docs/board.png from the populated-board browser test (needs chromium-headless-shell or chromium).
-screenshot: $(STAMP)
+screenshot: $(STAMP) browser
 	ACCORD_REQUIRE_BROWSER=1 ACCORD_BOARD_SCREENSHOT=$(CURDIR)/docs/board.png $(BIN)/python -m pytest -q tests/test_board_browser.py -k populated_board
 
 # Rebuild the vendored Yjs bundle and check it matches the committed files (needs node + npm).
