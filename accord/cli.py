@@ -1,8 +1,8 @@
 """The ``accord`` command: dispatches to ``relay``, ``terminal``, ``store`` and ``demo``.
 
 This is the one module that knows every subcommand; it imports each only when it runs.
-Exit codes: 0 ok, 1 error the user can fix, 2 bad usage, 3 relay unreachable, 4 refused by the
-relay, 5 booking rejected, 130 interrupted.
+Exit codes are ``accord.engine.errors.ExitCode``: 0 ok, 1 error the user can fix, 2 bad usage,
+3 relay unreachable, 4 refused by the relay, 5 booking rejected, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from accord import __version__
+from accord.engine.errors import ExitCode
 
 SUBCOMMANDS = {
     "relay": ("accord.relay.cli", "run the websocket relay (server) for one channel"),
@@ -42,19 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items()))
     if not args:
         parser.print_help(sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args[0] in ("-h", "--help", "--version"):
         parser.parse_args(args)
-        return 0
+        return ExitCode.OK
     if args[0] not in SUBCOMMANDS:
         parser.print_usage(sys.stderr)
         print(f"accord: unknown command {args[0]!r}; choose from {', '.join(sorted(SUBCOMMANDS))}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     module = importlib.import_module(SUBCOMMANDS[args[0]][0])
     try:
         code: int = module.main(args[1:])
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return code
 
 

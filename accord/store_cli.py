@@ -14,7 +14,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from accord.engine.errors import AccordError, CorruptRecord
+from accord.engine.errors import AccordError, CorruptRecord, ExitCode
 from accord.engine.replica import Replica
 from accord.engine.storage import SqliteStorage, merge_log
 
@@ -90,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.path.is_file():
         print(f"accord store: {args.path} does not exist or is not a file", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     if args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
         print(f"accord store: {args.path} is empty: not an accord store (nothing was changed)", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     try:
         report = asyncio.run(check_store(args.path) if args.action == "check" else compact_store(args.path))
     except AccordError as exc:
         print(f"accord store: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     if args.json:
         print(json.dumps(report))
     elif args.action == "check":
@@ -111,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
         for name, info in report["calendars"].items():  # type: ignore[attr-defined]
             print(f"{name}: {info['rows_before']} -> {info['rows_after']} rows, "
                   f"{info['bytes_before']} -> {info['bytes_after']} bytes")
-    return 0 if report["ok"] else 1
+    return ExitCode.OK if report["ok"] else ExitCode.ERROR

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from accord import logs
-from accord.engine.errors import AccordError
+from accord.engine.errors import AccordError, ExitCode
 
 from .config import RelayConfig
 from .server import Relay
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level)
     if not 0 <= args.port <= 65535:
         print(f"accord relay: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     config = RelayConfig(
         relay_id=args.relay_id, host=args.host, port=args.port, db_path=args.db, peers=args.peer,
         peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve_until_signalled(config, args.port_file))
     except AccordError as exc:
         print(f"accord relay: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     except OSError as exc:
         print(f"accord relay: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
 
 
 async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> int:
@@ -99,4 +99,4 @@ async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> 
             tmp.replace(port_file)
         await stop.wait()
         log.info("shutting down", extra={"relay": config.relay_id})
-    return 0
+    return ExitCode.OK
