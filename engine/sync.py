@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import LocalProtocolError
+from .errors import CloseCode, LocalProtocolError
 from .model import CalendarId, check_calendar_name
 from .protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -205,7 +205,7 @@ class PeerSync:
             case Refused(code, reason):
                 return [CalendarRefused(calendar, code, reason)]
             case AuthDenied(reason):
-                return [CalendarRefused(calendar, 4403, reason)]
+                return [CalendarRefused(calendar, CloseCode.FORBIDDEN, reason)]
         return []  # pragma: no cover - decode() returns only the types above
 
     # ---- bytes out ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 import { IndexeddbPersistence, WebsocketProvider, Y } from './yjs-bundle.min.js'
 import * as model from './board-model.js'
 
+const CLOSE = { UNAUTHORIZED: 4401, FORBIDDEN: 4403 } // accord.engine.errors.CloseCode
 const TOKEN_KEY = 'accord.token'
 const ACTOR_KEY = 'accord.actor'
 const SYMBOLS = {
@@ -138,8 +139,8 @@ function open (token, granted) {
   })
   provider.on('closed', ({ code, reason }) => { // a 44xx close: y-websocket stops reconnecting
     state.refused = true
-    const why = code === 4401 ? 'the token is missing or wrong; sign in again'
-      : code === 4403 ? (reason || 'this token may not do that') : (reason || 'closed by the relay')
+    const why = code === CLOSE.UNAUTHORIZED ? 'the token is missing or wrong; sign in again'
+      : code === CLOSE.FORBIDDEN ? (reason || 'this token may not do that') : (reason || 'closed by the relay')
     setLink('refused', `Refused by the relay (${code}): ${why}. Reload to reconnect.`)
   })
 
