@@ -1,0 +1,295 @@
+"""Who decides a calendar, and what a genuine decision is: home records and signed verdicts.
+
+Theory of operation. Only a calendar's **home relay** turns booking requests into decisions,
+and every replica must tell a genuine decision from anything else, whoever relayed it. So a
+decision is one atomic value, a :class:`Verdict`, signed with the home relay's Ed25519 key
+(:class:`RelayKey`). It names the calendar, the reservation, a digest of the exact request it
+decides (:func:`request_digest`), the home's fencing epoch, the outcome and the slot it books.
+
+Which key is the home's is recorded in the calendar itself, as :class:`HomeRecord` entries
+(set-once, never overwritten): epoch 1 is signed by the home's own key when it first takes the
+calendar; epoch ``n + 1`` (a handover) must be signed by epoch ``n``'s home. :func:`resolve_home`
+walks that chain deterministically, so every replica holding the same records agrees on the
+home, even when two relays were misconfigured as home at once (the records merge and the lowest
+relay id of an epoch wins). A verdict counts only if its signature verifies against the home of
+the epoch it names and that epoch is the current one: anything else (a forgery, a copy under
+another reservation, a decision of a home that has since handed over) is simply not a decision,
+and every replica derives the same status from the same bytes, so convergence is untouched.
+
+Encoding: ``<tag>.<base64url(canonical JSON payload)>.<base64url(signature)>``, the signature
+over ``tag + "\\0" + payload`` so a verdict can never pass as a home record or the reverse.
+Verifying costs ~0.2 ms, so :class:`Verifier` caches what it verified (bounded).
+
+Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from .errors import ValidationError
+
+VERDICT_TAG = "v1"
+HOME_TAG = "h1"
+MAX_ENCODED = 4096  # anything longer is not ours: refuse before decoding
+CACHE_SIZE = 200_000
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _canonical(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class RelayKey:
+    """A relay's Ed25519 signing key (its public half identifies it as a home)."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = _b64(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    @classmethod
+    def generate(cls) -> RelayKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> RelayKey:
+        """A key from :meth:`to_bytes` (32 raw bytes).
+
+        Raises:
+            ValidationError: not a 32-byte Ed25519 private key.
+        """
+        try:
+            return cls(Ed25519PrivateKey.from_private_bytes(raw))
+        except ValueError:
+            raise ValidationError("not an Ed25519 private key (32 raw bytes expected)") from None
+
+    def to_bytes(self) -> bytes:
+        return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+    def sign(self, tag: str, payload: bytes) -> str:
+        """``tag.payload.signature`` (see the module docstring)."""
+        signature = self._private.sign(tag.encode() + b"\0" + payload)
+        return f"{tag}.{_b64(payload)}.{_b64(signature)}"
+
+
+def _open_signed(text: object, tag: str) -> tuple[dict[str, Any], bytes, bytes] | None:
+    """(payload, payload bytes, signature) of a well-formed ``tag.payload.sig`` string, else None."""
+    if not isinstance(text, str) or len(text) > MAX_ENCODED:
+        return None
+    parts = text.split(".")
+    if len(parts) != 3 or parts[0] != tag:
+        return None
+    try:
+        raw, signature = _unb64(parts[1]), _unb64(parts[2])
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(payload, dict) or len(signature) != 64:
+        return None
+    return payload, raw, signature
+
+
+def _verifies(public_key: str, tag: str, raw: bytes, signature: bytes) -> bool:
+    try:
+        key = Ed25519PublicKey.from_public_bytes(_unb64(public_key))
+        key.verify(signature, tag.encode() + b"\0" + raw)
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+    return True
+
+
+# ---- home records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HomeRecord:
+    """"From ``epoch`` on, ``relay_id`` (key ``public_key``) decides ``calendar``", signed by
+    ``signer`` (the record's own key for epoch 1, the previous home's key for a handover)."""
+
+    calendar: str
+    epoch: int
+    relay_id: str
+    public_key: str
+    signer: str
+
+    @property
+    def entry_key(self) -> str:
+        """Where the record lives in the calendar's ``homes`` map (unique per epoch and relay)."""
+        return f"{self.epoch}/{self.relay_id}"
+
+    def payload(self) -> bytes:
+        return _canonical({"c": self.calendar, "e": self.epoch, "h": self.relay_id, "k": self.public_key,
+                           "s": self.signer})
+
+
+def first_home(calendar: str, relay_id: str, key: RelayKey) -> tuple[HomeRecord, str]:
+    """The epoch-1 record by which ``relay_id`` takes ``calendar`` (and its signed encoding)."""
+    record = HomeRecord(calendar, 1, relay_id, key.public, key.public)
+    return record, key.sign(HOME_TAG, record.payload())
+
+
+def handover(current: HomeRecord, key: RelayKey, to_relay: str, to_key: str) -> tuple[HomeRecord, str]:
+    """The next epoch's record, handing ``current``'s calendar to ``to_relay``; signed by the
+    current home's ``key``.
+
+    Raises:
+        ValidationError: ``key`` is not the current home's.
+    """
+    if key.public != current.public_key:
+        raise ValidationError(f"only the current home ({current.relay_id}) can hand {current.calendar} over")
+    record = HomeRecord(current.calendar, current.epoch + 1, to_relay, to_key, key.public)
+    return record, key.sign(HOME_TAG, record.payload())
+
+
+def read_home_record(text: object, calendar: str) -> HomeRecord | None:
+    """The record in ``text`` if it is well-formed, for ``calendar`` and signed by its stated signer."""
+    opened = _open_signed(text, HOME_TAG)
+    if opened is None:
+        return None
+    payload, raw, signature = opened
+    try:
+        record = HomeRecord(str(payload["c"]), int(payload["e"]), str(payload["h"]), str(payload["k"]),
+                            str(payload["s"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if record.calendar != calendar or record.epoch < 1 or raw != record.payload():
+        return None
+    if record.epoch == 1 and record.signer != record.public_key:
+        return None
+    return record if _verifies(record.signer, HOME_TAG, raw, signature) else None
+
+
+def resolve_home(calendar: str, entries: Iterable[object]) -> HomeRecord | None:
+    """The calendar's current home from all its home-record entries (None: no home).
+
+    Epoch 1 is the valid self-signed record with the lowest relay id (two relays that both took
+    the calendar agree on one); each next epoch is the lowest relay id among valid records signed
+    by the previous epoch's key. Every replica with the same entries gets the same answer.
+    """
+    by_epoch: dict[int, list[HomeRecord]] = {}
+    for text in entries:
+        record = read_home_record(text, calendar)
+        if record is not None:
+            by_epoch.setdefault(record.epoch, []).append(record)
+    current: HomeRecord | None = None
+    epoch = 1
+    while True:
+        signer = current.public_key if current is not None else None
+        candidates = [r for r in by_epoch.get(epoch, []) if signer is None or r.signer == signer]
+        if not candidates:
+            return current
+        current = min(candidates, key=lambda r: (r.relay_id, r.public_key))
+        epoch += 1
+
+
+# ---- verdicts --------------------------------------------------------------------------------------
+
+
+def request_digest(reservation_id: str, fields: Mapping[str, Any]) -> str:
+    """A short digest of the request a verdict decides: the reservation and its current
+    resource, start, end and request stamp (a re-request for the same slot is a new request)."""
+    request = [reservation_id, str(fields.get("resource", "")), str(fields.get("start", "")),
+               str(fields.get("end", "")), str(fields.get("requested_at", ""))]
+    return _b64(hashlib.sha256(_canonical({"q": request})).digest()[:16])
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The home's decision about one request.
+
+    ``outcome`` is ``booked`` or ``rejected``. ``booked`` is the slot the reservation holds after
+    this decision, as ``(resource, start, end)`` strings: the request's slot when booked, the
+    slot of an earlier booking a rejected reschedule keeps, or None.
+    """
+
+    calendar: str
+    reservation: str
+    request: str
+    outcome: str
+    booked: tuple[str, str, str] | None
+    reason: str
+    conflict_with: str
+    relay_id: str
+    epoch: int
+    decided_at: str
+
+    def payload(self) -> bytes:
+        return _canonical({"c": self.calendar, "r": self.reservation, "q": self.request, "o": self.outcome,
+                           "b": list(self.booked) if self.booked else None, "why": self.reason,
+                           "w": self.conflict_with, "h": self.relay_id, "e": self.epoch, "t": self.decided_at})
+
+    def entry_key(self, encoded: str) -> str:
+        """Where the verdict lives in the calendar's ``verdicts`` map: unique, and unforgeable
+        (it ends in the signature), so no writer can claim the key before the home does."""
+        return f"{self.reservation}/{self.request}/{encoded.rsplit('.', 1)[1][:22]}"
+
+    def sign(self, key: RelayKey) -> str:
+        return key.sign(VERDICT_TAG, self.payload())
+
+
+def _read_verdict(payload: dict[str, Any]) -> Verdict | None:
+    try:
+        booked = payload["b"]
+        slot = None if booked is None else (str(booked[0]), str(booked[1]), str(booked[2]))
+        if booked is not None and len(booked) != 3:
+            return None
+        verdict = Verdict(str(payload["c"]), str(payload["r"]), str(payload["q"]), str(payload["o"]), slot,
+                          str(payload["why"]), str(payload["w"]), str(payload["h"]), int(payload["e"]),
+                          str(payload["t"]))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return verdict if verdict.outcome in ("booked", "rejected") else None
+
+
+class Verifier:
+    """Checks verdicts against a calendar's current home, caching results (bounded LRU)."""
+
+    def __init__(self, calendar: str, max_cached: int = CACHE_SIZE) -> None:
+        self.calendar = calendar
+        self.max_cached = max_cached
+        self._cache: OrderedDict[tuple[str, str, int], Verdict | None] = OrderedDict()
+
+    def verify(self, entry_key: str, text: object, home: HomeRecord | None) -> Verdict | None:
+        """The verdict stored under ``entry_key`` if it is genuine: well-formed, for this calendar,
+        stored under its own key, signed by ``home`` at ``home``'s epoch. Else None."""
+        if home is None or not isinstance(text, str):
+            return None
+        cache_key = (text, home.public_key, home.epoch)
+        if cache_key in self._cache:
+            self._cache.move_to_end(cache_key)
+            found = self._cache[cache_key]
+            return found if found is not None and found.entry_key(text) == entry_key else None
+        verdict = self._check(text, home)
+        self._cache[cache_key] = verdict
+        if len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return verdict if verdict is not None and verdict.entry_key(text) == entry_key else None
+
+    def _check(self, text: str, home: HomeRecord) -> Verdict | None:
+        opened = _open_signed(text, VERDICT_TAG)
+        if opened is None:
+            return None
+        payload, raw, signature = opened
+        verdict = _read_verdict(payload)
+        if (verdict is None or verdict.calendar != self.calendar or verdict.epoch != home.epoch
+                or verdict.relay_id != home.relay_id or raw != verdict.payload()):
+            return None
+        return verdict if _verifies(home.public_key, VERDICT_TAG, raw, signature) else None
