@@ -50,13 +50,14 @@ known protected writer's future clocks) are not reported.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
 from .clock_runs import ClockRuns
 from .model import DECISION_KEYS
 from .protocol import write_var_uint
-from .yjs_update import INHERITS, UpdateScan, WatchedKeys, scan_update
+from .yjs_update import INHERITS, Candidate, UpdateScan, WatchedKeys, scan_update
 
 # Keys a terminal may never write. Decision keys live in nested (reservation) maps, ``home``
 # in the root map ``meta``.
@@ -244,45 +245,32 @@ class KeyIndex:
         codes = [cand[3] for cand in cands]
         if INHERITS not in codes:
             return codes
-        starts, ends = scan.starts, scan.ends
-        if not any(
-            client in ends and starts[client] <= clock < ends[client]
+        if any(
+            scan.spans(client, clock)
             for cand in cands
             if cand[3] == INHERITS
             for client, clock in ((cand[4], cand[5]), (cand[6], cand[7]))
         ):
-            # The usual case (e.g. a terminal overwriting its note): every origin is outside this
-            # update, so the index alone answers.
-            for i, cand in enumerate(cands):
-                if codes[i] == INHERITS:
-                    code = self._code_at(cand[6], cand[7], scan, strict) if cand[6] >= 0 else 0
-                    if code <= 0 and cand[4] >= 0:
-                        code = self._code_at(cand[4], cand[5], scan, strict)
-                    codes[i] = code
+            self._resolve_through_update(scan, codes, strict)
             return codes
-        # Candidates per client, sorted by clock, to find an origin inside this update.
-        local: dict[int, tuple[list[int], list[int]]] = {}
+        # The usual case (e.g. a terminal overwriting its note): every origin is outside this
+        # update, so the index alone answers.
         for i, cand in enumerate(cands):
-            entry = local.get(cand[0])
-            if entry is None:
-                entry = local[cand[0]] = ([], [])
-            entry[0].append(cand[1])
-            entry[1].append(i)
-        for client, (clocks, ids) in local.items():
-            if any(a > b for a, b in pairwise(clocks)):
-                pairs = sorted(zip(clocks, ids, strict=True))
-                local[client] = ([p[0] for p in pairs], [p[1] for p in pairs])
+            if codes[i] == INHERITS:
+                code = self._code_at(cand[6], cand[7], scan, strict) if cand[6] >= 0 else 0
+                if code <= 0 and cand[4] >= 0:
+                    code = self._code_at(cand[4], cand[5], scan, strict)
+                codes[i] = code
+        return codes
 
-        def local_find(client: int, clock: int) -> int:
-            entry = local.get(client)
-            if entry is None:
-                return -1
-            j = bisect_right(entry[0], clock) - 1
-            if j < 0:
-                return -1
-            i = entry[1][j]
-            return i if clock < cands[i][1] + cands[i][2] else -1
+    def _resolve_through_update(self, scan: UpdateScan, codes: list[int], strict: bool) -> None:
+        """Replace every INHERITS in ``codes`` when origins may be other candidates of the same update.
 
+        Depth first and iterative (the sender chooses how long a chain of origins is); a cycle,
+        which Yrs cannot integrate, resolves to 0.
+        """
+        cands = scan.candidates
+        candidate_at = _candidate_finder(cands)
         for first in range(len(cands)):
             if codes[first] != INHERITS:
                 continue
@@ -298,7 +286,7 @@ class KeyIndex:
                 for client, clock in ((cand[6], cand[7]), (cand[4], cand[5])):
                     if client < 0:
                         continue
-                    j = local_find(client, clock)
+                    j = candidate_at(client, clock)
                     if j >= 0:
                         code = codes[j]
                         if code == INHERITS:
@@ -315,7 +303,34 @@ class KeyIndex:
                     continue
                 codes[cur] = result
                 stack.pop()
-        return codes
+
+
+def _candidate_finder(cands: list[Candidate]) -> Callable[[int, int], int]:
+    """A function ``(client, clock) -> index`` of the candidate holding that item ID, or -1."""
+    # Candidates per client, sorted by clock (they usually are already).
+    local: dict[int, tuple[list[int], list[int]]] = {}
+    for i, cand in enumerate(cands):
+        entry = local.get(cand[0])
+        if entry is None:
+            entry = local[cand[0]] = ([], [])
+        entry[0].append(cand[1])
+        entry[1].append(i)
+    for client, (clocks, ids) in local.items():
+        if any(a > b for a, b in pairwise(clocks)):
+            pairs = sorted(zip(clocks, ids, strict=True))
+            local[client] = ([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def candidate_at(client: int, clock: int) -> int:
+        entry = local.get(client)
+        if entry is None:
+            return -1
+        j = bisect_right(entry[0], clock) - 1
+        if j < 0:
+            return -1
+        i = entry[1][j]
+        return i if clock < cands[i][1] + cands[i][2] else -1
+
+    return candidate_at
 
 
 def _scan_update(update: bytes) -> UpdateScan:
