@@ -120,15 +120,15 @@ def _scan_items(
             raise MalformedMessage(f"not a Yjs update: unsupported content type {ref}")
         code = 0
         oc = ok = rc = rk = -1
-        if info & 0x80:
-            oc, pos = read_var_uint(data, pos)
-            ok, pos = read_var_uint(data, pos)
+        if info & 0xC0:  # an origin (left) or right origin ID, or both: the item inherits its key
             code = INHERITS
-        if info & 0x40:
-            rc, pos = read_var_uint(data, pos)
-            rk, pos = read_var_uint(data, pos)
-            code = INHERITS
-        if not info & 0xC0:  # no origin: the item names its parent (and its key, in a map)
+            if info & 0x80:
+                oc, pos = read_var_uint(data, pos)
+                ok, pos = read_var_uint(data, pos)
+            if info & 0x40:
+                rc, pos = read_var_uint(data, pos)
+                rk, pos = read_var_uint(data, pos)
+        else:  # no origin: the item names its parent (and its key, in a map)
             if data[pos] == 0:  # a nested type, by the ID of its item: skip the ID
                 pos = skip_varint(data, skip_varint(data, pos + 1))
                 codes = nested
