@@ -1,22 +1,19 @@
-"""Reading lib0, the binary encoding under every Yjs wire format: the one varint decoder of the engine.
+"""Reading lib0, the binary encoding under every Yjs wire format: the engine's one varint decoder.
 
-lib0 (https://github.com/dmonad/lib0, ``decoding.js``) writes unsigned integers as varuints
-(7 bits a byte, low bits first, the high bit set on every byte but the last), signed integers
-as varints (the same, with a sign bit in the first byte), strings and byte arrays with a
-varuint length prefix, and JSON-like values as ``any`` (a type byte, then the payload).
-Messages (:mod:`engine.protocol`) and Yjs updates (:mod:`engine.yjs_update`) read them here.
-
-Every reader takes the bytes and a position and returns what it read (if anything) with the
-position after it. To stay cheap on the relay's hot path the readers raise plain built-in
-errors, and each caller words them as its own :class:`engine.errors.MalformedMessage`:
-``IndexError`` when the data ends early, ``OverflowError`` for a varint longer than 64 bits,
-``UnicodeDecodeError`` for a string that is not UTF-8 and ``ValueError`` for an unknown
-``any`` type.
+lib0 (``decoding.js`` in https://github.com/dmonad/lib0) writes unsigned integers as varuints
+(7 bits a byte, low bits first, the high bit set on every byte but the last), signed ones as
+varints (the same with a sign bit), strings and byte arrays behind a varuint length, and
+JSON-like values as ``any`` (a type byte, then the payload); :mod:`engine.protocol` and
+:mod:`engine.yjs_update` read all of them here. Each reader takes the bytes and a position and
+returns what it read with the position after it. To stay cheap on the relay's hot path they
+raise plain built-in errors, which each caller words as its own ``MalformedMessage``:
+``IndexError`` when the data ends early, ``OverflowError`` for a varint over 64 bits,
+``UnicodeDecodeError`` for a string that is not UTF-8, ``ValueError`` for an unknown ``any`` type.
 """
 
 from __future__ import annotations
 
-MAX_VARINT_BYTES = 10  # 64 bits at 7 bits a byte (lib0 and Yrs read at most this many)
+MAX_VARINT_BYTES = 10  # 64 bits at 7 bits a byte; longer ones are refused (Yrs would read 11)
 _MAX_SHIFT = 7 * (MAX_VARINT_BYTES - 1)
 
 # lib0 ``any`` type bytes.
