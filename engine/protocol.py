@@ -34,6 +34,7 @@ import functools
 from dataclasses import dataclass
 
 from .errors import InvalidCalendarName, MalformedMessage, MessageTooLarge
+from .lib0 import read_var_bytes, read_var_uint
 from .model import CalendarId, check_calendar_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -164,28 +165,20 @@ class Reader:
         self.pos = pos
 
     def var_uint(self) -> int:
-        data, pos = self.data, self.pos
-        result = shift = 0
-        while True:
-            if pos >= len(data):
-                raise MalformedMessage("truncated message: a number runs past the end")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.pos = pos
-                return result
-            shift += 7
-            if shift > 63:
-                raise MalformedMessage("malformed message: a number is longer than 64 bits")
+        try:
+            value, self.pos = read_var_uint(self.data, self.pos)
+        except IndexError:
+            raise MalformedMessage("truncated message: a number runs past the end") from None
+        except OverflowError:
+            raise MalformedMessage("malformed message: a number is longer than 64 bits") from None
+        return value
 
     def var_bytes(self) -> bytes:
-        length = self.var_uint()
-        end = self.pos + length
-        if end > len(self.data):
-            raise MalformedMessage(f"truncated message: {length} bytes announced, {len(self.data) - self.pos} left")
-        chunk = self.data[self.pos : end]
-        self.pos = end
+        try:
+            chunk, self.pos = read_var_bytes(self.data, self.pos)
+        except (IndexError, OverflowError):
+            length = self.var_uint()  # raises if the length itself is bad
+            raise MalformedMessage(f"truncated message: {length} bytes announced, {len(self.data) - self.pos} left") from None
         return chunk
 
     def var_string(self) -> str:
@@ -289,17 +282,11 @@ def split_update_frame(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) 
     end = data[0] + 1  # a calendar name under 128 bytes: one length byte
     if end == 1 or end > 0x80 or size < end + 3 or data[end] != 0 or data[end + 1] != 2:
         return None
-    pos, length, shift = end + 2, 0, 0
-    while True:
-        if pos >= size or shift > 28:
-            return None
-        byte = data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    if pos + length != size:
+    try:
+        length, pos = read_var_uint(data, end + 2)
+    except (IndexError, OverflowError):
+        return None
+    if pos + length != size or pos - end > 7:  # the length varint in at most 5 bytes, as ever
         return None
     try:
         name = _calendar_name(data[1:end])

@@ -24,6 +24,9 @@ clock it has seen each client. An item whose origin points past what the index h
 client that writes protected keys (a relay) is reported as well: Yrs would hold it pending
 and integrate it as an overwrite once the origin arrives.
 
+This module holds that policy. The bytes are read by :func:`engine.yjs_update.scan_update`
+(on :mod:`engine.lib0`), and the ranges per client are :class:`engine.clock_runs.ClockRuns`.
+
 Typical use on a relay, per calendar::
 
     index = KeyIndex.from_update(replica.full_state())      # once, after loading
@@ -46,13 +49,15 @@ known protected writer's future clocks) are not reported.
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
-from .errors import MalformedMessage
+from .clock_runs import ClockRuns
 from .model import DECISION_KEYS
+from .protocol import write_var_uint
+from .yjs_update import INHERITS, Candidate, UpdateScan, WatchedKeys, scan_update
 
 # Keys a terminal may never write. Decision keys live in nested (reservation) maps, ``home``
 # in the root map ``meta``.
@@ -62,22 +67,15 @@ META_ROOT = b"meta"
 UNKNOWN_KEY = "?"
 """Reported key of an item whose origin the index has not seen yet (see the module docstring)."""
 
-# Key codes (1-based; 0 = not protected, -1 = inherits from its origins, -2 = being resolved).
+# Key codes (1-based; 0 = not protected, INHERITS = inherits from its origins, -2 = being resolved).
 _KEYS: tuple[str, ...] = ("", *NESTED_PROTECTED, *META_PROTECTED, UNKNOWN_KEY)
-_NESTED_CODES = {key.encode(): code for code, key in enumerate(_KEYS) if key in DECISION_KEYS}
-_META_CODES = {key.encode(): code for code, key in enumerate(_KEYS) if key in META_PROTECTED}
+_WATCHED = WatchedKeys(
+    nested={key.encode(): code for code, key in enumerate(_KEYS) if key in DECISION_KEYS},
+    roots={META_ROOT: {key.encode(): code for code, key in enumerate(_KEYS) if key in META_PROTECTED}},
+)
 _UNKNOWN = len(_KEYS) - 1
-_INHERIT = -1
 _RESOLVING = -2
-
-# Content refs (low 5 bits of the info byte), from Yjs ``contentRefs``.
-_GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
-# Type refs both Yjs and Yrs read alike: array, map, text, XML element (+ name), fragment, XML text.
-# Yjs reads a name after an XML hook (5) and Yrs does not; Yrs alone knows 7, 9 and 15.
-_TYPE_REFS = frozenset({0, 1, 2, 3, 4, 6})
-_XML_ELEMENT = 3
-_MAX_SHIFT = 63
-_MAX_CLOCK = 0xFFFFFFFF  # Yrs reads clocks and lengths as u32
+_PROTECTED_NAMES = tuple(key.encode() for key in (*NESTED_PROTECTED, *META_PROTECTED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +101,11 @@ class KeyIndex:
     """
 
     def __init__(self) -> None:
-        self._runs: dict[int, _Runs] = {}
+        self._runs: dict[int, ClockRuns] = {}
         self._seen: dict[int, int] = {}  # client -> clock after the last struct observed
         self._writers: set[int] = set()  # clients that wrote protected keys (relays)
         self._writer_probes: tuple[bytes, ...] = ()
-        self._last: tuple[bytes, _Scan] | None = None
+        self._last: tuple[bytes, UpdateScan] | None = None
 
     @classmethod
     def from_update(cls, update: bytes) -> KeyIndex:
@@ -146,7 +144,7 @@ class KeyIndex:
                 client = cand[0]
                 runs = self._runs.get(client)
                 if runs is None:
-                    runs = self._runs[client] = _Runs()
+                    runs = self._runs[client] = ClockRuns()
                 runs.add(cand[1], cand[1] + cand[2], code)
                 if client not in self._writers:
                     self._writers.add(client)
@@ -213,7 +211,7 @@ class KeyIndex:
                     continue
             if client in self._writers and clock + length > self._seen.get(client, 0):
                 start = max(clock, self._seen.get(client, 0))
-                if not scan.starts.get(client, start + 1) <= start < scan.ends.get(client, 0):
+                if not scan.spans(client, start):
                     found.append(ProtectedWrite(client, start, UNKNOWN_KEY, deleted=True))
                     if first_only:
                         return found
@@ -221,7 +219,7 @@ class KeyIndex:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _scan(self, update: bytes) -> _Scan:
+    def _scan(self, update: bytes) -> UpdateScan:
         # The relay checks an update, then observes the change it made: often the same bytes.
         last = self._last
         if last is not None and (last[0] is update or last[0] == update):
@@ -230,69 +228,51 @@ class KeyIndex:
         self._last = (update, scan)
         return scan
 
-    def _code_at(self, client: int, clock: int, scan: _Scan, strict: bool) -> int:
+    def _code_at(self, client: int, clock: int, scan: UpdateScan, strict: bool) -> int:
         """The key code of the item at an ID outside this update's candidates."""
         runs = self._runs.get(client)
         if runs is not None:
             i = runs.find(clock)
             if i >= 0:
                 return runs.codes[i]
-        if (
-            strict
-            and client in self._writers
-            and clock >= self._seen.get(client, 0)
-            and not scan.starts.get(client, clock + 1) <= clock < scan.ends.get(client, 0)
-        ):
+        if strict and client in self._writers and clock >= self._seen.get(client, 0) and not scan.spans(client, clock):
             return _UNKNOWN  # Yrs would keep it pending, then integrate it as an overwrite
         return 0
 
-    def _resolve(self, scan: _Scan, *, strict: bool) -> list[int]:
+    def _resolve(self, scan: UpdateScan, *, strict: bool) -> list[int]:
         """The key code of every candidate, following origins through the update and the index."""
         cands = scan.candidates
         codes = [cand[3] for cand in cands]
-        if _INHERIT not in codes:
+        if INHERITS not in codes:
             return codes
-        starts, ends = scan.starts, scan.ends
-        if not any(
-            client in ends and starts[client] <= clock < ends[client]
+        if any(
+            scan.spans(client, clock)
             for cand in cands
-            if cand[3] == _INHERIT
+            if cand[3] == INHERITS
             for client, clock in ((cand[4], cand[5]), (cand[6], cand[7]))
         ):
-            # The usual case (e.g. a terminal overwriting its note): every origin is outside this
-            # update, so the index alone answers.
-            for i, cand in enumerate(cands):
-                if codes[i] == _INHERIT:
-                    code = self._code_at(cand[6], cand[7], scan, strict) if cand[6] >= 0 else 0
-                    if code <= 0 and cand[4] >= 0:
-                        code = self._code_at(cand[4], cand[5], scan, strict)
-                    codes[i] = code
+            self._resolve_through_update(scan, codes, strict)
             return codes
-        # Candidates per client, sorted by clock, to find an origin inside this update.
-        local: dict[int, tuple[list[int], list[int]]] = {}
+        # The usual case (e.g. a terminal overwriting its note): every origin is outside this
+        # update, so the index alone answers.
         for i, cand in enumerate(cands):
-            entry = local.get(cand[0])
-            if entry is None:
-                entry = local[cand[0]] = ([], [])
-            entry[0].append(cand[1])
-            entry[1].append(i)
-        for client, (clocks, ids) in local.items():
-            if any(a > b for a, b in pairwise(clocks)):
-                pairs = sorted(zip(clocks, ids, strict=True))
-                local[client] = ([p[0] for p in pairs], [p[1] for p in pairs])
+            if codes[i] == INHERITS:
+                code = self._code_at(cand[6], cand[7], scan, strict) if cand[6] >= 0 else 0
+                if code <= 0 and cand[4] >= 0:
+                    code = self._code_at(cand[4], cand[5], scan, strict)
+                codes[i] = code
+        return codes
 
-        def local_find(client: int, clock: int) -> int:
-            entry = local.get(client)
-            if entry is None:
-                return -1
-            j = bisect_right(entry[0], clock) - 1
-            if j < 0:
-                return -1
-            i = entry[1][j]
-            return i if clock < cands[i][1] + cands[i][2] else -1
+    def _resolve_through_update(self, scan: UpdateScan, codes: list[int], strict: bool) -> None:
+        """Replace every INHERITS in ``codes`` when origins may be other candidates of the same update.
 
+        Depth first and iterative (the sender chooses how long a chain of origins is); a cycle,
+        which Yrs cannot integrate, resolves to 0.
+        """
+        cands = scan.candidates
+        candidate_at = _candidate_finder(cands)
         for first in range(len(cands)):
-            if codes[first] != _INHERIT:
+            if codes[first] != INHERITS:
                 continue
             stack = [first]
             while stack:
@@ -306,10 +286,10 @@ class KeyIndex:
                 for client, clock in ((cand[6], cand[7]), (cand[4], cand[5])):
                     if client < 0:
                         continue
-                    j = local_find(client, clock)
+                    j = candidate_at(client, clock)
                     if j >= 0:
                         code = codes[j]
-                        if code == _INHERIT:
+                        if code == INHERITS:
                             wait_for = j
                             break
                         if code == _RESOLVING:
@@ -323,337 +303,43 @@ class KeyIndex:
                     continue
                 codes[cur] = result
                 stack.pop()
-        return codes
 
 
-class _Runs:
-    """Disjoint clock ranges of one client's protected items, sorted, each with a key and a deleted flag."""
+def _candidate_finder(cands: list[Candidate]) -> Callable[[int, int], int]:
+    """A function ``(client, clock) -> index`` of the candidate holding that item ID, or -1."""
+    # Candidates per client, sorted by clock (they usually are already).
+    local: dict[int, tuple[list[int], list[int]]] = {}
+    for i, cand in enumerate(cands):
+        entry = local.get(cand[0])
+        if entry is None:
+            entry = local[cand[0]] = ([], [])
+        entry[0].append(cand[1])
+        entry[1].append(i)
+    for client, (clocks, ids) in local.items():
+        if any(a > b for a, b in pairwise(clocks)):
+            pairs = sorted(zip(clocks, ids, strict=True))
+            local[client] = ([p[0] for p in pairs], [p[1] for p in pairs])
 
-    __slots__ = ("codes", "deleted", "ends", "starts")
+    def candidate_at(client: int, clock: int) -> int:
+        entry = local.get(client)
+        if entry is None:
+            return -1
+        j = bisect_right(entry[0], clock) - 1
+        if j < 0:
+            return -1
+        i = entry[1][j]
+        return i if clock < cands[i][1] + cands[i][2] else -1
 
-    def __init__(self) -> None:
-        self.starts = array("q")
-        self.ends = array("q")
-        self.codes = bytearray()
-        self.deleted = bytearray()
-
-    def find(self, clock: int) -> int:
-        """Index of the run holding ``clock``, or -1."""
-        i = bisect_right(self.starts, clock) - 1
-        return i if i >= 0 and clock < self.ends[i] else -1
-
-    def covers(self, start: int, end: int) -> bool:
-        """True if every clock of ``[start, end)`` is in some run."""
-        while start < end:
-            i = self.find(start)
-            if i < 0:
-                return False
-            start = self.ends[i]
-        return True
-
-    def add(self, start: int, end: int, code: int) -> None:
-        """Record ``[start, end)`` under ``code``; parts already recorded are kept as they are."""
-        starts, ends = self.starts, self.ends
-        if not starts or start >= ends[-1]:  # the usual case: clocks only grow
-            if starts and start == ends[-1] and self.codes[-1] == code and not self.deleted[-1]:
-                ends[-1] = end
-            else:
-                starts.append(start)
-                ends.append(end)
-                self.codes.append(code)
-                self.deleted.append(0)
-            return
-        i = bisect_right(starts, start) - 1
-        cur = start
-        if i >= 0 and ends[i] > cur:
-            cur = ends[i]
-        i += 1
-        while cur < end:
-            if i < len(starts) and starts[i] <= cur:
-                cur = max(cur, ends[i])
-                i += 1
-                continue
-            stop = min(starts[i], end) if i < len(starts) else end
-            self._insert(i, cur, stop, code, 0)
-            i += 1
-            cur = stop
-
-    def delete(self, start: int, end: int) -> None:
-        """Mark the recorded parts of ``[start, end)`` deleted, splitting runs at the edges."""
-        starts, ends, deleted = self.starts, self.ends, self.deleted
-        i = bisect_right(starts, start) - 1
-        if i < 0 or ends[i] <= start:
-            i += 1
-        while i < len(starts) and starts[i] < end:
-            run_start, run_end = starts[i], ends[i]
-            if deleted[i]:
-                i += 1
-            elif run_start < start:  # keep the head live, go on with the tail
-                ends[i] = start
-                self._insert(i + 1, start, run_end, self.codes[i], 0)
-                i += 1
-            elif run_end > end:  # delete the head, keep the tail live
-                ends[i] = end
-                deleted[i] = 1
-                self._insert(i + 1, end, run_end, self.codes[i], 0)
-                return
-            else:
-                deleted[i] = 1
-                i += 1
-
-    def first_live(self, start: int, end: int) -> tuple[int, int] | None:
-        """(clock, key code) of the first live recorded clock in ``[start, end)``, or None."""
-        starts, ends = self.starts, self.ends
-        i = bisect_right(starts, start) - 1
-        if i < 0 or ends[i] <= start:
-            i += 1
-        while i < len(starts) and starts[i] < end:
-            if not self.deleted[i]:
-                return max(starts[i], start), self.codes[i]
-            i += 1
-        return None
-
-    def _insert(self, i: int, start: int, end: int, code: int, deleted: int) -> None:
-        self.starts.insert(i, start)
-        self.ends.insert(i, end)
-        self.codes.insert(i, code)
-        self.deleted.insert(i, deleted)
+    return candidate_at
 
 
-@dataclass(slots=True)
-class _Scan:
-    """What :func:`_scan_update` keeps of one update (only what the key check needs)."""
-
-    # Items that write a protected key directly or may inherit one from their origins:
-    # (client, clock, length, code, origin client, origin clock, right client, right clock);
-    # a missing origin is (-1, -1).
-    candidates: list[tuple[int, int, int, int, int, int, int, int]]
-    starts: dict[int, int]  # client -> clock of its first struct in this update
-    ends: dict[int, int]  # client -> clock after its last struct
-    deletes: list[tuple[int, int, int]]  # (client, clock, length)
-
-
-def _scan_update(data: bytes) -> _Scan:
-    """Decode a Yjs v1 update far enough to know which items may write protected keys.
+def _scan_update(update: bytes) -> UpdateScan:
+    """Scan ``update`` for the protected keys (see :func:`engine.yjs_update.scan_update`).
 
     Raises:
         MalformedMessage: truncated, trailing or garbage bytes.
     """
-    try:
-        return _scan(data)
-    except (IndexError, UnicodeDecodeError, RecursionError):
-        raise MalformedMessage(f"not a Yjs update: truncated or garbage ({len(data)} bytes)") from None
-
-
-def _scan(data: bytes) -> _Scan:
-    size = len(data)
-    pos = 0
-
-    def uint() -> int:
-        nonlocal pos
-        byte = data[pos]
-        pos += 1
-        if byte < 0x80:
-            return byte
-        value = byte & 0x7F
-        shift = 7
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-            if shift > _MAX_SHIFT:
-                raise MalformedMessage("not a Yjs update: varint longer than 64 bits")
-
-    def skip_bytes() -> None:  # varstring or varUint8Array
-        nonlocal pos
-        length = uint()
-        pos += length
-        if pos > size:
-            raise IndexError
-
-    candidates: list[tuple[int, int, int, int, int, int, int, int]] = []
-    starts: dict[int, int] = {}
-    ends: dict[int, int] = {}
-    nested_codes = _NESTED_CODES
-    meta_codes = _META_CODES
-    uint_at = _uint_at
-    for _ in range(uint()):
-        count = uint()
-        client = uint()
-        clock = uint()
-        if count and clock < starts.get(client, clock + 1):
-            starts[client] = clock
-        for _ in range(count):
-            info = data[pos]
-            pos += 1
-            # Yrs (which applies the update) tells GC and Skip by the whole byte and masks content
-            # refs with 4 bits, Yjs with 5: accept only what both read the same way.
-            if info in (_GC, _SKIP):
-                clock += uint()
-                continue
-            ref = info & 0x1F
-            if not _DELETED <= ref <= _DOC or ref == _JSON:
-                # Yrs reads legacy JSON content with one string more than Yjs writes: refuse it.
-                raise MalformedMessage(f"not a Yjs update: unsupported content type {ref}")
-            code = 0
-            oc = ok = rc = rk = -1
-            if info & 0x80:
-                oc, pos = uint_at(data, pos)
-                ok, pos = uint_at(data, pos)
-                code = _INHERIT
-            if info & 0x40:
-                rc, pos = uint_at(data, pos)
-                rk, pos = uint_at(data, pos)
-                code = _INHERIT
-            if not info & 0xC0:
-                parent_info = data[pos]
-                pos += 1
-                if parent_info == 1:  # parent is a root type, by name
-                    length = data[pos]
-                    if length < 0x80:
-                        pos += 1
-                    else:
-                        length, pos = uint_at(data, pos)
-                    root = data[pos : pos + length]
-                    pos += length
-                    if pos > size:
-                        raise IndexError
-                    nested = False
-                elif parent_info == 0:  # parent is a nested type, by the ID of its item: skip it
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
-                    root = b""
-                    nested = True
-                else:
-                    raise MalformedMessage(f"not a Yjs update: parent info {parent_info}")
-                if info & 0x20:
-                    length = data[pos]
-                    if length < 0x80:
-                        pos += 1
-                    else:
-                        length, pos = uint_at(data, pos)
-                    key = data[pos : pos + length]
-                    pos += length
-                    if pos > size:
-                        raise IndexError
-                    if nested:
-                        code = nested_codes.get(key, 0)
-                    elif root == META_ROOT:
-                        code = meta_codes.get(key, 0)
-            # content: advance past it and learn its length in clock units
-            if ref == _ANY:
-                length = data[pos]
-                if length < 0x80:
-                    pos += 1
-                else:
-                    length, pos = uint_at(data, pos)
-                for _ in range(length):
-                    if data[pos] == 119 and data[pos + 1] < 0x80:  # fast path: one short string
-                        pos += 2 + data[pos + 1]
-                        if pos > size:
-                            raise IndexError
-                    else:
-                        pos = _skip_any(data, pos)
-            elif ref == _DELETED:
-                length = uint()
-            elif ref == _STRING:
-                n = uint()
-                text = data[pos : pos + n].decode()
-                pos += n
-                if pos > size:
-                    raise IndexError
-                length = len(text.encode("utf-16-le")) // 2  # Yjs counts UTF-16 code units
-            elif ref == _TYPE:
-                type_ref = uint()
-                if type_ref not in _TYPE_REFS:
-                    raise MalformedMessage(f"not a Yjs update: unsupported shared type {type_ref}")
-                if type_ref == _XML_ELEMENT:
-                    skip_bytes()
-                length = 1
-            elif ref in (_BINARY, _EMBED):
-                skip_bytes()
-                length = 1
-            elif ref == _FORMAT:
-                skip_bytes()
-                skip_bytes()
-                length = 1
-            else:  # _DOC
-                skip_bytes()
-                pos = _skip_any(data, pos)
-                length = 1
-            if code:
-                if ok > _MAX_CLOCK or rk > _MAX_CLOCK:
-                    raise MalformedMessage("not a Yjs update: origin clock out of range")
-                candidates.append((client, clock, length, code, oc, ok, rc, rk))
-            clock += length
-        if clock > _MAX_CLOCK:
-            raise MalformedMessage("not a Yjs update: clock out of range")
-        if count and clock > ends.get(client, 0):
-            ends[client] = clock
-    deletes: list[tuple[int, int, int]] = []
-    for _ in range(uint()):
-        client = uint()
-        for _ in range(uint()):
-            clock = uint()
-            length = uint()
-            if clock + length > _MAX_CLOCK:
-                raise MalformedMessage("not a Yjs update: deleted range out of range")
-            deletes.append((client, clock, length))
-    if pos != size:
-        raise MalformedMessage(f"not a Yjs update: {size - pos} unexpected bytes after the delete set")
-    return _Scan(candidates, starts, ends, deletes)
-
-
-def _skip_any(data: bytes, pos: int) -> int:
-    """Skip one lib0 ``any`` value; iterative, since the sender chooses the nesting depth."""
-    # lib0 readAny: one type byte, then the payload; objects are (varstring key, any) pairs.
-    size = len(data)
-    frames: list[list[int]] = [[0, 1]]  # [is_object, values left]
-    while frames:
-        frame = frames[-1]
-        if frame[1] == 0:
-            frames.pop()
-            continue
-        frame[1] -= 1
-        if frame[0]:
-            length, pos = _uint_at(data, pos)
-            pos += length
-        kind = data[pos]
-        pos += 1
-        if kind in (127, 126, 121, 120):  # undefined, null, false, true
-            continue
-        if kind == 125:  # signed varint: continuation bit 0x80 on every byte but the last
-            first = pos
-            while data[pos] & 0x80:
-                pos += 1
-            pos += 1
-            if pos - first > 10:
-                raise MalformedMessage("not a Yjs update: varint longer than 64 bits")
-        elif kind == 124:  # float32
-            pos += 4
-        elif kind == 123 or kind == 122:  # float64, bigint64
-            pos += 8
-        elif kind == 119 or kind == 116:  # string, Uint8Array
-            length, pos = _uint_at(data, pos)
-            pos += length
-        elif kind == 118 or kind == 117:  # object, array
-            length, pos = _uint_at(data, pos)
-            frames.append([kind == 118, length])
-        else:
-            raise MalformedMessage(f"not a Yjs update: unknown value type {kind}")
-        if pos > size:
-            raise IndexError
-    return pos
-
-
-_PROTECTED_NAMES = tuple(key.encode() for key in (*NESTED_PROTECTED, *META_PROTECTED))
+    return scan_update(update, _WATCHED)
 
 
 def _client_probe(client: int) -> bytes:
@@ -661,27 +347,4 @@ def _client_probe(client: int) -> bytes:
 
     A one-byte id gives ``b""``, which every update contains: such a writer always gets the full check.
     """
-    out = bytearray()
-    while client > 0x7F:
-        out.append(0x80 | (client & 0x7F))
-        client >>= 7
-    out.append(client)
-    return bytes(out[:-1])
-
-
-def _uint_at(data: bytes, pos: int) -> tuple[int, int]:
-    """A lib0 varuint at ``pos``: (value, position after it)."""
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    value = byte & 0x7F
-    shift = 7
-    while True:
-        pos += 1
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos + 1
-        shift += 7
-        if shift > _MAX_SHIFT:
-            raise MalformedMessage("not a Yjs update: varint longer than 64 bits")
+    return write_var_uint(client)[:-1]

@@ -300,6 +300,17 @@ def test_an_unusual_parent_info_is_refused() -> None:
         KeyIndex().observe(update)
 
 
+def test_a_parent_id_varint_over_ten_bytes_is_refused_like_every_other_varint() -> None:
+    def nested_item(parent_client: bytes) -> bytes:
+        """client 9, clock 0: ``k = "x"`` in the map whose item is (parent_client, 0)."""
+        return bytes([1, 1, 9, 0, 0x28, 0]) + parent_client + bytes([0, 1]) + b"k" + bytes([1, 0x77, 1]) + b"x" + bytes([0])
+
+    padded = b"\x85" + b"\x80" * 8 + b"\x00"  # 5 in 10 bytes: a 64-bit varint, if a wasteful one
+    assert KeyIndex().protected_writes(nested_item(padded)) == []
+    with pytest.raises(MalformedMessage, match="longer than 64 bits"):  # Yrs would still read 11 bytes
+        KeyIndex().observe(nested_item(padded[:-1] + b"\x80\x00"))
+
+
 def test_hand_encoded_any_item_matches_yrs() -> None:
     update = any_item(bytes([0x08, 2, 0x77, 1]) + b"x" + bytes([0x7D, 0xC1, 0x01]))  # ["x", -65]
     doc = Doc()
