@@ -593,7 +593,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (tables show medians; default 1)")
     parser.add_argument("--servers", default="",
                         help=f"comma-separated subset of: {', '.join(s.key for s in SERVERS)}, "
-                             f"{', '.join(BASELINE_KEYS)} (default: all; the last two need --accord-baseline)")
+                             f"{', '.join(BASELINE_KEYS)} (default: all; the last two need --accord-baseline); "
+                             "run and tabled in the order given, so swapping two checks for order effects")
     parser.add_argument("--accord-baseline", type=Path, default=None, metavar="DIR",
                         help="also run the accord relay of checkout DIR (with its own DIR/.venv, e.g. a git worktree "
                              "of the commit before a change) as accord-base-memory and accord-base-sqlite, in the "
@@ -634,8 +635,8 @@ async def run(args: argparse.Namespace) -> int:
     known = SERVERS[:2] + (baseline_servers(args.accord_baseline, baseline_commit) if args.accord_baseline else [])
     known += SERVERS[2:]
     wanted = args.servers.split(",") if args.servers else [s.key for s in known]
-    servers = [s for s in known if s.key in wanted]
     unknown = set(wanted) - {s.key for s in known}
+    servers = [next(s for s in known if s.key == key) for key in dict.fromkeys(wanted) if key not in unknown]
     if unknown:
         print(f"relay_vs_peers: unknown server(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
