@@ -22,10 +22,13 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
+from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider
 from accord.engine.model import format_time
 from accord.engine.replica import Replica
 from accord.engine.update_keys import KeyIndex
+
+HOME_KEY = RelayKey.generate()  # the home relay's signing key
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 BASE = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"home relay loaded them: {time.perf_counter() - started:.2f} s")
 
     started, cpu = time.perf_counter(), time.process_time()
-    decider = Decider(home.calendar, "relay-a")
+    decider = Decider(home.calendar, "relay-a", HOME_KEY)
     made = decider.decide_all_pending(NOW)
     elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - cpu
     booked = sum(1 for d in made if d.outcome == "booked")

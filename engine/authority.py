@@ -218,7 +218,8 @@ class Verdict:
     cancelled (or entered in error) and freed its slot, so the reservation can never hold the
     slot again even if its lifecycle mark were lost. ``booked`` is the slot the reservation holds
     after this decision, as ``(resource, start, end)`` strings: the request's slot when booked,
-    the slot of an earlier booking a rejected reschedule keeps, or None.
+    the slot of an earlier booking a rejected reschedule keeps, or None. ``seq`` orders one
+    reservation's verdicts (the latest holds its slot), whatever the clocks say.
     """
 
     calendar: str
@@ -231,11 +232,13 @@ class Verdict:
     relay_id: str
     epoch: int
     decided_at: str
+    seq: int = 1  # 1 for a reservation's first verdict, then one more than the latest before it
 
     def payload(self) -> bytes:
         return _canonical({"c": self.calendar, "r": self.reservation, "q": self.request, "o": self.outcome,
                            "b": list(self.booked) if self.booked else None, "why": self.reason,
-                           "w": self.conflict_with, "h": self.relay_id, "e": self.epoch, "t": self.decided_at})
+                           "w": self.conflict_with, "h": self.relay_id, "e": self.epoch, "t": self.decided_at,
+                           "n": self.seq})
 
     def entry_key(self, encoded: str) -> str:
         """Where the verdict lives in the calendar's ``verdicts`` map: unique, and unforgeable
@@ -254,7 +257,7 @@ def _read_verdict(payload: dict[str, Any]) -> Verdict | None:
             return None
         verdict = Verdict(str(payload["c"]), str(payload["r"]), str(payload["q"]), str(payload["o"]), slot,
                           str(payload["why"]), str(payload["w"]), str(payload["h"]), int(payload["e"]),
-                          str(payload["t"]))
+                          str(payload["t"]), int(payload["n"]))
     except (KeyError, TypeError, ValueError, IndexError):
         return None
     return verdict if verdict.outcome in OUTCOMES else None
@@ -266,7 +269,7 @@ class Verifier:
     def __init__(self, calendar: str, max_cached: int = CACHE_SIZE) -> None:
         self.calendar = calendar
         self.max_cached = max_cached
-        self._cache: OrderedDict[tuple[str, str, int], Verdict | None] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, str, int], Verdict | None] = OrderedDict()
 
     def verify(self, entry_key: str, text: object, home: HomeRecord | None) -> Verdict | None:
         """The verdict stored under ``entry_key`` if it is genuine: well-formed, for this calendar,

@@ -5,7 +5,13 @@ Layout of the document (shared with stock Yjs clients and the browser board):
 - ``reservations``: Map reservation id -> Map of fields (one key per field, so concurrent
   edits of different fields both survive; see :mod:`engine.model` for the three key groups);
 - ``resources``: Map resource id -> Map (``name``, ``capacity``);
-- ``meta``: calendar-level settings, e.g. ``home`` (the relay that decides bookings).
+- ``meta``: calendar-level settings;
+- ``homes``: set-once home records (who decides bookings, from which epoch; signed);
+- ``verdicts``: set-once signed decisions of the home (:mod:`engine.authority`).
+
+Reads summarise a reservation's genuine verdicts (signature checked against the calendar's
+current home, cached) into a :class:`~engine.model.DecisionState` and derive its status from
+that and the reservation's own facts.
 
 Every write is one transaction tagged with the calendar's ``origin`` so that I/O layers can
 tell local writes from applied remote updates. Reads return frozen dataclasses.
@@ -22,12 +28,16 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
+from .authority import HomeRecord, Verdict, Verifier, request_digest, resolve_home
 from .errors import InvalidReservation, InvalidTransition, ReservationNotFound
 from .model import (
     ALLOWED_FROM,
+    UNDECIDED,
     WHY_REFUSED,
     Action,
     CalendarId,
+    Decision,
+    DecisionState,
     Reservation,
     Resource,
     Status,
@@ -70,19 +80,54 @@ class Calendar:
         self.reservations = self.doc.get("reservations", type=Map)
         self.resources_map = self.doc.get("resources", type=Map)
         self.meta = self.doc.get("meta", type=Map)
+        self.homes = self.doc.get("homes", type=Map)
+        self.verdicts = self.doc.get("verdicts", type=Map)
+        self.verifier = Verifier(self.name)
+        self._home: HomeRecord | None = None
+        self._home_stale = True
+        self._index: dict[str, list[tuple[str, str]]] | None = None  # reservation id -> its verdict entries
+        self._subscriptions = [self.homes.observe(self._homes_changed), self.verdicts.observe(self._verdicts_changed)]
+
+    def _homes_changed(self, _event: object) -> None:
+        self._home_stale = True
+
+    def _verdicts_changed(self, event: Any) -> None:
+        """Keep the verdict index in step (incrementally: a home decides one request at a time)."""
+        index = self._index
+        if index is None:
+            return
+        for key, change in event.keys.items():
+            rid = str(key).split("/", 1)[0]
+            entries = [item for item in index.get(rid, []) if item[0] != key]
+            value = change.get("newValue") if change.get("action") != "delete" else None
+            if isinstance(value, str):
+                entries.append((str(key), value))
+            if entries:
+                index[rid] = entries
+            else:
+                index.pop(rid, None)
 
     # ---- reads -----------------------------------------------------------------------------
 
     @property
     def has_home(self) -> bool:
-        """True if a home relay decides bookings here (known from ``meta.home``, or assumed)."""
-        return self.assume_home or self.home is not None
+        """True if a home relay decides bookings here (a home record is known, or assumed)."""
+        return self.assume_home or self.home_record is not None
+
+    @property
+    def home_record(self) -> HomeRecord | None:
+        """The current home (relay, key, epoch) from the calendar's home records, or None."""
+        if self._home_stale:
+            entries = json.loads(str(self.homes)) if len(self.homes) else {}
+            self._home = resolve_home(self.name, entries.values())
+            self._home_stale = False
+        return self._home
 
     @property
     def home(self) -> str | None:
         """The relay id that decides bookings for this calendar, or None (plain CRDT calendar)."""
-        value = self.meta.get("home")
-        return str(value) if value else None
+        record = self.home_record
+        return record.relay_id if record is not None else None
 
     def get(self, reservation_id: str) -> Reservation:
         """The reservation with this id.
@@ -90,7 +135,53 @@ class Calendar:
         Raises:
             ReservationNotFound: if this replica has no such reservation (it may not have synced yet).
         """
-        return reservation_from_fields(self.name, self._fields(reservation_id), has_home=self.has_home)
+        fields = self._fields(reservation_id)
+        return reservation_from_fields(self.name, fields, has_home=self.has_home,
+                                       decided=self.decision_state(reservation_id, fields))
+
+    def decision_state(self, reservation_id: str, fields: dict[str, Any]) -> DecisionState:
+        """What the home has genuinely decided about this reservation (see module docstring)."""
+        home = self.home_record
+        if home is None:
+            return UNDECIDED
+        entries = self._verdict_index().get(reservation_id)
+        if not entries:
+            return UNDECIDED
+        digest = request_digest(reservation_id, fields)
+        current: tuple[int, str, Verdict] | None = None
+        latest: tuple[int, str, Verdict] | None = None
+        for key, text in entries:
+            verdict = self.verifier.verify(key, text, home)
+            if verdict is None:
+                continue  # a forgery, another home's, or a copy: not a decision
+            ranked = (verdict.seq, key, verdict)
+            if verdict.request == digest and (current is None or ranked[:2] > current[:2]):
+                current = ranked
+            if latest is None or ranked[:2] > latest[:2]:
+                latest = ranked
+        if latest is None:
+            return UNDECIDED
+        last = latest[2]
+        shown = current[2] if current is not None else last
+        return DecisionState(
+            current=Decision(current[2].outcome) if current is not None else None,
+            booked=last.booked,
+            released=last.outcome == Decision.RELEASED,
+            reason=shown.reason,
+            conflict_with=shown.conflict_with,
+            decided_by=last.relay_id,
+            seq=last.seq,
+        )
+
+    def _verdict_index(self) -> dict[str, list[tuple[str, str]]]:
+        if self._index is None:
+            index: dict[str, list[tuple[str, str]]] = {}
+            data = json.loads(str(self.verdicts)) if len(self.verdicts) else {}
+            for key, text in data.items():
+                if isinstance(text, str):
+                    index.setdefault(key.split("/", 1)[0], []).append((key, text))
+            self._index = index
+        return self._index
 
     def list(
         self,
@@ -104,14 +195,15 @@ class Calendar:
         ``between`` keeps reservations whose shown slot overlaps ``[from, to)``.
         """
         has_home = self.has_home
+        states = self.decision_state
         wanted = set(statuses) if statuses is not None else None
         lo = hi = None
         if between is not None:
             lo, hi = parse_time(between[0]), parse_time(between[1])
         out: builtins.list[Reservation] = []
-        for fields in self.all_fields().values():
+        for rid, fields in self.all_fields().items():
             try:
-                item = reservation_from_fields(self.name, fields, has_home=has_home)
+                item = reservation_from_fields(self.name, fields, has_home=has_home, decided=states(rid, fields))
             except (KeyError, InvalidReservation):
                 continue  # a partly synced or hand-written entry; never crash a read
             slot = item.slot
@@ -154,6 +246,8 @@ class Calendar:
             "reservations": self.all_fields(),
             "resources": json.loads(str(self.resources_map)) if len(self.resources_map) else {},
             "meta": json.loads(str(self.meta)) if len(self.meta) else {},
+            "homes": json.loads(str(self.homes)) if len(self.homes) else {},
+            "verdicts": json.loads(str(self.verdicts)) if len(self.verdicts) else {},
         }
 
     # ---- writes ----------------------------------------------------------------------------
@@ -173,12 +267,11 @@ class Calendar:
                 self.resources_map[resource_id] = Map({"name": name or resource_id, "capacity": capacity})
         return Resource(resource_id, name or resource_id, capacity)
 
-    def set_home(self, relay_id: str) -> None:
-        """Record which relay decides bookings for this calendar (written by that relay)."""
-        check_text("actor", relay_id, required=True)
-        if self.meta.get("home") != relay_id:
+    def add_home_record(self, record: HomeRecord, encoded: str) -> None:
+        """Store a signed home record (written by the relay taking or handing over the calendar)."""
+        if record.entry_key not in self.homes:
             with self.doc.transaction(origin=self.origin):
-                self.meta["home"] = relay_id
+                self.homes[record.entry_key] = encoded
 
     def book(
         self,
@@ -298,7 +391,8 @@ class Calendar:
 
     def _update(self, reservation_id: str, action: Action, changes: dict[str, Any], now: datetime) -> Reservation:
         entry = self._entry(reservation_id)
-        status = derive_status(json.loads(str(entry)), has_home=self.has_home)
+        fields = json.loads(str(entry))
+        status = derive_status(fields, has_home=self.has_home, decided=self.decision_state(reservation_id, fields))
         if status not in ALLOWED_FROM[action]:
             raise InvalidTransition(
                 f"cannot {action} reservation {reservation_id} ({status}): {WHY_REFUSED[status]}"

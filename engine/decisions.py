@@ -59,33 +59,31 @@ from typing import Any
 
 from pycrdt import Map
 
+from .authority import RelayKey, Verdict, first_home, request_digest
 from .calendar import Calendar
-from .errors import InvalidReservation
+from .errors import InvalidReservation, NotHome
 from .model import (
     LIFECYCLE_MARKS,
     Decision,
+    DecisionState,
     ReservationId,
     check_interval,
     check_resource_id,
     check_text,
     format_time,
-    is_decided,
     parse_time,
 )
 
 log = logging.getLogger(__name__)
 
 _SlotKey = tuple[str, int, int]  # (resource, start, end) in epoch seconds
-_PAUSE_AT = 8  # queued reservations from which a decide call unsubscribes while it writes
 
 FREEING_MARKS = ("cancelled_at", "entered_in_error_at")
 """Lifecycle marks that release a booked slot; every other mark keeps it occupied."""
 
 _MARK_KEYS = tuple(key for key, _status in LIFECYCLE_MARKS)
 # A change to any of these may change whether a reservation needs a decision or what it occupies.
-_WATCHED_KEYS = frozenset(
-    {"resource", "start", "end", "requested_at", "booked_resource", "booked_start", "booked_end", *_MARK_KEYS}
-)
+_WATCHED_KEYS = frozenset({"resource", "start", "end", "requested_at", *_MARK_KEYS})
 
 
 class RejectReason(enum.StrEnum):
@@ -106,9 +104,14 @@ class DecisionMade:
     conflict_with: str = ""
 
 
-def needs_decision(fields: Mapping[str, Any]) -> bool:
+def needs_decision(fields: Mapping[str, Any], decided: DecisionState) -> bool:
     """True if the home relay has yet to decide the reservation's current request."""
-    return not any(fields.get(key) for key in _MARK_KEYS) and not is_decided(fields)
+    return not any(key in fields for key in _MARK_KEYS) and decided.current is None and not decided.released
+
+
+def needs_release(fields: Mapping[str, Any], decided: DecisionState) -> bool:
+    """True if the reservation holds a slot and was cancelled (or entered in error) since."""
+    return decided.booked is not None and not decided.released and any(key in fields for key in FREEING_MARKS)
 
 
 class Decider:
@@ -116,30 +119,57 @@ class Decider:
 
     Args:
         calendar: the relay's calendar (its document receives every update of the calendar).
-        relay_id: this relay's id; written to ``meta.home`` and to each decision's ``decided_by``.
+        relay_id: this relay's id; named in its home record and in each verdict.
+        key: this relay's signing key; every verdict is signed with it.
         hold_ttl: if set, requests never booked expire after this long (reason ``expired``).
 
-    Creating a Decider writes ``meta.home`` (if it differs), loads the index and starts
-    queuing changes. Then, after applying updates, the relay calls :meth:`decide_queued`
-    (and :meth:`decide_all_pending` once at start-up); never from inside a pycrdt observer
-    or another transaction.
+    Creating a Decider takes the calendar (writes the epoch-1 home record) if it has no home
+    yet, loads the index and starts queuing changes. Then, after applying updates, the relay
+    calls :meth:`decide_queued` (and :meth:`decide_all_pending` once at start-up); never from
+    inside a pycrdt observer or another transaction.
+
+    Raises:
+        NotHome: the calendar's recorded home is another relay (or another key).
     """
 
-    def __init__(self, calendar: Calendar, relay_id: str, hold_ttl: timedelta | None = None) -> None:
+    def __init__(self, calendar: Calendar, relay_id: str, key: RelayKey, hold_ttl: timedelta | None = None) -> None:
         self.calendar = calendar
         self.relay_id = check_text("actor", relay_id, required=True)
+        self.key = key
         self.hold_ttl = hold_ttl
         self.origin = ("decider", relay_id)
         self._slots: dict[str, _ResourceSlots] = {}
         self._occupied: dict[str, _SlotKey] = {}  # reservation id -> the slot it holds in the index
         self._queue: list[list[str]] = []  # batches of changed reservation ids, in arrival order
-        calendar.set_home(relay_id)
+        # Decisions made in the current call, by reservation: (request digest, state). The verdict
+        # index catches up when the transaction commits; until then a later batch reads these.
+        self._fresh: dict[str, tuple[str, DecisionState]] = {}
+        if calendar.home_record is None:
+            calendar.add_home_record(*first_home(calendar.name, self.relay_id, key))
+        self.epoch = self._check_home()
         self.rebuild()
-        self._subscription = calendar.reservations.observe_deep(self._on_change)
+        self._subscriptions = (calendar.reservations.observe_deep(self._on_change),
+                               calendar.verdicts.observe(self._on_verdicts))
+
+    def _check_home(self) -> int:
+        home = self.calendar.home_record
+        assert home is not None
+        if home.relay_id != self.relay_id or home.public_key != self.key.public:
+            raise NotHome(self.calendar.name, home.relay_id, home.epoch)
+        return home.epoch
+
+    def still_home(self) -> bool:
+        """False once the calendar's records name another home (a merge with another home's
+        records, or a handover): the relay stops deciding; this Decider's verdicts no longer count."""
+        try:
+            return self._check_home() == self.epoch
+        except NotHome:
+            return False
 
     def close(self) -> None:
         """Stop watching the document (the relay no longer decides this calendar)."""
-        self.calendar.reservations.unobserve(self._subscription)
+        self.calendar.reservations.unobserve(self._subscriptions[0])
+        self.calendar.verdicts.unobserve(self._subscriptions[1])
 
     @property
     def queued(self) -> int:
@@ -161,15 +191,21 @@ class Decider:
         reservations = self.calendar.reservations
         made: list[DecisionMade] = []
         stamp = format_time(parse_time(now))
-        with self._writing(pause_observer=sum(len(batch) for batch in batches) >= _PAUSE_AT):
+        self._fresh.clear()
+        with self._writing():
             for batch in batches:
-                found: list[tuple[str, dict[str, Any], Map[Any]]] = []
+                found: list[tuple[str, dict[str, Any], DecisionState]] = []
                 for rid in dict.fromkeys(batch):
                     entry = reservations.get(rid)
-                    fields = json.loads(str(entry)) if isinstance(entry, Map) else None
-                    self._sync_slot(rid, fields)
-                    if fields is not None and entry is not None and needs_decision(fields):
-                        found.append((rid, fields, entry))
+                    if not isinstance(entry, Map):
+                        continue
+                    fields = _fields(entry)
+                    if fields is None:
+                        continue
+                    decided = self._state(rid, fields)
+                    self._sync_slot(rid, fields, decided)
+                    if needs_decision(fields, decided) or needs_release(fields, decided):
+                        found.append((rid, fields, decided))
                 found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
                 made.extend(self._decide_each(found, now, stamp))
         return made
@@ -181,24 +217,25 @@ class Decider:
         """
         self._queue.clear()
         everything = self.calendar.all_fields()
-        self._load_index(everything)
-        found = [(rid, fields) for rid, fields in everything.items() if needs_decision(fields)]
+        states = self._load_index(everything)
+        found = [(rid, fields, states[rid]) for rid, fields in everything.items()
+                 if needs_decision(fields, states[rid]) or needs_release(fields, states[rid])]
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
         if not found:
             return []
-        reservations = self.calendar.reservations
-        with self._writing(pause_observer=len(found) >= _PAUSE_AT):
-            return self._decide_each(
-                ((rid, fields, reservations[rid]) for rid, fields in found), now, format_time(parse_time(now))
-            )
+        with self._writing():
+            return self._decide_each(found, now, format_time(parse_time(now)))
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _load_index(self, everything: Mapping[str, Mapping[str, Any]]) -> None:
+    def _load_index(self, everything: Mapping[str, dict[str, Any]]) -> dict[str, DecisionState]:
         self._slots.clear()
         self._occupied.clear()
+        states = {}
         for rid, fields in everything.items():
-            self._sync_slot(rid, fields)
+            decided = states[rid] = self.calendar.decision_state(rid, fields)
+            self._sync_slot(rid, fields, decided)
+        return states
 
     def _on_change(self, events: list[Any]) -> None:
         # Inside a pycrdt observer: writing would raise, so only queue.
@@ -214,30 +251,41 @@ class Decider:
         if batch:
             self._queue.append(sorted(batch))
 
+    def _state(self, rid: str, fields: Mapping[str, Any]) -> DecisionState:
+        fresh = self._fresh.get(rid)
+        if fresh is None:
+            return self.calendar.decision_state(rid, dict(fields))
+        digest, state = fresh
+        if digest == request_digest(rid, fields):
+            return state
+        return DecisionState(None, state.booked, state.released, seq=state.seq)  # re-requested since
+
+    def _on_verdicts(self, event: Any) -> None:
+        """A verdict written elsewhere (e.g. one of ours re-pushed after a restore) may change
+        what a reservation occupies: look at it again."""
+        if event.transaction.origin != self.origin:
+            rids = sorted({str(key).split("/", 1)[0] for key in event.keys})
+            if rids:
+                self._queue.append(rids)
+
     @contextmanager
-    def _writing(self, *, pause_observer: bool) -> Iterator[None]:
-        """One transaction for a decide call. For many decisions, with our observer off: pycrdt
-        builds an event per changed map for every deep observer, which costs more than the writes
-        (and subscribing again costs a signature inspection, so a single decision keeps it on)."""
-        reservations = self.calendar.reservations
-        if pause_observer:
-            reservations.unobserve(self._subscription)
-        try:
-            with self.calendar.doc.transaction(origin=self.origin):
-                yield
-        finally:
-            if pause_observer:
-                self._subscription = reservations.observe_deep(self._on_change)
+    def _writing(self) -> Iterator[None]:
+        """One transaction for a decide call (verdicts go to the ``verdicts`` map, so the deep
+        observer on reservations does not see them)."""
+        with self.calendar.doc.transaction(origin=self.origin):
+            yield
 
     def _decide_each(
-        self, found: Iterable[tuple[str, dict[str, Any], Map[Any]]], now: datetime, stamp: str
+        self, found: Iterable[tuple[str, dict[str, Any], DecisionState]], now: datetime, stamp: str
     ) -> list[DecisionMade]:
         made = []
-        for rid, fields, entry in found:
-            decision, slot = self._decide(rid, fields, now)
-            self._write(entry, fields, decision, stamp)
-            if slot is not None:
-                self._set_slot(rid, slot)
+        for rid, fields, decided in found:
+            if needs_release(fields, decided):
+                decision, slot = DecisionMade(ReservationId(rid), Decision.RELEASED), None
+            else:
+                decision, slot = self._decide(rid, fields, decided, now)
+            self._write(rid, fields, decided, decision, stamp)
+            self._set_slot(rid, slot if slot is not None else self._kept_slot(fields, decided, decision))
             made.append(decision)
             log.debug(  # the relay logs the INFO line per decision, with its connection context
                 "booking decided",
@@ -251,7 +299,15 @@ class Decider:
             )
         return made
 
-    def _decide(self, rid: str, fields: Mapping[str, Any], now: datetime) -> tuple[DecisionMade, _SlotKey | None]:
+    @staticmethod
+    def _kept_slot(fields: Mapping[str, Any], decided: DecisionState, decision: DecisionMade) -> _SlotKey | None:
+        """The slot a reservation still holds after a decision that booked nothing new."""
+        if decision.outcome is Decision.RELEASED:
+            return None
+        return _occupied_slot(fields, decided)
+
+    def _decide(self, rid: str, fields: Mapping[str, Any], decided: DecisionState,
+                now: datetime) -> tuple[DecisionMade, _SlotKey | None]:
         """The decision about the current request, and the slot to occupy if it is booked."""
         reservation_id = ReservationId(rid)
         try:
@@ -259,9 +315,8 @@ class Decider:
             start_at, end_at = check_interval(fields.get("start"), fields.get("end"))  # type: ignore[arg-type]
         except InvalidReservation:
             return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.INVALID), None
-        if self.hold_ttl is not None and not fields.get("booked_start"):
-            asked = fields.get("requested_at") or (
-                fields.get("updated_at") if fields.get("decided_start") else fields.get("created_at"))
+        if self.hold_ttl is not None and decided.booked is None:
+            asked = fields.get("requested_at") or fields.get("created_at")
             try:
                 expired = parse_time(str(asked)) + self.hold_ttl < parse_time(now)
             except InvalidReservation:
@@ -282,29 +337,28 @@ class Decider:
         first = min(overlapping, key=lambda item: (item[0], item[2]))  # earliest start, then id
         return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.CONFLICT, first[2]), None
 
-    def _write(self, entry: Map[Any], fields: dict[str, Any], decision: DecisionMade, stamp: str) -> None:
-        request = {"resource": fields.get("resource"), "start": fields.get("start"), "end": fields.get("end")}
-        changes: dict[str, Any] = {
-            "decision": str(decision.outcome),
-            "decided_resource": request["resource"],
-            "decided_start": request["start"],
-            "decided_end": request["end"],
-            "decided_by": self.relay_id,
-            "decided_at": stamp,
-            "decided_request": fields.get("requested_at", ""),
-            "reason": str(decision.reason),
-            "conflict_with": decision.conflict_with,
-        }
+    def _write(self, rid: str, fields: Mapping[str, Any], decided: DecisionState, decision: DecisionMade,
+               stamp: str) -> None:
+        """Sign the decision and store it as a new, set-once verdict entry."""
         if decision.outcome is Decision.BOOKED:
-            changes.update(booked_resource=request["resource"], booked_start=request["start"], booked_end=request["end"])
-        for key, value in changes.items():
-            if fields.get(key, "") != value:  # a missing reason/conflict_with reads as ""
-                entry[key] = value
-        fields.update(changes)
+            booked: tuple[str, str, str] | None = (str(fields.get("resource", "")), str(fields.get("start", "")),
+                                                   str(fields.get("end", "")))
+        elif decision.outcome is Decision.REJECTED:
+            booked = decided.booked  # a rejected reschedule keeps the booking it had
+        else:
+            booked = None
+        verdict = Verdict(self.calendar.name, rid, request_digest(rid, fields), str(decision.outcome), booked,
+                          str(decision.reason), decision.conflict_with, self.relay_id, self.epoch, stamp,
+                          decided.seq + 1)
+        encoded = verdict.sign(self.key)
+        self.calendar.verdicts[verdict.entry_key(encoded)] = encoded
+        self._fresh[rid] = (verdict.request, DecisionState(
+            Decision(decision.outcome), booked, decision.outcome is Decision.RELEASED, str(decision.reason),
+            decision.conflict_with, self.relay_id, verdict.seq))
 
-    def _sync_slot(self, rid: str, fields: Mapping[str, Any] | None) -> None:
+    def _sync_slot(self, rid: str, fields: Mapping[str, Any] | None, decided: DecisionState) -> None:
         """Make the index hold exactly the slot this reservation occupies now (if any)."""
-        self._set_slot(rid, _occupied_slot(fields))
+        self._set_slot(rid, _occupied_slot(fields, decided))
 
     def _set_slot(self, rid: str, slot: _SlotKey | None) -> None:
         old = self._occupied.get(rid)
@@ -361,13 +415,18 @@ def _max_depth(intervals: list[tuple[int, int, str]], start: int, end: int) -> i
     return deepest
 
 
-def _occupied_slot(fields: Mapping[str, Any] | None) -> _SlotKey | None:
+def _fields(entry: Map[Any]) -> dict[str, Any] | None:
+    data = json.loads(str(entry))
+    return data if isinstance(data, dict) else None
+
+
+def _occupied_slot(fields: Mapping[str, Any] | None, decided: DecisionState) -> _SlotKey | None:
     """(resource, start_s, end_s) of the booked slot this reservation holds, or None."""
-    if not fields or not fields.get("booked_start") or any(fields.get(key) for key in FREEING_MARKS):
+    if not fields or decided.booked is None or decided.released or any(key in fields for key in FREEING_MARKS):
         return None
+    resource, start_text, end_text = decided.booked
     try:
-        start = parse_time(str(fields["booked_start"]))
-        end = parse_time(str(fields.get("booked_end", "")))
+        start, end = parse_time(start_text), parse_time(end_text)
     except InvalidReservation:
-        return None  # not written by a decider; ignore rather than crash the relay
-    return str(fields.get("booked_resource", "")), int(start.timestamp()), int(end.timestamp())
+        return None  # signed by the home, so this cannot happen; never crash the relay on it
+    return resource, int(start.timestamp()), int(end.timestamp())

@@ -7,6 +7,7 @@
     │   ├── InvalidCalendarName
     │   └── InvalidReservation
     ├── InvalidTransition          a status change the lifecycle does not allow
+    ├── NotHome                    --home names a calendar another relay decides
     ├── NotFound
     │   └── ReservationNotFound
     ├── ProtocolError              something wrong on the wire
@@ -73,6 +74,19 @@ class InvalidReservation(ValidationError):
 
 class InvalidTransition(AccordError):
     """A lifecycle move the status table does not allow (e.g. check in a cancelled reservation)."""
+
+
+class NotHome(AccordError):
+    """This relay was told to decide a calendar whose recorded home is another relay (or key)."""
+
+    def __init__(self, calendar: str, home: str, epoch: int) -> None:
+        super().__init__(
+            f"calendar {calendar!r} is decided by {home} (home record epoch {epoch}); this relay will not decide it. "
+            f"Remove it from --home here, or have {home} hand it over (accord relay handover)"
+        )
+        self.calendar = calendar
+        self.home = home
+        self.epoch = epoch
 
 
 class NotFound(AccordError):

@@ -1,13 +1,16 @@
 """The reservation model: statuses, the lifecycle table, value types and input validation.
 
 A reservation is stored as *facts*, never as a status string that two replicas could
-overwrite concurrently. Three groups of keys live in each reservation's map:
+overwrite concurrently:
 
-- the **request** (``resource``, ``start``, ``end``, ``patient``, ...), written by terminals;
-- **lifecycle marks** (``cancelled_at``, ``checked_in_at``, ...), each written once and never
-  cleared, so that no concurrent pair of writes can un-cancel a reservation;
-- the **decision** (``decision``, ``booked_*``, ``decided_*``, ``reason``, ``conflict_with``),
-  written only by the calendar's home relay.
+- the **request** (``resource``, ``start``, ``end``, ``patient``, ...) in the reservation's
+  map, written by terminals;
+- **lifecycle marks** (``cancelled_at``, ``checked_in_at``, ...) in the same map, each written
+  once; a mark counts when its key is present, whatever its value, and relays refuse updates
+  that remove one, so no write can un-cancel a reservation;
+- the **decision**: signed verdicts of the calendar's home relay, kept apart in the calendar's
+  ``verdicts`` map (:mod:`engine.authority`); the calendar summarises the genuine ones for a
+  reservation as a :class:`DecisionState`.
 
 :func:`derive_status` turns those facts into the visible FHIR-style :class:`Status`. Every
 replica holding the same facts derives the same status, whatever order the facts arrived in.
@@ -90,7 +93,8 @@ LIFECYCLE_MARKS: tuple[tuple[str, Status], ...] = (
     ("checked_in_at", Status.CHECKED_IN),
 )
 
-# Keys only the home relay may write. A relay drops terminal updates that touch them.
+# Keys of the retired decision format (decisions are signed verdicts now): nobody writes them,
+# nothing reads them, and relays refuse updates that write them.
 DECISION_KEYS = frozenset(
     {
         "decision",
@@ -110,10 +114,32 @@ DECISION_KEYS = frozenset(
 
 
 class Decision(enum.StrEnum):
-    """What the home relay wrote about the request it evaluated."""
+    """What the home relay decided (a verdict's outcome)."""
 
     BOOKED = "booked"
     REJECTED = "rejected"
+    RELEASED = "released"  # the reservation was cancelled and its slot freed
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionState:
+    """What the home has genuinely decided about one reservation (from verified verdicts).
+
+    ``current``: the outcome for the request as it stands now (None: not decided yet);
+    ``booked``: the slot the reservation holds, as ``(resource, start, end)`` strings;
+    ``released``: the home freed the reservation's slot after it was cancelled.
+    """
+
+    current: Decision | None = None
+    booked: tuple[str, str, str] | None = None
+    released: bool = False
+    reason: str = ""
+    conflict_with: str = ""
+    decided_by: str = ""
+    seq: int = 0  # the latest verdict's sequence number (0: none)
+
+
+UNDECIDED = DecisionState()
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -210,52 +236,40 @@ class Reservation:
         }
 
 
-def derive_status(fields: Mapping[str, Any], *, has_home: bool) -> Status:
+def derive_status(fields: Mapping[str, Any], *, has_home: bool, decided: DecisionState = UNDECIDED) -> Status:
     """The visible status of a reservation from its stored facts.
 
-    Lifecycle marks win over decisions (a cancel racing a decision ends cancelled); without a
-    home relay a calendar is a plain CRDT calendar and every live request counts as booked.
+    Lifecycle marks win over decisions (a cancel racing a decision ends cancelled), and a mark
+    counts when its key is present. A slot the home released stays released even if the mark
+    that caused it were lost. Without a home relay a calendar is a plain CRDT calendar and every
+    live request counts as booked.
     """
     for key, status in LIFECYCLE_MARKS:
-        if fields.get(key):
+        if key in fields:
             return status
-    if not has_home or fields.get("booked_start"):
+    if decided.released:
+        return Status.CANCELLED
+    if not has_home or decided.booked is not None:
         return Status.BOOKED
-    if fields.get("decision") == Decision.REJECTED and is_decided(fields):
+    if decided.current is Decision.REJECTED:
         return Status.REJECTED
     return Status.PENDING
 
 
-def is_decided(fields: Mapping[str, Any]) -> bool:
-    """True if the home's last decision was about the request as it stands now.
-
-    ``requested_at`` (stamped by every booking and reschedule) tells a fresh request for the
-    very slot that was rejected before (say, after the winner cancelled) from the old one.
-    """
-    return (
-        fields.get("decided_start") == fields.get("start")
-        and fields.get("decided_end") == fields.get("end")
-        and fields.get("decided_resource") == fields.get("resource")
-        and fields.get("decided_request", "") == fields.get("requested_at", "")
-    )
-
-
-def reservation_from_fields(calendar: CalendarId, fields: Mapping[str, Any], *, has_home: bool) -> Reservation:
-    """Build the frozen view of one stored reservation map (as a plain dict)."""
-    status = derive_status(fields, has_home=has_home)
+def reservation_from_fields(calendar: CalendarId, fields: Mapping[str, Any], *, has_home: bool,
+                            decided: DecisionState = UNDECIDED) -> Reservation:
+    """Build the frozen view of one stored reservation map (as a plain dict) and its decisions."""
+    status = derive_status(fields, has_home=has_home, decided=decided)
     booked = None
-    if fields.get("booked_start") and fields.get("booked_end"):  # a half-written slot is no slot
-        booked = Slot(
-            str(fields.get("booked_resource", "")),
-            parse_time(fields["booked_start"]),
-            parse_time(fields["booked_end"]),
-        )
+    if decided.booked is not None and has_home:
+        resource, start, end = decided.booked
+        booked = Slot(resource, parse_time(start), parse_time(end))
     proposal = None
     if has_home and booked is not None and status is Status.BOOKED:
         requested = Slot(str(fields.get("resource", "")), parse_time(fields["start"]), parse_time(fields["end"]))
         if requested != booked:
-            proposal = "rejected" if is_decided(fields) else "pending"
-    reason = str(fields.get("reason", ""))
+            proposal = "rejected" if decided.current is Decision.REJECTED else "pending"
+    reason = decided.reason
     if status is Status.CANCELLED or status is Status.ENTERED_IN_ERROR:
         reason = str(fields.get("cancel_reason", "")) or reason
     return Reservation(
@@ -269,14 +283,14 @@ def reservation_from_fields(calendar: CalendarId, fields: Mapping[str, Any], *, 
         note=str(fields.get("note", "")),
         status=status,
         reason=reason if status in (Status.REJECTED, Status.CANCELLED, Status.ENTERED_IN_ERROR) or proposal else "",
-        conflict_with=str(fields.get("conflict_with", "")) if status is Status.REJECTED or proposal else "",
+        conflict_with=decided.conflict_with if status is Status.REJECTED or proposal else "",
         booked=booked,
         proposal=proposal,
         created_by=str(fields.get("created_by", "")),
         created_at=parse_time(fields.get("created_at", "1970-01-01T00:00:00Z")),
         updated_by=str(fields.get("updated_by", "")),
         updated_at=parse_time(fields.get("updated_at", "1970-01-01T00:00:00Z")),
-        decided_by=str(fields.get("decided_by", "")),
+        decided_by=decided.decided_by,
     )
 
 

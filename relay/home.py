@@ -1,10 +1,15 @@
 """The home's decisions: for the calendars this relay is home to, book or reject pending requests.
 
 A :class:`~accord.engine.decisions.Decider` is made for each home calendar when it loads (it
-decides every pending request then, oldest first) and after each stored batch decides the
-requests that just became durable here, in arrival order: terminal clocks drift, arrival order
-at the home does not. Decisions are the relay's own writes: they go through the commit pipeline
-like any update, so they are stored before anyone sees them.
+takes the calendar with a signed home record if nobody has, then decides every pending request,
+oldest first) and after each stored batch decides the requests that just became durable here,
+in arrival order: terminal clocks drift, arrival order at the home does not. Decisions are
+verdicts signed with this relay's key (kept in its store; see :func:`load_relay_key`) and are
+the relay's own writes: they go through the commit pipeline like any update.
+
+``--home`` is a request, not a claim: a calendar whose records name another home is not
+decided here. The relay logs why once, counts it in /metrics and lists it in /healthz; if the
+records later name this relay (a handover), it starts deciding.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider, DecisionMade
+from accord.engine.errors import NotHome
 from accord.engine.model import CalendarId
+from accord.engine.storage import Storage
 
 from .calendars import CalendarHandle, matches
 from .metrics import Metrics
@@ -29,24 +37,43 @@ class Home:
     calendar set's and the pipeline's hooks.
     """
 
-    def __init__(self, relay_id: str, globs: list[str], pipeline: CommitPipeline, metrics: Metrics, *,
+    def __init__(self, relay_id: str, key: RelayKey, globs: list[str], pipeline: CommitPipeline, metrics: Metrics, *,
                  hold_ttl_s: float | None = None) -> None:
         self.relay_id = relay_id
+        self.key = key
         self.globs = globs
         self.pipeline = pipeline
         self.metrics = metrics
         self.hold_ttl = timedelta(seconds=hold_ttl_s) if hold_ttl_s else None
         self._deciders: dict[CalendarId, Decider] = {}
+        self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
 
     def is_home_of(self, calendar: str) -> bool:
         """True if this relay decides bookings of ``calendar``."""
         return matches(calendar, self.globs)
 
     async def calendar_loaded(self, handle: CalendarHandle) -> None:
-        if not self.is_home_of(handle.name):
+        if self.is_home_of(handle.name):
+            self._take(handle)
+
+    def _take(self, handle: CalendarHandle) -> None:
+        try:
+            decider = Decider(handle.replica.calendar, self.relay_id, self.key, self.hold_ttl)
+        except NotHome as exc:
+            self._refuse(handle, exc)
             return
-        decider = self._deciders[handle.name] = Decider(handle.replica.calendar, self.relay_id, self.hold_ttl)
+        self.not_home.pop(handle.name, None)
+        self._deciders[handle.name] = decider
+        log.info("deciding as home", extra={"calendar": handle.name, "epoch": decider.epoch})
         self._record(handle, decider.decide_all_pending(datetime.now(UTC)))
+
+    def _refuse(self, handle: CalendarHandle, exc: NotHome) -> None:
+        if handle.name not in self.not_home:
+            log.warning("not deciding: another relay is this calendar's home",
+                        extra={"calendar": handle.name, "home": exc.home, "epoch": exc.epoch, "reason": str(exc)})
+            self.metrics.home_conflicts[handle.name] = 1
+        self.not_home[handle.name] = exc
+        self.pipeline.submit_local(handle)  # nothing decided, but keep the store in step with the document
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
         decider = self._deciders.pop(handle.name, None)
@@ -54,12 +81,25 @@ class Home:
             decider.close()
 
     def batch_stored(self, handles: list[CalendarHandle]) -> None:
-        """Decide the requests that just became durable here."""
+        """Decide the requests that just became durable here (and notice a change of home)."""
         now = datetime.now(UTC)
         for handle in handles:
             decider = self._deciders.get(handle.name)
-            if decider is not None:
-                self._record(handle, decider.decide_queued(now))
+            if decider is None:
+                if handle.name in self.not_home and handle.replica.calendar.home == self.relay_id:
+                    self._take(handle)  # handed over to this relay
+                continue
+            if not decider.still_home():
+                decider.close()
+                del self._deciders[handle.name]
+                home = handle.replica.calendar.home_record
+                self._refuse(handle, NotHome(handle.name, home.relay_id if home else "?", home.epoch if home else 0))
+                continue
+            self._record(handle, decider.decide_queued(now))
+
+    def warnings(self) -> list[str]:
+        """One line per --home calendar this relay does not decide (for /healthz)."""
+        return [f"not home of {name}: {exc}" for name, exc in sorted(self.not_home.items())]
 
     def _record(self, handle: CalendarHandle, made: list[DecisionMade]) -> None:
         for decision in made:
@@ -68,3 +108,14 @@ class Home:
                                                "outcome": str(decision.outcome), "reason": decision.reason or "-",
                                                "conflict_with": decision.conflict_with or "-"})
         self.pipeline.submit_local(handle)  # decisions (and the home marker) are stored, then forwarded
+
+
+async def load_relay_key(storage: Storage) -> RelayKey:
+    """This relay's signing key, made and stored on first start (a relay keeps its key with its
+    data: a restored store restores the key; a new store is a new relay identity)."""
+    stored = await storage.get_meta("relay_key")
+    if stored:
+        return RelayKey.from_bytes(bytes.fromhex(stored))
+    key = RelayKey.generate()
+    await storage.set_meta("relay_key", key.to_bytes().hex())
+    return key

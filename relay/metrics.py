@@ -39,6 +39,7 @@ class Metrics:
     refused: Counter[str] = field(default_factory=Counter)
     commit_seconds: Histogram = field(default_factory=Histogram)
     decisions: Counter[str] = field(default_factory=Counter)
+    home_conflicts: Counter[str] = field(default_factory=Counter)  # calendar -> 1 while another relay is its home
 
     def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str]) -> str:
         """The Prometheus text exposition."""
@@ -70,6 +71,9 @@ class Metrics:
         lines += ["# HELP accord_decisions_total Booking decisions written as home relay, by outcome.",
                   "# TYPE accord_decisions_total counter"]
         lines += [f'accord_decisions_total{{outcome="{k}"}} {v}' for k, v in sorted(self.decisions.items())]
+        lines += ["# HELP accord_home_conflicts Calendars this relay was told to decide (--home) that another relay decides.",
+                  "# TYPE accord_home_conflicts gauge"]
+        lines += [f'accord_home_conflicts{{calendar="{k}"}} {v}' for k, v in sorted(self.home_conflicts.items())]
         lines += ["# HELP accord_peer_link_up Outbound peer links (1 up, 0 down).", "# TYPE accord_peer_link_up gauge"]
         lines += [f'accord_peer_link_up{{peer="{url}"}} {1 if state == "up" else 0}' for url, state in sorted(peer_links.items())]
         hist = self.commit_seconds

@@ -32,18 +32,21 @@ class Routes:
         metrics: counters (refused connections are counted here).
         known_calendars: every calendar the relay holds (for the board's index).
         store_healthy: answers /healthz.
+        warnings: lines /healthz adds (e.g. a --home calendar another relay decides).
         render_metrics: the Prometheus text for /metrics.
         open_connections: how many websocket connections are open now.
         max_connections: more are refused with 503.
     """
 
     def __init__(self, *, tokens: TokenBook, metrics: Metrics, known_calendars: Callable[[], Awaitable[list[CalendarId]]],
-                 store_healthy: Callable[[], Awaitable[bool]], render_metrics: Callable[[], str],
+                 store_healthy: Callable[[], Awaitable[bool]], warnings: Callable[[], list[str]],
+                 render_metrics: Callable[[], str],
                  open_connections: Callable[[], int], max_connections: int) -> None:
         self.tokens = tokens
         self.metrics = metrics
         self.known_calendars = known_calendars
         self.store_healthy = store_healthy
+        self.warnings = warnings
         self.render_metrics = render_metrics
         self.open_connections = open_connections
         self.max_connections = max_connections
@@ -52,8 +55,9 @@ class Routes:
         path = urllib.parse.urlsplit(request.path).path
         if path == "/healthz":
             healthy = await self.store_healthy()
+            notes = "".join(f"warning: {line}\n" for line in self.warnings())
             return respond(connection, http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
-                           "ok\n" if healthy else "store unavailable\n")
+                           ("ok\n" if healthy else "store unavailable\n") + notes)
         if path == "/metrics":
             response = respond(connection, http.HTTPStatus.OK, self.render_metrics())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

@@ -42,7 +42,7 @@ from .auth import Grant, TokenBook
 from .calendars import CalendarSet
 from .config import MEMORY_DB, RelayConfig
 from .connection import Connection
-from .home import Home
+from .home import Home, load_relay_key
 from .hub import Hub
 from .metrics import Metrics
 from .notice import Notice
@@ -124,14 +124,15 @@ class Relay:
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages)
-        home = Home(config.relay_id, config.home_globs, pipeline, self.metrics, hold_ttl_s=config.hold_ttl_s)
+        home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
+                    hold_ttl_s=config.hold_ttl_s)
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks.append(home.batch_stored)
         pipeline.start()
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
-                        store_healthy=pipeline.healthy, render_metrics=self.render_metrics,
+                        store_healthy=pipeline.healthy, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections)
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s)

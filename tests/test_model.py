@@ -7,7 +7,9 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from homes import decide, take_home
 
+from accord.engine.authority import RelayKey
 from accord.engine.calendar import Calendar
 from accord.engine.errors import (
     InvalidCalendarName,
@@ -16,7 +18,7 @@ from accord.engine.errors import (
     ReservationNotFound,
     ValidationError,
 )
-from accord.engine.model import Slot, Status, derive_status, new_reservation_id
+from accord.engine.model import UNDECIDED, Decision, DecisionState, Slot, Status, derive_status, new_reservation_id
 from accord.engine.replica import Replica
 
 START = "2026-12-01T09:00:00Z"
@@ -232,7 +234,7 @@ def test_closed_reservations_refuse_further_moves(calendar: Calendar, now: datet
 
 
 def test_pending_reservation_cannot_be_checked_in(calendar: Calendar, now: datetime) -> None:
-    calendar.set_home("relay-a")
+    take_home(calendar)
     made = book(calendar, now)
     with pytest.raises(InvalidTransition, match="wait for the decision"):
         calendar.check_in(made.id, now=now)
@@ -291,38 +293,64 @@ def test_without_home_new_bookings_are_booked(calendar: Calendar, now: datetime)
 
 
 def test_with_home_new_bookings_are_pending(calendar: Calendar, now: datetime) -> None:
-    calendar.set_home("relay-a")
+    take_home(calendar)
     made = book(calendar, now)
     assert made.status is Status.PENDING
     assert made.booked is None
 
 
-def test_home_decision_fields_make_a_pending_request_booked_or_rejected(calendar: Calendar, now: datetime) -> None:
-    calendar.set_home("relay-a")
+def test_home_verdicts_make_a_pending_request_booked_or_rejected(calendar: Calendar, now: datetime) -> None:
+    take_home(calendar)
     accepted = book(calendar, now)
     refused = book(calendar, now)
-    decided = {"decided_start": "2026-12-01T09:00:00Z", "decided_end": "2026-12-01T09:30:00Z", "decided_resource": "room-1",
-               "decided_request": calendar.reservations[accepted.id]["requested_at"]}
-    with calendar.doc.transaction():
-        entry = calendar.reservations[accepted.id]
-        for key, value in {**decided, "decision": "booked", "booked_start": decided["decided_start"],
-                           "booked_end": decided["decided_end"], "booked_resource": "room-1"}.items():
-            entry[key] = value
-        entry = calendar.reservations[refused.id]
-        for key, value in {**decided, "decision": "rejected", "reason": "conflict", "conflict_with": accepted.id}.items():
-            entry[key] = value
+    decide(calendar, accepted.id, Decision.BOOKED)
+    decide(calendar, refused.id, Decision.REJECTED, reason="conflict", conflict_with=accepted.id)
     got = calendar.get(accepted.id)
     assert got.status is Status.BOOKED
     assert got.booked == got.requested
+    assert got.decided_by == "relay-a"
     rejected = calendar.get(refused.id)
     assert rejected.status is Status.REJECTED
     assert (rejected.reason, rejected.conflict_with) == ("conflict", accepted.id)
 
 
-def test_a_rejection_of_an_older_request_leaves_the_new_one_pending() -> None:
-    fields = {"start": "2026-12-01T10:00:00Z", "end": "2026-12-01T11:00:00Z", "resource": "room-1", "decision": "rejected",
-              "decided_start": "2026-12-01T09:00:00Z", "decided_end": "2026-12-01T09:30:00Z", "decided_resource": "room-1"}
-    assert derive_status(fields, has_home=True) is Status.PENDING
+def test_a_verdict_not_signed_by_the_home_or_copied_from_another_reservation_is_not_a_decision(
+        calendar: Calendar, now: datetime) -> None:
+    take_home(calendar)
+    victim, other = book(calendar, now), book(calendar, now)
+    decide(calendar, victim.id, Decision.BOOKED, key=RelayKey.generate())  # an impostor's key
+    assert calendar.get(victim.id).status is Status.PENDING
+    genuine = decide(calendar, other.id, Decision.BOOKED)
+    with calendar.doc.transaction():  # the genuine verdict of `other`, copied under `victim`
+        calendar.verdicts[genuine.replace(other.id, victim.id, 1)] = calendar.verdicts[genuine]
+    assert calendar.get(victim.id).status is Status.PENDING
+    assert calendar.get(other.id).status is Status.BOOKED
+
+
+def test_a_released_booking_stays_cancelled_even_if_its_mark_is_lost(calendar: Calendar, now: datetime) -> None:
+    take_home(calendar)
+    made = book(calendar, now)
+    decide(calendar, made.id, Decision.BOOKED)
+    calendar.cancel(made.id, now=now)
+    decide(calendar, made.id, Decision.RELEASED)
+    del calendar.reservations[made.id]["cancelled_at"]  # what a hostile writer would try
+    assert calendar.get(made.id).status is Status.CANCELLED
+    assert calendar.get(made.id).booked is None
+
+
+def test_a_mark_counts_when_present_whatever_its_value(calendar: Calendar, now: datetime) -> None:
+    made = book(calendar, now)
+    calendar.cancel(made.id, now=now)
+    calendar.reservations[made.id]["cancelled_at"] = ""  # an overwrite cannot un-cancel
+    assert calendar.get(made.id).status is Status.CANCELLED
+
+
+def test_a_rejection_of_an_older_request_leaves_the_new_one_pending(calendar: Calendar, now: datetime) -> None:
+    take_home(calendar)
+    made = book(calendar, now)
+    decide(calendar, made.id, Decision.REJECTED, reason="conflict")
+    moved = calendar.reschedule(made.id, start="2026-12-01T10:00:00Z", end="2026-12-01T11:00:00Z", now=now)
+    assert moved.status is Status.PENDING
 
 
 @pytest.mark.parametrize(
@@ -336,13 +364,14 @@ def test_a_rejection_of_an_older_request_leaves_the_new_one_pending() -> None:
     ],
 )
 @pytest.mark.parametrize(
-    "decision", [{}, {"decision": "booked", "booked_start": "2026-12-01T09:00:00Z"}, {"decision": "rejected"}]
+    "decided", [UNDECIDED, DecisionState(Decision.BOOKED, ("room-1", START, END), seq=1),
+                DecisionState(Decision.REJECTED, seq=1)],
 )
 @pytest.mark.parametrize("has_home", [True, False])
-def test_lifecycle_marks_win_over_decisions(mark: str, expected: Status, decision: dict[str, str], has_home: bool) -> None:
-    fields = {"start": "2026-12-01T09:00:00Z", "end": "2026-12-01T09:30:00Z", "resource": "room-1", **decision,
+def test_lifecycle_marks_win_over_decisions(mark: str, expected: Status, decided: DecisionState, has_home: bool) -> None:
+    fields = {"start": "2026-12-01T09:00:00Z", "end": "2026-12-01T09:30:00Z", "resource": "room-1",
               mark: "2026-11-30T08:00:00Z"}
-    assert derive_status(fields, has_home=has_home) is expected
+    assert derive_status(fields, has_home=has_home, decided=decided) is expected
 
 
 def test_cancel_beats_a_later_check_in_mark_in_precedence() -> None:
@@ -352,15 +381,10 @@ def test_cancel_beats_a_later_check_in_mark_in_precedence() -> None:
 
 
 def test_a_cancelled_reservation_stays_cancelled_after_a_concurrent_booking_decision(calendar: Calendar, now: datetime) -> None:
-    calendar.set_home("relay-a")
+    take_home(calendar)
     made = book(calendar, now)
     calendar.cancel(made.id, now=now)
-    with calendar.doc.transaction():
-        entry = calendar.reservations[made.id]
-        entry["decision"] = "booked"
-        entry["booked_start"] = START
-        entry["booked_end"] = END
-        entry["booked_resource"] = "room-1"
+    decide(calendar, made.id, Decision.BOOKED)  # decided before the cancel reached the home
     assert calendar.get(made.id).status is Status.CANCELLED
 
 
@@ -379,6 +403,6 @@ def test_a_half_written_booked_slot_reads_as_no_slot_instead_of_crashing() -> No
     replica = Replica("clinic-1", actor="desk")
     rid = replica.calendar.book(resource="room-1", start="2026-12-01T08:00:00Z", end="2026-12-01T08:30:00Z",
                                 patient="p", now=datetime(2026, 11, 30, 8, tzinfo=UTC)).id
-    replica.calendar.reservations[rid]["booked_start"] = "2026-12-01T07:00:00Z"  # a forged, partial decision
+    replica.calendar.reservations[rid]["booked_start"] = "2026-12-01T07:00:00Z"  # a retired decision key: ignored
     assert replica.calendar.get(rid).booked is None
     assert replica.calendar.cancel(rid, now=datetime(2026, 11, 30, 9, tzinfo=UTC)).id == rid

@@ -176,17 +176,16 @@ def test_backoff_grows_and_is_capped() -> None:
 
 
 def test_status_text_names_what_a_rejection_conflicts_with() -> None:
+    from homes import decide, take_home
+
     from accord.engine.calendar import Calendar
+    from accord.engine.model import Decision
     from accord.terminal.format import short_id, status_text
 
     calendar = Calendar("clinic-1", actor="desk")
-    calendar.set_home("home")
+    take_home(calendar, "home")
     now = datetime(2026, 11, 30, tzinfo=UTC)
     loser = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="p", now=now)
     winner_id = "01a2157b-8e78-70f7-a5ec-62335bf90d85"
-    entry = calendar.reservations[loser.id]
-    for key, value in {"decision": "rejected", "decided_start": entry["start"], "decided_end": entry["end"],
-                       "decided_resource": "room-1", "decided_request": entry["requested_at"], "reason": "conflict",
-                       "conflict_with": winner_id}.items():
-        entry[key] = value
+    decide(calendar, loser.id, Decision.REJECTED, reason="conflict", conflict_with=winner_id, relay_id="home")
     assert status_text(calendar.get(loser.id)) == f"rejected by {short_id(winner_id)}"

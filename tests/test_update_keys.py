@@ -10,11 +10,44 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, get_state, merge_updates
 
-from accord.engine.decisions import Decider
+from accord.engine.calendar import Calendar
 from accord.engine.errors import MalformedMessage
 from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.update_keys import UNKNOWN_KEY, KeyIndex, ProtectedWrite, _scan_update
+
+
+class LegacyDecider:
+    """Writes decisions the way homes did before signed verdicts: the (now retired) decision keys
+    in each reservation's map and ``meta.home``. The key index still guards exactly those keys."""
+
+    def __init__(self, calendar: Calendar, relay_id: str) -> None:
+        self.calendar = calendar
+        self.relay_id = relay_id
+        with calendar.doc.transaction(origin=("decider", relay_id)):
+            calendar.meta["home"] = relay_id
+
+    def decide_queued(self, now: datetime) -> None:
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        taken: set[tuple[str, str]] = set()
+        with self.calendar.doc.transaction(origin=("decider", self.relay_id)):
+            for rid, fields in sorted(self.calendar.all_fields().items(), key=lambda item: item[1].get("created_at", "")):
+                slot = (str(fields.get("resource")), str(fields.get("start")))
+                if "cancelled_at" in fields or fields.get("decided_start") == fields.get("start"):
+                    taken.update([slot] if fields.get("decision") == "booked" else [])
+                    continue
+                entry = self.calendar.reservations[rid]
+                booked = slot not in taken
+                changes = {"decision": "booked" if booked else "rejected", "decided_resource": slot[0],
+                           "decided_start": fields.get("start"), "decided_end": fields.get("end"),
+                           "decided_by": self.relay_id, "decided_at": stamp, "reason": "" if booked else "conflict",
+                           "conflict_with": ""}
+                if booked:
+                    changes.update(booked_resource=slot[0], booked_start=fields.get("start"), booked_end=fields.get("end"))
+                    taken.add(slot)
+                for key, value in changes.items():
+                    if entry.get(key) != value:
+                        entry[key] = value
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
@@ -28,7 +61,7 @@ class Setup:
 
     def __init__(self) -> None:
         self.home = Replica("clinic-1", actor="relay-a", client_id=1)
-        self.decider = Decider(self.home.calendar, "relay-a")
+        self.decider = LegacyDecider(self.home.calendar, "relay-a")
         self.relay = Replica("clinic-1", actor="relay-b", client_id=2)
         self.index = KeyIndex()  # relay-b's index, fed with everything relay-b applies
         self.terminals = [Replica("clinic-1", actor=f"desk-{i}", client_id=10 + i) for i in range(2)]
@@ -89,7 +122,7 @@ def test_decisions_and_home_written_by_the_home_relay_are_flagged() -> None:
     (decision,) = updates_of(s.home)
     keys = {w.key for w in s.index.protected_writes(decision)}
     assert keys >= {"decision", "decided_start", "booked_start", "decided_by", "conflict_with", "reason"}
-    assert s.home.calendar.get(rid).decided_by == "relay-a"
+    assert s.home.calendar.all_fields()[rid]["decided_by"] == "relay-a"
 
 
 def test_overwriting_a_decision_from_a_second_doc_is_flagged_through_its_origin() -> None:
@@ -354,7 +387,7 @@ def test_decoded_clocks_match_the_document_state(ops: list[tuple[str, str, Any]]
 
 def test_pre_check_passes_ordinary_edits_and_catches_forged_overwrites_without_key_names() -> None:
     home = Replica("clinic-1", actor="relay-a", client_id=0x1F2E3D4C5B)
-    decider = Decider(home.calendar, "relay-a")
+    decider = LegacyDecider(home.calendar, "relay-a")
     desk = Replica("clinic-1", actor="desk", client_id=0x2A3B4C5D6E)
     rid = desk.calendar.book(resource="room-1", start="2026-12-01T09:00:00Z", end="2026-12-01T09:30:00Z",
                              patient="p", now=NOW).id
@@ -379,7 +412,7 @@ def test_pre_check_passes_ordinary_edits_and_catches_forged_overwrites_without_k
 @given(st.lists(st.sampled_from(["book", "note", "cancel", "forge", "forge-new", "reschedule"]), min_size=1, max_size=12))
 def test_pre_check_never_misses_what_the_full_check_finds(ops: list[str]) -> None:
     home = Replica("clinic-1", actor="relay-a", client_id=0x1F2E3D4C5B)
-    decider = Decider(home.calendar, "relay-a")
+    decider = LegacyDecider(home.calendar, "relay-a")
     desk = Replica("clinic-1", actor="desk", client_id=0x2A3B4C5D6E)
     index = KeyIndex.from_update(home.full_state())
     ids: list[str] = []
