@@ -5,10 +5,11 @@ do (:class:`Admitted`) or why it may not (:class:`Refusal`): the token, the role
 the endpoint (multiplexed ``/.accord/v1`` or a y-websocket ``/<calendar>``).
 
 :meth:`Admission.check_update` judges one update before it is applied. A read-only connection
-gets nothing applied (and is closed if it tried to add anything); a client may not write the
-keys only the home relay writes. The per-calendar key index that answers the second question is
-kept here and kept in step with every change the document makes (:meth:`Admission.observe`,
-a pipeline change hook); it is dropped when the calendar unloads.
+gets nothing applied (and is closed if it tried to add anything); no writer, client or peer,
+may write the retired decision keys or ``meta.home`` (decisions are signed verdicts, see
+:mod:`accord.engine.authority`: a forged one is simply not a decision). The per-calendar key
+index that answers the second question is kept here, in step with every change the document
+makes (:meth:`Admission.observe`, a pipeline change hook); it is dropped when the calendar unloads.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class Admission:
             if self._is_redundant(handle, update):
                 return IGNORED
             return Refusal(CloseCode.FORBIDDEN, "read-only token: writes are not accepted", "read_only")
-        if kind is not Kind.PEER and self._writes_protected(handle, update):
-            return Refusal(CloseCode.FORBIDDEN, "only the home relay writes decisions", "forged_decision")
+        if self._writes_protected(handle, update):  # peers too: decisions are signed verdicts now, nobody writes these
+            return Refusal(CloseCode.FORBIDDEN, "decision keys are retired; only the home's signed verdicts decide",
+                           "forged_decision")
         return None
 
     def observe(self, handle: CalendarHandle, change: Change) -> None:

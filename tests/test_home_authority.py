@@ -1,0 +1,113 @@
+"""Home authority through real relays: only the recorded home decides, whoever relays what."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import urllib.request
+from pathlib import Path
+
+from homes import decide
+from relays import Relay, relay_config
+from wire import WireClient
+
+from accord.engine.authority import RelayKey
+from accord.engine.model import Decision, Status
+
+CAL = "clinic-1"
+
+
+async def http_get(relay: Relay, path: str) -> str:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{relay.port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(fetch)
+
+
+def decided(client: WireClient, *ids: str) -> bool:
+    """True once the client knows the calendar's home and holds its decision on each of ``ids``."""
+    calendar = client.replica(CAL).calendar
+    return calendar.home is not None and all(
+        i in calendar.reservations and calendar.get(i).status is not Status.PENDING for i in ids)
+
+
+async def test_two_relays_started_as_home_for_one_calendar_agree_that_one_decides(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "r1", home_globs=["clinic-*"])) as r1, \
+            Relay(relay_config(tmp_path, "r2", home_globs=["clinic-*"], peers=[r1.url])) as r2:
+        async with WireClient(r1.url, actor="desk") as desk, WireClient(r2.url, actor="app") as app:
+            await desk.open(CAL)
+            await app.open(CAL)
+            first = await desk.book(CAL, hour=9)
+            second = await app.book(CAL, hour=9)  # the same slot, through the other "home"
+            await desk.wait_for(lambda: decided(desk, first, second), timeout=20)
+            await app.wait_for(lambda: decided(app, first, second), timeout=20)
+            for client in (desk, app):
+                calendar = client.replica(CAL).calendar
+                assert calendar.home == "r1"  # the lower relay id wins a race to take a calendar
+                outcomes = sorted(str(calendar.get(i).status) for i in (first, second))
+                assert outcomes == ["booked", "rejected"]
+                assert {calendar.get(i).decided_by for i in (first, second)} == {"r1"}
+            await r2.wait_for(lambda: 'accord_home_conflicts{calendar="clinic-1"} 1' in r2.render_metrics())
+            assert "warning: not home of clinic-1" in await http_get(r2, "/healthz")
+            assert "warning" not in await http_get(r1, "/healthz")
+
+
+async def test_a_peer_cannot_decide_and_cannot_write_decision_keys(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"])) as home, \
+            Relay(relay_config(tmp_path, "other", peers=[home.url])) as other:
+        async with WireClient(other.url, actor="app") as app, \
+                WireClient(home.url, actor="rogue", role="peer") as rogue:
+            await app.open(CAL)
+            await rogue.open(CAL)
+            await rogue.wait_synced(CAL)
+            rid = await app.book(CAL, hour=9)
+            victim = await app.book(CAL, hour=9)  # same slot: the home rejects one
+            await app.wait_for(lambda: decided(app, rid, victim), timeout=20)
+            loser = victim if app.replica(CAL).calendar.get(victim).status is Status.REJECTED else rid
+            await rogue.wait_for(lambda: decided(rogue, loser))
+            # A peer signs its own "booked" verdict for the loser: it is stored and relayed, and it is not a decision.
+            decide(rogue.replica(CAL).calendar, loser, Decision.BOOKED, relay_id="home", key=RelayKey.generate())
+            await rogue.push(CAL)
+            marker = await app.book(CAL, resource="room-9")  # sent after the forgery reached the home
+            await app.wait_for(lambda: decided(app, marker), timeout=20)
+            for calendar in (app.replica(CAL).calendar, await home.calendar(CAL), await other.calendar(CAL)):
+                assert calendar.get(loser).status is Status.REJECTED
+            # The retired decision keys close even a peer's connection.
+            rogue.replica(CAL).calendar.reservations[loser]["booked_start"] = "2026-12-01T09:00:00Z"
+            await rogue.push(CAL)
+            await rogue.wait_for(lambda: rogue.closed.is_set())
+            assert rogue.close_code == 4403
+
+
+async def test_a_home_restored_from_an_older_copy_takes_back_what_terminals_hold(tmp_path: Path) -> None:
+    config = relay_config(tmp_path, "home", home_globs=["clinic-*"])
+    async with Relay(config) as home:
+        async with WireClient(home.url, actor="desk") as desk:
+            await desk.open(CAL)
+            early = await desk.book(CAL, hour=8)
+            await desk.wait_for(lambda: decided(desk, early))
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(config.db_path, backup)  # a consistent copy of the stopped relay's store
+    async with Relay(config) as home:
+        async with WireClient(home.url, actor="desk") as desk:
+            await desk.open(CAL)
+            await desk.wait_synced(CAL)
+            late = await desk.book(CAL, hour=10)
+            await desk.wait_for(lambda: decided(desk, late))
+            held = desk.replica(CAL)
+            verdicts_held = dict(held.calendar.verdicts.items())
+    for suffix in ("", "-wal", "-shm"):  # the disk is lost; the operator restores the backup
+        Path(f"{config.db_path}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, config.db_path)
+    async with Relay(config) as home:
+        async with WireClient(home.url, actor="desk") as desk:
+            desk.replicas[CAL] = held  # the terminal kept its data
+            await desk.open(CAL)
+            await desk.wait_synced(CAL)
+            await home.wait_committed(CAL, held.state_vector())  # everything it held is back on the relay
+            assert not desk.closed.is_set()  # re-pushing the home's own verdicts is not a forgery
+            calendar = await home.calendar(CAL)
+            assert set(verdicts_held) <= set(calendar.verdicts.keys())
+            assert calendar.get(late).status is Status.BOOKED
+            assert calendar.get(early).status is Status.BOOKED
