@@ -122,6 +122,10 @@ class Decider:
         relay_id: this relay's id; named in its home record and in each verdict.
         key: this relay's signing key; every verdict is signed with it.
         hold_ttl: if set, requests never booked expire after this long (reason ``expired``).
+        sink: where verdicts are written: the calendar's own ``verdicts`` map by default; a relay
+            passes the ``verdicts`` map of a separate document, stores what it captures there and
+            only then applies it to the calendar, so that no decision is seen before it is durable
+            (apply it with origin :attr:`origin`).
 
     Creating a Decider takes the calendar (writes the epoch-1 home record) if it has no home
     yet, loads the index and starts queuing changes. Then, after applying updates, the relay
@@ -132,7 +136,8 @@ class Decider:
         NotHome: the calendar's recorded home is another relay (or another key).
     """
 
-    def __init__(self, calendar: Calendar, relay_id: str, key: RelayKey, hold_ttl: timedelta | None = None) -> None:
+    def __init__(self, calendar: Calendar, relay_id: str, key: RelayKey, hold_ttl: timedelta | None = None,
+                 *, sink: Map[Any] | None = None) -> None:
         self.calendar = calendar
         self.relay_id = check_text("actor", relay_id, required=True)
         self.key = key
@@ -141,9 +146,11 @@ class Decider:
         self._slots: dict[str, _ResourceSlots] = {}
         self._occupied: dict[str, _SlotKey] = {}  # reservation id -> the slot it holds in the index
         self._queue: list[list[str]] = []  # batches of changed reservation ids, in arrival order
-        # Decisions made in the current call, by reservation: (request digest, state). The verdict
-        # index catches up when the transaction commits; until then a later batch reads these.
-        self._fresh: dict[str, tuple[str, DecisionState]] = {}
+        # Decisions not yet in the calendar's verdicts, by reservation: (request digest, state, entry
+        # key). The calendar catches up when the verdict is applied there (at once, or after the
+        # relay stored it when verdicts go to a separate sink); until then decisions read these.
+        self._fresh: dict[str, tuple[str, DecisionState, str]] = {}
+        self.sink = sink if sink is not None else calendar.verdicts
         if calendar.home_record is None:
             calendar.add_home_record(*first_home(calendar.name, self.relay_id, key))
         self.epoch = self._check_home()
@@ -191,7 +198,6 @@ class Decider:
         reservations = self.calendar.reservations
         made: list[DecisionMade] = []
         stamp = format_time(parse_time(now))
-        self._fresh.clear()
         with self._writing():
             for batch in batches:
                 found: list[tuple[str, dict[str, Any], DecisionState]] = []
@@ -233,7 +239,7 @@ class Decider:
         self._occupied.clear()
         states = {}
         for rid, fields in everything.items():
-            decided = states[rid] = self.calendar.decision_state(rid, fields)
+            decided = states[rid] = self._state(rid, fields)
             self._sync_slot(rid, fields, decided)
         return states
 
@@ -255,7 +261,7 @@ class Decider:
         fresh = self._fresh.get(rid)
         if fresh is None:
             return self.calendar.decision_state(rid, dict(fields))
-        digest, state = fresh
+        digest, state, _key = fresh
         if digest == request_digest(rid, fields):
             return state
         return DecisionState(None, state.booked, state.released, seq=state.seq)  # re-requested since
@@ -263,16 +269,22 @@ class Decider:
     def _on_verdicts(self, event: Any) -> None:
         """A verdict written elsewhere (e.g. one of ours re-pushed after a restore) may change
         what a reservation occupies: look at it again."""
-        if event.transaction.origin != self.origin:
-            rids = sorted({str(key).split("/", 1)[0] for key in event.keys})
-            if rids:
-                self._queue.append(rids)
+        if event.transaction.origin == self.origin:  # our own verdicts arriving: the calendar has them now
+            for key in event.keys:
+                rid = str(key).split("/", 1)[0]
+                fresh = self._fresh.get(rid)
+                if fresh is not None and fresh[2] == key:
+                    del self._fresh[rid]
+            return
+        rids = sorted({str(key).split("/", 1)[0] for key in event.keys})
+        if rids:
+            self._queue.append(rids)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """One transaction for a decide call (verdicts go to the ``verdicts`` map, so the deep
         observer on reservations does not see them)."""
-        with self.calendar.doc.transaction(origin=self.origin):
+        with self.sink.doc.transaction(origin=self.origin):
             yield
 
     def _decide_each(
@@ -351,10 +363,11 @@ class Decider:
                           str(decision.reason), decision.conflict_with, self.relay_id, self.epoch, stamp,
                           decided.seq + 1)
         encoded = verdict.sign(self.key)
-        self.calendar.verdicts[verdict.entry_key(encoded)] = encoded
+        entry_key = verdict.entry_key(encoded)
+        self.sink[entry_key] = encoded
         self._fresh[rid] = (verdict.request, DecisionState(
             Decision(decision.outcome), booked, decision.outcome is Decision.RELEASED, str(decision.reason),
-            decision.conflict_with, self.relay_id, verdict.seq))
+            decision.conflict_with, self.relay_id, verdict.seq), entry_key)
 
     def _sync_slot(self, rid: str, fields: Mapping[str, Any] | None, decided: DecisionState) -> None:
         """Make the index hold exactly the slot this reservation occupies now (if any)."""

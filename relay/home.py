@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pycrdt import Doc, Map
 
 from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider, DecisionMade
@@ -46,6 +49,9 @@ class Home:
         self.metrics = metrics
         self.hold_ttl = timedelta(seconds=hold_ttl_s) if hold_ttl_s else None
         self._deciders: dict[CalendarId, Decider] = {}
+        # Each decider writes its verdicts into a document of its own; what is captured there is
+        # stored before the calendar (and so any reader) gets it: no decision leaks uncommitted.
+        self._withheld: dict[CalendarId, tuple[Doc[Any], list[bytes]]] = {}
         self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
 
     def is_home_of(self, calendar: str) -> bool:
@@ -57,11 +63,16 @@ class Home:
             self._take(handle)
 
     def _take(self, handle: CalendarHandle) -> None:
+        sink: Doc[Any] = Doc()  # a fresh Yjs client per take: its clocks start where nobody has been
+        captured: list[bytes] = []
+        sink.observe(lambda event: captured.append(event.update))
         try:
-            decider = Decider(handle.replica.calendar, self.relay_id, self.key, self.hold_ttl)
+            decider = Decider(handle.replica.calendar, self.relay_id, self.key, self.hold_ttl,
+                              sink=sink.get("verdicts", type=Map))
         except NotHome as exc:
             self._refuse(handle, exc)
             return
+        self._withheld[handle.name] = (sink, captured)
         self.not_home.pop(handle.name, None)
         self._deciders[handle.name] = decider
         log.info("deciding as home", extra={"calendar": handle.name, "epoch": decider.epoch})
@@ -79,6 +90,7 @@ class Home:
         decider = self._deciders.pop(handle.name, None)
         if decider is not None:
             decider.close()
+        self._withheld.pop(handle.name, None)
 
     def batch_stored(self, handles: list[CalendarHandle]) -> None:
         """Decide the requests that just became durable here (and notice a change of home)."""
@@ -92,6 +104,7 @@ class Home:
             if not decider.still_home():
                 decider.close()
                 del self._deciders[handle.name]
+                self._withheld.pop(handle.name, None)
                 home = handle.replica.calendar.home_record
                 self._refuse(handle, NotHome(handle.name, home.relay_id if home else "?", home.epoch if home else 0))
                 continue
@@ -107,7 +120,13 @@ class Home:
             log.info("booking decided", extra={"calendar": handle.name, "reservation": decision.reservation_id,
                                                "outcome": str(decision.outcome), "reason": decision.reason or "-",
                                                "conflict_with": decision.conflict_with or "-"})
-        self.pipeline.submit_local(handle)  # decisions (and the home marker) are stored, then forwarded
+        self.pipeline.submit_local(handle)  # the home record, written to the calendar itself
+        withheld = self._withheld.get(handle.name)
+        decider = self._deciders.get(handle.name)
+        if withheld is not None and decider is not None:
+            updates, withheld[1][:] = list(withheld[1]), []
+            for update in updates:  # the verdicts: stored, then applied and forwarded
+                self.pipeline.submit_withheld(handle, update, decider.origin)
 
 
 async def load_relay_key(storage: Storage) -> RelayKey:

@@ -44,6 +44,7 @@ class _Item:
     change: Change | None
     origin: Connection | None
     state_vector: bytes
+    withheld: tuple[bytes, object] | None = None  # (update, origin): applied to the replica only once stored
 
 
 class CommitPipeline:
@@ -90,6 +91,12 @@ class CommitPipeline:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
         for change in handle.replica.take_changes():
             self._enqueue(_Item(handle, change, None, change.state_vector))
+
+    def submit_withheld(self, handle: CalendarHandle, update: bytes, origin: object) -> None:
+        """Queue an update the replica does not hold yet (the home's decisions): it is stored,
+        then applied to the replica (tagged ``origin``) and forwarded, so nobody sees it before
+        it is durable: not a subscriber's STEP2, not a peer."""
+        self._enqueue(_Item(handle, None, None, b"", (update, origin)))
 
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
@@ -155,7 +162,8 @@ class CommitPipeline:
             self.notice.notify()
 
     async def _commit(self, batch: list[_Item]) -> None:
-        rows = [(item.handle.name, item.change.update) for item in batch if item.change is not None]
+        rows = [(item.handle.name, item.change.update if item.change is not None else item.withheld[0])  # type: ignore[index]
+                for item in batch if item.change is not None or item.withheld is not None]
         seqs: list[int] = []
         if rows:
             started = time.perf_counter()
@@ -167,6 +175,13 @@ class CommitPipeline:
         for item in batch:
             handle = item.handle
             touched[handle.name] = handle
+            if item.withheld is not None:
+                item.change = self._apply_withheld(handle, *item.withheld)
+                if item.change is None:  # nothing new after all: its row is stored, nothing to forward
+                    handle.last_seq = seqs[index]
+                    handle.rows_in_log += 1
+                    index += 1
+                    continue
             if item.change is not None:
                 handle.rows_in_log += 1
                 handle.last_seq = seqs[index]
@@ -183,6 +198,13 @@ class CommitPipeline:
         for handle in handles:
             if self.compaction.should_compact(handle.rows_in_log):
                 await self._compact(handle)
+
+    def _apply_withheld(self, handle: CalendarHandle, update: bytes, origin: object) -> Change | None:
+        change = handle.replica.apply(update, origin=origin)
+        if change is not None:
+            for hook in self.change_hooks:
+                hook(handle, change)
+        return change
 
     def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None) -> None:
         """Send ``update`` to every subscriber but its origin, framed once per framing."""

@@ -71,8 +71,9 @@ class _Running:
 class Relay:
     """One relay process's server. See the module docstring."""
 
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, *, storage: Storage | None = None) -> None:
         self.config = config
+        self._storage = storage  # given: used instead of opening config.db_path (tests, other stores)
         self.metrics = Metrics()
         self.tokens = TokenBook.load(config.tokens_path)
         if self.tokens.is_open and config.host not in LOOPBACK and not config.insecure_open:
@@ -119,7 +120,13 @@ class Relay:
     async def start(self) -> None:
         """Open the store, wire the parts, listen, start peer links."""
         config = self.config
-        storage: Storage = MemoryStorage() if str(config.db_path) == MEMORY_DB else await SqliteStorage.open(Path(config.db_path))
+        storage: Storage
+        if self._storage is not None:
+            storage = self._storage
+        elif str(config.db_path) == MEMORY_DB:
+            storage = MemoryStorage()
+        else:
+            storage = await SqliteStorage.open(Path(config.db_path))
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,

@@ -12,7 +12,8 @@ from relays import Relay, relay_config
 from wire import WireClient
 
 from accord.engine.authority import RelayKey
-from accord.engine.model import Decision, Status
+from accord.engine.model import CalendarId, Decision, Status
+from accord.engine.storage import MemoryStorage
 
 CAL = "clinic-1"
 
@@ -111,3 +112,42 @@ async def test_a_home_restored_from_an_older_copy_takes_back_what_terminals_hold
             assert set(verdicts_held) <= set(calendar.verdicts.keys())
             assert calendar.get(late).status is Status.BOOKED
             assert calendar.get(early).status is Status.BOOKED
+
+
+class HeldDecisions(MemoryStorage):
+    """A store that holds back every commit carrying a verdict until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.release.set()
+        self.holding = asyncio.Event()
+
+    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
+        if any(b"v1." in update for _calendar, update in items):
+            self.holding.set()
+            await self.release.wait()
+        return await super().append_many(items)
+
+
+async def test_the_home_stores_a_decision_before_anyone_can_see_it(tmp_path: Path) -> None:
+    storage = HeldDecisions()
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"]), storage=storage) as home:
+        async with WireClient(home.url, actor="desk") as desk:
+            await desk.open(CAL)
+            first = await desk.book(CAL, hour=8)
+            await desk.wait_for(lambda: decided(desk, first))
+            storage.release.clear()
+            storage.holding.clear()
+            held = await desk.book(CAL, hour=9)
+            async with asyncio.timeout(10):
+                await storage.holding.wait()  # decided, and its commit is under way
+            async with WireClient(home.url, actor="late") as late:  # a subscriber syncing right now
+                await late.open(CAL)
+                await late.wait_synced(CAL)
+                assert late.replica(CAL).calendar.get(held).status is Status.PENDING
+                assert desk.replica(CAL).calendar.get(held).status is Status.PENDING
+                storage.release.set()
+                await late.wait_for(lambda: decided(late, held))
+                await desk.wait_for(lambda: decided(desk, held))
+                assert late.replica(CAL).calendar.get(held).status is Status.BOOKED
