@@ -154,8 +154,19 @@ def handover(current: HomeRecord, key: RelayKey, to_relay: str, to_key: str) -> 
     """
     if key.public != current.public_key:
         raise ValidationError(f"only the current home ({current.relay_id}) can hand {current.calendar} over")
+    if not is_public_key(to_key):
+        raise ValidationError(f"{to_key!r} is not an Ed25519 public key; copy it from `accord relay key` on {to_relay}")
     record = HomeRecord(current.calendar, current.epoch + 1, to_relay, to_key, key.public)
     return record, key.sign(HOME_TAG, record.payload())
+
+
+def is_public_key(text: str) -> bool:
+    """True if ``text`` is a base64url Ed25519 public key (as :attr:`RelayKey.public` prints it)."""
+    try:
+        VerifyKey(_unb64(text))
+    except (CryptoError, TypeError, ValueError, binascii.Error):
+        return False
+    return True
 
 
 def read_home_record(text: object, calendar: str) -> HomeRecord | None:
@@ -171,7 +182,7 @@ def read_home_record(text: object, calendar: str) -> HomeRecord | None:
         return None
     if record.calendar != calendar or record.epoch < 1 or raw != record.payload():
         return None
-    if record.epoch == 1 and record.signer != record.public_key:
+    if (record.epoch == 1 and record.signer != record.public_key) or not is_public_key(record.public_key):
         return None
     return record if _verifies(record.signer, HOME_TAG, raw, signature) else None
 
@@ -183,20 +194,24 @@ def resolve_home(calendar: str, entries: Iterable[object]) -> HomeRecord | None:
     the calendar agree on one); each next epoch is the lowest relay id among valid records signed
     by the previous epoch's key. Every replica with the same entries gets the same answer.
     """
+    chain = home_chain(calendar, entries)
+    return chain[-1] if chain else None
+
+
+def home_chain(calendar: str, entries: Iterable[object]) -> list[HomeRecord]:
+    """Every epoch's home, oldest first (see :func:`resolve_home`); empty: no home."""
     by_epoch: dict[int, list[HomeRecord]] = {}
     for text in entries:
         record = read_home_record(text, calendar)
         if record is not None:
             by_epoch.setdefault(record.epoch, []).append(record)
-    current: HomeRecord | None = None
-    epoch = 1
+    chain: list[HomeRecord] = []
     while True:
-        signer = current.public_key if current is not None else None
-        candidates = [r for r in by_epoch.get(epoch, []) if signer is None or r.signer == signer]
+        signer = chain[-1].public_key if chain else None
+        candidates = [r for r in by_epoch.get(len(chain) + 1, []) if signer is None or r.signer == signer]
         if not candidates:
-            return current
-        current = min(candidates, key=lambda r: (r.relay_id, r.public_key))
-        epoch += 1
+            return chain
+        chain.append(min(candidates, key=lambda r: (r.relay_id, r.public_key)))
 
 
 # ---- verdicts --------------------------------------------------------------------------------------

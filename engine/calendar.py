@@ -28,7 +28,7 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from .authority import HomeRecord, Verdict, Verifier, request_digest, resolve_home
+from .authority import HomeRecord, Verdict, Verifier, home_chain, request_digest
 from .errors import InvalidReservation, InvalidTransition, ReservationNotFound
 from .model import (
     ALLOWED_FROM,
@@ -118,10 +118,19 @@ class Calendar:
     def home_record(self) -> HomeRecord | None:
         """The current home (relay, key, epoch) from the calendar's home records, or None."""
         if self._home_stale:
-            entries = json.loads(str(self.homes)) if len(self.homes) else {}
-            self._home = resolve_home(self.name, entries.values())
+            chain = self.home_chain()
+            self._home = chain[-1] if chain else None
             self._home_stale = False
         return self._home
+
+    def home_chain(self) -> builtins.list[HomeRecord]:
+        """Every epoch's home, oldest first (the current one last; empty: no home)."""
+        entries = json.loads(str(self.homes)) if len(self.homes) else {}
+        return home_chain(self.name, entries.values())
+
+    def verdicts_of(self, reservation_id: str) -> builtins.list[tuple[str, str]]:
+        """The (entry key, stored text) of every verdict entry filed under the reservation."""
+        return builtins.list(self._verdict_index().get(reservation_id, ()))
 
     @property
     def home(self) -> str | None:

@@ -53,13 +53,13 @@ import logging
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pycrdt import Map
 
-from .authority import RelayKey, Verdict, first_home, request_digest
+from .authority import RelayKey, Verdict, Verifier, first_home, request_digest
 from .calendar import Calendar
 from .errors import InvalidReservation, NotHome
 from .model import (
@@ -154,6 +154,8 @@ class Decider:
         if calendar.home_record is None:
             calendar.add_home_record(*first_home(calendar.name, self.relay_id, key))
         self.epoch = self._check_home()
+        if self.epoch > 1:
+            self._carry_over()
         self.rebuild()
         self._subscriptions = (calendar.reservations.observe_deep(self._on_change),
                                calendar.verdicts.observe(self._on_verdicts))
@@ -164,6 +166,29 @@ class Decider:
         if home.relay_id != self.relay_id or home.public_key != self.key.public:
             raise NotHome(self.calendar.name, home.relay_id, home.epoch)
         return home.epoch
+
+    def _carry_over(self) -> None:
+        """After a handover, sign again what the previous home decided, so that no decision is
+        lost or taken again in another order. (Verdicts the previous home signs after the
+        handover record are fenced out: it is no longer home, and nothing carries them over.)"""
+        previous = self.calendar.home_chain()[-2]
+        verifier = Verifier(self.calendar.name)
+        with self._writing():
+            for rid, fields in self.calendar.all_fields().items():
+                if self.calendar.decision_state(rid, fields).seq:
+                    continue  # already decided in this epoch
+                found = [v for k, t in self.calendar.verdicts_of(rid) if (v := verifier.verify(k, t, previous))]
+                if not found:
+                    continue
+                last = max(found, key=lambda v: v.seq)
+                again = replace(last, relay_id=self.relay_id, epoch=self.epoch, seq=last.seq + 1)
+                encoded = again.sign(self.key)
+                entry_key = again.entry_key(encoded)
+                self.sink[entry_key] = encoded
+                self._fresh[rid] = (again.request, DecisionState(
+                    Decision(again.outcome) if again.request == request_digest(rid, fields) else None, again.booked,
+                    again.outcome == Decision.RELEASED, again.reason, again.conflict_with, self.relay_id, again.seq),
+                    entry_key)
 
     def still_home(self) -> bool:
         """False once the calendar's records name another home (a merge with another home's

@@ -17,7 +17,9 @@ from .server import Relay
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = """examples:
+EXAMPLES = """handing a calendar to another home (relays stopped): accord relay key --help, accord relay handover --help
+
+examples:
   # a pair of relays on one machine, relay-a home to every clinic-* calendar
   accord relay --id relay-a --port 8765 --db relay-a.sqlite --home 'clinic-*'
   accord relay --id relay-b --port 8766 --db relay-b.sqlite --peer ws://127.0.0.1:8765
@@ -65,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("key", "handover"):  # operations on a stopped relay's store
+        from . import handover
+
+        return handover.main(argv)
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     if not 0 <= args.port <= 65535:

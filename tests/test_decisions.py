@@ -448,3 +448,33 @@ def test_a_rejected_booking_asked_again_for_the_same_slot_is_decided_again() -> 
     assert clinic.status(loser) is Status.BOOKED
     clinic.exchange()
     assert_same_everywhere(clinic)
+
+
+def test_a_handover_keeps_every_decision_and_fences_the_old_home() -> None:
+    from accord.engine.authority import handover
+    from accord.engine.errors import NotHome
+
+    clinic = Clinic()
+    booked = clinic.book(0, "room-1", "09:00", "09:30")
+    rejected = clinic.book(1, "room-1", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.deliver(1)
+    clinic.decide()
+    before = {rid: clinic.status(rid) for rid in (booked, rejected)}
+    assert sorted(map(str, before.values())) == ["booked", "rejected"]
+    new_key = RelayKey.generate()
+    record = clinic.home.calendar.home_record
+    assert record is not None
+    clinic.home.calendar.add_home_record(*handover(record, HOME_KEY, "relay-b", new_key.public))
+    assert not clinic.decider.still_home()
+    # The old home's verdicts no longer count on their own: until the new home signs, all is pending.
+    assert {clinic.status(rid) for rid in before} == {Status.PENDING}
+    successor = Decider(clinic.home.calendar, "relay-b", new_key)
+    assert {rid: clinic.status(rid) for rid in before} == before  # carried over, not decided again
+    assert clinic.home.calendar.get(booked).decided_by == "relay-b"
+    late = clinic.book(0, "room-1", "09:15", "09:45")
+    clinic.deliver(0)
+    assert [d.outcome for d in successor.decide_queued(NOW)] == [Decision.REJECTED]
+    assert clinic.status(late) is Status.REJECTED
+    with pytest.raises(NotHome, match="relay-b"):
+        Decider(clinic.home.calendar, "relay-a", HOME_KEY)  # the old home cannot take it back

@@ -7,6 +7,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import pytest
 from homes import decide
 from relays import Relay, relay_config
 from wire import WireClient
@@ -151,3 +152,37 @@ async def test_the_home_stores_a_decision_before_anyone_can_see_it(tmp_path: Pat
                 await late.wait_for(lambda: decided(late, held))
                 await desk.wait_for(lambda: decided(desk, held))
                 assert late.replica(CAL).calendar.get(held).status is Status.BOOKED
+
+
+async def test_a_calendar_handed_over_keeps_its_decisions_and_the_old_home_stops(tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from accord.relay.cli import main
+
+    one = relay_config(tmp_path, "relay-1", home_globs=["clinic-*"])
+    async with Relay(one) as relay_1, WireClient(relay_1.url, actor="desk") as desk:
+        await desk.open(CAL)
+        kept = await desk.book(CAL, hour=9)
+        lost = await desk.book(CAL, hour=9)
+        await desk.wait_for(lambda: decided(desk, kept, lost))
+        before = {rid: desk.replica(CAL).calendar.get(rid).status for rid in (kept, lost)}
+    two_db = tmp_path / "relay-2.sqlite"
+    assert await asyncio.to_thread(main, ["key", "--db", str(two_db)]) == 0
+    key = capsys.readouterr().out.strip()
+    refused = ["handover", "--db", str(two_db), "--calendar", CAL, "--to", "relay-3", "--to-key", key]
+    assert await asyncio.to_thread(main, refused) == 1  # relay-2 holds no record of being the home
+    assert "no home recorded" in capsys.readouterr().err
+    handover = ["handover", "--db", str(one.db_path), "--calendar", CAL, "--to", "relay-2", "--to-key", key]
+    assert await asyncio.to_thread(main, handover) == 0
+    assert "home is now relay-2 (epoch 2)" in capsys.readouterr().out
+    async with Relay(relay_config(tmp_path, "relay-1", home_globs=["clinic-*"])) as relay_1, \
+            Relay(relay_config(tmp_path, "relay-2", home_globs=["clinic-*"], peers=[relay_1.url])) as relay_2:
+        async with WireClient(relay_1.url, actor="desk") as desk:
+            await desk.open(CAL)
+            late = await desk.book(CAL, hour=9)  # the slot the carried booking holds
+            await desk.wait_for(lambda: decided(desk, late) and desk.replica(CAL).calendar.home == "relay-2", timeout=20)
+            calendar = desk.replica(CAL).calendar
+            await desk.wait_for(lambda: all(calendar.get(r).decided_by == "relay-2" for r in before))
+            assert {rid: calendar.get(rid).status for rid in before} == before  # carried over, not re-decided
+            assert calendar.get(late).status is Status.REJECTED  # the carried booking still holds its slot
+            await relay_1.wait_for(lambda: 'accord_home_conflicts{calendar="clinic-1"} 1' in relay_1.render_metrics())
+            assert "warning" not in await http_get(relay_2, "/healthz")
