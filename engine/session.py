@@ -57,7 +57,7 @@ from .sync import (
 __all__ = [
     "AUTHORIZATION_HEADER", "RELAY_HEADER", "ROLE_HEADER", "SYNC_PATH", "TERMINAL_HEADER",
     "Acknowledged", "AwarenessQueried", "AwarenessReceived", "CalendarRefused", "CalendarRequested", "Documents",
-    "Event", "Framing", "NothingNew", "Session", "SyncCompleted", "UpdateReceived", "bearer", "parse_bearer",
+    "Event", "Framing", "NothingNew", "RemoteState", "Session", "SyncCompleted", "UpdateReceived", "bearer", "parse_bearer",
 ]
 
 SYNC_PATH = "/.accord/v1"  # the multiplexed endpoint (terminals and peer relays)
@@ -110,6 +110,16 @@ class CalendarRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteState:
+    """The other side's state vector for a calendar this side serves (from its STEP1, which
+    the session answers itself): a terminal compares it with what the relay acknowledged
+    before, to notice a relay restored from an older copy."""
+
+    calendar: CalendarId
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class NothingNew:
     """The other side sent an empty update (its sync reply had nothing for us); with acks on,
     call :meth:`Session.stored` once everything received before it is durable."""
@@ -119,6 +129,7 @@ class NothingNew:
 
 Event = (
     CalendarRequested
+    | RemoteState
     | NothingNew
     | UpdateReceived
     | SyncCompleted
@@ -195,6 +206,7 @@ class Session:
                         self._events.append(event)
             case SyncRequested(calendar, state_vector):
                 if self._admit(calendar):
+                    self._events.append(RemoteState(calendar, state_vector))
                     if self._serving[calendar] is _Serving.OPEN:
                         self._answer(calendar, state_vector)
                     else:

@@ -19,7 +19,7 @@ from accord.engine.protocol import (
     encode_framed,
 )
 from accord.engine.replica import Replica
-from accord.engine.session import CalendarRequested, NothingNew, Session
+from accord.engine.session import CalendarRequested, NothingNew, RemoteState, Session
 from accord.engine.sync import AwarenessReceived, PeerSync, SyncCompleted, UpdateReceived
 
 CAL = CalendarId("clinic-1")
@@ -52,12 +52,12 @@ def kinds(out: list[bytes]) -> list[tuple[str, type]]:
 def test_step1_for_an_unknown_calendar_is_asked_of_the_caller_and_answered_when_it_opens() -> None:
     session = Session(Docs(CAL))
     session.receive(PeerSync().step1(CAL, b"\x00"))
-    assert events(session) == [CalendarRequested(CAL)]
+    assert events(session) == [CalendarRequested(CAL), RemoteState(CAL, b"\x00")]
     assert session.data_to_send() == []  # nothing is answered before the caller decides
     session.open(CAL)
     assert kinds(session.data_to_send()) == [(CAL, SyncStep1), (CAL, SyncStep2)]  # open back, then answer
     session.receive(PeerSync().step1(CAL, b"\x00"))  # an open calendar is answered at once
-    assert events(session) == []
+    assert events(session) == [RemoteState(CAL, b"\x00")]
     assert kinds(session.data_to_send()) == [(CAL, SyncStep2)]
 
 
@@ -120,6 +120,6 @@ def test_forgetting_a_calendar_asks_again_and_reopening_sends_a_fresh_step1() ->
     assert kinds(session.data_to_send()) == [(CAL, SyncStep1)]
     session.forget(CAL)
     session.receive(encode_framed(CAL, SyncStep1(b"\x00")))
-    assert events(session) == [CalendarRequested(CAL)]
+    assert events(session) == [CalendarRequested(CAL), RemoteState(CAL, b"\x00")]
     session.open(CAL)
     assert kinds(session.data_to_send()) == [(CAL, SyncStep1), (CAL, SyncStep2)]
