@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
-from accord.engine.errors import ReservationNotFound
+from accord.engine.errors import CloseCode, ReservationNotFound
 from accord.engine.model import (
     CalendarId,
     Reservation,
@@ -441,7 +441,7 @@ class Terminal:
                 raise RelayRefused(
                     f"relay {self.relay} refused this terminal: {link.last_error}; "
                     "check the token (CLI: --token or ACCORD_TOKEN)",
-                    link.refused_code or 4401,
+                    link.refused_code or CloseCode.UNAUTHORIZED,
                 )
             wanted = names if names is not None else list(self._open)
             for name in wanted:
@@ -449,7 +449,7 @@ class Terminal:
                     raise RelayRefused(
                         f"relay {self.relay} refused calendar {name!r}: {link.refused_calendars[name]}; "
                         "check the calendar name, or ask for a token that covers it",
-                        4403,
+                        CloseCode.FORBIDDEN,
                     )
             if link.state is not LinkState.ONLINE:
                 return None
