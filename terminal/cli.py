@@ -24,7 +24,7 @@ from accord import logs
 from accord.engine.errors import AccordError, ExitCode, StorageError
 from accord.engine.model import check_calendar_name
 
-from .client import DEFAULT_STORE, Terminal, default_name
+from .client import Terminal, default_name
 from .commands import (
     COMMANDS,
     DEFAULT_RELAY,
@@ -36,6 +36,7 @@ from .commands import (
 )
 from .errors import DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout
 from .link import endpoint_url
+from .store import DEFAULT_STORE
 
 log = logging.getLogger(__name__)
 

@@ -177,7 +177,8 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_status_text_names_what_a_rejection_conflicts_with() -> None:
     from accord.engine.calendar import Calendar
-    from accord.terminal.format import short_id, status_text
+    from accord.terminal.format import status_text
+    from accord.terminal.ids import short_id
 
     calendar = Calendar("clinic-1", actor="desk")
     calendar.set_home("home")
