@@ -45,7 +45,7 @@ async def terminal(name: str, store: Path, relay: str | None) -> AsyncIterator[T
 
 
 async def table(t: Terminal) -> str:
-    items = await t.list(CAL)
+    items = await t.reservations(CAL)
     return reservation_table([(r, t.sync_state(CAL, r.id)) for r in items])
 
 

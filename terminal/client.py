@@ -29,7 +29,6 @@ The terminal coordinates its parts: :mod:`.store` (SQLite file, loaded calendars
 
 from __future__ import annotations
 
-import builtins
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -154,7 +153,7 @@ class Terminal:
             self.link.open_calendar(name, self._store.calendars[name].replica.state_vector())
         return name
 
-    def calendars(self) -> builtins.list[CalendarId]:
+    def calendars(self) -> list[CalendarId]:
         """The open calendars, sorted."""
         return sorted(self._store.calendars)
 
@@ -225,17 +224,17 @@ class Terminal:
         name = await self.open(calendar)
         return self._store.calendars[name].replica.calendar.get(reservation_id)
 
-    async def list(
+    async def reservations(
         self, calendar: str, resource: str | None = None, between: tuple[datetime | str, datetime | str] | None = None,
         statuses: Iterable[Status] | None = None,
-    ) -> builtins.list[Reservation]:
+    ) -> list[Reservation]:
         """Reservations sorted by start, optionally filtered by resource, time window and status."""
         name = await self.open(calendar)
         return self._store.calendars[name].replica.calendar.list(resource=resource, between=between, statuses=statuses)
 
     async def conflicts(
         self, calendar: str, resource: str | None = None, between: tuple[datetime | str, datetime | str] | None = None
-    ) -> builtins.list[Conflict]:
+    ) -> list[Conflict]:
         """Bookings overlapping beyond their resource's capacity (possible in calendars without a home)."""
         name = await self.open(calendar)
         return calendar_conflicts(self._store.calendars[name].replica.calendar, resource, between)
@@ -354,7 +353,7 @@ class Terminal:
 
     # ---- LinkHandler (called by the link) ----------------------------------------------------
 
-    def link_calendars(self) -> builtins.list[CalendarId]:
+    def link_calendars(self) -> list[CalendarId]:
         return self.calendars()
 
     def link_state_vector(self, calendar: CalendarId) -> bytes:

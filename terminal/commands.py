@@ -193,7 +193,7 @@ async def cmd_list(ctx: Context) -> ExitCode:
     if args.date is not None:
         day_start = datetime.combine(args.date, time(0), tzinfo=UTC)
         between = (day_start, day_start + timedelta(days=1))
-    items = await t.list(calendar, resource=args.resource, between=between)
+    items = await t.reservations(calendar, resource=args.resource, between=between)
     sync_of: dict[str, SyncState] = {r.id: t.sync_state(calendar, r.id) for r in items}
     if args.conflicts:
         conflicts = await t.conflicts(calendar, resource=args.resource, between=between)
