@@ -261,38 +261,52 @@ async def cmd_status(ctx: Context) -> ExitCode:
 
 
 async def cmd_watch(ctx: Context) -> ExitCode:
+    """Print changes until SIGINT (Ctrl-C: exit 130) or SIGTERM (a service manager: exit 0), or
+    until the relay refuses this terminal (exit 4).
+
+    The watch handles both signals itself from its first line on: a signal while it connects
+    stops it as cleanly as one later, and a process started with SIGINT ignored (a non-interactive
+    shell starts background jobs so, and children inherit it) still stops on Ctrl-C. Its first
+    note on stderr ("connected to ...; watching", or "... unreachable ...") comes after that, so
+    whoever saw it knows a signal will be handled.
+    """
     t = ctx.terminal
     wanted = {ctx.calendar} if ctx.calendar else set(t.calendars())
     if not wanted:
         raise UsageError("accord terminal watch: this terminal holds no calendar yet; give --calendar NAME")
-    for name in sorted(wanted):
-        await t.open(name)
-    stream = t.changes()
-    state = await t.wait_connected(ctx.timeout_s)
-    _note_link(ctx, state)
-    if state is LinkState.REFUSED:
-        raise _refused(t)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-        loop.add_signal_handler(signal.SIGTERM, stop.set)  # a service manager stopping us: exit 0, cleanly
-    tasks = {
-        asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer"),
-        asyncio.create_task(_watch_link(ctx, state), name="watch-link"),
-        asyncio.create_task(stop.wait(), name="watch-stop"),
-    }
+    stopped: asyncio.Future[ExitCode] = loop.create_future()
+    handled = []
+    for sig, code in ((signal.SIGINT, ExitCode.INTERRUPTED), (signal.SIGTERM, ExitCode.OK)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(sig, _stop, stopped, code)
+            handled.append(sig)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()  # re-raise RelayRefused
-        return ExitCode.OK
+        for name in sorted(wanted):
+            await t.open(name)
+        stream = t.changes()
+        tasks: set[asyncio.Future[Any]] = {
+            asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer"),
+            asyncio.create_task(_watch_link(ctx), name="watch-link"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks | {stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & tasks:
+                task.result()  # re-raise RelayRefused
+            return stopped.result() if stopped.done() else ExitCode.OK
+        finally:
+            stream.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
-        stream.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _stop(stopped: asyncio.Future[ExitCode], code: ExitCode) -> None:
+    if not stopped.done():  # the first signal decides the exit code
+        stopped.set_result(code)
 
 
 async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[CalendarId]) -> None:
@@ -318,18 +332,19 @@ async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[Calenda
             ctx.out.result(fmt.change_line(str(notice.kind), reservation, notice.calendar, rid), data)
 
 
-async def _watch_link(ctx: Context, reported: LinkState) -> None:
-    """Report going online or offline on stderr (not every retry); raise RelayRefused (exit 4) on refusal."""
+async def _watch_link(ctx: Context) -> None:
+    """Report on stderr how the first connection attempt went, then going online or offline (not
+    every retry); raise RelayRefused (exit 4) when the relay refuses this terminal."""
     t = ctx.terminal
-    state = t.status().link
-    while True:
+    state = reported = await t.wait_connected(ctx.timeout_s)
+    _note_link(ctx, state)
+    while state is not LinkState.REFUSED:
+        # From the state last seen, not a fresh read: a change in between is then reported too.
         state = await t.wait_link_change(state, WATCH_STATE_POLL_S)
-        if state is LinkState.REFUSED:
-            _note_link(ctx, state)
-            raise _refused(t)
         if state is not LinkState.CONNECTING and state is not reported:
             _note_link(ctx, state)
             reported = state
+    raise _refused(t)
 
 
 def _note_link(ctx: Context, state: LinkState) -> None:
