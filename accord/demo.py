@@ -23,7 +23,8 @@ from pathlib import Path
 
 from accord.relay.process import RelayProcess
 from accord.terminal.client import Terminal
-from accord.terminal.format import reservation_table, short_id
+from accord.terminal.format import reservation_table
+from accord.terminal.ids import short_id
 
 CAL = "clinic-1"
 DAY = datetime(2026, 12, 1, tzinfo=UTC)
@@ -44,7 +45,7 @@ async def terminal(name: str, store: Path, relay: str | None) -> AsyncIterator[T
 
 
 async def table(t: Terminal) -> str:
-    items = await t.list(CAL)
+    items = await t.reservations(CAL)
     return reservation_table([(r, t.sync_state(CAL, r.id)) for r in items])
 
 

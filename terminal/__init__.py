@@ -1,7 +1,7 @@
 """accord's terminal: an offline-first client with its own store, synced with one relay.
 
 ``async with Terminal(relay="ws://127.0.0.1:8765", store="desk-1.sqlite", name="desk-1") as t:``
-then ``book``/``reschedule``/``cancel``/``check_in``/``edit``/``get``/``list``, ``synced()``,
+then ``book``/``reschedule``/``cancel``/``check_in``/``edit``/``get``/``reservations``, ``synced()``,
 ``decision()``, ``status()``, ``sync_state()``, ``on_change()``/``changes()``. The CLI is
 ``accord terminal`` (:mod:`accord.terminal.cli`).
 """

@@ -1,18 +1,23 @@
 """Change notices: which reservations changed, and streams of them for consumers.
 
 A terminal publishes one :class:`ChangeNotice` per local write, per update from the relay and
-per acknowledgement that covers local changes. Consumers use a callback
-(:meth:`Terminal.on_change`) or a :class:`ChangeStream` (:meth:`Terminal.changes`).
+per acknowledgement that covers local changes, through its :class:`ChangeFeed`. Consumers use a
+callback (:meth:`Terminal.on_change`) or a :class:`ChangeStream` (:meth:`Terminal.changes`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from accord.engine.model import CalendarId, ReservationId
+
+log = logging.getLogger(__name__)
 
 
 class ChangeKind(enum.StrEnum):
@@ -83,3 +88,42 @@ class ChangeStream:
 
     async def __aexit__(self, *_exc: object) -> None:
         self.end()
+
+
+class ChangeFeed:
+    """Hands every notice to the subscribed callbacks and open streams, in that order."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[ChangeNotice], None]] = []
+        self._streams: set[ChangeStream] = set()
+
+    def subscribe(self, callback: Callable[[ChangeNotice], None]) -> Callable[[], None]:
+        """Call ``callback`` for every notice from now on; returns an unsubscribe function."""
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def stream(self, max_queued: int, *, closed: bool = False) -> ChangeStream:
+        """A new stream of the notices from now on (already ended if ``closed``)."""
+        return ChangeStream(self._streams, max_queued, closed=closed)
+
+    def publish(self, notice: ChangeNotice) -> None:
+        """Hand ``notice`` out; one naming no reservation (and not an overflow) is dropped."""
+        if not notice.reservation_ids and notice.kind is not ChangeKind.OVERFLOW:
+            return
+        for callback in list(self._callbacks):
+            try:
+                callback(notice)
+            except Exception:  # an observer's bug must not break sync
+                log.exception("change observer failed")
+        for stream in list(self._streams):
+            stream.put(notice)
+
+    def end(self) -> None:
+        """End every open stream (the terminal closed)."""
+        for stream in list(self._streams):
+            stream.end()

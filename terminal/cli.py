@@ -21,19 +21,14 @@ from datetime import date
 from typing import NoReturn
 
 from accord import logs
-from accord.engine.errors import AccordError, StorageError
+from accord.engine.errors import AccordError, ExitCode, StorageError
 from accord.engine.model import check_calendar_name
 
-from .client import DEFAULT_STORE, Terminal, default_name
+from .client import Terminal, default_name
 from .commands import (
     COMMANDS,
     DEFAULT_RELAY,
     DEFAULT_TIMEOUT_S,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
     LONG_TIMEOUT_S,
     Context,
     Output,
@@ -41,6 +36,7 @@ from .commands import (
 )
 from .errors import DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout
 from .link import endpoint_url
+from .store import DEFAULT_STORE
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace, out: Output) -> int:
+async def run(args: argparse.Namespace, out: Output) -> ExitCode:
     """Open the terminal, run one command, close the terminal."""
     long_wait = args.command == "sync" or (args.command == "book" and args.wait)
     timeout_s = args.timeout or (LONG_TIMEOUT_S if long_wait else DEFAULT_TIMEOUT_S)
@@ -213,28 +209,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        return out.error(str(exc), EXIT_USAGE)
+        return out.error(str(exc), ExitCode.USAGE)
     except SystemExit as exc:  # --help
-        return int(exc.code or 0) if isinstance(exc.code, int | None) else EXIT_USAGE
+        return int(exc.code or 0) if isinstance(exc.code, int | None) else ExitCode.USAGE
     logs.configure(args.log_level)
     # aiosqlite's DEBUG lines quote SQL parameters, i.e. the stored updates with patient data.
     logging.getLogger("aiosqlite").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return asyncio.run(run(args, out))
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except UsageError as exc:
-        return out.error(str(exc), EXIT_USAGE)
+        return out.error(str(exc), ExitCode.USAGE)
     except RelayRefused as exc:
-        return out.error(str(exc), EXIT_REFUSED)
+        return out.error(str(exc), ExitCode.REFUSED)
     except RelayUnreachable as exc:
-        return out.error(str(exc), EXIT_UNREACHABLE)
+        return out.error(str(exc), ExitCode.UNREACHABLE)
     except (SyncTimeout, DecisionTimeout) as exc:
-        return out.error(str(exc), EXIT_ERROR)
+        return out.error(str(exc), ExitCode.ERROR)
     except StorageError as exc:
-        return out.error(f"{exc} (store: {args.store}; choose another with --store or ACCORD_STORE)", EXIT_ERROR)
+        return out.error(f"{exc} (store: {args.store}; choose another with --store or ACCORD_STORE)", ExitCode.ERROR)
     except AccordError as exc:
-        return out.error(str(exc), EXIT_ERROR)
+        return out.error(str(exc), ExitCode.ERROR)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ Usage::
                          end="2026-12-01T09:30Z", patient="P-0042")
         await t.synced(timeout=5)            # stored on the relay
         r = await t.decision("clinic-1", r.id, timeout=5)   # booked or rejected by the home
+
+The terminal coordinates its parts: :mod:`.store` (SQLite file, loaded calendars, ledger),
+:mod:`.link` (relay connection), :mod:`.waits` (what the waits wait for), :mod:`.changes`
+(observers), :mod:`.ids` (short ids).
 """
 
 from __future__ import annotations
 
-import asyncio
-import builtins
-import contextlib
-import json
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -37,34 +37,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
-from accord.engine.errors import ReservationNotFound
-from accord.engine.model import (
-    CalendarId,
-    Reservation,
-    ReservationId,
-    Status,
-    check_calendar_name,
-    format_time,
-    parse_time,
-)
-from accord.engine.protocol import decode_state_vector
-from accord.engine.replica import Replica
-from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
+from accord.engine.model import CalendarId, Reservation, ReservationId, Status, check_calendar_name, format_time
+from accord.engine.storage import CompactionPolicy
 
-from .changes import ChangeKind, ChangeNotice, ChangeStream
-from .conflicts import HOLDING, Conflict, find_conflicts
-from .errors import AmbiguousId, DecisionTimeout, RelayRefused, RelayUnreachable, SyncTimeout, TerminalError
-from .ledger import Ledger, LocalChange
+from . import waits
+from .changes import ChangeFeed, ChangeKind, ChangeNotice, ChangeStream
+from .conflicts import Conflict, calendar_conflicts
+from .errors import RelayUnreachable, TerminalError
+from .ids import resolve_id
 from .link import Backoff, Link, LinkState
-from .opened import OpenCalendar
-from .status import CalendarStatus, SyncState, TerminalStatus, is_decided
+from .status import SyncState, TerminalStatus
+from .store import DEFAULT_STORE, TerminalStore
 
 log = logging.getLogger(__name__)
-
-CALENDARS_KEY = "terminal/calendars"
-PULLED_PREFIX = "terminal/pulled/"  # calendars this store has synced at least once
-DEFAULT_STORE = "accord-terminal.sqlite"
-MIN_ID_FRAGMENT = 4
 
 T = TypeVar("T")
 
@@ -108,14 +93,10 @@ class Terminal:
         self.backoff = backoff
         self.clock = clock or (lambda: datetime.now(UTC))
         self.compaction = compaction or CompactionPolicy()
-        self._store: SqliteStorage | None = None
-        self._ledger: Ledger | None = None
         self.link: Link | None = None
-        self._open: dict[CalendarId, OpenCalendar] = {}
-        self._open_lock = asyncio.Lock()
-        self._signal = asyncio.Event()
-        self._callbacks: list[Callable[[ChangeNotice], None]] = []
-        self._streams: set[ChangeStream] = set()
+        self._store = TerminalStore(self.store_path, self.name, has_relay=bool(relay), compaction=self.compaction)
+        self._wakeup = waits.Wakeup()
+        self._feed = ChangeFeed()
         self._running = False
         self._closed = False
 
@@ -134,25 +115,12 @@ class Terminal:
             raise TerminalError("a Terminal can be started once; create a new one")
         link = None
         if self.relay:
-            link = Link(
-                self.relay,
-                self,
-                token=self.token,
-                name=self.name,
-                connect_timeout_s=self.connect_timeout_s,
-                backoff=self.backoff,
-            )  # raises ValueError for a bad URL before anything is opened
-        self._store = await SqliteStorage.open(self.store_path)
-        self._ledger = Ledger(self._store)
-        try:
-            names = set(await self._store.calendars()) | set(await self._known_calendars())
-            for calendar in sorted(names):
-                await self._load(CalendarId(calendar))
-        except BaseException:
-            await self._store.close()
-            raise
+            # Raises ValueError for a bad URL before anything is opened.
+            link = Link(self.relay, self, token=self.token, name=self.name,
+                        connect_timeout_s=self.connect_timeout_s, backoff=self.backoff)
+        await self._store.open()
         self._running = True
-        log.info("terminal started", extra={"terminal": self.name, "calendars": len(self._open)})
+        log.info("terminal started", extra={"terminal": self.name, "calendars": len(self._store.calendars)})
         if link is not None:
             self.link = link
             link.start()
@@ -165,18 +133,9 @@ class Terminal:
         self._running = False
         if self.link is not None:
             await self.link.close()
-        for stream in builtins.list(self._streams):
-            stream.end()
-        for opened in self._open.values():
-            opened.close()
-        self._open.clear()
-        try:
-            if self._ledger is not None:
-                await self._ledger.flush()
-        finally:
-            if self._store is not None:
-                await self._store.close()
-        self._wake()
+        self._feed.end()
+        await self._store.close()
+        self._wakeup.close()
         log.info("terminal closed", extra={"terminal": self.name})
 
     # ---- calendars ---------------------------------------------------------------------------
@@ -188,61 +147,21 @@ class Terminal:
             InvalidCalendarName: not a valid calendar name.
         """
         name = check_calendar_name(calendar)
-        self._check_running()
-        if name not in self._open:
-            async with self._open_lock:
-                if name not in self._open:
-                    await self._load(name)
-                    await self._remember_calendar(name)
-                    if self.link is not None:
-                        self.link.open_calendar(name, self._open[name].replica.state_vector())
+        if not self._running:
+            raise TerminalError("the terminal is not running: use `async with Terminal(...) as t:`")
+        if await self._store.open_calendar(name) and self.link is not None:
+            self.link.open_calendar(name, self._store.calendars[name].replica.state_vector())
         return name
 
-    def calendars(self) -> builtins.list[CalendarId]:
+    def calendars(self) -> list[CalendarId]:
         """The open calendars, sorted."""
-        return sorted(self._open)
-
-    async def _load(self, name: CalendarId) -> None:
-        store = self._require_store()
-        replica = Replica(name, actor=self.name)
-        rows, top = await store.log_length(name)
-        updates = await store.load(name)  # after log_length: covers every row <= top
-        replica.load(updates)
-        if self.compaction.should_compact(rows):
-            await store.compact(name, top, merge_log(updates))
-            log.info("compacted calendar log", extra={"calendar": name, "rows": rows})
-        assert self._ledger is not None
-        await self._ledger.load(name)
-        # Never synced with a relay: a home relay may decide this calendar, so show bookings as
-        # pending until we know. A terminal without a relay is standalone: a plain calendar.
-        replica.calendar.assume_home = bool(self.relay) and await store.get_meta(PULLED_PREFIX + name) is None
-        self._open[name] = OpenCalendar(replica)
-
-    async def _known_calendars(self) -> builtins.list[str]:
-        text = await self._require_store().get_meta(CALENDARS_KEY)
-        try:
-            names: object = json.loads(text) if text else []
-        except ValueError:
-            names = []
-        return [n for n in names if isinstance(n, str)] if isinstance(names, builtins.list) else []
-
-    async def _remember_calendar(self, name: CalendarId) -> None:
-        known = set(await self._known_calendars())
-        if name not in known:
-            await self._require_store().set_meta(CALENDARS_KEY, json.dumps(sorted(known | {name})))
+        return sorted(self._store.calendars)
 
     # ---- writes ------------------------------------------------------------------------------
 
     async def book(
-        self,
-        calendar: str,
-        *,
-        resource: str,
-        start: datetime | str,
-        end: datetime | str,
-        patient: str,
-        service: str = "",
-        note: str = "",
+        self, calendar: str, *, resource: str, start: datetime | str, end: datetime | str, patient: str,
+        service: str = "", note: str = "",
     ) -> Reservation:
         """Request a reservation; saved locally at once, sent to the relay when connected.
 
@@ -277,12 +196,7 @@ class Terminal:
         return await self._write(calendar, lambda cal, now: cal.check_in(reservation_id, now=now))
 
     async def edit(
-        self,
-        calendar: str,
-        reservation_id: str,
-        *,
-        note: str | None = None,
-        service: str | None = None,
+        self, calendar: str, reservation_id: str, *, note: str | None = None, service: str | None = None,
         patient: str | None = None,
     ) -> Reservation:
         """Change descriptive fields (only those given). Raises ReservationNotFound, InvalidReservation."""
@@ -292,30 +206,15 @@ class Terminal:
 
     async def _write(self, calendar: str, operation: Callable[[Calendar, datetime], Reservation]) -> Reservation:
         name = await self.open(calendar)
-        opened = self._open[name]
-        replica = opened.replica
-        opened.take_touched()
-        try:
-            reservation = operation(replica.calendar, self.clock())
-        finally:
-            changes = replica.take_changes()
-            ids = opened.take_touched()
-        if not changes:
+        reservation, saved = await self._store.write(name, lambda cal: operation(cal, self.clock()))
+        if not saved.updates:
             return reservation
-        store, ledger = self._require_store(), self._require_ledger()
-        client = replica.doc.client_id
-        await ledger.note_client(name, client)  # before the append: see ledger.py on crash safety
-        await store.append_many([(name, change.update) for change in changes])
-        already_stored = await ledger.record(
-            name, [LocalChange(client, decode_state_vector(c.state_vector).get(client, 0), ids) for c in changes]
-        )
-        log.debug("saved local change", extra={"calendar": name, "reservations": len(ids)})
         if self.link is not None:
-            for change in changes:
-                self.link.send_update(name, change.update)
-        self._publish(ChangeNotice(name, ids, ChangeKind.LOCAL))
-        if already_stored:
-            self._publish(ChangeNotice(name, tuple(sorted(ReservationId(i) for i in already_stored)), ChangeKind.STORED))
+            for update in saved.updates:
+                self.link.send_update(name, update)
+        self._publish(ChangeNotice(name, saved.ids, ChangeKind.LOCAL))
+        if saved.already_stored:
+            self._publish(ChangeNotice(name, saved.already_stored, ChangeKind.STORED))
         return reservation
 
     # ---- reads -------------------------------------------------------------------------------
@@ -323,31 +222,22 @@ class Terminal:
     async def get(self, calendar: str, reservation_id: str) -> Reservation:
         """The reservation as this terminal sees it now. Raises ReservationNotFound."""
         name = await self.open(calendar)
-        return self._open[name].replica.calendar.get(reservation_id)
+        return self._store.calendars[name].replica.calendar.get(reservation_id)
 
-    async def list(
-        self,
-        calendar: str,
-        resource: str | None = None,
-        between: tuple[datetime | str, datetime | str] | None = None,
+    async def reservations(
+        self, calendar: str, resource: str | None = None, between: tuple[datetime | str, datetime | str] | None = None,
         statuses: Iterable[Status] | None = None,
-    ) -> builtins.list[Reservation]:
+    ) -> list[Reservation]:
         """Reservations sorted by start, optionally filtered by resource, time window and status."""
         name = await self.open(calendar)
-        return self._open[name].replica.calendar.list(resource=resource, between=between, statuses=statuses)
+        return self._store.calendars[name].replica.calendar.list(resource=resource, between=between, statuses=statuses)
 
     async def conflicts(
-        self,
-        calendar: str,
-        resource: str | None = None,
-        between: tuple[datetime | str, datetime | str] | None = None,
-    ) -> builtins.list[Conflict]:
+        self, calendar: str, resource: str | None = None, between: tuple[datetime | str, datetime | str] | None = None
+    ) -> list[Conflict]:
         """Bookings overlapping beyond their resource's capacity (possible in calendars without a home)."""
         name = await self.open(calendar)
-        cal = self._open[name].replica.calendar
-        # Until a home is known, pending bookings are what a plain calendar would book: count them.
-        holding = HOLDING if cal.home is not None else HOLDING | {Status.PENDING}
-        return find_conflicts(cal.list(resource=resource, between=between), cal.capacity, holding=holding)
+        return calendar_conflicts(self._store.calendars[name].replica.calendar, resource, between)
 
     async def resolve(self, calendar: str, fragment: str) -> ReservationId:
         """The full id of the reservation whose id is, starts with or ends with ``fragment``.
@@ -357,22 +247,7 @@ class Terminal:
             AmbiguousId: several match; give more characters.
         """
         name = await self.open(calendar)
-        keys = [str(k) for k in self._open[name].replica.calendar.reservations]
-        text = fragment.strip().lower()
-        if text in keys:
-            return ReservationId(text)
-        matches = (
-            sorted(k for k in keys if k.startswith(text) or k.endswith(text)) if len(text) >= MIN_ID_FRAGMENT else []
-        )
-        if len(matches) == 1:
-            return ReservationId(matches[0])
-        if matches:
-            shown = ", ".join(matches[:5])
-            raise AmbiguousId(f"id {fragment!r} matches {len(matches)} reservations ({shown}); give more characters")
-        raise ReservationNotFound(
-            f"no reservation {fragment!r} in calendar {name!r} on this terminal; "
-            "check the id (see `accord terminal list`), or sync and try again"
-        )
+        return resolve_id(name, self._store.calendars[name].replica.calendar.reservations, fragment)
 
     def sync_state(self, calendar: str, reservation_id: str) -> SyncState:
         """How far the reservation's latest change got (see :class:`SyncState`).
@@ -380,15 +255,15 @@ class Terminal:
         Raises:
             ReservationNotFound: the calendar is not open here or has no such reservation.
         """
-        opened = self._open.get(CalendarId(calendar))
-        if opened is None:
-            raise ReservationNotFound(f"calendar {calendar!r} is not open on this terminal")
-        reservation = opened.replica.calendar.get(reservation_id)
-        if reservation_id in self._require_ledger().get(opened.replica.name).pending_ids(opened.replica.clocks()):
-            return SyncState.LOCAL
-        if opened.replica.calendar.home is not None and is_decided(reservation):
-            return SyncState.DECIDED
-        return SyncState.STORED
+        return self._store.sync_state(CalendarId(calendar), reservation_id)
+
+    def peek(self, calendar: str, reservation_id: str) -> Reservation | None:
+        """The reservation if ``calendar`` is open here and holds it, else None (no I/O: for :meth:`wait_for`)."""
+        return self._store.peek(CalendarId(calendar), reservation_id)
+
+    def snapshot(self, calendar: str) -> dict[str, Any]:
+        """The open calendar's whole document as plain data (for comparing replicas); {} if not open."""
+        return self._store.snapshot(CalendarId(calendar))
 
     # ---- waiting -----------------------------------------------------------------------------
 
@@ -398,29 +273,11 @@ class Terminal:
         Returns ``offline`` at once when no relay is configured, and the current state
         (``connecting``) when the deadline passes first.
         """
-        link = self.link
-        if link is None:
-            return LinkState.OFFLINE
-
-        def concluded() -> LinkState | None:
-            if link.state in (LinkState.ONLINE, LinkState.REFUSED):
-                return link.state
-            return link.state if link.attempts > 0 and link.state is LinkState.OFFLINE else None
-
-        try:
-            return await self._wait_until(concluded, timeout)
-        except TimeoutError:
-            return link.state
+        return await waits.link_concluded(self._wakeup, self.link, timeout)
 
     async def wait_link_change(self, state: LinkState, timeout: float) -> LinkState:
         """Wait until the link's state differs from ``state``; return the current state (also at the deadline)."""
-        link = self.link
-        if link is None:
-            return LinkState.OFFLINE
-        try:
-            return await self._wait_until(lambda: link.state if link.state is not state else None, timeout)
-        except TimeoutError:
-            return link.state
+        return await waits.link_changed(self._wakeup, self.link, state, timeout)
 
     async def synced(self, timeout: float = 10.0, calendars: Iterable[str] | None = None) -> None:
         """Wait until the relay has durably acknowledged every local change and the initial
@@ -431,49 +288,10 @@ class Terminal:
             RelayRefused: the relay refused this terminal or one of the calendars.
             SyncTimeout: connected, but the relay did not catch up in time.
         """
-        link = self.link
-        if link is None:
+        if self.link is None:
             raise RelayUnreachable("no relay configured: pass relay=... (CLI: --relay or ACCORD_RELAY)")
         names = [await self.open(c) for c in calendars] if calendars is not None else None
-
-        def done() -> bool | None:
-            if link.state is LinkState.REFUSED:
-                raise RelayRefused(
-                    f"relay {self.relay} refused this terminal: {link.last_error}; "
-                    "check the token (CLI: --token or ACCORD_TOKEN)",
-                    link.refused_code or 4401,
-                )
-            wanted = names if names is not None else list(self._open)
-            for name in wanted:
-                if name in link.refused_calendars:
-                    raise RelayRefused(
-                        f"relay {self.relay} refused calendar {name!r}: {link.refused_calendars[name]}; "
-                        "check the calendar name, or ask for a token that covers it",
-                        4403,
-                    )
-            if link.state is not LinkState.ONLINE:
-                return None
-            for name in wanted:
-                opened = self._open.get(name)
-                if opened is None or name not in link.pulled:
-                    return None
-                if not self._require_ledger().get(name).covers(opened.replica.clocks()):
-                    return None
-            return True
-
-        try:
-            await self._wait_until(done, timeout)
-        except TimeoutError:
-            pending = self.status().pending
-            if link.state is not LinkState.ONLINE:
-                raise RelayUnreachable(
-                    f"relay {self.relay} is unreachable ({link.last_error or 'no connection yet'}); "
-                    f"{pending} local change(s) are saved here and will sync when it is back"
-                ) from None
-            raise SyncTimeout(
-                f"relay {self.relay} did not acknowledge {pending} local change(s) within {timeout:g} s; "
-                "they are saved here; try again or raise --timeout"
-            ) from None
+        await waits.all_synced(self._wakeup, self.relay, self.link, self._store, names, timeout)
 
     async def decision(self, calendar: str, reservation_id: str, timeout: float = 10.0) -> Reservation:
         """Wait until the home relay decided the reservation's current request; return it.
@@ -486,26 +304,7 @@ class Terminal:
             DecisionTimeout: no decision before the deadline (the relay or home may be offline).
         """
         name = await self.open(calendar)
-        self._open[name].replica.calendar.get(reservation_id)  # raises ReservationNotFound early
-
-        def decided() -> Reservation | None:
-            opened = self._open.get(name)
-            if opened is None:
-                raise TerminalError("the terminal was closed while waiting for a decision")
-            reservation = opened.replica.calendar.get(reservation_id)
-            if opened.replica.calendar.home is None:
-                # Without a known home the status is final only once we know the relay's state.
-                pulled = self.link is None or name in self.link.pulled
-                return reservation if pulled else None
-            return reservation if is_decided(reservation) else None
-
-        try:
-            return await self._wait_until(decided, timeout)
-        except TimeoutError:
-            raise DecisionTimeout(
-                f"reservation {reservation_id} was not decided within {timeout:g} s; it stays requested: "
-                "check later with `accord terminal show`"
-            ) from None
+        return await waits.decided(self._wakeup, self.link, self._store, name, reservation_id, timeout)
 
     async def wait_for(self, check: Callable[[], T], timeout: float) -> T:
         """Re-evaluate ``check`` whenever anything changes (a write, an update from the relay, an
@@ -516,80 +315,27 @@ class Terminal:
         Raises:
             TimeoutError: ``check`` stayed falsy until the deadline.
         """
-
-        def truthy() -> T | None:
-            value = check()
-            return value if value else None
-
-        return await self._wait_until(truthy, timeout)
-
-    def peek(self, calendar: str, reservation_id: str) -> Reservation | None:
-        """The reservation if ``calendar`` is open here and holds it, else None (no I/O: for :meth:`wait_for`)."""
-        opened = self._open.get(CalendarId(calendar))
-        if opened is None or reservation_id not in opened.replica.calendar.reservations:
-            return None
-        return opened.replica.calendar.get(reservation_id)
-
-    def snapshot(self, calendar: str) -> dict[str, Any]:
-        """The open calendar's whole document as plain data (for comparing replicas); {} if not open."""
-        opened = self._open.get(CalendarId(calendar))
-        return opened.replica.calendar.to_py() if opened is not None else {}
-
-    async def _wait_until(self, check: Callable[[], T | None], timeout: float) -> T:
-        """Re-run ``check`` on every change until it returns a value; TimeoutError at the deadline."""
-        async with asyncio.timeout(timeout):
-            while True:
-                signal = self._signal  # taken before checking, so no wake-up is missed
-                if self._closed:
-                    raise TerminalError("the terminal is closed")
-                result = check()
-                if result is not None:
-                    return result
-                await signal.wait()
-
-    def _wake(self) -> None:
-        self._signal.set()
-        self._signal = asyncio.Event()
+        return await self._wakeup.until(lambda: check() or None, timeout)
 
     # ---- status and observers ----------------------------------------------------------------
 
     def status(self) -> TerminalStatus:
         """A snapshot: link state, pending local changes, last ACK time, per-calendar detail."""
-        ledger = self._ledger
-        calendars = []
-        last_ack = ""
-        for name, opened in sorted(self._open.items()):
-            entry = ledger.get(name) if ledger is not None else None
-            pending = entry.pending_count(opened.replica.clocks()) if entry is not None else 0
-            if entry is not None:
-                last_ack = max(last_ack, entry.last_ack_at)
-            calendars.append(
-                CalendarStatus(
-                    name=name,
-                    pending=pending,
-                    pulled=self.link is not None and name in self.link.pulled,
-                    refused=self.link.refused_calendars.get(name, "") if self.link is not None else "",
-                )
-            )
+        link = self.link
+        calendars = self._store.statuses(link.pulled if link else set(), link.refused_calendars if link else {})
         return TerminalStatus(
             name=self.name,
             relay=self.relay,
-            link=self.link.state if self.link is not None else LinkState.OFFLINE,
+            link=link.state if link is not None else LinkState.OFFLINE,
             pending=sum(c.pending for c in calendars),
-            last_ack_at=parse_time(last_ack) if last_ack else None,
-            last_error=self.link.last_error if self.link is not None else "",
-            calendars=tuple(calendars),
+            last_ack_at=self._store.last_ack_at(),
+            last_error=link.last_error if link is not None else "",
+            calendars=calendars,
         )
 
     def on_change(self, callback: Callable[[ChangeNotice], None]) -> Callable[[], None]:
         """Call ``callback`` (on the event loop, synchronously) for every change; returns an unsubscribe function."""
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._feed.subscribe(callback)
 
     def changes(self, max_queued: int = 1000) -> ChangeStream:
         """A stream of change notices from now on (subscribed at once, before the first ``await``).
@@ -599,80 +345,40 @@ class Terminal:
         ``max_queued`` notices behind gets one ``overflow`` notice instead of the dropped ones
         and should re-read what it shows.
         """
-        return ChangeStream(self._streams, max_queued, closed=self._closed)
+        return self._feed.stream(max_queued, closed=self._closed)
 
     def _publish(self, notice: ChangeNotice) -> None:
-        self._wake()
-        if not notice.reservation_ids and notice.kind is not ChangeKind.OVERFLOW:
-            return
-        for callback in builtins.list(self._callbacks):
-            try:
-                callback(notice)
-            except Exception:  # an observer's bug must not break sync
-                log.exception("change observer failed")
-        for stream in builtins.list(self._streams):
-            stream.put(notice)
+        self._wakeup.wake()
+        self._feed.publish(notice)
 
     # ---- LinkHandler (called by the link) ----------------------------------------------------
 
-    def link_calendars(self) -> builtins.list[CalendarId]:
-        return sorted(self._open)
+    def link_calendars(self) -> list[CalendarId]:
+        return self.calendars()
 
     def link_state_vector(self, calendar: CalendarId) -> bytes:
-        state_vector: bytes = self._open[calendar].replica.state_vector()
+        state_vector: bytes = self._store.calendars[calendar].replica.state_vector()
         return state_vector
 
     def link_diff(self, calendar: CalendarId, state_vector: bytes) -> bytes | None:
-        opened = self._open.get(calendar)
+        opened = self._store.calendars.get(calendar)
         return opened.replica.diff(state_vector) if opened is not None else None
 
     async def link_update(self, calendar: CalendarId, update: bytes) -> None:
-        opened = self._open.get(calendar)
-        if opened is None:
-            log.debug("update for a calendar not open here", extra={"calendar": calendar})
-            return
-        opened.take_touched()
-        try:
-            change = opened.replica.apply(update)
-        finally:
-            ids = opened.take_touched()
-        if change is None:
-            return
-        await self._require_store().append(calendar, change.update)
-        log.debug("stored remote change", extra={"calendar": calendar, "reservations": len(ids)})
-        self._publish(ChangeNotice(calendar, ids, ChangeKind.REMOTE))
+        ids = await self._store.apply_remote(calendar, update)
+        if ids is not None:
+            self._publish(ChangeNotice(calendar, ids, ChangeKind.REMOTE))
 
     async def link_acknowledged(self, calendar: CalendarId, clocks: dict[int, int]) -> None:
-        if calendar not in self._open:
-            return
-        covered = await self._require_ledger().acknowledge(calendar, clocks, format_time(self.clock()))
-        ids = tuple(sorted(ReservationId(i) for i in covered))
-        self._publish(ChangeNotice(calendar, ids, ChangeKind.STORED))
+        if calendar in self._store.calendars:
+            ids = await self._store.acknowledge(calendar, clocks, format_time(self.clock()))
+            self._publish(ChangeNotice(calendar, ids, ChangeKind.STORED))
 
     async def link_pulled(self, calendar: CalendarId) -> None:
-        opened = self._open.get(calendar)
-        if opened is not None and opened.replica.calendar.assume_home:
-            opened.replica.calendar.assume_home = False  # meta.home, if any, is here now
-            await self._require_store().set_meta(PULLED_PREFIX + calendar, format_time(self.clock()))
+        await self._store.mark_pulled(calendar, format_time(self.clock()))
 
     def link_event(self) -> None:
-        self._wake()
-
-    # ---- internals ---------------------------------------------------------------------------
-
-    def _check_running(self) -> None:
-        if not self._running:
-            raise TerminalError("the terminal is not running: use `async with Terminal(...) as t:`")
-
-    def _require_store(self) -> SqliteStorage:
-        if self._store is None:
-            raise TerminalError("the terminal is not running: use `async with Terminal(...) as t:`")
-        return self._store
-
-    def _require_ledger(self) -> Ledger:
-        if self._ledger is None:
-            raise TerminalError("the terminal is not running: use `async with Terminal(...) as t:`")
-        return self._ledger
+        self._wakeup.wake()
 
 
 def default_name() -> str:
@@ -681,6 +387,7 @@ def default_name() -> str:
 
 
 __all__ = [
+    "DEFAULT_STORE",
     "ChangeKind",
     "ChangeNotice",
     "ChangeStream",

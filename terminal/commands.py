@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from accord.engine.errors import NotFound
+from accord.engine.errors import CloseCode, ExitCode, NotFound
 from accord.engine.model import CalendarId, Reservation, Status, format_time
 
 from . import format as fmt
@@ -28,14 +28,6 @@ from .client import Terminal
 from .errors import RelayRefused, RelayUnreachable, SyncTimeout
 from .link import LinkState
 from .status import SyncState
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_REFUSED = 4
-EXIT_REJECTED = 5
-EXIT_INTERRUPTED = 130
 
 DEFAULT_RELAY = "ws://127.0.0.1:8765"
 DEFAULT_TIMEOUT_S = 2.0
@@ -61,7 +53,7 @@ class Output:
     def note(self, text: str) -> None:
         print(json.dumps({"note": text}) if self.json else f"accord terminal: {text}", file=sys.stderr, flush=True)
 
-    def error(self, text: str, code: int) -> int:
+    def error(self, text: str, code: ExitCode) -> ExitCode:
         if self.json:
             print(json.dumps({"error": text, "exit": code}), file=sys.stderr, flush=True)
         else:
@@ -137,13 +129,13 @@ def offline_read_note(ctx: Context) -> None:
         ctx.out.note(f"relay {ctx.terminal.relay} unreachable; showing this terminal's data (last synced: {last})")
 
 
-async def cmd_book(ctx: Context) -> int:
+async def cmd_book(ctx: Context) -> ExitCode:
     t, args, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
     await reach_relay(ctx)
     reservation = await t.book(calendar, resource=args.resource, start=args.start, end=args.end,
                                patient=args.patient, service=args.service, note=args.note)
     stored = await push(ctx)
-    code = EXIT_OK
+    code = ExitCode.OK
     if args.wait:
         if not stored:
             raise RelayUnreachable(
@@ -156,13 +148,13 @@ async def cmd_book(ctx: Context) -> int:
             if reservation.conflict_with:
                 detail += f" (conflicts with {reservation.conflict_with})"
             ctx.out.note(f"reservation {reservation.id} was rejected: {detail}; reschedule it or book another slot")
-            code = EXIT_REJECTED
+            code = ExitCode.REJECTED
     sync = t.sync_state(calendar, reservation.id)
     ctx.out.result(reservation.id, reservation_json(reservation, sync))
     return code
 
 
-async def _write(ctx: Context, action: Callable[[CalendarId, str], Awaitable[Reservation]]) -> int:
+async def _write(ctx: Context, action: Callable[[CalendarId, str], Awaitable[Reservation]]) -> ExitCode:
     t, calendar = ctx.terminal, ctx.need_calendar()
     await reach_relay(ctx)
     rid = await t.resolve(calendar, ctx.args.id)
@@ -170,30 +162,30 @@ async def _write(ctx: Context, action: Callable[[CalendarId, str], Awaitable[Res
     await push(ctx)
     sync = t.sync_state(calendar, reservation.id)
     ctx.out.result(f"{reservation.id} {fmt.status_text(reservation)}", reservation_json(reservation, sync))
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def cmd_reschedule(ctx: Context) -> int:
+async def cmd_reschedule(ctx: Context) -> ExitCode:
     a = ctx.args
     return await _write(ctx, lambda c, r: ctx.terminal.reschedule(c, r, start=a.start, end=a.end, resource=a.resource))
 
 
-async def cmd_cancel(ctx: Context) -> int:
+async def cmd_cancel(ctx: Context) -> ExitCode:
     return await _write(ctx, lambda c, r: ctx.terminal.cancel(c, r, reason=ctx.args.reason))
 
 
-async def cmd_check_in(ctx: Context) -> int:
+async def cmd_check_in(ctx: Context) -> ExitCode:
     return await _write(ctx, lambda c, r: ctx.terminal.check_in(c, r))
 
 
-async def cmd_edit(ctx: Context) -> int:
+async def cmd_edit(ctx: Context) -> ExitCode:
     a = ctx.args
     if a.note is None and a.service is None:
         raise UsageError("accord terminal edit: give --note TEXT and/or --service CODE")
     return await _write(ctx, lambda c, r: ctx.terminal.edit(c, r, note=a.note, service=a.service))
 
 
-async def cmd_list(ctx: Context) -> int:
+async def cmd_list(ctx: Context) -> ExitCode:
     t, args, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
     await reach_relay(ctx)
     offline_read_note(ctx)
@@ -201,7 +193,7 @@ async def cmd_list(ctx: Context) -> int:
     if args.date is not None:
         day_start = datetime.combine(args.date, time(0), tzinfo=UTC)
         between = (day_start, day_start + timedelta(days=1))
-    items = await t.list(calendar, resource=args.resource, between=between)
+    items = await t.reservations(calendar, resource=args.resource, between=between)
     sync_of: dict[str, SyncState] = {r.id: t.sync_state(calendar, r.id) for r in items}
     if args.conflicts:
         conflicts = await t.conflicts(calendar, resource=args.resource, between=between)
@@ -219,16 +211,16 @@ async def cmd_list(ctx: Context) -> int:
             ],
         }
         ctx.out.result(fmt.conflicts_text(conflicts, sync_of), data)
-        return EXIT_OK
+        return ExitCode.OK
     rows = [(r, sync_of[r.id]) for r in items]
     ctx.out.result(
         fmt.reservation_table(rows),
         {"calendar": calendar, "reservations": [reservation_json(r, s) for r, s in rows]},
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def cmd_show(ctx: Context) -> int:
+async def cmd_show(ctx: Context) -> ExitCode:
     t, calendar = ctx.terminal, ctx.need_calendar()
     await reach_relay(ctx)
     offline_read_note(ctx)
@@ -236,10 +228,10 @@ async def cmd_show(ctx: Context) -> int:
     reservation = await t.get(calendar, rid)
     sync = t.sync_state(calendar, rid)
     ctx.out.result(fmt.describe(reservation, sync), reservation_json(reservation, sync))
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def cmd_sync(ctx: Context) -> int:
+async def cmd_sync(ctx: Context) -> ExitCode:
     t = ctx.terminal
     ctx.link = await t.wait_connected(ctx.timeout_s)
     if ctx.link is LinkState.OFFLINE or ctx.link is LinkState.CONNECTING:
@@ -254,10 +246,10 @@ async def cmd_sync(ctx: Context) -> int:
         f"synced with {t.relay}: {len(status.calendars)} calendar(s), {status.pending} pending",
         {**status.to_json(), "synced": True},
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def cmd_status(ctx: Context) -> int:
+async def cmd_status(ctx: Context) -> ExitCode:
     t = ctx.terminal
     ctx.link = await t.wait_connected(ctx.timeout_s)
     if ctx.online:
@@ -265,42 +257,56 @@ async def cmd_status(ctx: Context) -> int:
             await t.synced(ctx.timeout_s, calendars=[ctx.calendar] if ctx.calendar else None)
     status = t.status()
     ctx.out.result(fmt.status_text_block(status), status.to_json())
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def cmd_watch(ctx: Context) -> int:
+async def cmd_watch(ctx: Context) -> ExitCode:
+    """Print changes until SIGINT (Ctrl-C: exit 130) or SIGTERM (a service manager: exit 0), or
+    until the relay refuses this terminal (exit 4).
+
+    The watch handles both signals itself from its first line on: a signal while it connects
+    stops it as cleanly as one later, and a process started with SIGINT ignored (a non-interactive
+    shell starts background jobs so, and children inherit it) still stops on Ctrl-C. Its first
+    note on stderr ("connected to ...; watching", or "... unreachable ...") comes after that, so
+    whoever saw it knows a signal will be handled.
+    """
     t = ctx.terminal
     wanted = {ctx.calendar} if ctx.calendar else set(t.calendars())
     if not wanted:
         raise UsageError("accord terminal watch: this terminal holds no calendar yet; give --calendar NAME")
-    for name in sorted(wanted):
-        await t.open(name)
-    stream = t.changes()
-    state = await t.wait_connected(ctx.timeout_s)
-    _note_link(ctx, state)
-    if state is LinkState.REFUSED:
-        raise _refused(t)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-        loop.add_signal_handler(signal.SIGTERM, stop.set)  # a service manager stopping us: exit 0, cleanly
-    tasks = {
-        asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer"),
-        asyncio.create_task(_watch_link(ctx, state), name="watch-link"),
-        asyncio.create_task(stop.wait(), name="watch-stop"),
-    }
+    stopped: asyncio.Future[ExitCode] = loop.create_future()
+    handled = []
+    for sig, code in ((signal.SIGINT, ExitCode.INTERRUPTED), (signal.SIGTERM, ExitCode.OK)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(sig, _stop, stopped, code)
+            handled.append(sig)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()  # re-raise RelayRefused
-        return EXIT_OK
+        for name in sorted(wanted):
+            await t.open(name)
+        stream = t.changes()
+        tasks: set[asyncio.Future[Any]] = {
+            asyncio.create_task(_print_changes(ctx, stream, wanted), name="watch-printer"),
+            asyncio.create_task(_watch_link(ctx), name="watch-link"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks | {stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & tasks:
+                task.result()  # re-raise RelayRefused
+            return stopped.result() if stopped.done() else ExitCode.OK
+        finally:
+            stream.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
-        stream.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _stop(stopped: asyncio.Future[ExitCode], code: ExitCode) -> None:
+    if not stopped.done():  # the first signal decides the exit code
+        stopped.set_result(code)
 
 
 async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[CalendarId]) -> None:
@@ -326,18 +332,19 @@ async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[Calenda
             ctx.out.result(fmt.change_line(str(notice.kind), reservation, notice.calendar, rid), data)
 
 
-async def _watch_link(ctx: Context, reported: LinkState) -> None:
-    """Report going online or offline on stderr (not every retry); raise RelayRefused (exit 4) on refusal."""
+async def _watch_link(ctx: Context) -> None:
+    """Report on stderr how the first connection attempt went, then going online or offline (not
+    every retry); raise RelayRefused (exit 4) when the relay refuses this terminal."""
     t = ctx.terminal
-    state = t.status().link
-    while True:
+    state = reported = await t.wait_connected(ctx.timeout_s)
+    _note_link(ctx, state)
+    while state is not LinkState.REFUSED:
+        # From the state last seen, not a fresh read: a change in between is then reported too.
         state = await t.wait_link_change(state, WATCH_STATE_POLL_S)
-        if state is LinkState.REFUSED:
-            _note_link(ctx, state)
-            raise _refused(t)
         if state is not LinkState.CONNECTING and state is not reported:
             _note_link(ctx, state)
             reported = state
+    raise _refused(t)
 
 
 def _note_link(ctx: Context, state: LinkState) -> None:
@@ -349,11 +356,11 @@ def _note_link(ctx: Context, state: LinkState) -> None:
 
 
 def _refused(t: Terminal) -> RelayRefused:
-    code = t.link.refused_code if t.link is not None and t.link.refused_code else 4401
+    code = t.link.refused_code if t.link is not None and t.link.refused_code else CloseCode.UNAUTHORIZED
     return RelayRefused(f"relay {t.relay} refused this terminal: {t.status().last_error}; check --token or ACCORD_TOKEN", code)
 
 
-COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "book": cmd_book,
     "reschedule": cmd_reschedule,
     "cancel": cmd_cancel,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from accord.engine.calendar import Calendar
 from accord.engine.model import Reservation, Status
 
 # Statuses that occupy their slot.
@@ -72,3 +73,14 @@ def find_conflicts(reservations: Iterable[Reservation], capacity: Callable[[str]
                     )
                 run, over = [], False
     return found
+
+
+def calendar_conflicts(
+    calendar: Calendar, resource: str | None = None, between: tuple[datetime | str, datetime | str] | None = None
+) -> list[Conflict]:
+    """Overbooked runs in ``calendar`` (optionally one resource, one time window).
+
+    Until a home relay is known, pending bookings are what a plain calendar would book: they count.
+    """
+    holding = HOLDING if calendar.home is not None else HOLDING | {Status.PENDING}
+    return find_conflicts(calendar.list(resource=resource, between=between), calendar.capacity, holding=holding)

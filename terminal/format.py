@@ -1,8 +1,7 @@
 """Human-readable output of the terminal CLI: tables, one-reservation views, change lines.
 
-Times are shown in UTC (as stored), ``YYYY-MM-DD HH:MM``. Short ids are the *last* 8
-characters of a reservation id: the leading characters of a UUIDv7 are a timestamp, shared by
-everything booked within the same minute.
+Times are shown in UTC (as stored), ``YYYY-MM-DD HH:MM``; reservation ids as short ids
+(:func:`~accord.terminal.ids.short_id`: their last 8 characters).
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from datetime import UTC, datetime
 from accord.engine.model import Reservation, Status
 
 from .conflicts import Conflict
+from .ids import short_id
 from .status import SyncState, TerminalStatus
 
-SHORT_ID = 8
 NOTE_WIDTH = 30
 
 SYNC_LABELS = {
@@ -23,11 +22,6 @@ SYNC_LABELS = {
     SyncState.STORED: "on relay",
     SyncState.DECIDED: "decided",
 }
-
-
-def short_id(reservation_id: str) -> str:
-    """The last 8 characters (unique enough to type; ``accord terminal show`` accepts them)."""
-    return reservation_id[-SHORT_ID:]
 
 
 def when(value: datetime) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,18 +207,43 @@ async def test_cli_wrong_token_exits_4_and_rejected_booking_exits_5(tmp_path: Pa
         assert first.out and json.loads(first.out)["id"] in second.err  # names the booking it conflicts with
 
 
-async def test_cli_watch_prints_changes_as_they_arrive_and_exits_130_on_ctrl_c(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def sigint_for_children(inherited: str) -> Iterator[None]:
+    """Start children with SIGINT at its default action, as a shell runs a foreground command, or
+    ignored, as a non-interactive shell runs a background job (``make test &``): exec keeps an
+    ignored signal and resets a caught one to its default."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if inherited == "ignored" else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+async def read_until(stream: asyncio.StreamReader, fragment: bytes) -> bytes:
+    """Read lines up to the first containing ``fragment``; fail (rather than spin) if the stream ends first."""
+    seen = b""
+    while fragment not in (line := await stream.readline()):
+        assert line, f"the stream ended before {fragment!r}; it said: {seen.decode()}"
+        seen += line
+    return line
+
+
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+async def test_cli_watch_prints_changes_as_they_arrive_and_exits_130_on_ctrl_c(tmp_path: Path, inherited_sigint: str) -> None:
     async with Relay(relay_config(tmp_path, "r1")) as relay:
-        proc = await asyncio.create_subprocess_exec(
-            *ACCORD, "terminal", "watch", "--json", "--calendar", CAL, "--relay", relay.url,
-            "--store", str(tmp_path / "watch.sqlite"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=cli_env(),
-        )
+        with sigint_for_children(inherited_sigint):
+            proc = await asyncio.create_subprocess_exec(
+                *ACCORD, "terminal", "watch", "--json", "--calendar", CAL, "--relay", relay.url,
+                "--store", str(tmp_path / "watch.sqlite"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=cli_env(),
+            )
         assert proc.stdout is not None and proc.stderr is not None
         try:
             async with asyncio.timeout(20):
-                while b"connected" not in await proc.stderr.readline():
-                    pass
+                # The watch prints its first note once it handles SIGINT itself: from then on the
+                # signal below stops it, whatever SIGINT disposition it was started with.
+                await read_until(proc.stderr, b"connected")
                 async with Terminal(relay=relay.url, store=tmp_path / "desk.sqlite", name="desk-1") as desk:
                     reservation = await desk.book(CAL, resource="room-1", start="2026-12-01T09:00Z",
                                                   end="2026-12-01T09:30Z", patient="P-7")
@@ -229,3 +256,21 @@ async def test_cli_watch_prints_changes_as_they_arrive_and_exits_130_on_ctrl_c(t
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_cli_watch_exits_0_on_sigterm_also_while_the_relay_is_unreachable(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *ACCORD, "terminal", "watch", "--calendar", CAL, "--relay", f"ws://127.0.0.1:{free_port()}",
+        "--store", str(tmp_path / "watch.sqlite"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            await read_until(proc.stderr, b"unreachable")  # the first note: SIGTERM is handled from then on
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0  # a service manager stopping the watch: a clean exit
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

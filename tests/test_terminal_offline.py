@@ -86,9 +86,9 @@ async def test_lifecycle_writes_apply_locally(tmp_path: Path) -> None:
         moved = await t.reschedule(CAL, rid, start=START + timedelta(hours=1), end=START + timedelta(hours=2), resource="room-2")
         assert (moved.resource, moved.start) == ("room-2", START + timedelta(hours=1))
         assert (await t.check_in(CAL, rid)).status is Status.CHECKED_IN
-        listed = await t.list(CAL, resource="room-2", between=(START, START + timedelta(days=1)))
+        listed = await t.reservations(CAL, resource="room-2", between=(START, START + timedelta(days=1)))
         assert [r.id for r in listed] == [rid]
-        assert await t.list(CAL, resource="room-1") == []
+        assert await t.reservations(CAL, resource="room-1") == []
 
 
 async def test_change_stream_and_callbacks_report_local_writes_by_id(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ async def test_conflicts_respect_capacity_and_half_open_slots(tmp_path: Path) ->
         [conflict] = await t.conflicts(CAL, resource="room-1")
         assert {r.id for r in conflict.reservations} == {a, b}
         assert (conflict.start, conflict.end) == (START, START + timedelta(minutes=45))
-        everything = await t.list(CAL)
+        everything = await t.reservations(CAL)
         assert len(find_conflicts(everything, lambda resource: 2)) == 0
         assert [c.resource for c in find_conflicts(everything, lambda resource: 1)] == ["room-1", "room-2"]
         await t.cancel(CAL, b)
@@ -180,7 +180,8 @@ def test_status_text_names_what_a_rejection_conflicts_with() -> None:
 
     from accord.engine.calendar import Calendar
     from accord.engine.model import Decision
-    from accord.terminal.format import short_id, status_text
+    from accord.terminal.format import status_text
+    from accord.terminal.ids import short_id
 
     calendar = Calendar("clinic-1", actor="desk")
     take_home(calendar, "home")

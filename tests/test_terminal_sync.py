@@ -140,7 +140,7 @@ async def test_remote_updates_are_stored_so_an_offline_restart_still_shows_them(
             await two.open(CAL)
             await two.synced(timeout=5)
     async with Terminal(store=tmp_path / "desk-2.sqlite") as two:  # relay gone
-        assert [r.id for r in await two.list(CAL)] == [rid]
+        assert [r.id for r in await two.reservations(CAL)] == [rid]
         assert two.status().pending == 0  # what came from the relay is never pending here
 
 
@@ -158,7 +158,7 @@ async def test_terminal_reconnects_after_relay_restart(tmp_path: Path) -> None:
             await t.synced(timeout=10)
             await other.open(CAL)
             await other.synced(timeout=5)
-            assert [r.id for r in await other.list(CAL)] == [rid]
+            assert [r.id for r in await other.reservations(CAL)] == [rid]
 
 
 async def test_wrong_token_is_refused_and_reported(tmp_path: Path) -> None:
