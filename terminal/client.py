@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
 from accord.engine.model import CalendarId, Reservation, ReservationId, Status, check_calendar_name, format_time
+from accord.engine.protocol import decode_state_vector
 from accord.engine.storage import CompactionPolicy
 
 from . import waits
@@ -373,6 +374,12 @@ class Terminal:
         if calendar in self._store.calendars:
             ids = await self._store.acknowledge(calendar, clocks, format_time(self.clock()))
             self._publish(ChangeNotice(calendar, ids, ChangeKind.STORED))
+
+    async def link_relay_state(self, calendar: CalendarId, state_vector: bytes) -> None:
+        if calendar in self._store.calendars and await self._store.relay_state(calendar, decode_state_vector(state_vector)):
+            log.warning("relay holds less than it acknowledged (restored from an older copy?); sending it again",
+                        extra={"calendar": calendar})
+            self._wakeup.wake()
 
     async def link_pulled(self, calendar: CalendarId) -> None:
         await self._store.mark_pulled(calendar, format_time(self.clock()))

@@ -52,6 +52,7 @@ class CalendarLedger:
     clients: set[int] = field(default_factory=set)
     pending: dict[tuple[int, int], tuple[str, ...]] = field(default_factory=dict)
     last_ack_at: str = ""
+    generation: int = 0  # bumped when the relay is found to hold less than it acknowledged
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -85,10 +86,15 @@ class CalendarLedger:
     # ---- updates ---------------------------------------------------------------------------
 
     def merge(self, other: CalendarLedger) -> None:
-        """Fold ``other`` in: clocks by maximum, clients and pending entries by union."""
-        for client, clock in other.acked.items():
-            if clock > self.acked.get(client, 0):
-                self.acked[client] = clock
+        """Fold ``other`` in: clocks by maximum within a generation (a later generation's clocks
+        replace an earlier one's: the relay lost what those acknowledged), clients and pending
+        entries by union."""
+        if other.generation > self.generation:
+            self.acked, self.generation = dict(other.acked), other.generation
+        elif other.generation == self.generation:
+            for client, clock in other.acked.items():
+                if clock > self.acked.get(client, 0):
+                    self.acked[client] = clock
         self.clients |= other.clients
         for key, ids in other.pending.items():
             self.pending.setdefault(key, ids)
@@ -109,6 +115,7 @@ class CalendarLedger:
                 "clients": sorted(self.clients),
                 "pending": [[c, k, list(ids)] for (c, k), ids in sorted(self.pending.items())],
                 "last_ack_at": self.last_ack_at,
+                "generation": self.generation,
             },
             separators=(",", ":"),
         )
@@ -122,6 +129,7 @@ class CalendarLedger:
             clients={int(c) for c in data["clients"]},
             pending={(int(c), int(k)): tuple(str(i) for i in ids) for c, k, ids in data["pending"]},
             last_ack_at=str(data.get("last_ack_at", "")),
+            generation=int(data.get("generation", 0)),
         )
 
 
@@ -198,6 +206,21 @@ class Ledger:
         ledger.prune(self._own.get(calendar))
         await self.save(calendar)
         return {rid for key, ids in before.items() if key not in ledger.pending for rid in ids}
+
+    async def regress(self, calendar: CalendarId, relay_clocks: Mapping[int, int]) -> bool:
+        """The relay holds less than it acknowledged (restored from an older copy, or replaced):
+        forget those acknowledgements, so that status tells the truth until it acknowledges the
+        re-sent changes again. Returns True if anything was forgotten (then persisted)."""
+        ledger = self._ledgers[calendar]
+        regressed = {c for c, clock in ledger.acked.items() if clock > relay_clocks.get(c, 0)}
+        if not regressed:
+            return False
+        for client in regressed:  # what the relay lost is pending again until it is acknowledged again
+            ledger.pending.setdefault((client, ledger.acked[client]), ())
+        ledger.generation += 1  # a new generation: the merge must not bring the lost ACKs back
+        ledger.acked = {c: min(clock, relay_clocks.get(c, 0)) for c, clock in ledger.acked.items()}
+        await self.save(calendar)
+        return True
 
     def save_soon(self, calendar: CalendarId) -> None:
         """Schedule a save; saves requested while one runs are merged into the next."""

@@ -48,6 +48,7 @@ from accord.engine.session import (
     CalendarRefused,
     CalendarRequested,
     Event,
+    RemoteState,
     Session,
     SyncCompleted,
     UpdateReceived,
@@ -93,6 +94,11 @@ class LinkHandler(Protocol):
 
     async def link_acknowledged(self, calendar: CalendarId, clocks: dict[int, int]) -> None:
         """The relay durably stored everything covered by ``clocks``."""
+        ...
+
+    async def link_relay_state(self, calendar: CalendarId, state_vector: bytes) -> None:
+        """The relay's state vector for ``calendar`` (each session): it may hold less than it
+        acknowledged before (a relay restored from an older copy)."""
         ...
 
     async def link_pulled(self, calendar: CalendarId) -> None:
@@ -312,6 +318,8 @@ class Link:
                     session.open(calendar)
                 else:
                     session.refuse(calendar, CloseCode.NOT_FOUND, "this terminal does not hold that calendar")
+            case RemoteState(calendar, state_vector):
+                await self.handler.link_relay_state(calendar, state_vector)
             case UpdateReceived(calendar, update, _):
                 await self.handler.link_update(calendar, update)
             case SyncCompleted(calendar):

@@ -168,6 +168,10 @@ class TerminalStore:
         """The relay stored everything ``clocks`` covers (``name`` is open): the reservations it covered."""
         return _sorted_ids(await self._require_ledger().acknowledge(name, clocks, at))
 
+    async def relay_state(self, name: CalendarId, clocks: dict[int, int]) -> bool:
+        """The relay's state vector for ``name``: True if it holds less than it acknowledged."""
+        return await self._require_ledger().regress(name, clocks)
+
     async def mark_pulled(self, name: CalendarId, at: str) -> None:
         """The relay's state of ``name`` arrived: from now on its statuses need no assumed home."""
         opened = self.calendars.get(name)

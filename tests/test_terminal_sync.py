@@ -230,3 +230,53 @@ async def test_a_calendar_never_synced_shows_bookings_pending_until_a_relay_says
             assert (await t.get(CAL, rid)).status is Status.BOOKED  # a plain calendar: booked at once
     async with terminal(f"ws://127.0.0.1:{free_port()}", tmp_path, "desk") as t:  # offline again
         assert (await t.get(CAL, rid)).status is Status.BOOKED  # it remembers having synced
+
+
+class HeldCommits:
+    """A relay store whose commits wait until released (wraps a real SQLite store)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        await self.release.wait()
+        return await self.inner.append_many(items)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_relay_restored_from_an_older_copy_is_noticed_and_status_stays_truthful(tmp_path: Path) -> None:
+    import shutil
+
+    from accord.engine.storage import SqliteStorage
+    from accord.terminal.errors import SyncTimeout
+
+    port = free_port()
+    config = config_on(tmp_path, "a", port)
+    backup = tmp_path / "backup.sqlite"
+    async with Relay(config):
+        async with terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk") as t:
+            await t.open(CAL)
+            await t.synced(timeout=5)
+    shutil.copy(config.db_path, backup)  # before the booking
+    async with Relay(config):
+        async with terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk") as t:
+            rid = await book(t)
+            await t.synced(timeout=5)
+            assert t.status().pending == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{config.db_path}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, config.db_path)  # the relay's disk is restored from the older copy
+    held = HeldCommits(await SqliteStorage.open(config.db_path))
+    async with Relay(config, storage=held), terminal(f"ws://127.0.0.1:{port}", tmp_path, "desk") as t:  # type: ignore[arg-type]
+        await t.wait_connected(timeout=5)
+        await t.wait_for(lambda: t.status().pending > 0, timeout=5)  # noticed: the relay lacks the booking
+        with pytest.raises(SyncTimeout):
+            await t.synced(timeout=0.5)  # and synced() does not claim otherwise
+        held.release.set()
+        await t.synced(timeout=5)
+        assert t.status().pending == 0
+    async with Relay(config) as relay:
+        assert (await relay.calendar(CAL)).get(rid).id == rid  # stored on the restored relay
