@@ -282,9 +282,17 @@ function update (id, action, changes) {
   const entry = state.doc.getMap('reservations').get(id)
   if (!(entry instanceof Y.Map)) throw new model.Refused(`reservation ${id} is not on this board any more; reload the day`)
   const { decided } = snapshot()
-  const keys = model.planUpdate({
-    id, fields: entry.toJSON(), hasHome: decided.hasHome, decided: decided.states.get(id), action, changes, actor: actor(), nowMs: Date.now()
-  })
+  let keys
+  try {
+    keys = model.planUpdate({
+      id, fields: entry.toJSON(), hasHome: decided.hasHome, decided: decided.states.get(id), action, changes, actor: actor(), nowMs: Date.now()
+    })
+  } catch (error) {
+    if (error instanceof model.Refused && !decided.settled) {
+      throw new model.Refused(`${error.message} (the home relay's decisions are still being checked; try again in a moment)`)
+    }
+    throw error
+  }
   state.doc.transact(() => { for (const [key, value] of Object.entries(keys)) entry.set(key, value) }, 'board')
   return entry.toJSON()
 }
