@@ -429,6 +429,19 @@ def test_after_a_handover_only_the_new_homes_verdicts_count() -> None:
     assert [after["views"][rid]["status"] for rid in (first, second)] == ["booked", "pending"]
 
 
+def test_a_handover_to_something_that_is_not_a_key_leaves_the_old_home_deciding() -> None:
+    desk = Desk(relay_id="relay-a")
+    rid = desk.book("P-1", "09:00", "09:30")
+    desk.decide()
+    home = desk.calendar.home_record
+    assert home is not None
+    for n, to_key in enumerate(["not-a-key", _b64(bytes(31)), "é"]):  # signed by the home, but no key
+        record = HomeRecord(home.calendar, 2, f"relay-{n}", to_key, home.public_key)
+        desk.calendar.homes[record.entry_key] = desk.key.sign(HOME_TAG, record.payload())
+    want = _assert_same({"bad-handover": desk.calendar})["bad-handover"]
+    assert want["home"] == ["relay-a", "1"] and want["views"][rid]["status"] == "booked"
+
+
 def test_two_homes_at_epoch_one_agree_on_the_lowest_relay_id() -> None:
     desk = Desk(relay_id="relay-b")
     rid = desk.book("P-1", "09:00", "09:30")

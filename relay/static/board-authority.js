@@ -147,6 +147,12 @@ const integer = (payload, key) => hasOwn(payload, key) && typeof payload[key] ==
 /** The home record's payload as Python writes it (HomeRecord.payload). */
 const homePayload = r => ({ c: r.calendar, e: r.epoch, h: r.relayId, k: r.publicKey, s: r.signer })
 
+/** authority.is_public_key: `text` decodes (leniently) to the 32 bytes of an Ed25519 public key. */
+export function isPublicKey (text) {
+  const bytes = unb64(text)
+  return bytes !== null && bytes.length === 32
+}
+
 /** authority.read_home_record: the record in `text` if well-formed, for `calendar` and signed by its stated signer. */
 export async function readHomeRecord (text, calendar, signatures) {
   const opened = openSigned(text, HOME_TAG)
@@ -156,7 +162,7 @@ export async function readHomeRecord (text, calendar, signatures) {
   if (!strings(payload, ['c', 'h', 'k', 's']) || !integer(payload, 'e')) return null
   const record = { calendar: payload.c, epoch: payload.e, relayId: payload.h, publicKey: payload.k, signer: payload.s }
   if (record.calendar !== calendar || record.epoch < 1n || raw !== canonicalJson(homePayload(record))) return null
-  if (record.epoch === 1n && record.signer !== record.publicKey) return null
+  if ((record.epoch === 1n && record.signer !== record.publicKey) || !isPublicKey(record.publicKey)) return null
   return (await signatures.verifies(record.signer, HOME_TAG, rawBytes, signature)) ? Object.freeze(record) : null
 }
 
