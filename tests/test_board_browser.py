@@ -13,7 +13,9 @@ with the reason, unless ``ACCORD_REQUIRE_BROWSER=1``, which turns the skip into 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -25,11 +27,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from homes import decide, take_home
 from relays import Relay, RelayConfig, relay_config
 from wire import WireClient
 
+from accord.engine.authority import HOME_TAG, VERDICT_TAG, HomeRecord, RelayKey, Verdict, request_digest
 from accord.engine.calendar import Calendar
-from accord.engine.model import derive_status
+from accord.engine.model import Decision
+from accord.relay.home import load_relay_key
 
 CAL = "clinic-1"
 DAY = "2026-11-25"
@@ -371,12 +376,14 @@ async def test_refused_actions_show_a_clear_message(browser: Any, tmp_path: Path
             await client.__aexit__(None, None, None)
 
 
-def _seed_day(calendar: Calendar, home: Calendar) -> dict[str, str]:
-    """A front desk's morning in every status the board shows; returns patient -> reservation id."""
+def _seed_day(calendar: Calendar, home_id: str, home_key: RelayKey) -> dict[str, str]:
+    """A front desk's morning in every status the board shows, decided by genuine verdicts of the
+    calendar's home (``home_id``, signing with ``home_key``), plus forgeries that must change nothing.
+    Returns patient -> reservation id."""
     def at(hour: int, minute: int = 0) -> datetime:
         return datetime(2026, 11, 25, hour, minute, tzinfo=UTC)
 
-    home.set_home("relay-a")
+    take_home(calendar, home_id, home_key)
     calendar.put_resource("room-1", name="Room 1")
     calendar.put_resource("room-2", name="Room 2")
     calendar.put_resource("dr-lee", name="Dr Lee")
@@ -387,51 +394,76 @@ def _seed_day(calendar: Calendar, home: Calendar) -> dict[str, str]:
                                      patient=patient, now=NOW, **kw).id
         return ids[patient]
 
-    def decide(rid: str, outcome: str, conflict: str = "", reason: str = "") -> None:
-        entry = home.reservations[rid]
-        with home.doc.transaction(origin=home.origin):
-            entry["decision"] = outcome
-            entry["decided_start"], entry["decided_end"] = entry["start"], entry["end"]
-            entry["decided_resource"] = entry["resource"]
-            entry["decided_by"], entry["decided_at"] = "relay-a", "2026-11-25T07:05:00Z"
-            entry["decided_request"] = entry.get("requested_at", "")
-            if outcome == "booked":
-                entry["booked_start"], entry["booked_end"] = entry["start"], entry["end"]
-                entry["booked_resource"] = entry["resource"]
-            else:
-                entry["conflict_with"], entry["reason"] = conflict, reason
+    def verdict(rid: str, outcome: Decision, **kw: Any) -> str:
+        return decide(calendar, rid, outcome, relay_id=home_id, key=home_key, **kw)
 
     first = book("P-1042", "room-1", at(8, 30), 30, service="check-up", note="fasting since midnight")
-    decide(first, "booked")
+    verdict(first, Decision.BOOKED)
     calendar.check_in(first, now=NOW)
-    decide(book("P-2210", "room-1", at(9), 20, service="vaccination"), "booked")
+    genuine = verdict(book("P-2210", "room-1", at(9), 20, service="vaccination"), Decision.BOOKED)
     clash = book("P-3318", "room-1", at(9, 10), 20, service="vaccination", note="asked for the morning")
-    decide(clash, "rejected", conflict=ids["P-2210"], reason="room-1 is fully booked 09:00-09:20")
-    book("P-4521", "dr-lee", at(9, 30), 45, service="consultation", note="interpreter needed (Polish)")
+    verdict(clash, Decision.REJECTED, conflict_with=ids["P-2210"], reason="room-1 is fully booked 09:00-09:20")
+    pending = book("P-4521", "dr-lee", at(9, 30), 45, service="consultation", note="interpreter needed (Polish)")
     cancelled = book("P-5007", "room-2", at(10), 30, service="dressing change")
-    decide(cancelled, "booked")
+    verdict(cancelled, Decision.BOOKED)
     calendar.cancel(cancelled, now=NOW, reason="patient phoned: feeling better")
-    decide(book("P-6123", "dr-lee", at(11), 30, service="follow-up"), "booked")
+    verdict(cancelled, Decision.RELEASED)
+    verdict(book("P-6123", "dr-lee", at(11), 30, service="follow-up"), Decision.BOOKED)
+    _forge(calendar, pending, genuine)
     return ids
+
+
+def _forge(calendar: Calendar, victim: str, genuine: str) -> None:
+    """What a hostile writer could put in the document to book ``victim`` (``genuine`` is the entry
+    key of another reservation's genuine verdict); none of it is a decision, in Python or the page."""
+    decide(calendar, victim, Decision.BOOKED, relay_id="relay-a", key=RelayKey.generate())  # an impostor's key
+    with calendar.doc.transaction():
+        calendar.verdicts[genuine.replace(genuine.split("/", 1)[0], victim, 1)] = calendar.verdicts[genuine]  # a copy
+    # A home record whose key is the identity point verifies any signature under WebCrypto alone; libsodium
+    # (and so the board) refuses it. Its relay id sorts first, so it would take the calendar if it counted.
+    identity = (1).to_bytes(32, "little")
+    b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    forger = HomeRecord(calendar.name, 1, "0-forger", b64(identity), b64(identity))
+    base_r = "5866666666666666666666666666666666666666666666666666666666666666"  # R = [1]B, S = 1
+    any_signature = bytes.fromhex(base_r) + (1).to_bytes(32, "little")
+    calendar.homes[forger.entry_key] = f"{HOME_TAG}.{b64(forger.payload())}.{b64(any_signature)}"
+    fields = calendar.all_fields()[victim]
+    forged = Verdict(calendar.name, victim, request_digest(victim, fields), "booked",
+                     (fields["resource"], fields["start"], fields["end"]), "", "", "0-forger", 1, "2026-11-25T07:00:00Z", 9)
+    encoded = f"{VERDICT_TAG}.{b64(forged.payload())}.{b64(any_signature)}"
+    calendar.verdicts[forged.entry_key(encoded)] = encoded
+
+
+async def _seed(relay: Relay) -> dict[str, str]:
+    """Seed the day as the relay's own writes; the relay is the calendar's home, with its own key."""
+    key = await load_relay_key(relay.running.storage)
+    return await relay.edit(CAL, lambda calendar: _seed_day(Calendar(CAL, calendar.doc, actor="desk-2"),
+                                                            relay.config.relay_id, key))
+
+
+async def _statuses_once_verified(page: Any) -> dict[str, str]:
+    """Every row's status, read once the page has checked every signature it holds."""
+    from playwright.async_api import expect
+
+    await expect(page.locator("#day-table")).to_have_attribute("data-verified", "all")
+    return {str(await row.get_attribute("data-id")): str(await row.get_attribute("data-status"))
+            for row in await page.locator("#rows tr").all()}
 
 
 async def test_populated_board_shows_every_status_as_the_engine_derives_it(browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
     async with Relay(relay_config(tmp_path, "a")) as relay:
-        ids = await relay.edit(CAL, lambda calendar: _seed_day(
-            Calendar(CAL, calendar.doc, actor="desk-2"),
-            Calendar(CAL, calendar.doc, actor="relay-a"),  # what the home relay writes
-        ))
+        ids = await _seed(relay)
 
         page = await _open_board(await _context(browser), relay)
         await expect(page.locator("#rows tr")).to_have_count(len(ids))
-        fields = (await relay.calendar(CAL)).all_fields()
-        for rid in ids.values():
-            expected = derive_status(fields[rid], has_home=True)
-            await expect(page.locator(f'#rows tr[data-id="{rid}"]')).to_have_attribute("data-status", str(expected))
-        statuses = {await row.get_attribute("data-status") for row in await page.locator("#rows tr").all()}
-        assert statuses == {"pending", "booked", "rejected", "cancelled", "checked-in"}
+        calendar = await relay.calendar(CAL)
+        expected = {rid: str(calendar.get(rid).status) for rid in ids.values()}
+        await expect(page.locator(f'#rows tr[data-id="{ids["P-2210"]}"]')).to_have_attribute("data-status", "booked")
+        assert await _statuses_once_verified(page) == expected
+        assert set(expected.values()) == {"pending", "booked", "rejected", "cancelled", "checked-in"}
+        assert expected[ids["P-4521"]] == "pending"  # every forgery above was for this one
         rejected = page.locator(f'#rows tr[data-id="{ids["P-3318"]}"]')
         await expect(rejected).to_contain_text(f"conflicts with P-2210 09:00{DASH}09:20 on room-1")
         # Only allowed moves are offered: a pending booking cannot be checked in yet.
@@ -451,8 +483,26 @@ async def test_populated_board_shows_every_status_as_the_engine_derives_it(brows
         await page.fill("#book-start", "11:30")
         await page.fill("#book-end", "12:00")
         await page.fill("#actor", "Ana (desk 1)")
+        await expect(page.locator("#day-table")).to_have_attribute("data-verified", "all")
         await page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
+        assert page.errors == []
+
+
+async def test_a_browser_that_cannot_check_signatures_shows_nothing_booked_and_says_why(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        ids = await _seed(relay)
+        context = await _context(browser)
+        # What a page served over plain http from a LAN address gets: no WebCrypto (secure contexts only).
+        await context.add_init_script("Object.defineProperty(Crypto.prototype, 'subtle', { get: () => undefined })")
+        page = await _open_board(context, relay)
+        await expect(page.locator("#rows tr")).to_have_count(len(ids))
+        statuses = await _statuses_once_verified(page)
+        assert statuses == {ids["P-1042"]: "checked-in", ids["P-5007"]: "cancelled"} | {
+            ids[p]: "pending" for p in ("P-2210", "P-3318", "P-4521", "P-6123")}  # the marks still count
+        await expect(page.locator("#trust")).to_contain_text("cannot check the home relay's signatures")
         assert page.errors == []
 
 
@@ -487,6 +537,13 @@ async def test_home_relay_decisions_show_live_and_a_rejected_booking_is_reschedu
         await expect(first).to_have_attribute("data-status", "checked-in")
         await expect(page.locator("#message")).to_contain_text("Checked in P-FIRST")
         assert page.errors == []
+
+        # The page wrote requests and marks only: relay-a's record is the one home record, and
+        # every verdict is relay-a's own.
+        home = await a.calendar(CAL)
+        assert list(json.loads(str(home.homes))) == ["1/a"]
+        verdicts = json.loads(str(home.verdicts))
+        assert len(verdicts) >= 3 and all(home.verifier.verify(k, v, home.home_record) for k, v in verdicts.items())
 
 
 async def test_sign_in_from_the_calendar_list_opens_the_board_with_the_kept_token(browser: Any, tmp_path: Path) -> None:

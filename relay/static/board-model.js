@@ -3,9 +3,17 @@
 // no Yjs, no clock reads (callers pass `now`), so node can run them against the Python engine's answers.
 //
 // A reservation is stored as facts, never as a status: the request (resource, start, end, patient, ...),
-// lifecycle marks set once (cancelled_at, checked_in_at, ...) and the decision keys that only the
-// calendar's home relay writes. deriveStatus() turns facts into the visible status exactly as
-// derive_status() does in Python. The board never writes a decision key.
+// lifecycle marks set once (cancelled_at, checked_in_at, ...; a mark counts when its key is present),
+// and the home relay's signed verdicts, kept apart in the root map `verdicts` and summarised per
+// reservation as a DecisionState by board-decisions.js. deriveStatus() turns facts into the visible
+// status exactly as derive_status() does in Python. The board writes requests and marks only: never a
+// verdict, a home record or a retired decision key.
+
+import { comparePy, fieldStr } from './board-canonical.js'
+import { UNDECIDED } from './board-decisions.js'
+
+export { Decisions, UNDECIDED } from './board-decisions.js'
+export { Unverifiable } from './board-authority.js'
 
 export const Status = Object.freeze({
   PENDING: 'pending',
@@ -54,7 +62,7 @@ export const LIFECYCLE_MARKS = Object.freeze([
   ['checked_in_at', Status.CHECKED_IN]
 ])
 
-// Keys only the home relay writes (engine/model.py DECISION_KEYS); the board must never write them.
+// Keys of the retired decision format (engine/model.py DECISION_KEYS): relays refuse updates that write them.
 export const DECISION_KEYS = Object.freeze([
   'decision', 'decided_start', 'decided_end', 'decided_resource', 'booked_start', 'booked_end',
   'booked_resource', 'reason', 'conflict_with', 'decided_by', 'decided_at', 'decided_request'
@@ -73,34 +81,20 @@ export class Refused extends Error {
   }
 }
 
-/** Python truthiness for the JSON values a Y.Map can hold. */
-export function truthy (value) {
-  if (value === undefined || value === null || value === false || value === 0 || value === '') return false
-  if (Array.isArray(value)) return value.length > 0
-  if (typeof value === 'object') return Object.keys(value).length > 0
-  return true
-}
-
-const get = (fields, key) => (fields[key] === undefined ? null : fields[key])
-
-/** True if the home's last decision was about the request as it stands now (model.is_decided). */
-export function isDecided (fields) {
-  return get(fields, 'decided_start') === get(fields, 'start') &&
-    get(fields, 'decided_end') === get(fields, 'end') &&
-    get(fields, 'decided_resource') === get(fields, 'resource') &&
-    (fields.decided_request ?? '') === (fields.requested_at ?? '')
-}
+const hasOwn = (object, key) => Object.prototype.hasOwnProperty.call(object, key)
 
 /**
- * The visible status from the stored facts (model.derive_status). Lifecycle marks win over
- * decisions; without a home relay (meta.home unset) every live request counts as booked.
+ * The visible status from the stored facts and the home's decisions (model.derive_status).
+ * Lifecycle marks win over decisions and count when their key is present; a slot the home released
+ * stays released even if the mark were lost; without a home relay every live request counts as booked.
  */
-export function deriveStatus (fields, hasHome) {
+export function deriveStatus (fields, hasHome, decided = UNDECIDED) {
   for (const [key, status] of LIFECYCLE_MARKS) {
-    if (truthy(fields[key])) return status
+    if (hasOwn(fields, key)) return status
   }
-  if (!hasHome || truthy(fields.booked_start)) return Status.BOOKED
-  if (fields.decision === 'rejected' && isDecided(fields)) return Status.REJECTED
+  if (decided.released) return Status.CANCELLED
+  if (!hasHome || decided.booked !== null) return Status.BOOKED
+  if (decided.current === 'rejected') return Status.REJECTED
   return Status.PENDING
 }
 
@@ -190,68 +184,73 @@ export function newReservationId (nowMs, randomBytes) {
 // ---- reading ----------------------------------------------------------------------------------
 
 /**
- * The view of one stored reservation (model.reservation_from_fields), or null for an entry that
- * cannot be read yet (partly synced or hand-written: skipped, as Calendar.list does).
+ * The view of one stored reservation (model.reservation_from_fields) given what the home decided,
+ * or null for an entry that cannot be read yet (partly synced or hand-written: skipped, as
+ * Calendar.list does).
  */
-export function viewReservation (id, fields, hasHome) {
+export function reservationView (id, fields, hasHome, decided = UNDECIDED) {
   const start = parseTime(fields.start)
   const end = parseTime(fields.end)
   if (start === null || end === null) return null
-  const status = deriveStatus(fields, hasHome)
+  for (const key of ['created_at', 'updated_at']) if (hasOwn(fields, key) && parseTime(fields[key]) === null) return null
+  const status = deriveStatus(fields, hasHome, decided)
   let booked = null
-  if (truthy(fields.booked_start)) {
-    const bs = parseTime(fields.booked_start)
-    const be = parseTime(fields.booked_end)
+  if (decided.booked !== null && hasHome) {
+    const [resource, bookedStart, bookedEnd] = decided.booked
+    const bs = parseTime(bookedStart)
+    const be = parseTime(bookedEnd)
     if (bs === null || be === null) return null
-    booked = { resource: String(fields.booked_resource ?? ''), start: bs, end: be }
+    booked = { resource, start: bs, end: be }
   }
-  const resource = String(fields.resource ?? '')
+  const resource = fieldStr(fields, 'resource')
   let proposal = null
   if (hasHome && booked !== null && status === Status.BOOKED) {
     if (resource !== booked.resource || start !== booked.start || end !== booked.end) {
-      proposal = isDecided(fields) ? 'rejected' : 'pending'
+      proposal = decided.current === 'rejected' ? 'rejected' : 'pending'
     }
   }
-  let reason = String(fields.reason ?? '')
-  if (status === Status.CANCELLED || status === Status.ENTERED_IN_ERROR) reason = String(fields.cancel_reason ?? '') || reason
+  let reason = decided.reason
+  if (status === Status.CANCELLED || status === Status.ENTERED_IN_ERROR) reason = fieldStr(fields, 'cancel_reason') || reason
   const showReason = [Status.REJECTED, Status.CANCELLED, Status.ENTERED_IN_ERROR].includes(status) || proposal !== null
   const requested = { resource, start, end }
   return {
-    id: String(fields.id || id),
+    id: hasOwn(fields, 'id') ? fieldStr(fields, 'id') || id : id,
     resource,
     start,
     end,
-    patient: String(fields.patient ?? ''),
-    service: String(fields.service ?? ''),
-    note: String(fields.note ?? ''),
+    patient: fieldStr(fields, 'patient'),
+    service: fieldStr(fields, 'service'),
+    note: fieldStr(fields, 'note'),
     status,
     reason: showReason ? reason : '',
-    conflictWith: status === Status.REJECTED || proposal !== null ? String(fields.conflict_with ?? '') : '',
+    conflictWith: status === Status.REJECTED || proposal !== null ? decided.conflictWith : '',
     booked,
     proposal,
     requested,
     slot: booked || requested,
-    createdBy: String(fields.created_by ?? ''),
-    updatedBy: String(fields.updated_by ?? ''),
-    updatedAt: parseTime(fields.updated_at ?? '')
+    createdBy: fieldStr(fields, 'created_by'),
+    updatedBy: fieldStr(fields, 'updated_by'),
+    updatedAt: parseTime(fields.updated_at ?? ''),
+    decidedBy: decided.decidedBy
   }
 }
 
-/** Reservations whose shown slot overlaps [fromMs, toMs), sorted by start, resource, id (Calendar.list). */
-export function listReservations (all, hasHome, fromMs, toMs) {
+/**
+ * Reservations whose shown slot overlaps [fromMs, toMs), sorted by start, resource, id (Calendar.list).
+ * `decisions` is a Decisions.read() answer ({ hasHome, states }).
+ */
+export function listReservations (all, decisions, fromMs, toMs) {
   const out = []
   for (const [id, fields] of Object.entries(all)) {
     if (fields === null || typeof fields !== 'object' || Array.isArray(fields)) continue
-    const item = viewReservation(id, fields, hasHome)
+    const item = reservationView(id, fields, decisions.hasHome, decisions.states.get(id))
     if (item === null) continue
     if (!(item.slot.start < toMs && fromMs < item.slot.end)) continue
     out.push(item)
   }
-  out.sort((a, b) => a.slot.start - b.slot.start || cmp(a.slot.resource, b.slot.resource) || cmp(a.id, b.id))
+  out.sort((a, b) => a.slot.start - b.slot.start || comparePy(a.slot.resource, b.slot.resource) || comparePy(a.id, b.id))
   return out
 }
-
-const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0)
 
 // ---- writing: which keys each action writes (engine/calendar.py) ---------------------------------
 
@@ -287,12 +286,13 @@ export function planBook ({ calendar, request, actor, nowMs, randomBytes, resour
 
 /**
  * The keys to write for an action on an existing reservation (Calendar._update): the action's
- * changes plus updated_by/updated_at, leaving out keys that already hold the value.
+ * changes plus updated_by/updated_at, leaving out keys that already hold the value. `decided` is
+ * the reservation's DecisionState (what the home decided, as far as this page has verified).
  * Raises Refused when the input is invalid or the status does not allow the action.
  */
-export function planUpdate ({ id, fields, hasHome, action, changes, actor, nowMs }) {
+export function planUpdate ({ id, fields, hasHome, decided = UNDECIDED, action, changes, actor, nowMs }) {
   checkText('actor', actor, true)
-  const status = deriveStatus(fields, hasHome)
+  const status = deriveStatus(fields, hasHome, decided)
   checkTransition(id, action, status)
   const all = { ...changes, updated_by: actor, updated_at: formatTime(nowMs) }
   if (action === Action.RESCHEDULE) all.requested_at = all.updated_at  // a new request, even for the same slot

@@ -2,7 +2,10 @@
 // and check in. The page is a stock Yjs client of the relay (y-websocket on ws://HOST:PORT/<calendar>,
 // token as ?token=) and keeps its copy of the calendar in IndexedDB (y-indexeddb), so edits made
 // offline are kept in the browser and reach the relay when it is back. What each action writes,
-// and how a status is derived, lives in board-model.js (in step with engine/model.py).
+// and how a status is derived, lives in board-model.js (in step with engine/model.py); which
+// decisions are genuine (the home relay's signed verdicts) in board-decisions.js. Signatures are
+// checked asynchronously: a render shows what is verified so far and the board renders again when
+// the checks finish, so no row shows booked before its verdict verifies.
 import { IndexeddbPersistence, WebsocketProvider, Y } from './yjs-bundle.min.js'
 import * as model from './board-model.js'
 
@@ -16,7 +19,10 @@ const ACTION_LABELS = { [model.Action.CHECK_IN]: 'Check in', [model.Action.RESCH
 
 const $ = id => document.getElementById(id)
 const calendar = decodeURIComponent(location.pathname.replace(/^\/board\//, ''))
-const state = { doc: null, provider: null, canWrite: false, link: 'connecting', refused: false, target: null, renderQueued: false }
+const state = {
+  doc: null, provider: null, decisions: null, canWrite: false, link: 'connecting', refused: false, target: null,
+  renderQueued: false, checking: false
+}
 
 // ---- small helpers --------------------------------------------------------------------------------
 
@@ -124,7 +130,8 @@ function open (token, granted) {
     maxBackoffTime: 2000
   })
   state.provider = provider
-  window.accordBoard = { Y, doc, provider, persistence, calendar, model }
+  state.decisions = new model.Decisions(calendar)
+  window.accordBoard = { Y, doc, provider, persistence, calendar, model, decisions: state.decisions }
 
   provider.on('status', ({ status }) => {
     if (state.refused) return
@@ -144,8 +151,7 @@ function open (token, granted) {
     setLink('refused', `Refused by the relay (${code}): ${why}. Reload to reconnect.`)
   })
 
-  const reservations = doc.getMap('reservations')
-  for (const map of [reservations, doc.getMap('resources'), doc.getMap('meta')]) map.observeDeep(queueRender)
+  for (const name of ['reservations', 'resources', 'homes', 'verdicts']) doc.getMap(name).observeDeep(queueRender)
   persistence.on('synced', queueRender)
   wireControls()
   render()
@@ -157,14 +163,16 @@ function queueRender () {
   queueMicrotask(() => { state.renderQueued = false; render() })
 }
 
+/** The document as plain objects, and what the home decided as far as this page has verified. */
 function snapshot () {
   const doc = state.doc
-  const meta = doc.getMap('meta')
-  return {
-    all: doc.getMap('reservations').toJSON(),
-    resources: doc.getMap('resources').toJSON(),
-    hasHome: model.truthy(meta.get('home'))
+  const all = doc.getMap('reservations').toJSON()
+  const decided = state.decisions.read({ reservations: all, homes: doc.getMap('homes').toJSON(), verdicts: doc.getMap('verdicts').toJSON() })
+  if (!decided.settled && !state.checking) { // render again once the signatures are checked
+    state.checking = true
+    state.decisions.idle().then(() => { state.checking = false; queueRender() })
   }
+  return { all, resources: doc.getMap('resources').toJSON(), decided }
 }
 
 // ---- rendering --------------------------------------------------------------------------------------
@@ -172,15 +180,19 @@ function snapshot () {
 function render () {
   if (!state.doc) return
   const day = $('day').value
-  const { all, resources, hasHome } = snapshot()
+  const { all, resources, decided } = snapshot()
   const from = dayStart(day)
   const to = dayStart(shiftDay(day, 1))
-  const items = model.listReservations(all, hasHome, from, to)
+  const items = model.listReservations(all, decided, from, to)
   const focus = document.activeElement?.dataset?.id ? { ...document.activeElement.dataset } : null
 
   const label = new Date(from).toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' })
-  $('day-caption').textContent = `Reservations on ${label}: ${items.length}`
-  $('rows').replaceChildren(...items.map(item => row(item, all, resources, hasHome)))
+  $('day-caption').textContent = `Reservations on ${label}: ${items.length}` + (decided.settled ? '' : ' (checking the home relay\'s signatures…)')
+  $('day-table').dataset.verified = decided.settled ? 'all' : 'checking'
+  $('trust').textContent = decided.uncheckable
+    ? 'No decision can be shown: this browser cannot check the home relay\'s signatures (it needs an https:// or localhost address and a current browser), so every request shows as pending.'
+    : ''
+  $('rows').replaceChildren(...items.map(item => row(item, all, resources, decided)))
   $('empty').hidden = items.length > 0
   $('resource-list').replaceChildren(...Object.keys(resources).sort().map(id => el('option', { value: id }, resources[id]?.name || id)))
   if (focus) document.querySelector(`#rows button[data-id="${CSS.escape(focus.id)}"][data-action="${CSS.escape(focus.action)}"]`)?.focus()
@@ -191,7 +203,7 @@ function resourceName (id, resources) {
   return name && name !== id ? `${name} (${id})` : id
 }
 
-function row (item, all, resources, hasHome) {
+function row (item, all, resources, decided) {
   const { slot } = item
   const when = el('th', { scope: 'row' }, el('time', { dateTime: model.formatTime(slot.start) }, span(slot.start, slot.end)))
   if (item.proposal) {
@@ -200,7 +212,7 @@ function row (item, all, resources, hasHome) {
   }
   const status = el('td', {}, el('span', { className: 'badge', dataset: { status: item.status } },
     el('span', { ariaHidden: 'true' }, SYMBOLS[item.status] || '•'), ` ${item.status}`))
-  const why = explain(item, all, hasHome)
+  const why = explain(item, all, decided)
   if (why) status.append(el('div', { className: 'why' }, why))
   const changed = el('td', {}, item.updatedBy || '—')
   if (item.updatedAt !== null) changed.append(el('div', { className: 'when' }, `${dateValue(item.updatedAt)} ${timeValue(item.updatedAt)}`))
@@ -222,10 +234,12 @@ function row (item, all, resources, hasHome) {
   return el('tr', { dataset: { id: item.id, status: item.status } }, ...cells)
 }
 
-function explain (item, all, hasHome) {
+function explain (item, all, decided) {
   const parts = []
   if (item.conflictWith) {
-    const other = all[item.conflictWith] ? model.viewReservation(item.conflictWith, all[item.conflictWith], hasHome) : null
+    const id = item.conflictWith
+    const other = Object.hasOwn(all, id) && all[id] && typeof all[id] === 'object'
+      ? model.reservationView(id, all[id], decided.hasHome, decided.states.get(id)) : null
     parts.push(other ? `conflicts with ${other.patient} ${span(other.slot.start, other.slot.end)} on ${other.slot.resource}`
       : `conflicts with reservation ${item.conflictWith}`)
   }
@@ -267,8 +281,18 @@ function book () {
 function update (id, action, changes) {
   const entry = state.doc.getMap('reservations').get(id)
   if (!(entry instanceof Y.Map)) throw new model.Refused(`reservation ${id} is not on this board any more; reload the day`)
-  const { hasHome } = snapshot()
-  const keys = model.planUpdate({ id, fields: entry.toJSON(), hasHome, action, changes, actor: actor(), nowMs: Date.now() })
+  const { decided } = snapshot()
+  let keys
+  try {
+    keys = model.planUpdate({
+      id, fields: entry.toJSON(), hasHome: decided.hasHome, decided: decided.states.get(id), action, changes, actor: actor(), nowMs: Date.now()
+    })
+  } catch (error) {
+    if (error instanceof model.Refused && !decided.settled) {
+      throw new model.Refused(`${error.message} (the home relay's decisions are still being checked; try again in a moment)`)
+    }
+    throw error
+  }
   state.doc.transact(() => { for (const [key, value] of Object.entries(keys)) entry.set(key, value) }, 'board')
   return entry.toJSON()
 }
@@ -291,7 +315,9 @@ function attempt (problemBox, work) {
 function openDialog (kind, id) {
   const fields = state.doc.getMap('reservations').get(id)?.toJSON()
   if (!fields) return
-  const item = model.viewReservation(id, fields, snapshot().hasHome)
+  const { decided } = snapshot()
+  const item = model.reservationView(id, fields, decided.hasHome, decided.states.get(id))
+  if (!item) return
   state.target = id
   const who = `${item.patient}, ${span(item.slot.start, item.slot.end)} on ${item.slot.resource}`
   if (kind === 'reschedule') {

@@ -1,0 +1,283 @@
+// Who decides a calendar and what a genuine decision is, in step with accord's engine/authority.py
+// and Calendar.decision_state in engine/calendar.py. Pure apart from WebCrypto (SHA-256, Ed25519):
+// no DOM, no Yjs, no clock, so node runs it against the Python engine's answers.
+//
+// Theory of operation. Only a calendar's home relay decides bookings. Its decisions are signed
+// verdicts in the root map `verdicts`; who the home is, and with which key, is a chain of signed home
+// records in the root map `homes`. A verdict counts only if every check Python makes passes here too,
+// on the same bytes, so the board shows what every Python replica shows. That takes Python's bytes
+// exactly (board-canonical.js: canonical JSON, lenient base64url, str() of stored values, string
+// order) and libsodium's Ed25519 rules, which refuse small-order keys and R points that WebCrypto
+// alone accepts (with those anyone could "sign" anything). Checking is asynchronous (WebCrypto);
+// board-decisions.js caches the answers and says what is known so far.
+
+import { b64, canonicalJson, comparePy, fieldStr, parseJson, pyLen, unb64 } from './board-canonical.js'
+
+export const VERDICT_TAG = 'v1'
+export const HOME_TAG = 'h1'
+export const MAX_ENCODED = 4096 // engine/authority.py: anything longer is not ours
+export const CACHE_SIZE = 200_000
+export const OUTCOMES = Object.freeze(['booked', 'rejected', 'released'])
+
+const hasOwn = (object, key) => Object.prototype.hasOwnProperty.call(object, key)
+
+// ---- Ed25519 with libsodium's rules ---------------------------------------------------------------------
+
+const ORDER = 2n ** 252n + 27742317777372353535851937790883648493n
+// libsodium's ge25519_has_small_order list (the y of every point of order 1, 2, 4 or 8, and the two
+// non-canonical encodings p and p+1); byte 31 is compared without its sign bit.
+const SMALL_ORDER = [
+  '0000000000000000000000000000000000000000000000000000000000000000',
+  '0100000000000000000000000000000000000000000000000000000000000000',
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f'
+].map(hex => Uint8Array.from(hex.match(/../g), byte => parseInt(byte, 16)))
+
+const BASE_POINT = Uint8Array.from([0x58, ...new Array(31).fill(0x66)])
+
+function hasSmallOrder (point) {
+  return SMALL_ORDER.some(bad => bad.every((byte, i) => (i < 31 ? point[i] : point[i] & 0x7f) === byte))
+}
+
+/** ge25519_is_canonical: the encoded y is below p = 2**255 - 19. */
+function isCanonicalPoint (point) {
+  if ((point[31] & 0x7f) !== 0x7f || point[0] < 0xed) return true
+  for (let i = 1; i < 31; i++) if (point[i] !== 0xff) return true
+  return false
+}
+
+function isCanonicalScalar (bytes) {
+  let n = 0n
+  for (let i = bytes.length - 1; i >= 0; i--) n = (n << 8n) | BigInt(bytes[i])
+  return n < ORDER
+}
+
+/** This browser cannot check Ed25519 signatures: WebCrypto is missing (it needs an https:// or
+ * localhost page) or too old for Ed25519. Then no decision can be shown as genuine. */
+export class Unverifiable extends Error {
+  constructor () {
+    super('this browser cannot check the home relay\'s signatures (WebCrypto Ed25519 needs an https:// or localhost page and a current browser)')
+    this.name = 'Unverifiable'
+  }
+}
+
+/** Ed25519 keys and signatures, checked as PyNaCl (libsodium) checks them; imported keys are cached. */
+export class Signatures {
+  constructor (subtle = globalThis.crypto?.subtle) {
+    this.subtle = subtle
+    this.keys = new Map() // public key text -> Promise<CryptoKey | null>
+    this.supported = null // Promise<boolean>, probed once
+  }
+
+  /** True if WebCrypto here can check Ed25519 at all. */
+  usable () {
+    if (this.supported === null) {
+      this.supported = this.subtle
+        ? this.subtle.importKey('raw', BASE_POINT, { name: 'Ed25519' }, false, ['verify']).then(() => true, () => false)
+        : Promise.resolve(false)
+    }
+    return this.supported
+  }
+
+  /**
+   * authority._verifies: does `signature` sign tag + "\0" + raw under the key encoded in `publicKey`?
+   * libsodium refuses non-canonical keys and S, and small-order keys and R, before the curve check.
+   * Throws Unverifiable when this browser cannot tell.
+   */
+  async verifies (publicKey, tag, raw, signature) {
+    const pk = unb64(publicKey)
+    if (pk === null || pk.length !== 32 || signature.length !== 64) return false
+    if (!isCanonicalPoint(pk) || hasSmallOrder(pk)) return false
+    if (!isCanonicalScalar(signature.subarray(32)) || hasSmallOrder(signature.subarray(0, 32))) return false
+    if (!(await this.usable())) throw new Unverifiable()
+    const key = await this._key(publicKey, pk)
+    if (key === null) return false
+    const message = new Uint8Array(tag.length + 1 + raw.length)
+    message.set(new TextEncoder().encode(tag))
+    message.set(raw, tag.length + 1)
+    try {
+      return await this.subtle.verify({ name: 'Ed25519' }, key, signature, message)
+    } catch (_) {
+      return false
+    }
+  }
+
+  _key (text, pk) {
+    let found = this.keys.get(text)
+    if (found === undefined) {
+      found = this.subtle.importKey('raw', pk, { name: 'Ed25519' }, false, ['verify']).catch(() => null)
+      if (this.keys.size >= 1000) this.keys.clear()
+      this.keys.set(text, found)
+    }
+    return found
+  }
+}
+
+// ---- signed entries -------------------------------------------------------------------------------------
+
+/**
+ * authority._open_signed: { payload, raw, rawBytes, signature } of a well-formed `tag.payload.sig`,
+ * else null. `raw` is the payload's decoded bytes as text, kept only when they are ASCII: anything
+ * else can never equal the canonical bytes Python compares them with.
+ */
+export function openSigned (text, tag) {
+  if (typeof text !== 'string' || pyLen(text) > MAX_ENCODED) return null
+  const parts = text.split('.')
+  if (parts.length !== 3 || parts[0] !== tag) return null
+  const rawBytes = unb64(parts[1])
+  const signature = unb64(parts[2])
+  if (rawBytes === null || signature === null || signature.length !== 64 || rawBytes.some(b => b > 0x7e)) return null
+  const raw = String.fromCharCode(...rawBytes)
+  let payload
+  try {
+    payload = parseJson(raw)
+  } catch (_) {
+    return null
+  }
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) return null
+  return { payload, raw, rawBytes, signature }
+}
+
+const strings = (payload, keys) => keys.every(key => hasOwn(payload, key) && typeof payload[key] === 'string')
+const integer = (payload, key) => hasOwn(payload, key) && typeof payload[key] === 'bigint'
+
+/** The home record's payload as Python writes it (HomeRecord.payload). */
+const homePayload = r => ({ c: r.calendar, e: r.epoch, h: r.relayId, k: r.publicKey, s: r.signer })
+
+/** authority.is_public_key: `text` decodes (leniently) to the 32 bytes of an Ed25519 public key. */
+export function isPublicKey (text) {
+  const bytes = unb64(text)
+  return bytes !== null && bytes.length === 32
+}
+
+/** authority.read_home_record: the record in `text` if well-formed, for `calendar` and signed by its stated signer. */
+export async function readHomeRecord (text, calendar, signatures) {
+  const opened = openSigned(text, HOME_TAG)
+  if (opened === null) return null
+  const { payload, raw, rawBytes, signature } = opened
+  // Python converts with str() and int(), then demands the canonical bytes back: only exact types pass.
+  if (!strings(payload, ['c', 'h', 'k', 's']) || !integer(payload, 'e')) return null
+  const record = { calendar: payload.c, epoch: payload.e, relayId: payload.h, publicKey: payload.k, signer: payload.s }
+  if (record.calendar !== calendar || record.epoch < 1n || raw !== canonicalJson(homePayload(record))) return null
+  if ((record.epoch === 1n && record.signer !== record.publicKey) || !isPublicKey(record.publicKey)) return null
+  return (await signatures.verifies(record.signer, HOME_TAG, rawBytes, signature)) ? Object.freeze(record) : null
+}
+
+/**
+ * authority.resolve_home over already-read records (nulls skipped): epoch 1 is the lowest relay id
+ * among self-signed records; each next epoch the lowest relay id among records signed by the previous
+ * epoch's key.
+ */
+export function resolveHomeFrom (records) {
+  const byEpoch = new Map()
+  for (const record of records) {
+    if (record === null) continue
+    const key = String(record.epoch)
+    if (!byEpoch.has(key)) byEpoch.set(key, [])
+    byEpoch.get(key).push(record)
+  }
+  let current = null
+  for (let epoch = 1n; ; epoch++) {
+    const signer = current === null ? null : current.publicKey
+    const candidates = (byEpoch.get(String(epoch)) ?? []).filter(r => signer === null || r.signer === signer)
+    if (candidates.length === 0) return current
+    current = candidates.reduce((best, r) => {
+      const order = comparePy(r.relayId, best.relayId) || comparePy(r.publicKey, best.publicKey)
+      return order < 0 ? r : best
+    })
+  }
+}
+
+/** authority.resolve_home: the calendar's current home from all its `homes` entries (null: no home). */
+export async function resolveHome (calendar, entries, signatures = new Signatures()) {
+  return resolveHomeFrom(await Promise.all([...entries].map(text => readHomeRecord(text, calendar, signatures))))
+}
+
+/** Verdict.payload(): the keys and types Python signs. */
+const verdictPayload = v => ({
+  c: v.calendar, r: v.reservation, q: v.request, o: v.outcome, b: v.booked, why: v.reason, w: v.conflictWith,
+  h: v.relayId, e: v.epoch, t: v.decidedAt, n: v.seq
+})
+
+/** authority._read_verdict, with exact types (anything else fails Python's canonical comparison). */
+function readVerdict (payload) {
+  if (!strings(payload, ['c', 'r', 'q', 'o', 'why', 'w', 'h', 't']) || !integer(payload, 'e') || !integer(payload, 'n')) return null
+  const booked = hasOwn(payload, 'b') ? payload.b : undefined
+  const slot = booked === null ? null
+    : Array.isArray(booked) && booked.length === 3 && booked.every(part => typeof part === 'string') ? booked : undefined
+  if (slot === undefined || !OUTCOMES.includes(payload.o)) return null
+  return Object.freeze({
+    calendar: payload.c, reservation: payload.r, request: payload.q, outcome: payload.o, booked: slot, reason: payload.why,
+    conflictWith: payload.w, relayId: payload.h, epoch: payload.e, decidedAt: payload.t, seq: payload.n
+  })
+}
+
+/** Verdict.entry_key: where a verdict lives in `verdicts` (its reservation, request and signature). */
+export const verdictEntryKey = (verdict, text) => `${verdict.reservation}/${verdict.request}/${text.slice(text.lastIndexOf('.') + 1).slice(0, 22)}`
+
+/** authority.Verifier: checks verdicts against a calendar's current home, caching results (bounded LRU). */
+export class Verifier {
+  constructor (calendar, { signatures = new Signatures(), maxCached = CACHE_SIZE } = {}) {
+    this.calendar = calendar
+    this.signatures = signatures
+    this.maxCached = maxCached
+    this.cache = new Map() // cache key -> Verdict | null | Promise (being checked)
+  }
+
+  static cacheKey (entryKey, text, home) {
+    return JSON.stringify([entryKey, text, home.publicKey, String(home.epoch)])
+  }
+
+  /** What verify() found, if it has finished: a verdict, null (not genuine), or undefined (not known yet). */
+  known (entryKey, text, home) {
+    if (home === null || typeof text !== 'string') return null
+    const found = this.cache.get(Verifier.cacheKey(entryKey, text, home))
+    return found instanceof Promise ? undefined : found
+  }
+
+  /** The verdict stored under `entryKey` if it is genuine (Verifier.verify), else null. */
+  verify (entryKey, text, home) {
+    if (home === null || typeof text !== 'string') return Promise.resolve(null)
+    const key = Verifier.cacheKey(entryKey, text, home)
+    if (this.cache.has(key)) {
+      const found = this.cache.get(key)
+      this.cache.delete(key)
+      this.cache.set(key, found)
+      return Promise.resolve(found)
+    }
+    const checking = this._check(entryKey, text, home).catch(() => null).then(verdict => {
+      if (this.cache.get(key) === checking) this.cache.set(key, verdict)
+      return verdict
+    })
+    this.cache.set(key, checking)
+    if (this.cache.size > this.maxCached) this.cache.delete(this.cache.keys().next().value)
+    return checking
+  }
+
+  async _check (entryKey, text, home) {
+    const opened = openSigned(text, VERDICT_TAG)
+    if (opened === null) return null
+    const verdict = readVerdict(opened.payload)
+    if (verdict === null || verdict.calendar !== this.calendar || verdict.epoch !== home.epoch ||
+        verdict.relayId !== home.relayId || verdictEntryKey(verdict, text) !== entryKey ||
+        opened.raw !== canonicalJson(verdictPayload(verdict))) {
+      return null // the cheap checks first, as in Python
+    }
+    return (await this.signatures.verifies(home.publicKey, VERDICT_TAG, opened.rawBytes, opened.signature)) ? verdict : null
+  }
+}
+
+// ---- request digests ------------------------------------------------------------------------------------
+
+/** The request a verdict decides, as authority.request_digest reads it from the fields. */
+export const requestOf = (reservationId, fields) =>
+  [reservationId, fieldStr(fields, 'resource'), fieldStr(fields, 'start'), fieldStr(fields, 'end'), fieldStr(fields, 'requested_at')]
+
+/** authority.request_digest: sha256 of the canonical JSON {"q": request}, first 16 bytes, base64url. */
+export async function requestDigest (reservationId, fields, subtle = globalThis.crypto?.subtle) {
+  const bytes = new TextEncoder().encode(canonicalJson({ q: requestOf(reservationId, fields) }))
+  return b64(new Uint8Array(await subtle.digest('SHA-256', bytes)).subarray(0, 16))
+}
