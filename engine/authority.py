@@ -100,7 +100,7 @@ def _open_signed(text: object, tag: str) -> tuple[dict[str, Any], bytes, bytes] 
     try:
         raw, signature = _unb64(parts[1]), _unb64(parts[2])
         payload = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     if not isinstance(payload, dict) or len(signature) != 64:
         return None
@@ -178,7 +178,7 @@ def read_home_record(text: object, calendar: str) -> HomeRecord | None:
     try:
         record = HomeRecord(str(payload["c"]), int(payload["e"]), str(payload["h"]), str(payload["k"]),
                             str(payload["s"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if record.calendar != calendar or record.epoch < 1 or raw != record.payload():
         return None
@@ -219,10 +219,25 @@ def home_chain(calendar: str, entries: Iterable[object]) -> list[HomeRecord]:
 
 def request_digest(reservation_id: str, fields: Mapping[str, Any]) -> str:
     """A short digest of the request a verdict decides: the reservation and its current
-    resource, start, end and request stamp (a re-request for the same slot is a new request)."""
-    request = [reservation_id, str(fields.get("resource", "")), str(fields.get("start", "")),
-               str(fields.get("end", "")), str(fields.get("requested_at", ""))]
+    resource, start, end and request stamp (a re-request for the same slot is a new request).
+    A value that is not a string (hand-written; such a request is rejected as invalid) enters
+    as one marker: how Yrs and Yjs render numbers differs, and every replica must agree."""
+    request = [reservation_id, *(_request_part(fields, key) for key in ("resource", "start", "end", "requested_at"))]
     return _b64(hashlib.sha256(_canonical({"q": request})).digest()[:16])
+
+
+NOT_A_STRING = "\x00"
+
+
+def _request_part(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key, "")
+    return value if isinstance(value, str) else NOT_A_STRING
+
+
+def reservation_of(entry_key: str) -> str:
+    """The reservation a ``verdicts`` entry key is filed under (ids may contain "/"; the digest
+    and the signature prefix never do)."""
+    return entry_key.rsplit("/", 2)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +288,7 @@ def _read_verdict(payload: dict[str, Any]) -> Verdict | None:
         verdict = Verdict(str(payload["c"]), str(payload["r"]), str(payload["q"]), str(payload["o"]), slot,
                           str(payload["why"]), str(payload["w"]), str(payload["h"]), int(payload["e"]),
                           str(payload["t"]), int(payload["n"]))
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
     return verdict if verdict.outcome in OUTCOMES else None
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from .authority import HomeRecord, Verdict, Verifier, home_chain, request_digest
+from .authority import HomeRecord, Verdict, Verifier, home_chain, request_digest, reservation_of
 from .errors import InvalidReservation, InvalidTransition, ReservationNotFound
 from .model import (
     ALLOWED_FROM,
@@ -97,7 +97,7 @@ class Calendar:
         if index is None:
             return
         for key, change in event.keys.items():
-            rid = str(key).split("/", 1)[0]
+            rid = reservation_of(str(key))
             entries = [item for item in index.get(rid, []) if item[0] != key]
             value = change.get("newValue") if change.get("action") != "delete" else None
             if isinstance(value, str):
@@ -188,7 +188,7 @@ class Calendar:
             data = json.loads(str(self.verdicts)) if len(self.verdicts) else {}
             for key, text in data.items():
                 if isinstance(text, str):
-                    index.setdefault(key.split("/", 1)[0], []).append((key, text))
+                    index.setdefault(reservation_of(key), []).append((key, text))
             self._index = index
         return self._index
 

@@ -59,7 +59,7 @@ from typing import Any
 
 from pycrdt import Map
 
-from .authority import RelayKey, Verdict, Verifier, first_home, request_digest
+from .authority import RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
 from .calendar import Calendar
 from .errors import InvalidReservation, NotHome
 from .model import (
@@ -296,12 +296,12 @@ class Decider:
         what a reservation occupies: look at it again."""
         if event.transaction.origin == self.origin:  # our own verdicts arriving: the calendar has them now
             for key in event.keys:
-                rid = str(key).split("/", 1)[0]
+                rid = reservation_of(str(key))
                 fresh = self._fresh.get(rid)
                 if fresh is not None and fresh[2] == key:
                     del self._fresh[rid]
             return
-        rids = sorted({str(key).split("/", 1)[0] for key in event.keys})
+        rids = sorted({reservation_of(str(key)) for key in event.keys})
         if rids:
             self._queue.append(rids)
 

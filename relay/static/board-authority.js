@@ -274,7 +274,20 @@ export class Verifier {
 
 /** The request a verdict decides, as authority.request_digest reads it from the fields. */
 export const requestOf = (reservationId, fields) =>
-  [reservationId, fieldStr(fields, 'resource'), fieldStr(fields, 'start'), fieldStr(fields, 'end'), fieldStr(fields, 'requested_at')]
+  [reservationId, ...['resource', 'start', 'end', 'requested_at'].map(key => requestPart(fields, key))]
+
+/** authority._request_part: a string as it is; anything else (hand-written, invalid) as one marker. */
+function requestPart (fields, key) {
+  if (!Object.prototype.hasOwnProperty.call(fields, key)) return ''
+  const value = fields[key]
+  return typeof value === 'string' ? value : '\u0000'
+}
+
+/** authority.reservation_of: the reservation a verdicts entry key is filed under (ids may hold "/"). */
+export function reservationOf (entryKey) {
+  const parts = entryKey.split('/')
+  return parts.length > 2 ? parts.slice(0, -2).join('/') : parts[0]
+}
 
 /** authority.request_digest: sha256 of the canonical JSON {"q": request}, first 16 bytes, base64url. */
 export async function requestDigest (reservationId, fields, subtle = globalThis.crypto?.subtle) {

@@ -6,7 +6,7 @@
 // trust no verdict at all: nothing shows booked before its verdict verifies.
 
 import {
-  CACHE_SIZE, Signatures, Unverifiable, Verifier, readHomeRecord, requestDigest, requestOf, resolveHomeFrom
+  CACHE_SIZE, Signatures, Unverifiable, Verifier, readHomeRecord, requestDigest, requestOf, reservationOf, resolveHomeFrom
 } from './board-authority.js'
 import { comparePy } from './board-canonical.js'
 
@@ -53,7 +53,7 @@ export function indexVerdicts (verdicts) {
   const index = new Map()
   for (const [key, text] of Object.entries(verdicts ?? {})) {
     if (typeof text !== 'string') continue
-    const rid = key.split('/', 1)[0]
+    const rid = reservationOf(key)
     if (!index.has(rid)) index.set(rid, [])
     index.get(rid).push([key, text])
   }
