@@ -8,10 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from homes import decide
 from relays import Relay, relay_config
 from wire import NOW, WireClient, wait_for_any
 
-from accord.engine.model import Reservation, Status
+from accord.engine.authority import RelayKey
+from accord.engine.model import Decision, Reservation, Status
 from accord.engine.replica import Replica
 
 CAL = "clinic-1"
@@ -190,13 +192,50 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
             if handle is not None:
                 assert not overbooked(handle.replica), f"seed {seed}: overbooked on relay {relay.config.relay_id}"
 
+    # Two hostile writers: a client with a write token on r1 and a partner relay peering with r2.
+    # They forge "booked" verdicts with their own keys and copy genuine ones under other reservations.
+    hostile = [WireClient(relays[1].url, actor="mallory"), WireClient(relays[2].url, actor="rogue-relay", role="peer")]
+    rogue_key = RelayKey.generate()
+
+    async def attack(k: int) -> int:
+        attacker = hostile[k]
+        if attacker.closed.is_set() or attacker.ws is None:
+            fresh = WireClient(relays[1 + k].url, actor=attacker.actor, role=attacker.role)
+            fresh.replicas = attacker.replicas
+            hostile[k] = attacker = fresh
+            await attacker.__aenter__()
+            await attacker.open(CAL)
+        calendar = attacker.replica(CAL).calendar
+        targets = [rid for rid in calendar.reservations if rid in made]
+        if not targets or calendar.home_record is None:
+            return 0
+        victim = rng.choice(targets)
+        if rng.random() < 0.5:
+            decide(calendar, victim, Decision.BOOKED, relay_id="r0", key=rogue_key)
+        else:
+            genuine = [key for key in calendar.verdicts if not key.startswith(victim)]
+            if genuine:
+                source = rng.choice(genuine)
+                with calendar.doc.transaction():
+                    calendar.verdicts[victim + source[source.index("/"):]] = calendar.verdicts[source]
+        try:
+            await attacker.push(CAL)
+        except Exception:
+            pass  # its relay restarted under it: it reconnects next time
+        return 1
+
     try:
         for i in range(6):
             await connect(i)
         for client in clients:  # terminals are provisioned online once: they learn who decides
             await client.wait_for(lambda c=client: c.replica(CAL).calendar.home == "r0")
+        for attacker in hostile:
+            await attacker.__aenter__()
+            await attacker.open(CAL)
         for _step in range(60):
             i = rng.randrange(6)
+            if rng.random() < 0.2:
+                await attack(rng.randrange(2))  # early on it may hold nothing to attack yet
             action = rng.random()
             calendar = clients[i].replica(CAL).calendar
             if action < 0.55:
@@ -240,6 +279,14 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
             if not online[i] or clients[i].closed.is_set():
                 await connect(i)
             await clients[i].push(CAL)
+        attacks = 0
+        for k in (0, 1):  # the attackers go on once they hold every booking (and its decision)
+            await attack(k)  # reconnects it if its relay restarted under it
+            held = hostile[k].replica(CAL).calendar
+            await hostile[k].wait_for(lambda held=held: all(r in held.reservations for r in made), timeout=30)
+            for _ in range(5):
+                attacks += await attack(k)
+        assert attacks == 10
 
         def healed() -> bool:
             states = [c.replica(CAL).calendar.to_py() for c in clients]
@@ -257,9 +304,12 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
                 assert other.status not in (Status.PENDING, Status.REJECTED), f"seed {seed}: {item.id}"
                 assert other.slot.overlaps(item.requested), f"seed {seed}: {item.id}"
     finally:
-        for client in clients:
-            if online[clients.index(client)]:
+        for k, client in enumerate(clients):
+            if online[k]:
                 await client.__aexit__(None, None, None)
+        for attacker in hostile:
+            if attacker.ws is not None and not attacker.closed.is_set():
+                await attacker.__aexit__(None, None, None)
         for relay in reversed(relays):
             await relay.__aexit__(None, None, None)
 
