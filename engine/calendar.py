@@ -53,6 +53,16 @@ from .model import (
 )
 
 
+def read_capacity(value: object) -> int:
+    """A stored capacity as the decider uses it: a whole number 1-1000; anything else a writer
+    put there (``"x"``, ``1e9``, ``-3``) counts as 1, the safe reading, so that one bad value can
+    neither overbook a resource nor stop decisions."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        return 1
+    whole = int(value) if value == int(value) else 0
+    return whole if 1 <= whole <= 1000 else 1
+
+
 class Calendar:
     """Typed access to one calendar document.
 
@@ -236,8 +246,7 @@ class Calendar:
         entry = self.resources_map.get(resource_id)
         if not isinstance(entry, Map):
             return None
-        capacity = entry.get("capacity", 1)
-        return Resource(resource_id, str(entry.get("name", resource_id)), int(capacity) if capacity else 1)
+        return Resource(resource_id, str(entry.get("name", resource_id)), read_capacity(entry.get("capacity", 1)))
 
     def resources(self) -> builtins.list[Resource]:
         """All declared resources, sorted by id."""

@@ -320,7 +320,11 @@ class Decider:
             if needs_release(fields, decided):
                 decision, slot = DecisionMade(ReservationId(rid), Decision.RELEASED), None
             else:
-                decision, slot = self._decide(rid, fields, decided, now)
+                try:
+                    decision, slot = self._decide(rid, fields, decided, now)
+                except (ValueError, TypeError, OverflowError, InvalidReservation):  # one bad value: reject that one
+                    log.warning("reservation with unusable values rejected", extra={"reservation": rid})
+                    decision, slot = DecisionMade(ReservationId(rid), Decision.REJECTED, RejectReason.INVALID), None
             self._write(rid, fields, decided, decision, stamp)
             self._set_slot(rid, slot if slot is not None else self._kept_slot(fields, decided, decision))
             made.append(decision)

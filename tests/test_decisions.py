@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import merge_updates
+from pycrdt import Map, merge_updates
 
 from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider, DecisionMade, RejectReason, needs_decision
@@ -478,3 +478,21 @@ def test_a_handover_keeps_every_decision_and_fences_the_old_home() -> None:
     assert clinic.status(late) is Status.REJECTED
     with pytest.raises(NotHome, match="relay-b"):
         Decider(clinic.home.calendar, "relay-a", HOME_KEY)  # the old home cannot take it back
+
+
+@pytest.mark.parametrize("capacity", ["x", 1000.0 * 1000, -3, float("nan"), True, None])
+def test_a_bad_capacity_value_counts_as_one_and_never_stops_decisions(capacity: object) -> None:
+    clinic = Clinic()
+    clinic.home.calendar.resources_map["room-1"] = Map({"name": "Room 1", "capacity": capacity})
+    clinic.home.take_changes()
+    first = clinic.book(0, "room-1", "09:00", "09:30")
+    second = clinic.book(1, "room-1", "09:00", "09:30")
+    elsewhere = clinic.book(1, "room-2", "09:00", "09:30")
+    clinic.deliver(0)
+    clinic.deliver(1)
+    made = clinic.decide()
+    assert len(made) == 3
+    assert sorted(str(clinic.status(r)) for r in (first, second)) == ["booked", "rejected"]
+    assert clinic.status(elsewhere) is Status.BOOKED
+    restarted = Decider(clinic.home.calendar, "relay-a", HOME_KEY)  # and the calendar still loads
+    assert restarted.decide_all_pending(NOW) == []
