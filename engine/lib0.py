@@ -13,6 +13,8 @@ raise plain built-in errors, which each caller words as its own ``MalformedMessa
 
 from __future__ import annotations
 
+import struct
+
 MAX_VARINT_BYTES = 10  # 64 bits at 7 bits a byte; longer ones are refused (Yrs would read 11)
 _MAX_SHIFT = 7 * (MAX_VARINT_BYTES - 1)
 
@@ -140,3 +142,91 @@ def skip_any(data: bytes, pos: int) -> int:
         if pos > size:
             raise IndexError("value runs past the end")
     return pos
+
+
+def read_var_int(data: bytes, pos: int) -> tuple[int, int]:
+    """The signed varint (lib0 ``readVarInt``: a sign bit and 6 value bits in the first byte) at ``pos``.
+
+    Raises:
+        IndexError, OverflowError: as :func:`read_var_uint`.
+    """
+    first = pos
+    byte = data[pos]
+    value = byte & 0x3F
+    negative = byte & 0x40
+    shift = 6
+    while byte & 0x80:
+        pos += 1
+        if pos - first >= MAX_VARINT_BYTES:
+            raise OverflowError("varint longer than 64 bits")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+    return (-value if negative else value), pos + 1
+
+
+def read_any(data: bytes, pos: int) -> tuple[object, int]:
+    """The lib0 ``any`` value at ``pos`` as Python data: ``(value, position after it)``.
+
+    ``undefined`` and ``null`` read as None, integers and bigints as int, floats as float,
+    strings as str, byte arrays as bytes, objects as dict and arrays as list. Iterative, like
+    :func:`skip_any`, since the sender chooses the nesting depth.
+
+    Raises:
+        IndexError, OverflowError, UnicodeDecodeError: as :func:`read_var_string`.
+        ValueError: an unknown type byte.
+    """
+    top: list[object] = []
+    containers: list[list[object] | dict[str, object]] = [top]
+    left = [1]  # values still to read into each open container
+    while containers:
+        if left[-1] == 0:
+            containers.pop()
+            left.pop()
+            continue
+        left[-1] -= 1
+        container = containers[-1]
+        key = ""
+        if isinstance(container, dict):
+            key, pos = read_var_string(data, pos)
+        kind = data[pos]
+        pos += 1
+        value: object
+        fixed = _FIXED_SIZES.get(kind)
+        if fixed is not None:
+            if pos + fixed > len(data):
+                raise IndexError("value runs past the end")
+            value = _read_fixed(kind, data, pos)
+            pos += fixed
+        elif kind == _INTEGER:
+            value, pos = read_var_int(data, pos)
+        elif kind == ANY_STRING:
+            value, pos = read_var_string(data, pos)
+        elif kind == _BYTES:
+            value, pos = read_var_bytes(data, pos)
+        elif kind in (_OBJECT, _ARRAY):
+            count, pos = read_var_uint(data, pos)
+            nested: list[object] | dict[str, object] = {} if kind == _OBJECT else []
+            containers.append(nested)
+            left.append(count)
+            value = nested
+        else:
+            raise ValueError(f"unknown value type {kind}")
+        if isinstance(container, dict):
+            container[key] = value
+        else:
+            container.append(value)
+    return top[0], pos
+
+
+def _read_fixed(kind: int, data: bytes, pos: int) -> object:
+    """A fixed-size ``any`` value (its bytes are known to be there)."""
+    if kind == _FLOAT64:
+        return struct.unpack_from(">d", data, pos)[0]
+    if kind == _FLOAT32:
+        return struct.unpack_from(">f", data, pos)[0]
+    if kind == _BIGINT:
+        return struct.unpack_from(">q", data, pos)[0]
+    if kind in (_TRUE, _FALSE):
+        return kind == _TRUE
+    return None  # undefined, null

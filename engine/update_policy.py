@@ -1,0 +1,432 @@
+"""Which rules of the calendar layout a Yjs update would break, decided *before* it is applied.
+
+A relay applies updates from writers it does not trust (terminals, stock Yjs clients, a board in
+a browser, partner relays), and an applied update cannot be taken back. So it judges each
+update's bytes first. :class:`UpdatePolicy` reports every :class:`Violation` an update would
+commit against the layout of a calendar document:
+
+- ``reservations``, ``verdicts``, ``homes``: root entries are set once. Anyone may add a key;
+  nobody deletes an entry or writes under a key that exists (:attr:`Category.ENTRY_DELETED`,
+  :attr:`Category.ENTRY_OVERWRITTEN`), which also covers an item without origins under an
+  existing key: Yjs orders it among the key's items by client id and, if it ends up last, it
+  becomes the value and the old one is deleted on integration. Inside a verdict or home entry
+  nothing changes either; inside a reservation's map request keys are free, and
+- lifecycle marks (:data:`engine.item_places.MARK_KEYS`) count as present while their key is:
+  overwriting one is harmless (two desks that cancel at once do that), removing one is not
+  (:attr:`Category.MARK_REMOVED`; see :func:`mark_is_present`);
+- the retired decision keys (:data:`engine.model.DECISION_KEYS`) are written by nobody but the
+  relay itself (:attr:`Category.RETIRED_KEY`);
+- ``resources`` and ``meta`` are written by admins only: every write or delete in them is an
+  :attr:`Category.ADMIN_WRITE`, and the values written are checked (:attr:`Category.INVALID_VALUE`,
+  for admins too: resource ids, ``name``, ``capacity``);
+- no other root (:attr:`Category.UNKNOWN_ROOT`), and no list content in a layout root
+  (:attr:`Category.NOT_A_MAP_ENTRY`);
+- an update that names an item the relay has not seen, deletes one, or skips clocks of a writer
+  cannot be judged (:attr:`Category.MISSING_DEPENDENCY`): Yrs would hold it or integrate it out
+  of order, so refuse it and resync.
+
+Bytes that cannot be read exactly as Yrs reads them raise ``MalformedMessage``: refuse those too.
+
+Theory of operation
+-------------------
+The policy is an :class:`engine.item_places.PlaceIndex` (where each item of the calendar is)
+plus these rules. :meth:`UpdatePolicy.violations` places the update's new items without changing
+the index, judges each one by its place, judges the ranges its delete set covers by the places
+of the items there, and for each mark a reservation had before, tells whether the mark's key is
+still present after the update from the key's items and their origins. Feed
+:meth:`UpdatePolicy.observe` every change the relay's document commits (remote updates, peer
+updates, its own writes: an :class:`engine.replica.Change` carries exactly what was integrated),
+so that the index stays in step.
+
+Typical use on a relay, per calendar::
+
+    policy = UpdatePolicy.from_update(replica.full_state())   # once, after loading
+    found = policy.violations(update, first_only=True)         # before applying
+    if any(v.category not in allowed_for(connection) for v in found):
+        ...refuse the update...
+    change = replica.apply(update)
+    if change is not None:
+        policy.observe(change.update)                           # every applied change, any source
+
+The policy reports; the relay decides per connection (an admin token may write ``resources``;
+what a partner relay may forward is the relay's call).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .clock_runs import ClockRuns
+from .errors import MalformedMessage
+from .item_places import (
+    ENTRY,
+    FIELD,
+    LAYOUT_ROOTS,
+    MARK_KEYS,
+    MARKS,
+    META,
+    MISSING,
+    NOWHERE,
+    RESERVATIONS,
+    RESOURCES,
+    Field,
+    MarkUnit,
+    PlaceIndex,
+    Placement,
+)
+from .lib0 import read_any, read_var_string, read_var_uint
+from .model import MAX_LENGTHS, RESOURCE_ID
+from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
+
+MAX_CAPACITY = 1000
+_SHOWN = 128  # characters of a root name or key a violation keeps (they come from the sender)
+_FIELD_NAMES = {**{int(Field[key.upper()]): key for key in MARK_KEYS}, Field.RETIRED: "decision",
+                Field.NAME: "name", Field.CAPACITY: "capacity"}
+
+
+class Category(enum.StrEnum):
+    """What rule an update breaks (see the module docstring)."""
+
+    ENTRY_DELETED = "entry-deleted"  # a reservation, verdict or home entry
+    ENTRY_OVERWRITTEN = "entry-overwritten"  # a write under an existing key, or inside a verdict or home
+    MARK_REMOVED = "mark-removed"  # a lifecycle mark's key would be gone
+    RETIRED_KEY = "retired-key"  # a decision key in a reservation's map (written or deleted)
+    ADMIN_WRITE = "admin-write"  # a write or delete in resources or meta: admins only
+    INVALID_VALUE = "invalid-value"  # a bad resource id, name or capacity, even from an admin
+    UNKNOWN_ROOT = "unknown-root"  # a root the layout does not have
+    NOT_A_MAP_ENTRY = "not-a-map-entry"  # list content (no key) in a layout root
+    MISSING_DEPENDENCY = "missing-dependency"  # names, deletes or skips items the relay has not seen
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One rule an update breaks: where, and the item or deleted range that does it.
+
+    ``root`` is the root map's name, ``key`` the root entry's key (a reservation id, a verdict
+    key, a resource id), ``field`` the key inside the entry when a rule looks at it (a mark, a
+    decision key, ``name``, ``capacity``); each is "" when there is none or it is not known, and
+    names and keys are cut to 128 characters. Never a value: no patient data.
+    """
+
+    category: Category
+    root: str = ""
+    key: str = ""
+    field: str = ""
+    client: int = 0
+    clock: int = 0
+
+
+class UpdatePolicy:
+    """Per calendar: the places of its items, and the layout rules (see the module docstring).
+
+    Memory is one run of 25 bytes per run of a writer's items in one place (a booking takes
+    two), a row per root entry, and the items written under lifecycle marks.
+    """
+
+    def __init__(self, index: PlaceIndex | None = None) -> None:
+        self.index = index if index is not None else PlaceIndex()
+
+    @classmethod
+    def from_update(cls, update: bytes) -> UpdatePolicy:
+        """A policy over everything in ``update``, e.g. a replica's full state after loading.
+
+        Raises:
+            MalformedMessage: ``update`` is not a Yjs v1 update.
+        """
+        return cls(PlaceIndex.from_update(update))
+
+    def observe(self, update: bytes) -> None:
+        """Record a change the document has integrated (every one, from any source, in order).
+
+        Raises:
+            MalformedMessage: ``update`` is not a Yjs v1 update; rebuild from the full state.
+        """
+        self.index.observe(update)
+
+    def violations(self, update: bytes, *, first_only: bool = False) -> list[Violation]:
+        """Every rule applying ``update`` would break (items first, then deletions, then marks),
+        at most one per category and place; only the first if ``first_only``.
+
+        Raises:
+            MalformedMessage: ``update`` cannot be read exactly as Yrs reads it; refuse it.
+        """
+        placement, deletes = self.index.place(update)
+        review = _Review(self.index, placement, update, first_only)
+        try:
+            for client, clock in placement.gaps:
+                review.add(Category.MISSING_DEPENDENCY, -1, "", client, clock)
+            for struct, start, code in placement.items:
+                review.judge_item(struct, start, code)
+            for client, clock, length in deletes:
+                review.judge_deletion(client, clock, clock + length)
+            review.judge_marks(deletes)
+        except _Enough:
+            pass
+        return list(review.found.values())
+
+
+class _Enough(Exception):
+    """The first violation was found and only the first was asked for."""
+
+
+class _Review:
+    """The violations of one update (:meth:`UpdatePolicy.violations`)."""
+
+    def __init__(self, index: PlaceIndex, placement: Placement, data: bytes, first_only: bool) -> None:
+        self.index = index
+        self.placement = placement
+        self.data = data
+        self.first_only = first_only
+        self.found: dict[tuple[Category, str, str, str], Violation] = {}
+        self.new_keys: set[tuple[int, bytes]] = set()  # (root, key) of root entries this update writes
+        # (entry << 6 | mark) -> the update's items written under that mark
+        self.touched: dict[int, list[MarkUnit]] = {}
+        self.triggers: dict[int, tuple[int, int]] = {}  # (entry << 6 | mark) -> first item or deletion there
+        self.born_deleted: set[tuple[int, int]] = set()  # (client, start) of new mark items with deleted content
+
+    def add(self, category: Category, code: int, field: str, client: int, clock: int) -> None:
+        """Report ``category`` at the place ``code`` (-1: none known)."""
+        root = key = ""
+        if code >= 0:
+            entry = code >> 8
+            root = _shown(self.index.root_name(self.index.root_of(entry, self.placement), self.placement))
+            raw = self.index.key_of(entry, self.placement)
+            key = "" if raw is None else _shown(raw)
+            if not field:
+                field = _FIELD_NAMES.get(code & 63, "") if (code >> 6) & 3 != ENTRY else ""
+        where = (category, root, key, field)
+        if where not in self.found:
+            self.found[where] = Violation(category, root, key, field, client, clock)
+        if self.first_only:
+            raise _Enough
+
+    # ---- new items ---------------------------------------------------------------------------
+
+    def judge_item(self, struct: Struct, start: int, code: int) -> None:
+        client = struct[0]
+        if code == MISSING:
+            self.add(Category.MISSING_DEPENDENCY, -1, "", client, start)
+            return
+        if code == NOWHERE:
+            return
+        entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
+        root = self.index.root_of(entry, self.placement)
+        key = self.index.key_of(entry, self.placement)
+        own_key = _shown(struct[11]) if struct[11] is not None and depth == FIELD else ""
+        if root >= len(LAYOUT_ROOTS):
+            self.add(Category.UNKNOWN_ROOT, code, "", client, start)
+        elif key is None:
+            self.add(Category.NOT_A_MAP_ENTRY, code, "", client, start)
+        elif root in (RESOURCES, META):
+            self.add(Category.ADMIN_WRITE, code, own_key if field == Field.OTHER else "", client, start)
+            if root == RESOURCES:
+                self._check_resource_value(struct, start, code)
+        elif depth == ENTRY:
+            inherits = struct[4] >= 0 or struct[6] >= 0 or start > struct[1]
+            if inherits or key in self.index.keys[root] or (root, key) in self.new_keys:
+                self.add(Category.ENTRY_OVERWRITTEN, code, "", client, start)
+            self.new_keys.add((root, key))
+        elif root == RESERVATIONS:
+            if field == Field.RETIRED:
+                self.add(Category.RETIRED_KEY, code, own_key, client, start)
+            elif depth == FIELD and field in MARKS:
+                origin = (struct[4], struct[5]) if start == struct[1] else (client, start - 1)
+                unit = (client, start, struct[1] + struct[2] - start, origin[0], origin[1], struct[6] >= 0)
+                self.touched.setdefault(entry << 6 | field, []).append(unit)
+                self.triggers.setdefault(entry << 6 | field, (client, start))
+                if struct[3] == DELETED:
+                    self.born_deleted.add((client, start))
+        elif entry < self.placement.entry_base:  # inside an existing verdict or home
+            self.add(Category.ENTRY_OVERWRITTEN, code, "", client, start)
+
+    def _check_resource_value(self, struct: Struct, start: int, code: int) -> None:
+        """Resource ids match model.RESOURCE_ID, a resource is a map, ``capacity`` is a whole
+        number 1-1000 and ``name`` a string of at most 128 characters."""
+        ref, content = struct[3], struct[12]
+        if ref == DELETED:
+            return
+        depth, field = (code >> 6) & 3, code & 63
+        valid = True
+        if depth == ENTRY:
+            key = self.index.key_of(code >> 8, self.placement) or b""
+            valid = RESOURCE_ID.fullmatch(key.decode(errors="replace")) is not None and _is_map(self.data, ref, content)
+        elif depth == FIELD and field == Field.CAPACITY:
+            value = _single_value(self.data, ref, content)
+            valid = (isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+                     and 1 <= value <= MAX_CAPACITY)
+        elif depth == FIELD and field == Field.NAME:
+            value = _single_value(self.data, ref, content)
+            valid = isinstance(value, str) and len(value) <= MAX_LENGTHS["name"]
+        if not valid:
+            self.add(Category.INVALID_VALUE, code, "", struct[0], start)
+
+    # ---- deletions -----------------------------------------------------------------------------
+
+    def judge_deletion(self, client: int, clock: int, end: int) -> None:
+        known = self.index.seen.get(client, 0)
+        if clock < known:
+            for start, _end, code in self.index.runs[client].live(clock, min(end, known)):
+                self._judge_deleted(code, client, start)
+        if end > known:
+            lo = max(clock, known)
+            new = self.placement.new.get(client)
+            hole = _first_uncovered(new, lo, end)
+            if hole is not None:  # Yrs would keep it and delete whatever arrives there later
+                self.add(Category.MISSING_DEPENDENCY, -1, "", client, hole)
+
+    def _judge_deleted(self, code: int, client: int, clock: int) -> None:
+        if code == MISSING:
+            self.add(Category.MISSING_DEPENDENCY, -1, "", client, clock)
+            return
+        if code == NOWHERE:
+            return
+        entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
+        root = self.index.root_of(entry)
+        if root >= len(LAYOUT_ROOTS):
+            self.add(Category.UNKNOWN_ROOT, code, "", client, clock)
+        elif self.index.key_of(entry) is None:
+            self.add(Category.NOT_A_MAP_ENTRY, code, "", client, clock)
+        elif root in (RESOURCES, META):
+            self.add(Category.ADMIN_WRITE, code, "", client, clock)
+        elif depth == ENTRY:
+            self.add(Category.ENTRY_DELETED, code, "", client, clock)
+        elif root == RESERVATIONS:
+            if field == Field.RETIRED:
+                self.add(Category.RETIRED_KEY, code, "", client, clock)
+            elif depth == FIELD and field in MARKS:
+                self.touched.setdefault(entry << 6 | field, [])
+                self.triggers.setdefault(entry << 6 | field, (client, clock))
+        else:
+            self.add(Category.ENTRY_OVERWRITTEN, code, "", client, clock)
+
+    # ---- lifecycle marks -------------------------------------------------------------------------
+
+    def judge_marks(self, deletes: list[tuple[int, int, int]]) -> None:
+        """Every mark present before the update must still be present after it."""
+        if not self.touched:
+            return
+        runs = self.index.runs
+        removed = _ranges_by_client(deletes)
+
+        def deleted_before(client: int, clock: int) -> bool:
+            found = runs.get(client)
+            return found is not None and found.is_deleted(clock)
+
+        def deleted_after(client: int, clock: int) -> bool:
+            return deleted_before(client, clock) or _in_ranges(removed.get(client), clock)
+
+        for chain, new_units in self.touched.items():
+            old_units = self.index.marks.get(chain)
+            if not old_units:
+                continue  # no mark there before (or a reservation this update creates)
+            if mark_is_present(old_units, deleted_before) is False:
+                continue
+            def deleted_now(client: int, clock: int, new_units: list[MarkUnit] = new_units) -> bool:
+                return deleted_after(client, clock) or _born_deleted(self.born_deleted, new_units, client, clock)
+
+            after = mark_is_present([*old_units, *new_units], deleted_now)
+            if after is not True:
+                entry, field = chain >> 6, chain & 63
+                self.add(Category.MARK_REMOVED, entry << 8 | FIELD << 6 | field, "", *self.triggers[chain])
+
+
+def mark_is_present(units: Iterable[MarkUnit], is_deleted: Callable[[int, int], bool]) -> bool | None:
+    """Whether a map key whose items are ``units`` has a value: True, False, or None if the
+    order of its items cannot be told (see :func:`last_item`)."""
+    last = last_item(units)
+    return last if last is None else last != _NO_ITEM and not is_deleted(*last)
+
+
+def last_item(units: Iterable[MarkUnit]) -> tuple[int, int] | None:
+    """The ID of the item that is a map key's value, given all the key's items; ``(-1, -1)`` if
+    there are none, None if their order cannot be told (a right origin, or an origin elsewhere).
+
+    A map key's items form a list in Yjs order; the last one is the value and every other one is
+    deleted as the next arrives. Without right origins (a map write never has one) that order
+    is the origin tree walked depth first, each item's children after it from the lowest client
+    id to the highest (Yrs ``Item::resolve_conflict``: an item goes right of a sibling with a
+    lower client id, left of one with a higher id, and left of an earlier item of its own
+    client), so the last item is found by following, from the root, the child with the highest
+    client id (the lowest clock on a tie).
+    """
+    children: dict[tuple[int, int] | None, list[tuple[int, int]]] = {}
+    ids: set[tuple[int, int]] = set()
+    for client, clock, length, origin_client, origin_clock, has_right in units:
+        if has_right:
+            return None
+        for k in range(clock, clock + length):
+            parent = (origin_client, origin_clock) if k == clock else (client, k - 1)
+            children.setdefault(parent if parent[0] >= 0 else None, []).append((client, k))
+            ids.add((client, k))
+    if any(parent is not None and parent not in ids for parent in children):
+        return None
+    last: tuple[int, int] | None = None
+    for _ in range(len(ids)):  # a tree of len(ids) nodes is that deep at most
+        kids = children.get(last)
+        if not kids:
+            break
+        last = max(kids, key=lambda unit: (unit[0], -unit[1]))
+    return _NO_ITEM if last is None else last
+
+
+_NO_ITEM = (-1, -1)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _shown(raw: bytes) -> str:
+    return raw.decode(errors="replace")[:_SHOWN]
+
+
+def _is_map(data: bytes, ref: int, content: int) -> bool:
+    if ref != TYPE:
+        return False
+    type_ref, _pos = read_var_uint(data, content)
+    return type_ref == MAP_TYPE
+
+
+def _single_value(data: bytes, ref: int, content: int) -> object:
+    """The one value of an item's content (a ``_NOT_ONE`` marker if it has another number or kind)."""
+    try:
+        if ref == STRING:
+            return read_var_string(data, content)[0]
+        if ref == ANY:
+            count, pos = read_var_uint(data, content)
+            if count == 1:
+                return read_any(data, pos)[0]
+    except (IndexError, ValueError, OverflowError, UnicodeDecodeError):  # the scan read it: cannot happen
+        raise MalformedMessage("not a Yjs update: unreadable value") from None
+    return _NOT_ONE
+
+
+_NOT_ONE = object()
+
+
+def _first_uncovered(runs: ClockRuns | None, start: int, end: int) -> int | None:
+    """The first clock of ``[start, end)`` that ``runs`` does not hold, or None."""
+    clock = start
+    while clock < end:
+        i = -1 if runs is None else runs.find(clock)
+        if i < 0:
+            return clock
+        assert runs is not None
+        clock = runs.ends[i]
+    return None
+
+
+def _ranges_by_client(deletes: list[tuple[int, int, int]]) -> dict[int, list[tuple[int, int]]]:
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for client, clock, length in deletes:
+        ranges.setdefault(client, []).append((clock, clock + length))
+    return ranges
+
+
+def _in_ranges(ranges: list[tuple[int, int]] | None, clock: int) -> bool:
+    return ranges is not None and any(start <= clock < end for start, end in ranges)
+
+
+def _born_deleted(born: set[tuple[int, int]], units: list[MarkUnit], client: int, clock: int) -> bool:
+    return any(u[0] == client and u[1] <= clock < u[1] + u[2] and (u[0], u[1]) in born for u in units)
