@@ -93,6 +93,19 @@ def place(entry: int, depth: int, code: int) -> int:
     return entry << 8 | depth << 6 | code
 
 
+def is_free(code: int, entry_roots: bytearray) -> bool:
+    """True for a place where every write and delete is allowed: a reservation's request keys
+    and what is below them, and no place at all (a GC range). The index does not keep which of
+    those items are deleted."""
+    if code == NOWHERE:
+        return True
+    if code < 0 or code & 0xC0 == ENTRY << 6:
+        return False
+    field = code & 63
+    return entry_roots[code >> 8] == RESERVATIONS and (field in (Field.OTHER, Field.KEYLESS)
+                                                        or (field in MARKS and code & 0xC0 == DEEPER << 6))
+
+
 def _record_rest(runs: ClockRuns, start: int, end: int, deleted: bool) -> None:
     """Record the parts of ``[start, end)`` not recorded yet, under the code of the clock before each."""
     clock = start
@@ -107,11 +120,11 @@ def _record_rest(runs: ClockRuns, start: int, end: int, deleted: bool) -> None:
         clock = stop
 
 
-def _child_place(parent: int, key: bytes | None) -> int:
+def _child_place(parent: int, key: bytes | None, fields: dict[bytes, int] = _FIELDS) -> int:
     """The place code of an item written under ``key`` in the type the item at ``parent`` holds."""
-    if (parent >> 6) & 3 == ENTRY:
-        return place(parent >> 8, FIELD, Field.KEYLESS if key is None else _FIELDS.get(key, 0))
-    return place(parent >> 8, DEEPER, parent & 63)
+    if parent & 0xC0 == ENTRY << 6:
+        return (parent & ~0xFF) | FIELD << 6 | (Field.KEYLESS if key is None else fields.get(key, 0))
+    return (parent & ~0xC0) | DEEPER << 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,20 @@ class Place:
 MarkUnit = tuple[int, int, int, int, int, bool]
 """An item written under a mark: (client, clock, length, origin client, origin clock, has a right
 origin); a missing origin is (-1, -1). Clocks after the first have the previous clock as origin."""
+
+
+@dataclass(slots=True)
+class PlainUpdate:
+    """The items of an update in the plain grammar (see :mod:`engine.plain_updates`): one client's
+    items of length 1 from ``first`` on, with their place codes, the root entries they create
+    (numbered from ``entry_base``) and the mark items; ``client`` is -1 when it has no items."""
+
+    client: int
+    first: int
+    entry_base: int
+    codes: list[int] = field(default_factory=list)
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    marks: list[tuple[int, MarkUnit]] = field(default_factory=list)  # (entry << 6 | mark, item)
 
 
 @dataclass(slots=True)
@@ -231,23 +258,34 @@ class PlaceIndex:
         placement = Placement([], [], {}, len(self.entry_keys), root_base=len(self.root_names))
         placer = _Placer(self, placement)
         seen, items, new = self.seen, placement.items, placement.new
-        cursor: dict[int, int] = {}
+        runs = ClockRuns()
+        current = known = at = -1  # the client of ``runs``, its clock in the index, its clock so far
+        parent_client = parent_clock = parent = -1  # as in observe
         for struct in reader.structs():
-            client, clock, length = struct[0], struct[1], struct[2]
+            client, clock, length, ref, oc, _ok, rc, _rk, root, pc, pk, key, _content = struct
+            if client != current:  # one section per client: its structs come in a row
+                current = client
+                known = at = seen.get(client, 0)
+                runs = new[client] = ClockRuns()
             end = clock + length
-            known = seen.get(client, 0)
             if end <= known or not length:  # Yrs has it already, or drops it (empty)
                 continue
-            at = cursor.get(client, known)
             if clock > at:  # Yrs would integrate it out of order, after a hole of unknown items
                 placement.gaps.append((client, at))
-            cursor[client] = end
+            at = end
             start = clock if clock >= known else known
-            code = placer.place(struct, start, len(items))
-            runs = new.get(client)
-            if runs is None:
-                runs = new[client] = ClockRuns()
-            runs.add(start, end, code)
+            if root is None and oc < 0 and rc < 0 and ref != GC and start == clock:  # a key in a nested map, usually
+                if pc != parent_client or pk != parent_clock:
+                    found = placer.lookup(pc, pk)
+                    parent_client, parent_clock, parent = (pc, pk, found) if found is not None and found >= 0 else (-1, -1, -1)
+                code = _child_place(parent, key) if parent >= 0 else placer.place(struct, start, len(items))
+            else:
+                code = placer.place(struct, start, len(items))
+            ends = runs.ends
+            if ends and start == ends[-1] and runs.codes[-1] == code:
+                ends[-1] = end  # inlined ClockRuns.add: the usual case
+            else:
+                runs.add(start, end, code)
             items.append((struct, start, code))
         placer.resolve_deferred()
         return placement, reader.deletes
@@ -264,47 +302,93 @@ class PlaceIndex:
         reader = UpdateReader(update)
         placer = _Placer(self, None)
         all_runs = self.runs
+        runs = ClockRuns()
+        current = -1  # the client of ``runs``
+        # The map item a run of keys was written in (a booking's fields, a decision's keys): one lookup.
+        parent_client = parent_clock = parent = -1
+        fields = _FIELDS
         for struct in reader.structs():
-            client, clock, length, ref = struct[0], struct[1], struct[2], struct[3]
+            client, clock, length, ref, oc, _ok, rc, _rk, root, pc, pk, key, _content = struct
             if not length:
                 continue
+            if client != current:
+                current = client
+                if client not in all_runs:
+                    all_runs[client] = ClockRuns()
+                runs = all_runs[client]
             end = clock + length
-            runs = all_runs.get(client)
-            if runs is None:
-                runs = all_runs[client] = ClockRuns()
-            elif clock < runs.ends[-1] and runs.find(clock) >= 0:
+            ends = runs.ends
+            deleted = ref <= DELETED  # GC or deleted content
+            if ends and clock < ends[-1] and runs.find(clock) >= 0:
                 # Recorded already: Yrs re-encodes items it integrated out of order, and may
                 # have squashed them with the next ones since. Record the rest where its start is.
-                _record_rest(runs, clock, end, ref in (GC, DELETED))
+                _record_rest(runs, clock, end, deleted)
                 continue
-            code = placer.place(struct, clock)
-            runs.add(clock, end, code, deleted=ref in (GC, DELETED))
-            if code >= 0:
+            if root is None and oc < 0 and rc < 0 and ref != GC:  # a key in a nested map, usually
+                if pc != parent_client or pk != parent_clock:
+                    found = self.code_at(pc, pk)
+                    # Not placed (yet)? Let _Placer say what it is, or wait for it.
+                    parent_client, parent_clock, parent = (pc, pk, found) if found is not None and found >= 0 else (-1, -1, -1)
+                code = _child_place(parent, key, fields) if parent >= 0 else placer.place(struct, clock)
+            else:
+                code = placer.place(struct, clock)
+            if ends and clock == ends[-1] and runs.codes[-1] == code and runs.deleted[-1] == deleted:
+                ends[-1] = end  # inlined ClockRuns.add: the usual case
+            else:
+                runs.add(clock, end, code, deleted)
+            if code & 0xC0 == FIELD << 6 and code & 63 in MARKS:
                 self._note_mark(struct, clock, code)
         placer.resolve_deferred()
         for client, clock, length in reader.deletes:
-            runs = all_runs.get(client)
-            if runs is not None:
-                runs.delete(clock, clock + length)
-        seen = self.seen
+            if client in all_runs:
+                runs = all_runs[client]
+                for start, end, code in runs.live(clock, clock + length):
+                    # Only where a rule looks at deletions: splitting a writer's long run of
+                    # request keys would cost a copy of all its runs after it.
+                    if not is_free(code, self.entry_roots):
+                        runs.delete(start, end)
         for client in reader.spans:
-            runs = all_runs.get(client)
-            if runs is None:
+            if client not in all_runs:
                 continue
+            runs = all_runs[client]
             if placer.patched.get(client, 0) > _COMPACT_AFTER:
                 runs.compact()
-            clock = seen.get(client, 0)
-            i = runs.find(clock)
-            while i >= 0:
-                clock = runs.ends[i]
-                i += 1
-                if i == len(runs) or runs.starts[i] != clock:
-                    break
-            seen[client] = clock
+            self._advance_seen(client)
+
+    def record(self, plan: PlainUpdate) -> None:
+        """Record an update :func:`engine.plain_updates.read_plain` read (the document integrated it):
+        the cheap :meth:`observe` of a booking, an edit, a cancel, a new verdict."""
+        if plan.client < 0:
+            return
+        assert plan.entry_base == len(self.entry_keys)
+        for root, key in plan.entries:
+            self._add_entry(root, key)
+        if plan.client not in self.runs:
+            self.runs[plan.client] = ClockRuns()
+        runs = self.runs[plan.client]
+        clock = plan.first
+        for code in plan.codes:
+            runs.add(clock, clock + 1, code)
+            clock += 1
+        for chain, unit in plan.marks:
+            self.marks.setdefault(chain, []).append(unit)
+        self._advance_seen(plan.client)
+
+    def _advance_seen(self, client: int) -> None:
+        """Move ``seen`` of ``client`` up over the runs recorded from it on."""
+        runs = self.runs[client]
+        clock = self.seen.get(client, 0)
+        i = runs.find(clock)
+        while i >= 0:
+            clock = runs.ends[i]
+            i += 1
+            if i == len(runs) or runs.starts[i] != clock:
+                break
+        self.seen[client] = clock
 
     def _note_mark(self, struct: Struct, start: int, code: int) -> None:
         """Keep an item written under a lifecycle mark of a reservation, with its origin."""
-        if (code >> 6) & 3 != FIELD or (code & 63) not in MARKS or self.entry_roots[code >> 8] != RESERVATIONS:
+        if code < 0 or (code >> 6) & 3 != FIELD or (code & 63) not in MARKS or self.entry_roots[code >> 8] != RESERVATIONS:
             return
         client, clock, length = struct[0], struct[1], struct[2]
         origin = (struct[4], struct[5]) if start == clock else (client, start - 1)
@@ -406,6 +490,10 @@ class _Placer:
                 stack.pop()
 
     # ---- internals ----------------------------------------------------------------------------
+
+    def lookup(self, client: int, clock: int) -> int | None:
+        """The place code of the item with this ID, if it is recorded or placed already (see :meth:`_lookup`)."""
+        return self._lookup(client, clock, False)
 
     def _lookup(self, client: int, clock: int, final: bool) -> int | None:
         """The place code of the item with this ID: recorded, or placed from this update

@@ -75,9 +75,11 @@ from .item_places import (
     MarkUnit,
     PlaceIndex,
     Placement,
+    PlainUpdate,
 )
 from .lib0 import read_any, read_var_string, read_var_uint
 from .model import MAX_LENGTHS, RESOURCE_ID
+from .plain_updates import read_plain
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
 
 MAX_CAPACITY = 1000
@@ -127,6 +129,9 @@ class UpdatePolicy:
 
     def __init__(self, index: PlaceIndex | None = None) -> None:
         self.index = index if index is not None else PlaceIndex()
+        # The last update the pre-check passed and what it read, until the index changes: the
+        # relay checks an update, then observes the change it made, often the same bytes.
+        self._plain: tuple[bytes, PlainUpdate] | None = None
 
     @classmethod
     def from_update(cls, update: bytes) -> UpdatePolicy:
@@ -138,12 +143,24 @@ class UpdatePolicy:
         return cls(PlaceIndex.from_update(update))
 
     def observe(self, update: bytes) -> None:
-        """Record a change the document has integrated (every one, from any source, in order).
+        """Record a change the document has integrated (every one, from any source, in order;
+        always through this method, not the index's, which would leave the policy's cache stale).
 
         Raises:
             MalformedMessage: ``update`` is not a Yjs v1 update; rebuild from the full state.
         """
-        self.index.observe(update)
+        plan = self._read_plain(update)
+        self._plain = None
+        if plan is not None:
+            self.index.record(plan)
+        else:
+            self.index.observe(update)
+
+    def might_violate(self, update: bytes) -> bool:
+        """A cheap pre-check: False means ``update`` breaks no rule (a plain booking, edit,
+        cancel or new verdict: see :mod:`engine.plain_updates`), True means "run the full check".
+        :meth:`violations` runs it first by itself."""
+        return self._read_plain(update) is None
 
     def violations(self, update: bytes, *, first_only: bool = False) -> list[Violation]:
         """Every rule applying ``update`` would break (items first, then deletions, then marks),
@@ -152,13 +169,29 @@ class UpdatePolicy:
         Raises:
             MalformedMessage: ``update`` cannot be read exactly as Yrs reads it; refuse it.
         """
+        if self._read_plain(update) is not None:
+            return []
+        return self.judge(update, first_only=first_only)
+
+    def _read_plain(self, update: bytes) -> PlainUpdate | None:
+        cached = self._plain
+        if cached is not None and (cached[0] is update or cached[0] == update):
+            return cached[1]
+        plan = read_plain(self.index, update)
+        self._plain = None if plan is None else (update, plan)
+        return plan
+
+    def judge(self, update: bytes, *, first_only: bool = False) -> list[Violation]:
+        """:meth:`violations` without the pre-check (for tests and benchmarks)."""
         placement, deletes = self.index.place(update)
         review = _Review(self.index, placement, update, first_only)
         try:
             for client, clock in placement.gaps:
                 review.add(Category.MISSING_DEPENDENCY, -1, "", client, clock)
+            clean = review.clean
             for struct, start, code in placement.items:
-                review.judge_item(struct, start, code)
+                if code not in clean:
+                    review.judge_item(struct, start, code)
             for client, clock, length in deletes:
                 review.judge_deletion(client, clock, clock + length)
             review.judge_marks(deletes)
@@ -185,6 +218,8 @@ class _Review:
         self.touched: dict[int, list[MarkUnit]] = {}
         self.triggers: dict[int, tuple[int, int]] = {}  # (entry << 6 | mark) -> first item or deletion there
         self.born_deleted: set[tuple[int, int]] = set()  # (client, start) of new mark items with deleted content
+        # Place codes where any write is fine (a reservation's request keys): judged once.
+        self.clean: set[int] = set()
 
     def add(self, category: Category, code: int, field: str, client: int, clock: int) -> None:
         """Report ``category`` at the place ``code`` (-1: none known)."""
@@ -214,6 +249,9 @@ class _Review:
         entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
         root = self.index.root_of(entry, self.placement)
         key = self.index.key_of(entry, self.placement)
+        if root == RESERVATIONS and depth != ENTRY and field in (Field.OTHER, Field.KEYLESS) and key is not None:
+            self.clean.add(code)  # request keys are free
+            return
         own_key = _shown(struct[11]) if struct[11] is not None and depth == FIELD else ""
         if root >= len(LAYOUT_ROOTS):
             self.add(Category.UNKNOWN_ROOT, code, "", client, start)

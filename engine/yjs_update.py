@@ -114,6 +114,9 @@ class UpdateReader:
                             ok = data[pos]
                             if ok < 0x80:
                                 pos += 1
+                            elif data[pos + 1] < 0x80:  # clocks up to 16383
+                                ok = (ok & 0x7F) | data[pos + 1] << 7
+                                pos += 2
                             else:
                                 ok, pos = read_var_uint(data, pos)
                             if (oc == client and ok >= clock) or ok > _MAX_CLOCK:
@@ -135,6 +138,9 @@ class UpdateReader:
                             pk = data[pos]
                             if pk < 0x80:
                                 pos += 1
+                            elif data[pos + 1] < 0x80:  # clocks up to 16383
+                                pk = (pk & 0x7F) | data[pos + 1] << 7
+                                pos += 2
                             else:
                                 pk, pos = read_var_uint(data, pos)
                             if (pc == client and pk >= clock) or pk > _MAX_CLOCK:

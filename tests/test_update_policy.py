@@ -44,8 +44,10 @@ class Relay:
         return cls(replica, UpdatePolicy.from_update(replica.full_state()))
 
     def receive(self, update: bytes) -> list[Violation]:
-        """Check, then apply if nothing is broken (and observe the change it made)."""
-        found = self.policy.violations(update)
+        """Check, then apply if nothing is broken (and observe the change it made). Every update
+        also checks the pre-check: it may pass only what the full check passes."""
+        found = self.policy.judge(update)
+        assert found == [] or self.policy.might_violate(update)
         if not found:
             change = self.replica.apply(update)
             if change is not None:
@@ -557,6 +559,44 @@ def test_first_only_stops_at_the_first_violation() -> None:
     assert len(relay.policy.violations(wipe, first_only=True)) == 1
 
 
+# ---- the pre-check ----------------------------------------------------------------------------------
+
+
+def test_the_pre_check_passes_the_common_updates() -> None:
+    relay = Relay.start(1)
+    desk, rid = cancelled(relay)
+    other = book(desk, "10:00", "10:30")
+    desk.calendar.edit(rid, note="x", now=NOW)
+    desk.calendar.cancel(other, now=NOW, reason="ill")
+    verdicts = desk.doc.get("verdicts", type=Map)
+    verdicts["r1/q/sig"] = "v1.p.s"
+    for change in pushed(desk):
+        assert not relay.policy.might_violate(change)
+        assert relay.receive(change) == []
+    desk.calendar.reservations[other]["cancelled_at"] = "again"  # deletes a mark item: the full check says
+    (overwrite,) = pushed(desk)
+    assert relay.policy.might_violate(overwrite)
+    assert relay.receive(overwrite) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from(["flip", "cut", "insert"]))
+def test_the_pre_check_never_passes_what_the_full_check_refuses(where: int, byte: int, how: str) -> None:
+    """Mutated common updates: whatever the pre-check passes, the full check reads and passes."""
+    relay = Relay.start(1)
+    desk, rid = cancelled(relay)
+    desk.calendar.edit(rid, note="x", now=NOW)
+    book(desk, "10:00", "10:30")
+    desk.doc.get("verdicts", type=Map)["r1/q/sig"] = "v1.p.s"
+    for change in pushed(desk):
+        at = where % (len(change) + 1)
+        mutated = {"flip": change[:at] + bytes([byte]) + change[at + 1:], "cut": change[:at],
+                   "insert": change[:at] + bytes([byte]) + change[at:]}[how]
+        if not relay.policy.might_violate(mutated):
+            assert relay.policy.judge(mutated) == []
+        relay.receive(change)
+
+
 # ---- the index ------------------------------------------------------------------------------------
 
 
@@ -741,8 +781,11 @@ HOSTILE = {
 def test_hostile_writes_after_any_honest_work_are_caught(ops: list[tuple[str, int, int]], attack: str,
                                                           pick: int) -> None:
     clinic = Clinic()
-    play(clinic, [*ops, ("book", 0, 0), ("cancel", 0, 0), ("verdict", 0, 0), ("send", 0, 0), ("peer", 0, 0)])
+    play(clinic, ops)
     relay = clinic.relays[0]
+    _desk, rid = cancelled(relay, DESK_A + 1)  # at least one cancelled reservation, and a verdict
+    relay.replica.doc.get("verdicts", type=Map)[f"{rid}/q/sig"] = "v1.p.s"
+    relay.write()
     rogue = desk_of(relay, 0x7777777)
     reservations = rogue.calendar.reservations
     ids = sorted(reservations.keys())
@@ -777,3 +820,4 @@ def test_hostile_writes_after_any_honest_work_are_caught(ops: list[tuple[str, in
     else:
         (hostile,) = pushed(rogue)
     assert HOSTILE[attack] in categories(relay.policy.violations(hostile))
+    assert relay.policy.might_violate(hostile)
