@@ -11,22 +11,34 @@ Steps:
 2. the home relay loads them, starts a Decider and decides them all (start-up throughput);
 3. with those N in the index, M new requests arrive one update at a time; each is applied and
    decided with ``decide_queued`` (steady-state throughput, per decision);
-4. ``KeyIndex``: build from the full state, then microseconds per ``writes_protected`` check of
-   small terminal updates (book, note edit, cancel) and of a forged decision overwrite.
+4. the relay's update checks: ``KeyIndex`` (before) and ``UpdatePolicy`` (the layout rules) built
+   from the full state (time, and the policy's memory), then microseconds per check of small
+   updates, one after another as a relay gets them: a terminal's book, note edit and cancel, a
+   verdict the home adds (as a peer relay checks it), a forged decision key and a forged
+   overwrite of a reservation. ``UpdatePolicy`` figures are the check alone (``violations``,
+   repeated, pre-check included) and the relay's whole path per update (check, then ``observe``
+   of the change the document made; single shots, so a bit noisier).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+
+import psutil
+from pycrdt import Map
 
 from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider
 from accord.engine.model import format_time
 from accord.engine.replica import Replica
 from accord.engine.update_keys import KeyIndex
+from accord.engine.update_policy import UpdatePolicy
 
 HOME_KEY = RelayKey.generate()  # the home relay's signing key
 
@@ -113,44 +125,114 @@ def main(argv: list[str] | None = None) -> int:
         f"apply_update {statistics.median(apply_cpu) * 1e6:.0f} µs"
     )
 
+    check_costs(home, terminal, n + m)
+    return 0
+
+
+def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
+    """Step 4 (see the module docstring)."""
     full = home.full_state()
-    started, cpu = time.perf_counter(), time.process_time()
-    index = KeyIndex.from_update(full)
-    print(
-        f"KeyIndex.from_update(full state of {n + m} reservations, {len(full) / 1e6:.1f} MB): "
-        f"{time.perf_counter() - started:.2f} s (CPU {time.process_time() - cpu:.2f} s)"
-    )
+    print(f"full state of {reservations} reservations (old layout: decisions in the maps): {len(full) / 1e6:.1f} MB")
+    keys = _timed_build("KeyIndex", lambda: KeyIndex.from_update(full))
+    policy = _timed_build("UpdatePolicy", lambda: UpdatePolicy.from_update(full))
+    index = policy.index
+    print(f"  UpdatePolicy holds {sum(len(r) for r in index.runs.values()):,} runs, {len(index.entry_keys):,} root entries, "
+          f"{len(index.marks):,} marks: {_index_bytes(policy) / 2**20:.1f} MiB by sys.getsizeof")
     for change in home.take_changes():
-        index.observe(change.update)
+        keys.observe(change.update)
+        policy.observe(change.update)
     terminal.apply(home.diff(terminal.state_vector()))
     terminal.take_changes()
-    samples: dict[str, list[bytes]] = {"book": [], "note edit": [], "cancel": [], "forged decision": []}
-    ids = [r for r in list(terminal.calendar.reservations.keys())[:200]]
-    for k, rid in enumerate(ids[:100]):
-        terminal.calendar.book(resource="room-x", start=format_time(BASE + k * SLOT), end=format_time(BASE + (k + 1) * SLOT),
-                               patient="p", now=NOW)
-        samples["book"] += [c.update for c in terminal.take_changes()]
-        terminal.calendar.edit(rid, note=f"note {k}", now=NOW)
-        samples["note edit"] += [c.update for c in terminal.take_changes()]
-    for rid in ids[100:200]:
-        terminal.calendar.cancel(rid, now=NOW)
-        samples["cancel"] += [c.update for c in terminal.take_changes()]
-        terminal.calendar.reservations[rid]["decision"] = "booked"
-        samples["forged decision"] += [c.update for c in terminal.take_changes()]
-    for name, updates in samples.items():
-        per_update = []
-        for update in updates:
-            t0 = time.process_time()
-            for _ in range(20):
-                index._last = None  # measure a cold check, not the one-entry cache
-                flagged = index.writes_protected(update)
-            per_update.append((time.process_time() - t0) / 20)
-        size = statistics.mean(len(u) for u in updates)
-        print(
-            f"writes_protected, {name} ({size:.0f} B, flagged={flagged}): "
-            f"median {statistics.median(per_update) * 1e6:.1f} µs CPU per update"
-        )
-    return 0
+    rogue = Replica("bench", actor="rogue", client_id=99)
+    rogue.apply(home.full_state())
+    rogue.take_changes()
+    # One sequence, as the relay gets it: every update is checked against the calendar as it is then.
+    sequence: list[tuple[str, bytes, Callable[[], list[bytes]]]] = []
+    ids = list(terminal.calendar.reservations.keys())
+    verdicts = home.doc.get("verdicts", type=Map)
+    for k in range(100):
+        start, end = format_time(BASE + k * SLOT), format_time(BASE + (k + 1) * SLOT)
+        terminal.calendar.book(resource="room-x", start=start, end=end, patient="p", now=NOW)
+        terminal.calendar.edit(ids[k], note=f"note {k}", now=NOW)
+        terminal.calendar.cancel(ids[100 + k], now=NOW)
+        for name, change in zip(("book", "note edit", "cancel"), terminal.take_changes(), strict=True):
+            sequence.append((name, change.update, _applier(home, change.update)))
+        verdicts[f"{ids[k]}/q{k}/{'s' * 22}"] = "v1." + "p" * 300 + "." + "s" * 86  # a signed verdict's size
+        (verdict,) = home.take_changes()
+        sequence.append(("verdict add", verdict.update, lambda update=verdict.update: [update]))
+        rogue.calendar.reservations[ids[200 + k]]["decision"] = "booked"
+        rogue.calendar.reservations[ids[300 + k]] = Map({"resource": "room-9"})
+        for name, change in zip(("forged decision", "forged overwrite"), rogue.take_changes(), strict=True):
+            sequence.append((name, change.update, _applier(home, change.update)))  # applied anyway: the rogue goes on
+    check: dict[str, list[float]] = {}
+    path: dict[str, list[float]] = {}
+    old: dict[str, list[float]] = {}
+    flagged: dict[str, set[bool]] = {}
+    sizes: dict[str, list[int]] = {}
+    for name, update, apply in sequence:
+        started = time.process_time()
+        for _ in range(20):
+            policy._plain = None  # a cold check, not the check-then-observe cache
+            found = policy.violations(update, first_only=True)
+        check.setdefault(name, []).append((time.process_time() - started) / 20)
+        started = time.process_time()
+        for _ in range(20):
+            keys._last = None
+            keys.writes_protected(update)
+        old.setdefault(name, []).append((time.process_time() - started) / 20)
+        flagged.setdefault(name, set()).add(bool(found))
+        sizes.setdefault(name, []).append(len(update))
+        policy._plain = None
+        started_ns = time.perf_counter_ns()
+        policy.violations(update, first_only=True)
+        spent = time.perf_counter_ns() - started_ns
+        for change in apply():
+            started_ns = time.perf_counter_ns()
+            policy.observe(change)
+            spent += time.perf_counter_ns() - started_ns
+            keys.observe(change)
+        path.setdefault(name, []).append(spent / 1e9)
+    print("per update, median CPU µs: UpdatePolicy check | check + observe (wall) | before: KeyIndex.writes_protected")
+    for name, per_update in check.items():
+        print(f"  {name:17s} {statistics.mean(sizes[name]):4.0f} B  flagged={sorted(flagged[name])!s:7s} "
+              f"{statistics.median(per_update) * 1e6:6.1f} | {statistics.median(path[name]) * 1e6:6.1f} | "
+              f"{statistics.median(old[name]) * 1e6:6.1f}")
+
+
+def _applier(home: Replica, update: bytes) -> Callable[[], list[bytes]]:
+    """Apply ``update`` to the home's document when called; the change it made, as a list."""
+
+    def apply() -> list[bytes]:
+        change = home.apply(update)
+        home.take_changes()
+        return [] if change is None else [change.update]
+
+    return apply
+
+
+def _timed_build(name: str, build: Callable[[], KeyIndex | UpdatePolicy]) -> KeyIndex | UpdatePolicy:
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
+    started, cpu = time.perf_counter(), time.process_time()
+    built = build()
+    elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - cpu
+    gc.collect()
+    grown = (psutil.Process().memory_info().rss - rss) / 2**20
+    print(f"  {name}.from_update: {elapsed:.2f} s (CPU {elapsed_cpu:.2f} s), RSS +{grown:.1f} MiB")
+    return built
+
+
+def _index_bytes(policy: UpdatePolicy) -> int:
+    """What the policy's index holds, by sys.getsizeof (arrays count their buffers)."""
+    index = policy.index
+    total = sys.getsizeof(index.runs) + sys.getsizeof(index.seen) + sys.getsizeof(index.entry_roots)
+    for runs in index.runs.values():
+        total += sum(sys.getsizeof(part) for part in (runs, runs.starts, runs.ends, runs.codes, runs.deleted))
+    total += sys.getsizeof(index.entry_keys) + sum(sys.getsizeof(key) for key in index.entry_keys)
+    total += sum(sys.getsizeof(keys) for keys in index.keys)  # the key bytes are the entry_keys'
+    total += sys.getsizeof(index.marks) + sum(sys.getsizeof(units) + sys.getsizeof(units[0]) * len(units)
+                                              for units in index.marks.values())
+    return total
 
 
 if __name__ == "__main__":

@@ -366,10 +366,13 @@ class PlaceIndex:
         if plan.client not in self.runs:
             self.runs[plan.client] = ClockRuns()
         runs = self.runs[plan.client]
-        clock = plan.first
-        for code in plan.codes:
-            runs.add(clock, clock + 1, code)
+        clock = start = plan.first
+        codes = plan.codes
+        for i, code in enumerate(codes):  # one run per stretch of equal codes
             clock += 1
+            if i + 1 == len(codes) or codes[i + 1] != code:
+                runs.add(start, clock, code)
+                start = clock
         for chain, unit in plan.marks:
             self.marks.setdefault(chain, []).append(unit)
         self._advance_seen(plan.client)

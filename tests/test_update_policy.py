@@ -430,6 +430,9 @@ def test_resource_and_meta_writes_are_admin_writes() -> None:
     (wipe,) = pushed(desk)
     assert relay.admit(wipe)[0] == Violation(Category.ADMIN_WRITE, "resources", "room-1", "", DESK_A, 0)
     assert relay.replica.calendar.resources() == []
+    full = relay.replica.full_state()
+    assert any(struct[3] == 0 for struct in UpdateReader(full).structs())  # the resource's fields are GC now
+    assert relay.policy.violations(full) == []
 
 
 @pytest.mark.parametrize(
@@ -492,6 +495,16 @@ def test_writes_to_another_root_are_refused() -> None:
     assert categories(relay.receive(nested)) == {Category.UNKNOWN_ROOT}
 
 
+def test_deleting_what_another_root_holds_is_refused() -> None:
+    relay = Relay.start(1)
+    relay.replica.doc.get("extra", type=Map)["k"] = "v"  # e.g. left over from an older layout
+    relay.write()
+    desk = desk_of(relay, DESK_A)
+    del desk.doc.get("extra", type=Map)["k"]
+    (wipe,) = pushed(desk)
+    assert relay.receive(wipe) == [Violation(Category.UNKNOWN_ROOT, "extra", "k", "", 1, 0)]
+
+
 def test_list_content_in_a_layout_root_is_refused() -> None:
     relay = Relay.start(1)
     stock = Doc(client_id=DESK_A)
@@ -538,6 +551,40 @@ def test_updates_naming_items_the_relay_has_not_seen_cannot_be_judged() -> None:
     assert categories(relay.receive(forged)) == {Category.MISSING_DEPENDENCY}
     # With the booking in the same update, the edit is fine.
     assert relay.receive(desk.full_state()) == []
+
+
+def test_a_struct_over_what_the_relay_has_is_placed_from_the_clock_after() -> None:
+    relay = Relay.start(1)
+    desk, rid = booked(relay)
+    note = Text("hello")
+    desk.calendar.reservations[rid]["note"] = note  # a stock client's note: a Y.Text in the map
+    for change in pushed(desk):
+        assert relay.receive(change) == []
+    note += " world"
+    desk.take_changes()
+    # The desk's document squashed both inserts into one item, half of which the relay has.
+    full = desk.full_state()
+    text = next(struct for struct in UpdateReader(full).structs() if struct[3] == 4)
+    assert text[2] == 11 and text[1] < relay.policy.index.seen[DESK_A] < text[1] + text[2]
+    assert relay.receive(full) == []
+    assert str(relay.replica.calendar.reservations[rid]["note"]) == "hello world"
+
+
+def test_a_struct_over_what_the_relay_has_that_names_another_parent_is_malformed() -> None:
+    relay = Relay.start(1)
+    desk, rid = booked(relay)
+    desk.calendar.reservations[rid]["note"] = Text("hello")
+    for change in pushed(desk):
+        assert relay.receive(change) == []
+    text = next(struct for struct in UpdateReader(relay.replica.full_state()).structs() if struct[3] == 4)
+    # The same clocks and one more, but under another root: Yrs would put the new part there.
+    forged = update([(DESK_A, text[1], [item(4, text_content("hello!"), root="elsewhere")])])
+    with pytest.raises(MalformedMessage, match="another parent"):
+        relay.policy.violations(forged)
+
+
+def text_content(value: str) -> bytes:
+    return text(value)
 
 
 def test_a_resent_state_is_not_a_write() -> None:
@@ -622,6 +669,13 @@ def test_index_from_full_state_matches_index_fed_incrementally() -> None:
     marks = {(p.key, p.field) for c, e in fed.seen.items() for k in range(e) if (p := fed.place_of(c, k)) and p.depth == 1
              and p.field in (Field.CANCELLED_AT, Field.CANCEL_REASON)}
     assert marks == {(rid, Field.CANCELLED_AT), (rid, Field.CANCEL_REASON)}
+
+    def mark_items(index: PlaceIndex) -> dict[tuple[bytes | None, int], set[tuple[int, ...]]]:
+        return {(index.entry_keys[chain >> 6], chain & 63): {tuple(unit) for unit in units}
+                for chain, units in index.marks.items()}
+
+    assert mark_items(rebuilt) == mark_items(fed)
+    assert len(mark_items(fed)[(rid.encode(), Field.CANCELLED_AT)]) == 2  # the cancel and its overwrite
 
 
 # ---- property tests ---------------------------------------------------------------------------------
