@@ -29,8 +29,9 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 from pycrdt import Map
 
 from accord.engine.authority import RelayKey
@@ -39,6 +40,8 @@ from accord.engine.model import format_time
 from accord.engine.replica import Replica
 from accord.engine.update_keys import KeyIndex
 from accord.engine.update_policy import UpdatePolicy
+
+Built = TypeVar("Built")
 
 HOME_KEY = RelayKey.generate()  # the home relay's signing key
 
@@ -138,6 +141,14 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
     index = policy.index
     print(f"  UpdatePolicy holds {sum(len(r) for r in index.runs.values()):,} runs, {len(index.entry_keys):,} root entries, "
           f"{len(index.marks):,} marks: {_index_bytes(policy) / 2**20:.1f} MiB by sys.getsizeof")
+    layout = verdict_layout_state(reservations)
+    print(f"full state of {reservations} reservations (new layout: a signed verdict each, a tenth cancelled, "
+          f"a tenth with an edited note): {len(layout) / 1e6:.1f} MB")
+    other = _timed_build("UpdatePolicy", lambda: UpdatePolicy.from_update(layout))
+    index = other.index
+    print(f"  UpdatePolicy holds {sum(len(r) for r in index.runs.values()):,} runs, {len(index.entry_keys):,} root entries, "
+          f"{len(index.marks):,} marks: {_index_bytes(other) / 2**20:.1f} MiB by sys.getsizeof")
+
     for change in home.take_changes():
         keys.observe(change.update)
         policy.observe(change.update)
@@ -159,7 +170,7 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
             sequence.append((name, change.update, _applier(home, change.update)))
         verdicts[f"{ids[k]}/q{k}/{'s' * 22}"] = "v1." + "p" * 300 + "." + "s" * 86  # a signed verdict's size
         (verdict,) = home.take_changes()
-        sequence.append(("verdict add", verdict.update, lambda update=verdict.update: [update]))
+        sequence.append(("verdict add", verdict.update, _already_applied(verdict.update)))
         rogue.calendar.reservations[ids[200 + k]]["decision"] = "booked"
         rogue.calendar.reservations[ids[300 + k]] = Map({"resource": "room-9"})
         for name, change in zip(("forged decision", "forged overwrite"), rogue.take_changes(), strict=True):
@@ -186,17 +197,44 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
         started_ns = time.perf_counter_ns()
         policy.violations(update, first_only=True)
         spent = time.perf_counter_ns() - started_ns
-        for change in apply():
+        for made in apply():
             started_ns = time.perf_counter_ns()
-            policy.observe(change)
+            policy.observe(made)
             spent += time.perf_counter_ns() - started_ns
-            keys.observe(change)
+            keys.observe(made)
         path.setdefault(name, []).append(spent / 1e9)
-    print("per update, median CPU µs: UpdatePolicy check | check + observe (wall) | before: KeyIndex.writes_protected")
+    print("per update, median µs: UpdatePolicy check (CPU) | check + observe (wall) | KeyIndex.writes_protected (CPU)")
     for name, per_update in check.items():
         print(f"  {name:17s} {statistics.mean(sizes[name]):4.0f} B  flagged={sorted(flagged[name])!s:7s} "
               f"{statistics.median(per_update) * 1e6:6.1f} | {statistics.median(path[name]) * 1e6:6.1f} | "
               f"{statistics.median(old[name]) * 1e6:6.1f}")
+
+
+def verdict_layout_state(n: int) -> bytes:
+    """A calendar as the new layout holds it: N reservations, a verdict string per reservation
+    (the size of a signed one) written by the home, a tenth cancelled and a tenth with a note edited."""
+    terminal = Replica("bench", actor="desk", client_id=10)
+    home = Replica("bench", actor="relay-a", client_id=1)
+    for first in range(0, n, 1000):
+        write_requests(terminal, first, min(1000, n - first))
+    ids = list(terminal.calendar.reservations.keys())
+    with terminal.doc.transaction(origin=terminal.calendar.origin):
+        for k, rid in enumerate(ids):
+            if k % 10 == 3:
+                terminal.calendar.cancel(rid, now=NOW, reason="ill")
+            elif k % 10 == 6:
+                terminal.calendar.edit(rid, note="called", now=NOW)
+    home.load([terminal.full_state()])
+    verdicts = home.doc.get("verdicts", type=Map)
+    with home.doc.transaction():
+        for k, rid in enumerate(ids):
+            verdicts[f"{rid}/q{k}/{'s' * 22}"] = "v1." + "p" * 300 + "." + "s" * 86
+    return home.full_state()
+
+
+def _already_applied(change: bytes) -> Callable[[], list[bytes]]:
+    """For the home's own writes: the change is there already."""
+    return lambda: [change]
 
 
 def _applier(home: Replica, update: bytes) -> Callable[[], list[bytes]]:
@@ -210,7 +248,7 @@ def _applier(home: Replica, update: bytes) -> Callable[[], list[bytes]]:
     return apply
 
 
-def _timed_build(name: str, build: Callable[[], KeyIndex | UpdatePolicy]) -> KeyIndex | UpdatePolicy:
+def _timed_build(name: str, build: Callable[[], Built]) -> Built:
     gc.collect()
     rss = psutil.Process().memory_info().rss
     started, cpu = time.perf_counter(), time.process_time()
