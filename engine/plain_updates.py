@@ -66,25 +66,28 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
         new_entries: dict[int, int] = {}  # clock of a map item this update creates -> its place code
         # A booking's fields name the map item just before them: their parent info, as bytes.
         booking = b"\xff"
-        booking_code = 0
+        booking_code = skip = 0
         size = len(data)
+        fields, add = _FIELDS, codes.append
         for clock in range(first, first + count):
             info = data[pos]
             pos += 1
-            if info == _VALUE_ITEM and data.startswith(booking, pos) and data[pos + len(booking)] < 0x80:
-                pos += len(booking)  # inlined below: the key, and one short string
-                length = data[pos]
-                key = data[pos + 1 : pos + 1 + length]
-                pos += 1 + length
-                field = _FIELDS.get(key, Field.OTHER)
-                if field == Field.RETIRED or data[pos] != 1 or data[pos + 1] != ANY_STRING or data[pos + 2] >= 0x80:
+            if info == _VALUE_ITEM and data.startswith(booking, pos) and data[pos + skip] < 0x80:
+                pos += skip + 1  # inlined below: the key, and one short string
+                key = data[pos : pos + data[pos - 1]]
+                pos += len(key)
+                field = fields.get(key, 0)
+                if data[pos] != 1 or data[pos + 1] != ANY_STRING or data[pos + 2] >= 0x80:
                     return None
-                if field in MARKS:
-                    plan.marks.append(((booking_code >> 8) << 6 | field, (client, clock, 1, -1, -1, False)))
+                if field:
+                    if field == Field.RETIRED:
+                        return None
+                    if field in MARKS:
+                        plan.marks.append(((booking_code >> 8) << 6 | field, (client, clock, 1, -1, -1, False)))
                 pos += 3 + data[pos + 2]
                 if pos > size:
                     return None
-                codes.append(booking_code | FIELD << 6 | field)
+                add(booking_code | field)
                 continue
             if info in (_MAP_ITEM, _VALUE_ITEM):
                 parent_info = data[pos]
@@ -101,7 +104,8 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                     entries.append((root, key))
                     if info == _MAP_ITEM:
                         new_entries[clock] = code
-                        booking, booking_code = b"\x00" + own + write_var_uint(clock), code
+                        booking = b"\x00" + own + write_var_uint(clock)
+                        booking_code, skip = code | FIELD << 6, len(booking)
                 elif parent_info == 0 and info == _VALUE_ITEM:  # a key of a nested map
                     parent_client = data[pos]
                     if parent_client < 0x80:
