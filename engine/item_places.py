@@ -173,11 +173,16 @@ class Placement:
 class PlaceIndex:
     """The place of every item of one calendar document (see the module docstring).
 
-    Build it from the loaded document (:meth:`from_update` with the full state), then
-    :meth:`observe` every update the document integrates, from any source, in the order applied.
+    Build it from the loaded document's full state, then :meth:`observe` every update the
+    document integrates, from any source, in the order applied.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, state: bytes = b"") -> None:
+        """An index of everything in ``state`` (e.g. a replica's full state after loading), or of nothing.
+
+        Raises:
+            MalformedMessage: ``state`` is not a Yjs v1 update.
+        """
         self.runs: dict[int, ClockRuns] = {}
         self.seen: dict[int, int] = {}  # client -> clock up to which every item is recorded
         self.entry_roots = bytearray()  # entry number -> root code
@@ -188,17 +193,8 @@ class PlaceIndex:
         self.root_codes: dict[bytes, int] = {name: code for code, name in enumerate(LAYOUT_ROOTS)}
         # (entry << 6 | mark field) -> items written under that mark in that reservation's map.
         self.marks: dict[int, list[MarkUnit]] = {}
-
-    @classmethod
-    def from_update(cls, update: bytes) -> PlaceIndex:
-        """An index of everything in ``update``, e.g. a replica's full state after loading.
-
-        Raises:
-            MalformedMessage: ``update`` is not a Yjs v1 update.
-        """
-        index = cls()
-        index.observe(update)
-        return index
+        if state:
+            self.observe(state)
 
     def code_at(self, client: int, clock: int) -> int | None:
         """The place code of the recorded item with this ID, or None."""

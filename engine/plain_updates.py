@@ -28,6 +28,7 @@ from __future__ import annotations
 from .item_places import _FIELDS, ENTRY, FIELD, MARKS, RESERVATIONS, Field, PlaceIndex, PlainUpdate, is_free, place
 from .lib0 import ANY_STRING, read_var_uint
 from .protocol import write_var_uint
+from .yjs_update import read_id
 
 _MAX_CLOCK = 0xFFFFFFFF
 _ROOTS = {b"reservations": 0, b"verdicts": 1, b"homes": 2}  # the set-once roots, by code
@@ -107,16 +108,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                         booking = b"\x00" + own + write_var_uint(clock)
                         booking_code, skip = code | FIELD << 6, len(booking)
                 elif parent_info == 0 and info == _VALUE_ITEM:  # a key of a nested map
-                    parent_client = data[pos]
-                    if parent_client < 0x80:
-                        pos += 1
-                    else:
-                        parent_client, pos = read_var_uint(data, pos)
-                    parent_clock = data[pos]
-                    if parent_clock < 0x80:
-                        pos += 1
-                    else:
-                        parent_clock, pos = read_var_uint(data, pos)
+                    parent_client, parent_clock, pos = read_id(data, pos, own, client)
                     key, pos = _read_bytes(data, pos)
                     field = _FIELDS.get(key, Field.OTHER)
                     if field == Field.RETIRED:
@@ -141,16 +133,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                 else:
                     return None
             elif info in _OVERWRITE_ITEMS:
-                origin_client = data[pos]
-                if origin_client < 0x80:
-                    pos += 1
-                else:
-                    origin_client, pos = read_var_uint(data, pos)
-                origin_clock = data[pos]
-                if origin_clock < 0x80:
-                    pos += 1
-                else:
-                    origin_clock, pos = read_var_uint(data, pos)
+                origin_client, origin_clock, pos = read_id(data, pos, own, client)
                 if origin_clock >= seen.get(origin_client, 0):
                     return None
                 code = _code_at(index, origin_client, origin_clock)

@@ -68,7 +68,6 @@ from .item_places import (
     MARKS,
     META,
     MISSING,
-    NOWHERE,
     RESERVATIONS,
     RESOURCES,
     Field,
@@ -140,7 +139,7 @@ class UpdatePolicy:
         Raises:
             MalformedMessage: ``update`` is not a Yjs v1 update.
         """
-        return cls(PlaceIndex.from_update(update))
+        return cls(PlaceIndex(update))
 
     def observe(self, update: bytes) -> None:
         """Record a change the document has integrated (every one, from any source, in order;
@@ -239,12 +238,15 @@ class _Review:
 
     # ---- new items ---------------------------------------------------------------------------
 
+    def _has_no_place(self, code: int, client: int, clock: int) -> bool:
+        """True (and reported if it matters) for an item without a place: a GC range, or MISSING."""
+        if code == MISSING:
+            self.add(Category.MISSING_DEPENDENCY, -1, "", client, clock)
+        return code < 0
+
     def judge_item(self, struct: Struct, start: int, code: int) -> None:
         client = struct[0]
-        if code == MISSING:
-            self.add(Category.MISSING_DEPENDENCY, -1, "", client, start)
-            return
-        if code == NOWHERE:
+        if self._has_no_place(code, client, start):
             return
         entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
         root = self.index.root_of(entry, self.placement)
@@ -253,15 +255,13 @@ class _Review:
             self.clean.add(code)  # request keys are free
             return
         own_key = _shown(struct[11]) if struct[11] is not None and depth == FIELD else ""
-        if root >= len(LAYOUT_ROOTS):
-            self.add(Category.UNKNOWN_ROOT, code, "", client, start)
-        elif key is None:
-            self.add(Category.NOT_A_MAP_ENTRY, code, "", client, start)
-        elif root in (RESOURCES, META):
-            self.add(Category.ADMIN_WRITE, code, own_key if field == Field.OTHER else "", client, start)
+        outside = _outside_the_public_layout(root, key)
+        if outside is not None:
+            self.add(outside, code, own_key if field == Field.OTHER else "", client, start)
             if root == RESOURCES:
                 self._check_resource_value(struct, start, code)
         elif depth == ENTRY:
+            assert key is not None  # else it would be outside the layout
             inherits = struct[4] >= 0 or struct[6] >= 0 or start > struct[1]
             if inherits or key in self.index.keys[root] or (root, key) in self.new_keys:
                 self.add(Category.ENTRY_OVERWRITTEN, code, "", client, start)
@@ -315,19 +315,13 @@ class _Review:
                 self.add(Category.MISSING_DEPENDENCY, -1, "", client, hole)
 
     def _judge_deleted(self, code: int, client: int, clock: int) -> None:
-        if code == MISSING:
-            self.add(Category.MISSING_DEPENDENCY, -1, "", client, clock)
-            return
-        if code == NOWHERE:
+        if self._has_no_place(code, client, clock):
             return
         entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
         root = self.index.root_of(entry)
-        if root >= len(LAYOUT_ROOTS):
-            self.add(Category.UNKNOWN_ROOT, code, "", client, clock)
-        elif self.index.key_of(entry) is None:
-            self.add(Category.NOT_A_MAP_ENTRY, code, "", client, clock)
-        elif root in (RESOURCES, META):
-            self.add(Category.ADMIN_WRITE, code, "", client, clock)
+        outside = _outside_the_public_layout(root, self.index.key_of(entry))
+        if outside is not None:
+            self.add(outside, code, "", client, clock)
         elif depth == ENTRY:
             self.add(Category.ENTRY_DELETED, code, "", client, clock)
         elif root == RESERVATIONS:
@@ -368,6 +362,17 @@ class _Review:
             if after is not True:
                 entry, field = chain >> 6, chain & 63
                 self.add(Category.MARK_REMOVED, entry << 8 | FIELD << 6 | field, "", *self.triggers[chain])
+
+
+def _outside_the_public_layout(root: int, key: bytes | None) -> Category | None:
+    """What a write or delete in a root entry is when it is not in the three public roots' entries."""
+    if root >= len(LAYOUT_ROOTS):
+        return Category.UNKNOWN_ROOT
+    if key is None:
+        return Category.NOT_A_MAP_ENTRY
+    if root in (RESOURCES, META):
+        return Category.ADMIN_WRITE
+    return None
 
 
 def mark_is_present(units: Iterable[MarkUnit], is_deleted: Callable[[int, int], bool]) -> bool | None:

@@ -79,7 +79,6 @@ class UpdateReader:
                 client, pos = read_var_uint(data, pos)
                 # References to the section's own client are the usual case: compare their bytes.
                 own = data[start:pos]
-                own_size = pos - start
                 clock, pos = read_var_uint(data, pos)
                 if client in clients:  # Yrs appends the second one, Yjs replaces the first
                     raise MalformedMessage("not a Yjs update: two struct sections for one client")
@@ -106,19 +105,7 @@ class UpdateReader:
                     root = key = None
                     if info & 0xC0:  # an origin (left) or right origin ID, or both: parent and key come from them
                         if info & 0x80:
-                            if data.startswith(own, pos):
-                                oc = client
-                                pos += own_size
-                            else:
-                                oc, pos = read_var_uint(data, pos)
-                            ok = data[pos]
-                            if ok < 0x80:
-                                pos += 1
-                            elif data[pos + 1] < 0x80:  # clocks up to 16383
-                                ok = (ok & 0x7F) | data[pos + 1] << 7
-                                pos += 2
-                            else:
-                                ok, pos = read_var_uint(data, pos)
+                            oc, ok, pos = read_id(data, pos, own, client)
                             if (oc == client and ok >= clock) or ok > _MAX_CLOCK:
                                 _refuse_reference()
                         if info & 0x40:
@@ -130,19 +117,7 @@ class UpdateReader:
                         parent_info = data[pos]
                         pos += 1
                         if parent_info == 0:  # a nested type, by the ID of its item
-                            if data.startswith(own, pos):
-                                pc = client
-                                pos += own_size
-                            else:
-                                pc, pos = read_var_uint(data, pos)
-                            pk = data[pos]
-                            if pk < 0x80:
-                                pos += 1
-                            elif data[pos + 1] < 0x80:  # clocks up to 16383
-                                pk = (pk & 0x7F) | data[pos + 1] << 7
-                                pos += 2
-                            else:
-                                pk, pos = read_var_uint(data, pos)
+                            pc, pk, pos = read_id(data, pos, own, client)
                             if (pc == client and pk >= clock) or pk > _MAX_CLOCK:
                                 _refuse_reference()
                         elif parent_info == 1:  # a root type, by name
@@ -181,6 +156,29 @@ class UpdateReader:
             raise MalformedMessage(f"not a Yjs update: {exc}") from None
         if pos != size:
             raise MalformedMessage(f"not a Yjs update: {size - pos} unexpected bytes after the delete set")
+
+
+def read_id(data: bytes, pos: int, own: bytes, own_client: int) -> tuple[int, int, int]:
+    """The item ID (varuint client, varuint clock) at ``pos``: ``(client, clock, position after it)``.
+
+    ``own`` is the complete varuint of ``own_client``, the client the caller meets most (a
+    section's own): those bytes are compared, not decoded. Clocks under 16384 are read inline.
+
+    Raises:
+        IndexError, OverflowError: as :func:`engine.lib0.read_var_uint`.
+    """
+    if data.startswith(own, pos):
+        client = own_client
+        pos += len(own)
+    else:
+        client, pos = read_var_uint(data, pos)
+    clock = data[pos]
+    if clock < 0x80:
+        return client, clock, pos + 1
+    if data[pos + 1] < 0x80:
+        return client, (clock & 0x7F) | data[pos + 1] << 7, pos + 2
+    clock, pos = read_var_uint(data, pos)
+    return client, clock, pos
 
 
 def _refuse_reference() -> None:

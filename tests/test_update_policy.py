@@ -659,7 +659,7 @@ def test_index_from_full_state_matches_index_fed_incrementally() -> None:
     relay.replica.doc.get("verdicts", type=Map)["v"] = "v1.a.b"
     Decider(relay.replica.calendar, "relay-1").decide_queued(NOW)
     relay.write()
-    rebuilt = PlaceIndex.from_update(relay.replica.full_state())
+    rebuilt = PlaceIndex(relay.replica.full_state())
     fed = relay.policy.index
     assert rebuilt.seen == fed.seen
     for client, end in fed.seen.items():
@@ -713,7 +713,7 @@ def test_the_predicted_value_of_a_mark_key_is_the_one_yrs_shows(ids: list[int], 
     merged = Doc()
     for doc in reversed(docs):
         merged.apply_update(doc.get_update())
-    index = PlaceIndex.from_update(merged.get_update())
+    index = PlaceIndex(merged.get_update())
     units = next(iter(index.marks.values()), [])
     value = merged.get("reservations", type=Map)["r"].get("cancelled_at")
     last = last_item(units)
