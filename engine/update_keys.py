@@ -1,5 +1,8 @@
 """Which protected map keys a Yjs update writes, decided *before* the update is applied.
 
+(:class:`engine.update_policy.UpdatePolicy` judges every rule of the calendar layout and
+supersedes this index; :mod:`relay.admission` uses this one until it switches over.)
+
 Only a calendar's home relay may write the decision keys of a reservation
 (:data:`engine.model.DECISION_KEYS`) and the ``home`` key of the ``meta`` map. A relay
 therefore checks every update that arrives on a terminal connection and drops it if it
@@ -25,7 +28,8 @@ client that writes protected keys (a relay) is reported as well: Yrs would hold 
 and integrate it as an overwrite once the origin arrives.
 
 This module holds that policy. The bytes are read by :func:`engine.yjs_update.scan_update`
-(on :mod:`engine.lib0`), and the ranges per client are :class:`engine.clock_runs.ClockRuns`.
+(a view of :class:`engine.yjs_update.UpdateReader`, on :mod:`engine.lib0`), and the ranges
+per client are :class:`engine.clock_runs.ClockRuns`.
 
 Typical use on a relay, per calendar::
 

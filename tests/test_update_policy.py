@@ -16,6 +16,7 @@ from pycrdt import Array, Doc, Map, Text
 from accord.engine.decisions import Decider
 from accord.engine.errors import InvalidTransition, MalformedMessage
 from accord.engine.item_places import Field, PlaceIndex
+from accord.engine.lib0 import read_any, read_var_uint
 from accord.engine.protocol import decode_state_vector, write_var_uint
 from accord.engine.replica import Replica
 from accord.engine.update_policy import Category, UpdatePolicy, Violation, last_item
@@ -478,6 +479,21 @@ def test_capacities_written_by_a_javascript_client_are_read_as_lib0_integers() -
                                   item(ANY, b"\x01" + value, parent=room, key="capacity")])])
         assert applied(relay, forged).get("resources", type=Map)["room-1"]["capacity"] == number  # as Yrs reads it
         assert (Category.INVALID_VALUE not in categories(relay.receive(forged))) is (1 <= number <= 1000), number
+
+
+def test_values_read_as_yrs_reads_them() -> None:
+    doc = Doc(client_id=3)
+    values = doc.get("a", type=Array)
+    for value in [{"x": [1, 2.5, -7, 2**40, None, True, b"\x00\x01", {"deep": {"er": [1]}}]}, "héllo", -65, 1e300, 0.1]:
+        values.append(value)
+    update_ = doc.get_update()
+    read = []
+    for struct in UpdateReader(update_).structs():
+        count, pos = read_var_uint(update_, struct[12])
+        for _ in range(count):
+            value, pos = read_any(update_, pos)
+            read.append(value)
+    assert read == values.to_py()  # pycrdt reads bytes as bytearray, which compares equal
 
 
 # ---- rule 6: no other roots, no list content in layout roots ------------------------------------
