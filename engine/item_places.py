@@ -10,164 +10,51 @@ the right origin). Every map overwrite is such an item. So to know what an updat
 before applying it, a relay must know where each item the update can name already is.
 
 :class:`PlaceIndex` keeps that for one calendar: per client a :class:`engine.clock_runs.ClockRuns`
-whose run codes are *place codes* (:func:`place`): an entry number into a table of root entries
-(root name and key, one row per item written directly under a root map), the depth below the
-entry (:data:`ENTRY`: the entry's own item, :data:`FIELD`: a key of the map the entry holds,
-:data:`DEEPER`: anything below that) and the :class:`Field` the item was written under at depth
-1 (only the few keys a rule looks at have a code; at depth 2 the depth-1 ancestor's). A
-writer's consecutive items in one reservation share a run, so a booking costs two runs. Two
-codes are no place: :data:`NOWHERE` (a GC range, or an item Yrs turns into one) and
-:data:`MISSING` (an item whose references this index never saw).
+whose run codes are place codes (:mod:`engine.place_codes`: root entry, depth below it, and the
+key that matters), plus the table of root entries (root name and key, one row per item written
+directly under a root map). A writer's consecutive items in one reservation share a run, so a
+booking costs two runs. Deletions are kept only where a rule looks at them: splitting a writer's
+long run of request keys for each overwritten note would cost a copy of all its runs after it.
 
 It also keeps the items written under each lifecycle mark of each reservation with their
 origins (:attr:`PlaceIndex.marks`), which is what deciding whether a mark survives an update
-needs (see :mod:`engine.update_policy`), and ``seen``: per client, the clock up to which it has
+needs (see :mod:`engine.map_order`), and ``seen``: per client, the clock up to which it has
 recorded every item. That is Yrs' state for the client, since each committed transaction's
 update holds every struct from the state before it to the state after it: Yrs skips the part
 of a struct below it, and a struct above it would be integrated out of order.
 
 :meth:`PlaceIndex.place` places the items of an update that is not applied yet, without
-changing the index (:class:`Placement`); :meth:`PlaceIndex.observe` records an update the
-document has integrated. Both resolve references inside the update too (a booking's fields name
-the map item of the same update), in any order and depth first, so a forward reference to
-another client's section or a chain of overwrites costs one pass.
+changing the index (a :class:`engine.placement.Placement`); :meth:`PlaceIndex.observe` records
+an update the document has integrated, and :meth:`PlaceIndex.record` one that
+:mod:`engine.plain_updates` read already. The first two work through :class:`engine.placement.Placer`.
 """
 
 from __future__ import annotations
 
-import enum
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .clock_runs import ClockRuns
-from .errors import MalformedMessage
-from .model import DECISION_KEYS, LIFECYCLE_MARKS
+from .place_codes import (
+    FIELD,
+    FIELD_CODES,
+    LAYOUT_ROOTS,
+    MARKS,
+    MAX_ROOT,
+    OTHER_ROOTS,
+    RESERVATIONS,
+    MarkUnit,
+    Place,
+    child_place,
+    is_free,
+)
+from .placement import Placement, Placer
 from .yjs_update import DELETED, GC, Struct, UpdateReader
 
-# Root maps of the layout, by code; other root names get the next codes (up to _MAX_ROOT).
-RESERVATIONS, VERDICTS, HOMES, RESOURCES, META = range(5)
-LAYOUT_ROOTS = (b"reservations", b"verdicts", b"homes", b"resources", b"meta")
-OTHER_ROOTS = 255  # the code every root name past the 250th shares
-_MAX_ROOT = OTHER_ROOTS - 1
+if TYPE_CHECKING:
+    from .plain_updates import PlainUpdate
 
-ENTRY, FIELD, DEEPER = 0, 1, 2
-NOWHERE = -1
-"""Place code of a GC range and of an item Yrs integrates as one (its parent or neighbours are GC)."""
-MISSING = -2
-"""Place code of an item that names an item this index has not seen and the update does not hold."""
-_PENDING = -3  # codes from here down: an item of the update being placed, waiting for another one
 _COMPACT_AFTER = 64  # merge a client's runs again once that many of its items were placed late
-
-
-class Field(enum.IntEnum):
-    """The keys a rule looks at, as the low 6 bits of a place code (the rest are OTHER)."""
-
-    OTHER = 0
-    CANCELLED_AT = 1
-    CANCEL_REASON = 2
-    ENTERED_IN_ERROR_AT = 3
-    CHECKED_IN_AT = 4
-    FULFILLED_AT = 5
-    NOSHOW_AT = 6
-    RETIRED = 7  # every one of engine.model.DECISION_KEYS
-    NAME = 8
-    CAPACITY = 9
-    KEYLESS = 63  # list content (no key) inside an entry
-
-
-MARK_KEYS = (*(key for key, _status in LIFECYCLE_MARKS), "cancel_reason")
-"""Lifecycle marks: set once, present while their key is (any value)."""
-MARKS = frozenset({Field.CANCELLED_AT, Field.CANCEL_REASON, Field.ENTERED_IN_ERROR_AT, Field.CHECKED_IN_AT,
-                   Field.FULFILLED_AT, Field.NOSHOW_AT})
-_FIELDS: dict[bytes, int] = {
-    **{key.encode(): Field[key.upper()] for key in MARK_KEYS},
-    **{key.encode(): Field.RETIRED for key in DECISION_KEYS},
-    b"name": Field.NAME,
-    b"capacity": Field.CAPACITY,
-}
-assert set(_FIELDS.values()) >= MARKS
-
-
-def place(entry: int, depth: int, code: int) -> int:
-    """The place code of an item in ``entry`` at ``depth`` under field ``code``."""
-    return entry << 8 | depth << 6 | code
-
-
-def is_free(code: int, entry_roots: bytearray) -> bool:
-    """True for a place where every write and delete is allowed: a reservation's request keys
-    and what is below them, and no place at all (a GC range). The index does not keep which of
-    those items are deleted."""
-    if code == NOWHERE:
-        return True
-    if code < 0 or code & 0xC0 == ENTRY << 6:
-        return False
-    field = code & 63
-    return entry_roots[code >> 8] == RESERVATIONS and (field in (Field.OTHER, Field.KEYLESS)
-                                                        or (field in MARKS and code & 0xC0 == DEEPER << 6))
-
-
-def _record_rest(runs: ClockRuns, start: int, end: int, deleted: bool) -> None:
-    """Record the parts of ``[start, end)`` not recorded yet, under the code of the clock before each."""
-    clock = start
-    while clock < end:
-        i = runs.find(clock)
-        if i >= 0:
-            clock = runs.ends[i]
-            continue
-        after = bisect_right(runs.starts, clock)
-        stop = min(end, runs.starts[after]) if after < len(runs) else end
-        runs.add(clock, stop, runs.codes[runs.find(clock - 1)], deleted)
-        clock = stop
-
-
-def _child_place(parent: int, key: bytes | None, fields: dict[bytes, int] = _FIELDS) -> int:
-    """The place code of an item written under ``key`` in the type the item at ``parent`` holds."""
-    if parent & 0xC0 == ENTRY << 6:
-        return (parent & ~0xFF) | FIELD << 6 | (Field.KEYLESS if key is None else fields.get(key, 0))
-    return (parent & ~0xC0) | DEEPER << 6
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where an item is, spelled out (for logs and tests): root name, root entry key (None for
-    list content in a root), depth below the entry and the field code."""
-
-    root: str
-    key: str | None
-    depth: int
-    field: int
-
-
-MarkUnit = tuple[int, int, int, int, int, bool]
-"""An item written under a mark: (client, clock, length, origin client, origin clock, has a right
-origin); a missing origin is (-1, -1). Clocks after the first have the previous clock as origin."""
-
-
-@dataclass(slots=True)
-class PlainUpdate:
-    """The items of an update in the plain grammar (see :mod:`engine.plain_updates`): one client's
-    items of length 1 from ``first`` on, with their place codes, the root entries they create
-    (numbered from ``entry_base``) and the mark items; ``client`` is -1 when it has no items."""
-
-    client: int
-    first: int
-    entry_base: int
-    codes: list[int] = field(default_factory=list)
-    entries: list[tuple[int, bytes]] = field(default_factory=list)
-    marks: list[tuple[int, MarkUnit]] = field(default_factory=list)  # (entry << 6 | mark, item)
-
-
-@dataclass(slots=True)
-class Placement:
-    """Where the new items of an update not yet applied would go (:meth:`PlaceIndex.place`)."""
-
-    items: list[tuple[Struct, int, int]]  # (struct, first clock Yrs would integrate, place code)
-    gaps: list[tuple[int, int]]  # (client, clock): a struct above what the index has of its client
-    new: dict[int, ClockRuns]  # client -> the update's new parts, by place code
-    entry_base: int  # entry number of the first root entry the update creates
-    entries: list[tuple[int, bytes | None]] = field(default_factory=list)  # (root code, key) from entry_base on
-    root_names: list[bytes] = field(default_factory=list)  # root names the index lacks, codes from root_base
-    root_base: int = 0
 
 
 class PlaceIndex:
@@ -252,7 +139,7 @@ class PlaceIndex:
         """
         reader = UpdateReader(update)
         placement = Placement([], [], {}, len(self.entry_keys), root_base=len(self.root_names))
-        placer = _Placer(self, placement)
+        placer = Placer(self, placement)
         seen, items, new = self.seen, placement.items, placement.new
         runs = ClockRuns()
         current = known = at = -1  # the client of ``runs``, its clock in the index, its clock so far
@@ -274,7 +161,7 @@ class PlaceIndex:
                 if pc != parent_client or pk != parent_clock:
                     found = placer.lookup(pc, pk)
                     parent_client, parent_clock, parent = (pc, pk, found) if found is not None and found >= 0 else (-1, -1, -1)
-                code = _child_place(parent, key) if parent >= 0 else placer.place(struct, start, len(items))
+                code = child_place(parent, key) if parent >= 0 else placer.place(struct, start, len(items))
             else:
                 code = placer.place(struct, start, len(items))
             ends = runs.ends
@@ -296,13 +183,13 @@ class PlaceIndex:
                 of it; rebuild it from the document's full state.
         """
         reader = UpdateReader(update)
-        placer = _Placer(self, None)
+        placer = Placer(self, None)
         all_runs = self.runs
         runs = ClockRuns()
         current = -1  # the client of ``runs``
         # The map item a run of keys was written in (a booking's fields, a decision's keys): one lookup.
         parent_client = parent_clock = parent = -1
-        fields = _FIELDS
+        fields = FIELD_CODES
         for struct in reader.structs():
             client, clock, length, ref, oc, _ok, rc, _rk, root, pc, pk, key, _content = struct
             if not length:
@@ -325,7 +212,7 @@ class PlaceIndex:
                     found = self.code_at(pc, pk)
                     # Not placed (yet)? Let _Placer say what it is, or wait for it.
                     parent_client, parent_clock, parent = (pc, pk, found) if found is not None and found >= 0 else (-1, -1, -1)
-                code = _child_place(parent, key, fields) if parent >= 0 else placer.place(struct, clock)
+                code = child_place(parent, key, fields) if parent >= 0 else placer.place(struct, clock)
             else:
                 code = placer.place(struct, clock)
             if ends and clock == ends[-1] and runs.codes[-1] == code and runs.deleted[-1] == deleted:
@@ -333,7 +220,7 @@ class PlaceIndex:
             else:
                 runs.add(clock, end, code, deleted)
             if code & 0xC0 == FIELD << 6 and code & 63 in MARKS:
-                self._note_mark(struct, clock, code)
+                self.note_mark(struct, clock, code)
         placer.resolve_deferred()
         for client, clock, length in reader.deletes:
             if client in all_runs:
@@ -358,7 +245,7 @@ class PlaceIndex:
             return
         assert plan.entry_base == len(self.entry_keys)
         for root, key in plan.entries:
-            self._add_entry(root, key)
+            self.add_entry(root, key)
         if plan.client not in self.runs:
             self.runs[plan.client] = ClockRuns()
         runs = self.runs[plan.client]
@@ -385,7 +272,7 @@ class PlaceIndex:
                 break
         self.seen[client] = clock
 
-    def _note_mark(self, struct: Struct, start: int, code: int) -> None:
+    def note_mark(self, struct: Struct, start: int, code: int) -> None:
         """Keep an item written under a lifecycle mark of a reservation, with its origin."""
         if code < 0 or (code >> 6) & 3 != FIELD or (code & 63) not in MARKS or self.entry_roots[code >> 8] != RESERVATIONS:
             return
@@ -394,7 +281,7 @@ class PlaceIndex:
         units = self.marks.setdefault((code >> 8) << 6 | (code & 63), [])
         units.append((client, start, clock + length - start, origin[0], origin[1], struct[6] >= 0))
 
-    def _add_entry(self, root: int, key: bytes | None) -> int:
+    def add_entry(self, root: int, key: bytes | None) -> int:
         entry = len(self.entry_keys)
         self.entry_roots.append(root)
         self.entry_keys.append(key)
@@ -402,186 +289,25 @@ class PlaceIndex:
             self.keys[root][key] = entry
         return entry
 
-    def _root_code(self, name: bytes) -> int:
+    def root_code(self, name: bytes) -> int:
         code = self.root_codes.get(name)
         if code is None:
-            code = len(self.root_names) if len(self.root_names) <= _MAX_ROOT else OTHER_ROOTS
+            code = len(self.root_names) if len(self.root_names) <= MAX_ROOT else OTHER_ROOTS
             if code != OTHER_ROOTS:
                 self.root_names.append(name)
                 self.root_codes[name] = code
         return code
 
 
-class _Placer:
-    """Places the structs of one update, for :meth:`PlaceIndex.place` (``placement`` given: the
-    index stays as it is) or :meth:`PlaceIndex.observe` (None: entries go straight into the index)."""
-
-    def __init__(self, index: PlaceIndex, placement: Placement | None) -> None:
-        self.index = index
-        self.placement = placement
-        self.deferred: list[tuple[Struct, int, int]] = []  # (struct, start, its position in placement.items)
-        self.patched: dict[int, int] = {}  # client -> deferred structs placed later (observe)
-        self._final = False
-        self._item = -1
-
-    def place(self, struct: Struct, start: int, item: int = -1) -> int:
-        """The place code of ``struct`` from clock ``start`` on, or a pending code: in the first
-        pass the struct's own (it is deferred; ``item`` is its position in the placement's items),
-        in :meth:`resolve_deferred` the code of the deferred struct it waits for."""
-        self._item = item
-        return self._place(struct, start, self._final)
-
-    def _place(self, struct: Struct, start: int, final: bool) -> int:
-        _client, clock, _length, ref, oc, ok, rc, rk, root, pc, pk, key, _content = struct
-        if ref == GC:
-            return NOWHERE
-        if start > clock:  # Yrs cut off the part it has: the rest follows the item before it
-            return self._place_remainder(struct, start)
-        if oc < 0 and rc < 0:
-            if root is not None:
-                return place(self._new_entry(self._root_code(root), key), ENTRY, 0)
-            parent = self._lookup(pc, pk, final)
-            if parent is None or parent <= _PENDING:  # not placed yet
-                return self._wait(struct, start, parent)
-            return parent if parent < 0 else _child_place(parent, key)
-        left = self._lookup(oc, ok, final) if oc >= 0 else NOWHERE
-        if left is None or left <= _PENDING:
-            return self._wait(struct, start, left)
-        right = self._lookup(rc, rk, final) if rc >= 0 else NOWHERE
-        if right is None or right <= _PENDING:
-            return self._wait(struct, start, right)
-        if left == MISSING or right == MISSING:
-            return MISSING
-        if left >= 0 and right >= 0 and not self._same_place(left, right):
-            raise MalformedMessage("not a Yjs update: an item whose origins are in two different places")
-        chosen = left if left >= 0 else right
-        if chosen >= 0 and (chosen >> 6) & 3 == ENTRY:  # a new item under a root key: a new entry
-            entry = chosen >> 8
-            return place(self._new_entry(self._root_of(entry), self._key_of(entry)), ENTRY, 0)
-        return chosen
-
-    def resolve_deferred(self) -> None:
-        """Place the deferred structs, following their references depth first."""
-        deferred = self.deferred
-        if not deferred:
-            return
-        self._final = True
-        done = [False] * len(deferred)
-        busy = [False] * len(deferred)
-        for first in range(len(deferred)):
-            stack = [first]
-            while stack:
-                j = stack[-1]
-                if done[j]:
-                    stack.pop()
-                    continue
-                busy[j] = True
-                struct, start, _item = deferred[j]
-                code = self._place(struct, start, True)
-                if code <= _PENDING:
-                    waiting = _PENDING - code
-                    if not busy[waiting]:
-                        stack.append(waiting)
-                        continue
-                    code = MISSING  # a cycle: Yrs can integrate none of it
-                self._settle(j, code)
-                done[j] = True
-                stack.pop()
-
-    # ---- internals ----------------------------------------------------------------------------
-
-    def lookup(self, client: int, clock: int) -> int | None:
-        """The place code of the item with this ID, if it is recorded or placed already (see :meth:`_lookup`)."""
-        return self._lookup(client, clock, False)
-
-    def _lookup(self, client: int, clock: int, final: bool) -> int | None:
-        """The place code of the item with this ID: recorded, or placed from this update
-        (possibly pending); None if not (yet) found, MISSING if not found in a final pass."""
-        index = self.index
-        placement = self.placement
-        if placement is not None and clock >= index.seen.get(client, 0):
-            runs = placement.new.get(client)
-        else:
-            runs = index.runs.get(client)
-        if runs is not None:
-            i = runs.find(clock)
-            if i >= 0:
-                return runs.codes[i]
-        return MISSING if final else None
-
-    def _wait(self, struct: Struct, start: int, found: int | None) -> int:
-        """What to return for a struct that names one not placed yet (``found``: None, or its
-        pending code): in the first pass, defer the struct; in the final pass, whom it waits for."""
-        if self._final:
-            assert found is not None
-            return found
-        self.deferred.append((struct, start, self._item))
-        return _PENDING - (len(self.deferred) - 1)
-
-    def _settle(self, j: int, code: int) -> None:
-        """Give deferred struct ``j`` its place code wherever it was recorded."""
-        struct, start, item = self.deferred[j]
-        client = struct[0]
-        placement = self.placement
-        if placement is not None:
-            placement.new[client].set_code(start, code)
-            placement.items[item] = (struct, start, code)
-        else:
-            self.index.runs[client].set_code(start, code)
-            self.patched[client] = self.patched.get(client, 0) + 1
-            if code >= 0:
-                self.index._note_mark(struct, start, code)
-
-    def _place_remainder(self, struct: Struct, start: int) -> int:
-        """The place of the part of a struct above what the index has. Yrs gives it the item
-        before as origin, so it goes where that item is; an item without origins keeps its own
-        parent though (and takes the key from that item): refuse one that names another."""
-        client, _clock, _length, _ref, oc, _ok, rc, _rk, root, pc, pk, key, _content = struct
-        left = self._lookup(client, start - 1, True)
-        if left is None or left < 0:
-            return NOWHERE if left == NOWHERE else MISSING
-        if oc < 0 and rc < 0:
-            if root is not None:
-                entry = left >> 8
-                same = (left >> 6) & 3 == ENTRY and self._root_of(entry) == self._root_code(root) \
-                    and self._key_of(entry) == key
-            else:
-                parent = self._lookup(pc, pk, True)
-                same = parent is not None and parent >= 0 and _child_place(parent, key) == left
-            if not same:
-                raise MalformedMessage("not a Yjs update: an item over what the calendar has names another parent")
-        return left
-
-    def _same_place(self, a: int, b: int) -> bool:
-        if a == b:
-            return True
-        if (a >> 6) & 3 == ENTRY and (b >> 6) & 3 == ENTRY:
-            return (self._root_of(a >> 8), self._key_of(a >> 8)) == (self._root_of(b >> 8), self._key_of(b >> 8))
-        return False
-
-    def _root_of(self, entry: int) -> int:
-        return self.index.root_of(entry, self.placement)
-
-    def _key_of(self, entry: int) -> bytes | None:
-        return self.index.key_of(entry, self.placement)
-
-    def _new_entry(self, root: int, key: bytes | None) -> int:
-        placement = self.placement
-        if placement is None:
-            return self.index._add_entry(root, key)
-        placement.entries.append((root, key))
-        return placement.entry_base + len(placement.entries) - 1
-
-    def _root_code(self, name: bytes) -> int:
-        index, placement = self.index, self.placement
-        code = index.root_codes.get(name)
-        if code is not None:
-            return code
-        if placement is None:
-            return index._root_code(name)
-        if name in placement.root_names:
-            return placement.root_base + placement.root_names.index(name)
-        if placement.root_base + len(placement.root_names) > _MAX_ROOT:
-            return OTHER_ROOTS
-        placement.root_names.append(name)
-        return placement.root_base + len(placement.root_names) - 1
+def _record_rest(runs: ClockRuns, start: int, end: int, deleted: bool) -> None:
+    """Record the parts of ``[start, end)`` not recorded yet, under the code of the clock before each."""
+    clock = start
+    while clock < end:
+        i = runs.find(clock)
+        if i >= 0:
+            clock = runs.ends[i]
+            continue
+        after = bisect_right(runs.starts, clock)
+        stop = min(end, runs.starts[after]) if after < len(runs) else end
+        runs.add(clock, stop, runs.codes[runs.find(clock - 1)], deleted)
+        clock = stop

@@ -25,8 +25,11 @@ canonical shapes), so what it accepts the full reader reads the same way.
 
 from __future__ import annotations
 
-from .item_places import _FIELDS, ENTRY, FIELD, MARKS, RESERVATIONS, Field, PlaceIndex, PlainUpdate, is_free, place
+from dataclasses import dataclass, field
+
+from .item_places import PlaceIndex
 from .lib0 import ANY_STRING, read_var_uint
+from .place_codes import ENTRY, FIELD, FIELD_CODES, MARKS, RESERVATIONS, Field, MarkUnit, is_free, place
 from .protocol import write_var_uint
 from .yjs_update import read_id
 
@@ -36,6 +39,21 @@ _MAP_ITEM = 0x27  # a map item written under a key without origins: ContentType,
 _VALUE_ITEM = 0x28  # a value written under a key without origins: ContentAny, parentSub flag
 _OVERWRITE_ITEMS = (0x88, 0xA8)  # ContentAny with an origin (Yjs also sets the parentSub flag)
 _MAP_TYPE = 1
+
+
+@dataclass(slots=True)
+class PlainUpdate:
+    """The items of an update in the plain grammar (see the module docstring): one client's
+    items of length 1 from ``first`` on, with their place codes, the root entries they create
+    (numbered from ``entry_base``) and the mark items; ``client`` is -1 when it has no items."""
+
+    client: int
+    first: int
+    entry_base: int
+    codes: list[int] = field(default_factory=list)
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    marks: list[tuple[int, MarkUnit]] = field(default_factory=list)  # (entry << 6 | mark, item)
+
 
 
 def read_plain(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
@@ -69,7 +87,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
         booking = b"\xff"
         booking_code = skip = 0
         size = len(data)
-        fields, add = _FIELDS, codes.append
+        fields, add = FIELD_CODES, codes.append
         for clock in range(first, first + count):
             info = data[pos]
             pos += 1
@@ -110,7 +128,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                 elif parent_info == 0 and info == _VALUE_ITEM:  # a key of a nested map
                     parent_client, parent_clock, pos = read_id(data, pos, own, client)
                     key, pos = _read_bytes(data, pos)
-                    field = _FIELDS.get(key, Field.OTHER)
+                    field = FIELD_CODES.get(key, Field.OTHER)
                     if field == Field.RETIRED:
                         return None
                     if parent_client == client and parent_clock in new_entries:  # a reservation it books

@@ -13,7 +13,7 @@ commit against the layout of a calendar document:
   nothing changes either; inside a reservation's map request keys are free, and
 - lifecycle marks (:data:`engine.item_places.MARK_KEYS`) count as present while their key is:
   overwriting one is harmless (two desks that cancel at once do that), removing one is not
-  (:attr:`Category.MARK_REMOVED`; see :func:`mark_is_present`);
+  (:attr:`Category.MARK_REMOVED`; see :mod:`engine.map_order`);
 - the retired decision keys (:data:`engine.model.DECISION_KEYS`) are written by nobody but the
   relay itself (:attr:`Category.RETIRED_KEY`);
 - ``resources`` and ``meta`` are written by admins only: every write or delete in them is an
@@ -55,30 +55,17 @@ what a partner relay may forward is the relay's call).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .clock_runs import ClockRuns
 from .errors import MalformedMessage
-from .item_places import (
-    ENTRY,
-    FIELD,
-    LAYOUT_ROOTS,
-    MARK_KEYS,
-    MARKS,
-    META,
-    MISSING,
-    RESERVATIONS,
-    RESOURCES,
-    Field,
-    MarkUnit,
-    PlaceIndex,
-    Placement,
-    PlainUpdate,
-)
+from .item_places import PlaceIndex
 from .lib0 import read_any, read_var_string, read_var_uint
+from .map_order import mark_is_present
 from .model import MAX_LENGTHS, RESOURCE_ID
-from .plain_updates import read_plain
+from .place_codes import ENTRY, FIELD, LAYOUT_ROOTS, MARK_KEYS, MARKS, META, MISSING, RESERVATIONS, RESOURCES, Field, MarkUnit
+from .placement import Placement
+from .plain_updates import PlainUpdate, read_plain
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
 
 MAX_CAPACITY = 1000
@@ -373,48 +360,6 @@ def _outside_the_public_layout(root: int, key: bytes | None) -> Category | None:
     if root in (RESOURCES, META):
         return Category.ADMIN_WRITE
     return None
-
-
-def mark_is_present(units: Iterable[MarkUnit], is_deleted: Callable[[int, int], bool]) -> bool | None:
-    """Whether a map key whose items are ``units`` has a value: True, False, or None if the
-    order of its items cannot be told (see :func:`last_item`)."""
-    last = last_item(units)
-    return last if last is None else last != _NO_ITEM and not is_deleted(*last)
-
-
-def last_item(units: Iterable[MarkUnit]) -> tuple[int, int] | None:
-    """The ID of the item that is a map key's value, given all the key's items; ``(-1, -1)`` if
-    there are none, None if their order cannot be told (a right origin, or an origin elsewhere).
-
-    A map key's items form a list in Yjs order; the last one is the value and every other one is
-    deleted as the next arrives. Without right origins (a map write never has one) that order
-    is the origin tree walked depth first, each item's children after it from the lowest client
-    id to the highest (Yrs ``Item::resolve_conflict``: an item goes right of a sibling with a
-    lower client id, left of one with a higher id, and left of an earlier item of its own
-    client), so the last item is found by following, from the root, the child with the highest
-    client id (the lowest clock on a tie).
-    """
-    children: dict[tuple[int, int] | None, list[tuple[int, int]]] = {}
-    ids: set[tuple[int, int]] = set()
-    for client, clock, length, origin_client, origin_clock, has_right in units:
-        if has_right:
-            return None
-        for k in range(clock, clock + length):
-            parent = (origin_client, origin_clock) if k == clock else (client, k - 1)
-            children.setdefault(parent if parent[0] >= 0 else None, []).append((client, k))
-            ids.add((client, k))
-    if any(parent is not None and parent not in ids for parent in children):
-        return None
-    last: tuple[int, int] | None = None
-    for _ in range(len(ids)):  # a tree of len(ids) nodes is that deep at most
-        kids = children.get(last)
-        if not kids:
-            break
-        last = max(kids, key=lambda unit: (unit[0], -unit[1]))
-    return _NO_ITEM if last is None else last
-
-
-_NO_ITEM = (-1, -1)
 
 
 # ---- helpers -------------------------------------------------------------------------------------

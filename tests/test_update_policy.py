@@ -15,11 +15,13 @@ from pycrdt import Array, Doc, Map, Text
 
 from accord.engine.decisions import Decider
 from accord.engine.errors import InvalidTransition, MalformedMessage
-from accord.engine.item_places import Field, PlaceIndex
+from accord.engine.item_places import PlaceIndex
 from accord.engine.lib0 import read_any, read_var_uint
+from accord.engine.map_order import last_item
+from accord.engine.place_codes import Field
 from accord.engine.protocol import decode_state_vector, write_var_uint
 from accord.engine.replica import Replica
-from accord.engine.update_policy import Category, UpdatePolicy, Violation, last_item
+from accord.engine.update_policy import Category, UpdatePolicy, Violation
 from accord.engine.yjs_update import UpdateReader
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
