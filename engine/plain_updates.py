@@ -80,7 +80,8 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
         first, pos = read_var_uint(data, pos)
         if first != seen.get(client, 0) or first + count > _MAX_CLOCK:
             return None
-        plan.client, plan.first = client, first
+        if count:
+            plan.client, plan.first = client, first
         codes, entries = plan.codes, plan.entries
         new_entries: dict[int, int] = {}  # clock of a map item this update creates -> its place code
         # A booking's fields name the map item just before them: their parent info, as bytes.
