@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
+from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider
 from accord.engine.errors import InvalidTransition, MalformedMessage
 from accord.engine.item_places import PlaceIndex
@@ -26,6 +27,7 @@ from accord.engine.yjs_update import UpdateReader
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 DESK_A, DESK_B = 0x2A3B4C5D6E, 0x1F00AB  # DESK_A's client id is the higher one
+HOME_KEY = RelayKey.generate()
 
 
 # ---- a relay, desks, and hand-made updates -------------------------------------------------------
@@ -277,6 +279,29 @@ def test_a_verdict_entry_holding_a_map_cannot_be_written_into_later() -> None:
     assert categories(relay.receive(change)) == {Category.ENTRY_OVERWRITTEN}
 
 
+def test_a_homes_record_and_signed_verdicts_pass_a_peer_relay() -> None:
+    home = Relay.start(1)
+    peer = Relay.start(2)
+    decider = Decider(home.replica.calendar, "relay-1", HOME_KEY)  # takes the calendar: a home record
+    home.write()
+    desk = desk_of(home, DESK_A)
+    first, second = book(desk), book(desk)  # the second asks for the same slot: rejected
+    for change in pushed(desk):
+        assert home.receive(change) == []
+    decider.decide_queued(NOW)
+    home.write()
+    assert [home.replica.calendar.get(rid).status for rid in (first, second)] == ["booked", "rejected"]
+    desk.calendar.reschedule(second, start="2026-12-01T10:00:00Z", end="2026-12-01T10:30:00Z", now=NOW)
+    for change in pushed(desk):
+        assert home.receive(change) == []
+    decider.decide_queued(NOW)  # a second verdict about the same reservation: a new key
+    home.write()
+    for change in home.take_changes():
+        assert peer.receive(change) == []
+    assert peer.replica.calendar.get(second).status == "booked"
+    assert len(peer.replica.calendar.verdicts) == 3
+
+
 # ---- rule 3: lifecycle marks are never removed (overwriting one is fine) --------------------------
 
 
@@ -401,10 +426,13 @@ def test_writing_or_deleting_a_retired_decision_key_is_refused() -> None:
     desk.calendar.reservations[rid]["decision"] = "booked"
     (forged,) = pushed(desk)
     assert relay.receive(forged) == [Violation(Category.RETIRED_KEY, "reservations", rid, "decision", DESK_A, 14)]
-    # A decision the relay wrote itself (the old layout): overwriting or deleting it is refused too.
-    Decider(relay.replica.calendar, "relay-1").decide_all_pending(NOW)
+    # Decision keys in a calendar from before signed verdicts (written by its home relay):
+    # overwriting or deleting them is refused too.
+    fields = relay.replica.calendar.reservations[rid]
+    with relay.replica.doc.transaction():
+        for key, value in {"decision": "booked", "booked_start": "2026-12-01T09:00:00Z", "decided_by": "relay-1"}.items():
+            fields[key] = value
     relay.write()
-    assert relay.replica.calendar.reservations[rid]["decision"] == "booked"
     desk = desk_of(relay, DESK_B)
     desk.calendar.reservations[rid]["booked_start"] = "2026-12-01T07:00:00Z"
     del desk.calendar.reservations[rid]["decided_by"]
@@ -426,7 +454,7 @@ def test_resource_and_meta_writes_are_admin_writes() -> None:
     (change,) = pushed(desk)
     assert relay.admit(change)[:2] == [Violation(Category.ADMIN_WRITE, "resources", "room-1", "name", DESK_A, 3),
                                        Violation(Category.ADMIN_WRITE, "resources", "room-1", "capacity", DESK_A, 4)]
-    desk.calendar.set_home("relay-9")
+    desk.calendar.meta["home"] = "relay-9"
     (home,) = pushed(desk)
     assert relay.admit(home) == [Violation(Category.ADMIN_WRITE, "meta", "home", "", DESK_A, 5)]
     del desk.calendar.resources_map["room-1"]
@@ -674,9 +702,9 @@ def test_index_from_full_state_matches_index_fed_incrementally() -> None:
     for change in pushed(desk):
         assert relay.receive(change) == []
     relay.replica.calendar.put_resource("room-1", name="Room", capacity=2)
-    relay.replica.doc.get("verdicts", type=Map)["v"] = "v1.a.b"
-    Decider(relay.replica.calendar, "relay-1").decide_queued(NOW)
+    Decider(relay.replica.calendar, "relay-1", HOME_KEY).decide_all_pending(NOW)  # a home record, verdicts
     relay.write()
+    assert len(relay.replica.calendar.verdicts) == 1 and len(relay.replica.calendar.homes) == 1
     rebuilt = PlaceIndex(relay.replica.full_state())
     fed = relay.policy.index
     assert rebuilt.seen == fed.seen
@@ -748,6 +776,8 @@ class Clinic:
 
     def __init__(self) -> None:
         self.relays = [Relay.start(1), Relay.start(2)]
+        self.decider = Decider(self.relays[0].replica.calendar, "relay-1", HOME_KEY)  # relay-1 is the home
+        self.relays[0].write()
         self.desks = [desk_of(self.relays[0], DESK_A, "desk-a"), desk_of(self.relays[0], DESK_B, "desk-b"),
                       desk_of(self.relays[1], 0x333333, "desk-c")]
         self.home = [0, 0, 1]  # the relay each desk talks to
@@ -775,7 +805,8 @@ class Clinic:
                     assert other.receive(change) == [], change
 
 
-HONEST = ["book", "note", "reschedule", "cancel", "check-in", "verdict", "send", "resync", "peer", "cancel-both"]
+HONEST = ["book", "note", "reschedule", "cancel", "check-in", "verdict", "decide", "send", "resync", "peer",
+          "cancel-both"]
 
 
 def play(clinic: Clinic, ops: list[tuple[str, int, int]]) -> None:
@@ -799,6 +830,9 @@ def play(clinic: Clinic, ops: list[tuple[str, int, int]]) -> None:
                 relay = clinic.relays[d % 2]
                 relay.replica.doc.get("verdicts", type=Map)[f"{rid}/q{n}/sig"] = f"v1.p{n}.s"
                 relay.write()
+            elif kind == "decide":
+                clinic.decider.decide_queued(NOW)
+                clinic.relays[0].write()
             elif kind == "send":
                 clinic.send(d)
             elif kind == "resync":
