@@ -129,10 +129,10 @@ class HomeRecord:
     public_key: str
     signer: str
 
-    @property
-    def entry_key(self) -> str:
-        """Where the record lives in the calendar's ``homes`` map (unique per epoch and relay)."""
-        return f"{self.epoch}/{self.relay_id}"
+    def entry_key(self, encoded: str) -> str:
+        """Where the record lives in the calendar's ``homes`` map: unique, and unforgeable (it
+        ends in the signature), so no writer can claim the key of a handover before it is made."""
+        return f"{self.epoch}/{self.relay_id}/{encoded.rsplit('.', 1)[1][:22]}"
 
     def payload(self) -> bytes:
         return _canonical({"c": self.calendar, "e": self.epoch, "h": self.relay_id, "k": self.public_key,

@@ -287,9 +287,10 @@ class Calendar:
 
     def add_home_record(self, record: HomeRecord, encoded: str) -> None:
         """Store a signed home record (written by the relay taking or handing over the calendar)."""
-        if record.entry_key not in self.homes:
+        key = record.entry_key(encoded)
+        if key not in self.homes:
             with self.doc.transaction(origin=self.origin):
-                self.homes[record.entry_key] = encoded
+                self.homes[key] = encoded
 
     def book(
         self,

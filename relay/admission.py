@@ -5,11 +5,15 @@ do (:class:`Admitted`) or why it may not (:class:`Refusal`): the token, the role
 the endpoint (multiplexed ``/.accord/v1`` or a y-websocket ``/<calendar>``).
 
 :meth:`Admission.check_update` judges one update before it is applied. A read-only connection
-gets nothing applied (and is closed if it tried to add anything); no writer, client or peer,
-may write the retired decision keys or ``meta.home`` (decisions are signed verdicts, see
-:mod:`accord.engine.authority`: a forged one is simply not a decision). The per-calendar key
-index that answers the second question is kept here, in step with every change the document
-makes (:meth:`Admission.observe`, a pipeline change hook); it is dropped when the calendar unloads.
+gets nothing applied (and is closed if it tried to add anything); every other update is judged
+by the calendar's :class:`~accord.engine.update_policy.UpdatePolicy`, from clients and peers
+alike: reservations, verdicts and home records are never deleted or overwritten, lifecycle marks
+never removed, retired decision keys never written, resources and settings changed only by an
+admin token (or, at a relay that is not the calendar's home, by a peer that may be relaying the
+home's own change), and values there are validated. A forged verdict needs no refusal: it is
+simply not a decision (:mod:`accord.engine.authority`). The per-calendar policy index is kept
+here, in step with every change the document makes (:meth:`Admission.observe`, a pipeline change
+hook); it is dropped when the calendar unloads.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from accord.engine.model import CalendarId, check_calendar_name
 from accord.engine.protocol import covers, decode_state_vector
 from accord.engine.replica import Change
 from accord.engine.session import RELAY_HEADER, ROLE_HEADER, SYNC_PATH, parse_bearer
-from accord.engine.update_keys import KeyIndex
+from accord.engine.update_policy import Category, UpdatePolicy, Violation
 
 from .auth import Grant, Role, TokenBook
 from .calendars import CalendarHandle
@@ -62,7 +66,7 @@ class Admission:
 
     def __init__(self, tokens: TokenBook) -> None:
         self.tokens = tokens
-        self._indexes: dict[CalendarId, KeyIndex] = {}
+        self._policies: dict[CalendarId, UpdatePolicy] = {}
 
     # ---- connections ----------------------------------------------------------------------------
 
@@ -81,7 +85,7 @@ class Admission:
                 return Refusal(CloseCode.FORBIDDEN, "this token may not peer", "forbidden")
             if wants_peer:
                 return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64])
-            return Admitted(Kind(str(grant.role)), grant, None)
+            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None)
         try:
             calendar = check_calendar_name(path.lstrip("/"))
         except InvalidCalendarName as exc:
@@ -92,8 +96,12 @@ class Admission:
 
     # ---- updates --------------------------------------------------------------------------------
 
-    def check_update(self, kind: Kind, grant: Grant, handle: CalendarHandle, update: bytes) -> Refusal | None:
+    def check_update(self, kind: Kind, grant: Grant, handle: CalendarHandle, update: bytes, *,
+                     home_here: bool) -> Refusal | None:
         """None if ``update`` (from a connection of ``kind`` with ``grant``) may be applied.
+
+        ``home_here``: this relay is the calendar's home (then even peers may not change its
+        resources and settings: they reach the home through admins connected to it).
 
         Raises:
             MalformedMessage: the update cannot be read exactly as Yrs would read it; the
@@ -103,20 +111,25 @@ class Admission:
             if self._is_redundant(handle, update):
                 return IGNORED
             return Refusal(CloseCode.FORBIDDEN, "read-only token: writes are not accepted", "read_only")
-        if self._writes_protected(handle, update):  # peers too: decisions are signed verdicts now, nobody writes these
-            return Refusal(CloseCode.FORBIDDEN, "decision keys are retired; only the home's signed verdicts decide",
-                           "forged_decision")
+        policy = self._policy(handle)
+        if not policy.might_violate(update):
+            return None
+        admin_ok = grant.role is Role.ADMIN or (kind is Kind.PEER and not home_here)
+        for violation in policy.violations(update):
+            if violation.category is Category.ADMIN_WRITE and admin_ok:
+                continue
+            return _refusal(violation)
         return None
 
     def observe(self, handle: CalendarHandle, change: Change) -> None:
-        """Keep the calendar's protected-key index in step with a change the document made."""
-        index = self._indexes.get(handle.name)
-        if index is not None and index.might_write_protected(change.update):
-            index.observe(change.update)
+        """Keep the calendar's policy index in step with a change the document made."""
+        policy = self._policies.get(handle.name)
+        if policy is not None:
+            policy.observe(change.update)
 
     def forget(self, handle: CalendarHandle) -> None:
         """The calendar left memory: drop its index."""
-        self._indexes.pop(handle.name, None)
+        self._policies.pop(handle.name, None)
 
     @staticmethod
     def _is_redundant(handle: CalendarHandle, update: bytes) -> bool:
@@ -127,8 +140,30 @@ class Admission:
             return False
         return covers(handle.replica.clocks(), theirs)
 
-    def _writes_protected(self, handle: CalendarHandle, update: bytes) -> bool:
-        index = self._indexes.get(handle.name)
-        if index is None:
-            index = self._indexes[handle.name] = KeyIndex.from_update(handle.replica.full_state())
-        return index.might_write_protected(update) and index.writes_protected(update)
+    def _policy(self, handle: CalendarHandle) -> UpdatePolicy:
+        policy = self._policies.get(handle.name)
+        if policy is None:
+            policy = self._policies[handle.name] = UpdatePolicy.from_update(handle.replica.full_state())
+        return policy
+
+
+REASONS = {
+    Category.ENTRY_DELETED: "reservations, verdicts and home records are never deleted; cancel instead",
+    Category.ENTRY_OVERWRITTEN: "reservations, verdicts and home records are written once",
+    Category.MARK_REMOVED: "a lifecycle mark (cancelled, checked in, ...) is never removed",
+    Category.RETIRED_KEY: "decision keys are retired; only the home's signed verdicts decide",
+    Category.ADMIN_WRITE: "resources and calendar settings need an admin token",
+    Category.INVALID_VALUE: "invalid resource value (id, name, or capacity 1-1000)",
+    Category.UNKNOWN_ROOT: "not part of an accord calendar",
+    Category.NOT_A_MAP_ENTRY: "not part of an accord calendar",
+}
+
+
+def _refusal(violation: Violation) -> Refusal:
+    """The close code, reason and metric label for a rule an update breaks."""
+    metric = str(violation.category).replace("-", "_")
+    if violation.category is Category.MISSING_DEPENDENCY:
+        # Honest clients get here too (an edit that overtook its sync): resync, do not punish.
+        return Refusal(CloseCode.TRY_AGAIN_LATER, "update depends on data this relay lacks: reconnect to resync", metric)
+    where = f" ({violation.root}{'/' + violation.field if violation.field else ''})" if violation.root else ""
+    return Refusal(CloseCode.FORBIDDEN, REASONS[violation.category] + where, metric)

@@ -7,7 +7,8 @@ A token file has one token per line::
     partner-relay-secret   peer       *
     wallboard-secret       read-only  clinic-1
 
-Roles: ``terminal`` (read and write), ``peer`` (another relay), ``read-only`` (read; any write
+Roles: ``terminal`` (read and write reservations), ``admin`` (a terminal that may also change
+resources and calendar settings), ``peer`` (another relay), ``read-only`` (read; any write
 closes the connection with 4403). Tokens are compared in constant time and never logged.
 """
 
@@ -28,6 +29,7 @@ class Role(enum.StrEnum):
     TERMINAL = "terminal"
     PEER = "peer"
     READ_ONLY = "read-only"
+    ADMIN = "admin"  # a terminal that may also change resources (names, capacity) and calendar settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class Grant:
         return self.role is not Role.READ_ONLY
 
 
-OPEN_GRANT = Grant(Role.TERMINAL, ("*",))
+OPEN_GRANT = Grant(Role.ADMIN, ("*",))  # an open relay (no token file, loopback only) trusts its clients
 OPEN_PEER_GRANT = Grant(Role.PEER, ("*",))
 
 
@@ -87,7 +89,7 @@ class TokenBook:
                 entries[token] = Grant(Role(role), globs)
             except ValueError:
                 raise ValidationError(
-                    f"{path}:{number}: unknown role {role!r}; use terminal, peer or read-only"
+                    f"{path}:{number}: unknown role {role!r}; use terminal, admin, peer or read-only"
                 ) from None
         return cls(entries)
 

@@ -33,7 +33,7 @@ _ids = itertools.count(1)
 class Kind(enum.StrEnum):
     """Who is on the other end (the metrics label)."""
 
-    TERMINAL = "terminal"
+    TERMINAL = "terminal"  # also an admin token's connection (a terminal with more rights)
     PEER = "peer"
     READ_ONLY = "read-only"
     YJS = "yjs"

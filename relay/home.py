@@ -58,6 +58,10 @@ class Home:
         """True if this relay decides bookings of ``calendar``."""
         return matches(calendar, self.globs)
 
+    def is_deciding(self, calendar: str) -> bool:
+        """True while this relay decides ``calendar`` (it is the recorded home, and loaded)."""
+        return calendar in self._deciders
+
     async def calendar_loaded(self, handle: CalendarHandle) -> None:
         if self.is_home_of(handle.name):
             self._take(handle)

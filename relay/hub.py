@@ -18,6 +18,7 @@ again (a fresh state-vector exchange) when it next loads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
@@ -50,7 +51,9 @@ class Hub:
     """Connections, subscriptions and event handling (see the module docstring)."""
 
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
-                 *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int) -> None:
+                 *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int,
+                 is_home_of: Callable[[str], bool] = lambda _calendar: False) -> None:
+        self.is_home_of = is_home_of
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
@@ -191,7 +194,8 @@ class Hub:
     async def _receive_update(self, connection: Connection, handle: CalendarHandle, update: bytes) -> None:
         """Check, apply and queue one update for commit (then forward and acknowledge)."""
         self.metrics.updates_in += 1
-        refusal = self.admission.check_update(connection.kind, connection.grant, handle, update)
+        refusal = self.admission.check_update(connection.kind, connection.grant, handle, update,
+                                              home_here=self.is_home_of(handle.name))
         if refusal is IGNORED:
             return
         if refusal is not None:

@@ -426,7 +426,8 @@ def _forge(calendar: Calendar, victim: str, genuine: str) -> None:
     forger = HomeRecord(calendar.name, 1, "0-forger", b64(identity), b64(identity))
     base_r = "5866666666666666666666666666666666666666666666666666666666666666"  # R = [1]B, S = 1
     any_signature = bytes.fromhex(base_r) + (1).to_bytes(32, "little")
-    calendar.homes[forger.entry_key] = f"{HOME_TAG}.{b64(forger.payload())}.{b64(any_signature)}"
+    forged_home = f"{HOME_TAG}.{b64(forger.payload())}.{b64(any_signature)}"
+    calendar.homes[forger.entry_key(forged_home)] = forged_home
     fields = calendar.all_fields()[victim]
     forged = Verdict(calendar.name, victim, request_digest(victim, fields), "booked",
                      (fields["resource"], fields["start"], fields["end"]), "", "", "0-forger", 1, "2026-11-25T07:00:00Z", 9)

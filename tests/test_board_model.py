@@ -425,7 +425,8 @@ def test_after_a_handover_only_the_new_homes_verdicts_count() -> None:
     decide(cal, second, Decision.BOOKED, relay_id="relay-a", key=old.key, epoch=2)  # the old home, still signing
     stranger = RelayKey.generate()
     forged = HomeRecord(cal.name, 3, "relay-c", stranger.public, stranger.public)  # epoch 3 not signed by relay-b
-    cal.homes[forged.entry_key] = stranger.sign(HOME_TAG, forged.payload())
+    forged_text = stranger.sign(HOME_TAG, forged.payload())
+    cal.homes[forged.entry_key(forged_text)] = forged_text
     after = _assert_same({"handed-over": cal})["handed-over"]
     assert after["home"] == ["relay-b", "2"]
     assert [after["views"][rid]["status"] for rid in (first, second)] == ["booked", "pending"]
@@ -439,7 +440,8 @@ def test_a_handover_to_something_that_is_not_a_key_leaves_the_old_home_deciding(
     assert home is not None
     for n, to_key in enumerate(["not-a-key", _b64(bytes(31)), "é"]):  # signed by the home, but no key
         record = HomeRecord(home.calendar, 2, f"relay-{n}", to_key, home.public_key)
-        desk.calendar.homes[record.entry_key] = desk.key.sign(HOME_TAG, record.payload())
+        record_text = desk.key.sign(HOME_TAG, record.payload())
+        desk.calendar.homes[record.entry_key(record_text)] = record_text
     want = _assert_same({"bad-handover": desk.calendar})["bad-handover"]
     assert want["home"] == ["relay-a", "1"] and want["views"][rid]["status"] == "booked"
 

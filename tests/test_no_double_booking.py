@@ -97,7 +97,7 @@ async def test_forged_decision_from_a_terminal_is_dropped(tmp_path: Path) -> Non
             assert honest.replica(CAL).calendar.get(victim).status is Status.REJECTED
             handle = home.calendars.loaded[CAL]
             assert handle.replica.calendar.get(victim).status is Status.REJECTED
-            assert 'accord_updates_dropped_total{reason="forged_decision"}' in home.render_metrics()
+            assert 'accord_updates_dropped_total{reason="retired_key"}' in home.render_metrics()
 
 
 async def test_cancel_racing_a_decision_ends_cancelled_everywhere(tmp_path: Path) -> None:
