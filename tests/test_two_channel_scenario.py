@@ -7,7 +7,8 @@
    replicas end identical, both edits survive, no booking is lost.
 
 Once through the Python API (relays in process) and once through the CLI, every terminal
-command and every relay a separate process.
+command and every relay a separate process. There the test waits for changes to reach a
+terminal by reading an ``accord terminal watch --json`` on it, under a deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -114,30 +116,93 @@ async def cli(store: Path, relay: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+Seen = dict[str, dict[str, object]]  # reservation id -> the reservation as the watch last printed it
+
+
+class Watch:
+    """``accord terminal watch --json`` on one terminal, in its own process: the event the test
+    waits on is a change line on its stdout, under a deadline."""
+
+    def __init__(self, store: Path, relay: str) -> None:
+        self.store, self.relay = store, relay
+        self.proc: asyncio.subprocess.Process | None = None
+        self.seen: Seen = {}
+
+    async def start(self) -> Watch:
+        """Start the watch and wait for its first note ("connected ..." or "... unreachable ...;
+        retrying"): it handles SIGINT from then on, and prints every change that arrives later."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "accord", "terminal", "watch", "--json", "--store", str(self.store),
+            "--relay", self.relay, "--calendar", CAL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env)
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(60):
+            line = await self.proc.stderr.readline()
+        assert line.startswith(b'{"note"'), f"the watch on {self.store.name} said: {line!r}"
+        return self
+
+    async def until(self, done: Callable[[Seen], bool], timeout_s: float = 60) -> Seen:
+        """Read change lines until ``done(seen)`` holds; fail at the deadline or if the watch ends."""
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not done(self.seen):
+                    line = await self.proc.stdout.readline()
+                    assert line, f"the watch on {self.store.name} ended; it saw {self.seen}"
+                    change = json.loads(line)
+                    if change["reservation"] is not None:
+                        self.seen[change["id"]] = change["reservation"]
+        except TimeoutError:
+            raise AssertionError(f"the watch on {self.store.name} saw no such change in {timeout_s:g} s; "
+                                 f"it saw {self.seen}") from None
+        return self.seen
+
+    async def stop(self) -> None:
+        """Ctrl-C: the watch exits 130."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, err = await self.proc.communicate()
+        assert self.proc.returncode == 130, err.decode()
+
+    async def kill(self) -> None:
+        """For ``finally`` blocks: end the watch if it still runs."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def starts_at(rid: str, start: str) -> Callable[[Seen], bool]:
+    return lambda seen: rid in seen and seen[rid]["start"] == start
+
+
 async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_path: Path) -> None:
     r1 = await RelayProcess(tmp_path, "relay-1").start()
     r2 = await RelayProcess(tmp_path, "relay-2", "--peer", r1.url).start()
     s1, s2 = tmp_path / "terminal-1.sqlite", tmp_path / "terminal-2.sqlite"
+    watches: list[Watch] = []
     try:
+        # Terminal-2 watches relay-2 while terminal-1 books on relay-1.
+        watches.append(watch2 := await Watch(s2, r2.url).start())
         code, out, err = await cli(s1, r1.url, "book", "--as", "desk-1", "--resource", "room-1",
                                    "--start", "2026-12-01T09:00Z", "--end", "2026-12-01T09:30Z", "--patient", "P-0042")
         assert code == 0, err
         rid = out.strip()
-        for _ in range(100):  # relay-2 gets it from relay-1 (bounded: each try is one CLI round trip)
-            code, out, err = await cli(s2, r2.url, "show", rid, "--json")
-            if code == 0:
-                break
-            await asyncio.sleep(0.1)
+        await watch2.until(lambda seen: rid in seen)  # relay-1 shared it with relay-2
+        await watch2.stop()
+        code, out, err = await cli(s2, r2.url, "show", rid, "--json")
         assert code == 0, err
+
+        # Terminal-1 watches relay-1 while terminal-2 reschedules on relay-2.
+        watches.append(watch1 := await Watch(s1, r1.url).start())
         code, _, err = await cli(s2, r2.url, "reschedule", rid, "--as", "app-2",
                                  "--start", "2026-12-01T10:00Z", "--end", "2026-12-01T10:30Z")
         assert code == 0, err
-        for _ in range(100):
-            code, out, err = await cli(s1, r1.url, "show", rid, "--json")
-            if code == 0 and json.loads(out)["start"] == "2026-12-01T10:00:00Z":
-                break
-            await asyncio.sleep(0.1)
-        assert json.loads(out)["start"] == "2026-12-01T10:00:00Z", out
+        await watch1.until(starts_at(rid, "2026-12-01T10:00:00Z"))
+        await watch1.stop()
+        code, out, err = await cli(s1, r1.url, "show", rid, "--json")
+        assert code == 0 and json.loads(out)["start"] == "2026-12-01T10:00:00Z", (out, err)
 
         # Offline: both relays down (so the terminals and the relays are all cut off).
         assert await r2.stop(signal.SIGTERM) == 0
@@ -153,25 +218,32 @@ async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_pa
         code, b, err = await cli(s2, r2.url, "book", "--resource", "room-3", "--start", "2026-12-01T15:00Z",
                                  "--end", "2026-12-01T15:30Z", "--patient", "P-0200")
         assert code == 0, err
+        a, b = a.strip(), b.strip()
         code, _, _ = await cli(s1, r1.url, "sync", "--timeout", "1")
         assert code == 3  # relay unreachable
 
-        # Reconnect everything and sync until both terminals hold the same calendar.
+        # Both terminals watch (and retry) while the relays are down; then the relays come back.
+        # Each watch sends its terminal's offline changes and prints the other's as they arrive
+        # through the relays' peer link.
+        watches += [watch1 := await Watch(s1, r1.url).start(), watch2 := await Watch(s2, r2.url).start()]
         await r1.start()
         await r2.start()
-        listings: list[dict[str, object]] = []
-        for _ in range(50):
-            assert (await cli(s1, r1.url, "sync"))[0] == 0
-            assert (await cli(s2, r2.url, "sync"))[0] == 0
-            listings = [json.loads((await cli(store, url, "list", "--json"))[1]) for store, url in ((s1, r1.url), (s2, r2.url))]
-            if listings[0] == listings[1] and len(listings[0]["reservations"]) == 3:  # type: ignore[arg-type]
-                break
-            await asyncio.sleep(0.2)
-        one, two = ({r["id"]: r for r in listing["reservations"]} for listing in listings)  # type: ignore[attr-defined]
-        assert {k: (v["start"], v["note"], v["status"]) for k, v in one.items()} == \
-            {k: (v["start"], v["note"], v["status"]) for k, v in two.items()}
-        assert set(one) == {rid, a.strip(), b.strip()}  # no booking lost
+        await watch1.until(lambda seen: b in seen and starts_at(rid, "2026-12-01T11:00:00Z")(seen))
+        await watch2.until(lambda seen: a in seen and rid in seen and seen[rid]["note"] == "bring referral letter")
+        await watch1.stop()
+        await watch2.stop()
+        listings = []
+        for store, url in ((s1, r1.url), (s2, r2.url)):
+            code, out, err = await cli(store, url, "list", "--json")
+            assert code == 0, err
+            listings.append({r["id"]: r for r in json.loads(out)["reservations"]})
+        one, two = ({k: {f: v for f, v in r.items() if f != "sync"} for k, r in listing.items()} for listing in listings)
+        assert one == two  # identical listings (how far each terminal's own changes got may differ)
+        assert set(one) == {rid, a, b}  # no booking lost
         assert (one[rid]["start"], one[rid]["note"]) == ("2026-12-01T11:00:00Z", "bring referral letter")
+        assert {r["status"] for r in one.values()} == {"booked"}
     finally:
+        for watch in watches:
+            await watch.kill()
         r2.cleanup()
         r1.cleanup()
