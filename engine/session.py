@@ -282,6 +282,14 @@ class Session:
         self._asked.pop(name, None)
         self.sync.calendars.pop(name, None)
 
+    def resync(self, calendar: str) -> None:
+        """Ask again for everything this side lacks of ``calendar`` (a fresh STEP1): after an
+        update was dropped because what it builds on has not arrived, the other side's STEP2
+        answer carries both, in one piece."""
+        name = CalendarId(calendar)
+        if self._serving.get(name) is _Serving.OPEN:
+            self._out.append(self.sync.step1(name, self.documents.state_vector(name)))
+
     def stored(self, calendar: str, state_vector: bytes) -> None:
         """Everything received for ``calendar`` up to ``state_vector`` is durable on this side:
         acknowledge it, if this session sends acks and still serves the calendar."""

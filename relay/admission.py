@@ -59,6 +59,8 @@ class Refusal:
 
 
 IGNORED = Refusal(CloseCode.NORMAL, "a read-only client's sync reply adds nothing: ignored", "")
+RESYNC = Refusal(CloseCode.NORMAL, "update builds on data this relay lacks: dropped, and asked for again by STEP1",
+                 "missing_dependency")
 
 
 class Admission:
@@ -163,7 +165,10 @@ def _refusal(violation: Violation) -> Refusal:
     """The close code, reason and metric label for a rule an update breaks."""
     metric = str(violation.category).replace("-", "_")
     if violation.category is Category.MISSING_DEPENDENCY:
-        # Honest clients get here too (an edit that overtook its sync): resync, do not punish.
-        return Refusal(CloseCode.TRY_AGAIN_LATER, "update depends on data this relay lacks: reconnect to resync", metric)
+        # Honest writers get here too (an edit that overtook its own sync, a mesh delivering out
+        # of order): an update that cannot be placed cannot be judged, so it is not applied, and
+        # the relay asks for everything it lacks again; the answer brings the update and what it
+        # builds on together, judged as one.
+        return RESYNC
     where = f" ({violation.root}{'/' + violation.field if violation.field else ''})" if violation.root else ""
     return Refusal(CloseCode.FORBIDDEN, REASONS[violation.category] + where, metric)

@@ -36,7 +36,7 @@ from accord.engine.session import (
 )
 
 from . import presence
-from .admission import IGNORED, Admission, Admitted
+from .admission import IGNORED, RESYNC, Admission, Admitted
 from .auth import OPEN_PEER_GRANT, Grant
 from .calendars import CalendarHandle, CalendarSet, matches
 from .connection import Connection, Kind
@@ -197,6 +197,12 @@ class Hub:
         refusal = self.admission.check_update(connection.kind, connection.grant, handle, update,
                                               home_here=self.is_home_of(handle.name))
         if refusal is IGNORED:
+            return
+        if refusal is RESYNC:
+            self.metrics.updates_dropped[refusal.metric] += 1
+            log.info("update dropped until its dependencies arrive; resyncing",
+                     extra={"conn": connection.label, "calendar": handle.name})
+            connection.session.resync(handle.name)
             return
         if refusal is not None:
             self.metrics.updates_dropped[refusal.metric] += 1
