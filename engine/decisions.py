@@ -50,7 +50,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -73,6 +72,7 @@ from .model import (
     format_time,
     parse_time,
 )
+from .slot_index import ResourceSlots, max_depth
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Decider:
         self.key = key
         self.hold_ttl = hold_ttl
         self.origin = ("decider", relay_id)
-        self._slots: dict[str, _ResourceSlots] = {}
+        self._slots: dict[str, ResourceSlots] = {}
         self._occupied: dict[str, _SlotKey] = {}  # reservation id -> the slot it holds in the index
         self._queue: list[list[str]] = []  # batches of changed reservation ids, in arrival order
         # Decisions not yet in the calendar's verdicts, by reservation: (request digest, state, entry
@@ -373,7 +373,7 @@ class Decider:
         if len(overlapping) == 0:
             return booked
         capacity = self.calendar.capacity(resource)
-        if len(overlapping) < capacity or _max_depth(overlapping, start, end) < capacity:
+        if len(overlapping) < capacity or max_depth(overlapping, start, end) < capacity:
             return booked
         first = min(overlapping, key=lambda item: (item[0], item[2]))  # earliest start, then id
         return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.CONFLICT, first[2]), None
@@ -412,49 +412,9 @@ class Decider:
         if slot is not None:
             slots = self._slots.get(slot[0])
             if slots is None:
-                slots = self._slots[slot[0]] = _ResourceSlots()
+                slots = self._slots[slot[0]] = ResourceSlots()
             slots.add(slot[1], slot[2], rid)
             self._occupied[rid] = slot
-
-
-class _ResourceSlots:
-    """Booked intervals of one resource as ``(start_s, end_s, reservation id)``, sorted."""
-
-    __slots__ = ("entries", "longest_s")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[int, int, str]] = []
-        self.longest_s = 0
-
-    def add(self, start: int, end: int, rid: str) -> None:
-        insort(self.entries, (start, end, rid))
-        self.longest_s = max(self.longest_s, end - start)  # never shrinks: a safe window bound
-
-    def remove(self, start: int, end: int, rid: str) -> None:
-        i = bisect_left(self.entries, (start, end, rid))
-        if i < len(self.entries) and self.entries[i] == (start, end, rid):
-            del self.entries[i]
-
-    def overlapping(self, start: int, end: int, *, exclude: str) -> list[tuple[int, int, str]]:
-        """Intervals sharing an instant with ``[start, end)``, except ``exclude``'s own."""
-        entries = self.entries
-        lo = bisect_left(entries, (start - self.longest_s,))
-        hi = bisect_left(entries, (end,))
-        return [item for item in entries[lo:hi] if item[1] > start and item[2] != exclude]
-
-
-def _max_depth(intervals: list[tuple[int, int, str]], start: int, end: int) -> int:
-    """The most of ``intervals`` overlapping at any one instant of ``[start, end)``."""
-    events = []
-    for item_start, item_end, _rid in intervals:
-        events.append((max(item_start, start), 1))
-        events.append((min(item_end, end), -1))
-    events.sort()  # at equal times ends (-1) come first: intervals are half-open
-    depth = deepest = 0
-    for _time, step in events:
-        depth += step
-        deepest = max(deepest, depth)
-    return deepest
 
 
 def _fields(entry: Map[Any]) -> dict[str, Any] | None:
