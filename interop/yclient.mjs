@@ -7,6 +7,13 @@
 //       connect, wait until synced, wait until reservation ID is in doc.getMap('reservations'),
 //       set `note` (+ updated_by/updated_at) on its nested Y.Map, then wait until the edit is
 //       flushed: a second, fresh stock client on the same calendar receives it from the relay.
+//   node yclient.mjs attack --url ... --calendar ... [--token T] --reservation ID --how HOW
+//       what a hostile (or buggy) writer with an ordinary write token can do through the plain Yjs
+//       API, once reservation ID is in the document: HOW is uncancel (delete its cancelled_at),
+//       blank-mark (set cancelled_at to ""), delete (delete the reservation), replace (a fresh
+//       Y.Map under its id), capacity (set resources.room-1.capacity to 1000). Then wait for the
+//       relay to close the connection (an "error" event with its close code) or for a fresh client
+//       to receive the change ("flushed": the relay accepted it).
 //   node yclient.mjs awareness --url ... --calendar ... [--token T] --name ME --expect OTHER
 //       connect, publish awareness {user: ME, saw}, re-published every 200 ms so the join order
 //       does not matter; set saw=true once a state {user: OTHER} arrives from another client, and
@@ -46,7 +53,7 @@ const EXIT_USAGE = 64
 const emit = obj => process.stdout.write(JSON.stringify(obj) + '\n')
 
 function parseArgs (argv) {
-  const opts = { mode: argv[0], url: '', calendar: '', token: '', reservation: '', note: '', name: '', expect: '', timeout: 20 }
+  const opts = { mode: argv[0], url: '', calendar: '', token: '', reservation: '', note: '', name: '', expect: '', how: '', timeout: 20 }
   for (let i = 1; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, '')
     if (!argv[i].startsWith('--') || !(key in opts) || key === 'mode' || i + 1 >= argv.length) {
@@ -55,8 +62,12 @@ function parseArgs (argv) {
     }
     opts[key] = key === 'timeout' ? Number(argv[++i]) : argv[++i]
   }
-  const need = { edit: ['url', 'calendar', 'reservation', 'note'], awareness: ['url', 'calendar', 'name', 'expect'] }[opts.mode]
-  const missing = need ? need.filter(k => !opts[k]) : ['mode (edit or awareness)']
+  const need = {
+    edit: ['url', 'calendar', 'reservation', 'note'],
+    attack: ['url', 'calendar', 'reservation', 'how'],
+    awareness: ['url', 'calendar', 'name', 'expect']
+  }[opts.mode]
+  const missing = need ? need.filter(k => !opts[k]) : ['mode (edit, attack or awareness)']
   if (missing.length) {
     emit({ event: 'error', error: `missing ${missing.map(k => '--' + k).join(', ')}` })
     process.exit(EXIT_USAGE)
@@ -153,6 +164,47 @@ async function runEdit () {
   finish(0)
 }
 
+const ATTACKS = {
+  uncancel: (doc, entry) => entry.delete('cancelled_at'),
+  'blank-mark': (doc, entry) => entry.set('cancelled_at', ''),
+  delete: (doc, entry, id) => doc.getMap('reservations').delete(id),
+  replace: (doc, entry, id) => doc.getMap('reservations').set(id, new Y.Map([['id', id], ['note', 'replaced']])),
+  capacity: doc => {
+    const resources = doc.getMap('resources')
+    if (!(resources.get('room-1') instanceof Y.Map)) resources.set('room-1', new Y.Map())
+    resources.get('room-1').set('capacity', 1000)
+  }
+}
+
+async function runAttack () {
+  const attack = ATTACKS[opts.how]
+  if (!attack) finish(EXIT_USAGE, { event: 'error', error: `--how must be one of ${Object.keys(ATTACKS).join(', ')}` })
+  const me = connect('attacker')
+  await me.synced
+  stage = 'waiting for reservation'
+  const entry = await when(me.doc, () => {
+    const value = me.reservations.get(opts.reservation)
+    return value instanceof Y.Map ? value : null
+  })
+  stage = 'attacking'
+  me.doc.transact(() => attack(me.doc, entry, opts.reservation))
+  emit({ event: 'attacked', how: opts.how })
+  // Accepted = a fresh client syncing from the relay sees the change; refused = the relay closes us (above).
+  stage = 'waiting for the relay'
+  const check = connect('verifier')
+  await check.synced
+  const changed = {
+    uncancel: d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && !v.has('cancelled_at') },
+    'blank-mark': d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && v.get('cancelled_at') === '' },
+    delete: d => !d.getMap('reservations').has(opts.reservation),
+    replace: d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && v.get('note') === 'replaced' },
+    capacity: d => { const r = d.getMap('resources').get('room-1'); return r instanceof Y.Map && r.get('capacity') === 1000 }
+  }[opts.how]
+  await when(check.doc, () => changed(check.doc))
+  emit({ event: 'flushed', how: opts.how })
+  finish(0)
+}
+
 async function runAwareness () {
   const me = connect(opts.name)
   const { awareness } = me.provider
@@ -192,6 +244,7 @@ async function runAwareness () {
 
 try {
   if (opts.mode === 'edit') await runEdit()
+  else if (opts.mode === 'attack') await runAttack()
   else await runAwareness()
 } catch (err) {
   finish(EXIT_ERROR, { event: 'error', stage, error: String(err && err.stack || err) })

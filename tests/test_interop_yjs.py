@@ -155,3 +155,53 @@ async def test_awareness_is_relayed_between_stock_yjs_clients(node_env: NodeEnv,
     assert (alice.code, bob.code) == (0, 0), f"{alice.events} {alice.stderr[-1000:]} {bob.events} {bob.stderr[-1000:]}"
     assert alice.first("awareness")["saw"] == "bob"
     assert bob.first("awareness")["saw"] == "alice"
+
+
+@pytest.mark.parametrize("how", ["uncancel", "delete", "replace", "capacity"])
+async def test_a_stock_yjs_client_cannot_undo_a_cancel_delete_replace_or_change_capacity(
+        node_env: NodeEnv, tmp_path: Path, tokens: Path, how: str) -> None:
+    """The board in a browser has exactly this power: an ordinary write token and the plain Yjs API."""
+    async with Relay(relay_config(tmp_path, tokens, "r1", home_globs=["clinic-*"])) as r1, \
+            Relay(relay_config(tmp_path, tokens, "r2", peers=[r1.url])) as r2, \
+            WireClient(r1.url, token=DESK_TOKEN, actor="desk") as desk:
+        calendar = (await desk.open(CALENDAR)).calendar
+        await desk.wait_for(lambda: calendar.home == "r1")
+        first = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW)
+        await desk.push(CALENDAR)
+        await desk.wait_for(lambda: str(calendar.get(first.id).status) == "booked")
+        calendar.cancel(first.id, now=NOW)
+        second = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-2", now=NOW)
+        await desk.push(CALENDAR)
+        await desk.wait_for(lambda: str(calendar.get(second.id).status) == "booked")
+
+        run = await run_yclient(node_env, "attack", "--url", r2.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
+                                "--reservation", first.id, "--how", how)
+
+        assert run.code == 1, f"the relay accepted the attack: {run.events} {run.stderr[-2000:]}"
+        assert run.first("error")["close_code"] == 4403
+        for relay in (r1, r2):
+            seen = await relay.calendar(CALENDAR)
+            assert str(seen.get(first.id).status) == "cancelled"
+            assert str(seen.get(second.id).status) == "booked"
+            assert seen.capacity("room-1") == 1
+        reason = {"uncancel": "mark_removed", "delete": "entry_deleted", "replace": "entry_overwritten",
+                  "capacity": "admin_write"}[how]
+        assert f'accord_updates_dropped_total{{reason="{reason}"}}' in r2.render_metrics()
+
+
+async def test_a_stock_yjs_client_may_overwrite_a_mark_and_the_booking_stays_cancelled(
+        node_env: NodeEnv, tmp_path: Path, tokens: Path) -> None:
+    async with Relay(relay_config(tmp_path, tokens, "r1", home_globs=["clinic-*"])) as r1, \
+            WireClient(r1.url, token=DESK_TOKEN, actor="desk") as desk:
+        calendar = (await desk.open(CALENDAR)).calendar
+        await desk.wait_for(lambda: calendar.home == "r1")
+        made = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW)
+        await desk.push(CALENDAR)
+        calendar.cancel(made.id, now=NOW)
+        await desk.push(CALENDAR)
+        await desk.wait_acked(CALENDAR)
+        run = await run_yclient(node_env, "attack", "--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
+                                "--reservation", made.id, "--how", "blank-mark")
+        assert run.code == 0, f"{run.events} {run.stderr[-2000:]}"
+        run.first("flushed")
+        assert str((await r1.calendar(CALENDAR)).get(made.id).status) == "cancelled"
