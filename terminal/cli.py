@@ -79,6 +79,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 1000")
+    return value
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -174,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
             "accord terminal sync --timeout 10")
     command("status", "link state, pending local changes, last acknowledgement", "accord terminal status --json")
     command("watch", "print changes as they arrive until Ctrl-C (exit 130)", "accord terminal watch --calendar clinic-1 --json")
+
+    resource = command("resource", "declare or change a resource (relays with tokens: an admin token only; "
+                       "others are refused with exit 4)",
+                       "accord terminal resource room-2 --name 'Room 2' --capacity 2 --token admin-secret")
+    resource.add_argument("id", help="resource id: letters, digits, . _ -, e.g. room-2")
+    resource.add_argument("--name", default=None, help="display name (default: the id)")
+    resource.add_argument("--capacity", type=_capacity, default=1,
+                          help="how many booked reservations may overlap on it, 1-1000 (default 1)")
+    command("resources", "list the calendar's declared resources", "accord terminal resources --calendar clinic-1")
     return parser
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
-from accord.engine.model import CalendarId, Reservation, ReservationId, Status, check_calendar_name, format_time
+from accord.engine.model import CalendarId, Reservation, ReservationId, Resource, Status, check_calendar_name, format_time
 from accord.engine.protocol import decode_state_vector
 from accord.engine.storage import CompactionPolicy
 
@@ -205,18 +205,32 @@ class Terminal:
             calendar, lambda cal, now: cal.edit(reservation_id, note=note, service=service, patient=patient, now=now)
         )
 
-    async def _write(self, calendar: str, operation: Callable[[Calendar, datetime], Reservation]) -> Reservation:
+    async def put_resource(self, calendar: str, resource_id: str, *, name: str = "", capacity: int = 1) -> Resource:
+        """Declare or change a resource (name, capacity 1-1000). Relays with a token file accept
+        it only from an ``admin`` token (anyone else is closed with 4403).
+
+        Raises:
+            InvalidReservation: a bad id, name or capacity.
+        """
+        return await self._write(calendar, lambda cal, _now: cal.put_resource(resource_id, name=name, capacity=capacity))
+
+    async def resources(self, calendar: str) -> list[Resource]:
+        """The calendar's declared resources, sorted by id."""
         name = await self.open(calendar)
-        reservation, saved = await self._store.write(name, lambda cal: operation(cal, self.clock()))
+        return self._store.calendars[name].replica.calendar.resources()
+
+    async def _write(self, calendar: str, operation: Callable[[Calendar, datetime], T]) -> T:
+        name = await self.open(calendar)
+        result, saved = await self._store.write(name, lambda cal: operation(cal, self.clock()))
         if not saved.updates:
-            return reservation
+            return result
         if self.link is not None:
             for update in saved.updates:
                 self.link.send_update(name, update)
         self._publish(ChangeNotice(name, saved.ids, ChangeKind.LOCAL))
         if saved.already_stored:
             self._publish(ChangeNotice(name, saved.already_stored, ChangeKind.STORED))
-        return reservation
+        return result
 
     # ---- reads -------------------------------------------------------------------------------
 

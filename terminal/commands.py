@@ -360,6 +360,28 @@ def _refused(t: Terminal) -> RelayRefused:
     return RelayRefused(f"relay {t.relay} refused this terminal: {t.status().last_error}; check --token or ACCORD_TOKEN", code)
 
 
+async def cmd_resource(ctx: Context) -> ExitCode:
+    """Declare or change a resource; on relays with tokens only an admin token may."""
+    t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
+    await reach_relay(ctx)
+    resource = await t.put_resource(calendar, a.id, name=a.name or "", capacity=a.capacity)
+    await push(ctx)
+    ctx.out.result(f"{resource.id} {resource.name} capacity {resource.capacity}",
+                   {"calendar": calendar, "id": resource.id, "name": resource.name, "capacity": resource.capacity})
+    return ExitCode.OK
+
+
+async def cmd_resources(ctx: Context) -> ExitCode:
+    t, calendar = ctx.terminal, ctx.need_calendar()
+    await reach_relay(ctx)
+    offline_read_note(ctx)
+    found = await t.resources(calendar)
+    text = "\n".join(f"{r.id}\t{r.name}\tcapacity {r.capacity}" for r in found) or "no resources declared"
+    ctx.out.result(text, {"calendar": calendar, "resources": [{"id": r.id, "name": r.name, "capacity": r.capacity}
+                                                              for r in found]})
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "book": cmd_book,
     "reschedule": cmd_reschedule,
@@ -371,4 +393,6 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "sync": cmd_sync,
     "status": cmd_status,
     "watch": cmd_watch,
+    "resource": cmd_resource,
+    "resources": cmd_resources,
 }

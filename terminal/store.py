@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
 from accord.engine.errors import ReservationNotFound
@@ -31,6 +31,7 @@ from .opened import OpenCalendar
 from .status import CalendarStatus, SyncState, is_decided
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CALENDARS_KEY = "terminal/calendars"
 PULLED_PREFIX = "terminal/pulled/"  # calendars this store has synced at least once
@@ -121,7 +122,7 @@ class TerminalStore:
 
     # ---- saving changes ------------------------------------------------------------------------
 
-    async def write(self, name: CalendarId, operation: Callable[[Calendar], Reservation]) -> tuple[Reservation, SavedWrite]:
+    async def write(self, name: CalendarId, operation: Callable[[Calendar], T]) -> tuple[T, SavedWrite]:
         """Run ``operation`` on the open calendar, then save what it changed as pending.
 
         Raises whatever ``operation`` raises (nothing is saved then, unless it changed something
@@ -131,12 +132,12 @@ class TerminalStore:
         replica = opened.replica
         opened.take_touched()
         try:
-            reservation = operation(replica.calendar)
+            result = operation(replica.calendar)
         finally:
             changes = replica.take_changes()
             ids = opened.take_touched()
         if not changes:
-            return reservation, SavedWrite((), ids, ())
+            return result, SavedWrite((), ids, ())
         storage, ledger = self._require_storage(), self._require_ledger()
         client = replica.doc.client_id
         await ledger.note_client(name, client)  # before the append: see ledger.py on crash safety
@@ -145,7 +146,7 @@ class TerminalStore:
             name, [LocalChange(client, decode_state_vector(c.state_vector).get(client, 0), ids) for c in changes]
         )
         log.debug("saved local change", extra={"calendar": name, "reservations": len(ids)})
-        return reservation, SavedWrite(tuple(c.update for c in changes), ids, _sorted_ids(already_stored))
+        return result, SavedWrite(tuple(c.update for c in changes), ids, _sorted_ids(already_stored))
 
     async def apply_remote(self, name: CalendarId, update: bytes) -> tuple[ReservationId, ...] | None:
         """Apply and save an update from the relay; the reservations it touched, None if it was redundant."""

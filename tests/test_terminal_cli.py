@@ -274,3 +274,24 @@ async def test_cli_watch_exits_0_on_sigterm_also_while_the_relay_is_unreachable(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_cli_resource_needs_an_admin_token_and_sets_the_capacity(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\nadmin-secret admin clinic-*\n")
+    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+        env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL)
+        desk = await run("resource", "room-1", "--capacity", "2", "--token", "desk-secret",
+                         "--store", str(tmp_path / "desk.sqlite"), env=env)
+        assert desk.code == 4 and "admin token" in desk.err, desk.err
+        assert (await relay.calendar(CAL)).capacity("room-1") == 1
+        bad = await run("resource", "room-1", "--capacity", "0", "--store", str(tmp_path / "admin.sqlite"), env=env)
+        assert bad.code == 2 and "1 to 1000" in bad.err
+        admin = await run("resource", "room-1", "--name", "Room 1", "--capacity", "2", "--token", "admin-secret",
+                          "--json", "--store", str(tmp_path / "admin.sqlite"), env=env)
+        assert admin.code == 0, admin.err
+        assert json.loads(admin.out) == {"calendar": CAL, "id": "room-1", "name": "Room 1", "capacity": 2}
+        assert (await relay.calendar(CAL)).capacity("room-1") == 2
+        listed = await run("resources", "--json", "--token", "desk-secret", "--store", str(tmp_path / "desk2.sqlite"),
+                           env=env)
+        assert json.loads(listed.out)["resources"] == [{"id": "room-1", "name": "Room 1", "capacity": 2}]
