@@ -108,10 +108,10 @@ class Hub:
         match event:
             case CalendarRequested(calendar):
                 await self._open(connection, calendar)
-            case UpdateReceived(calendar, update, _):
+            case UpdateReceived(calendar, update, step2):
                 handle = await self._subscribed(connection, calendar)
                 if handle is not None:
-                    await self._receive_update(connection, handle, update)
+                    await self._receive_update(connection, handle, update, step2=step2)
             case NothingNew(calendar):  # still acknowledged, in order with what came before
                 handle = await self._subscribed(connection, calendar)
                 if handle is not None:
@@ -191,7 +191,8 @@ class Hub:
 
     # ---- updates --------------------------------------------------------------------------------
 
-    async def _receive_update(self, connection: Connection, handle: CalendarHandle, update: bytes) -> None:
+    async def _receive_update(self, connection: Connection, handle: CalendarHandle, update: bytes, *,
+                              step2: bool = False) -> None:
         """Check, apply and queue one update for commit (then forward and acknowledge)."""
         self.metrics.updates_in += 1
         refusal = self.admission.check_update(connection.kind, connection.grant, handle, update,
@@ -200,6 +201,12 @@ class Hub:
             return
         if refusal is RESYNC:
             self.metrics.updates_dropped[refusal.metric] += 1
+            if step2:  # the answer to our STEP1 is itself incomplete: asking again would loop
+                log.info("sync answer builds on data the sender lacks too; closing it to retry later",
+                         extra={"conn": connection.label, "calendar": handle.name})
+                await connection.close(CloseCode.TRY_AGAIN_LATER, "your state builds on updates you do not have; "
+                                                                  "reconnect once you have them")
+                return
             log.info("update dropped until its dependencies arrive; resyncing",
                      extra={"conn": connection.label, "calendar": handle.name})
             connection.session.resync(handle.name)

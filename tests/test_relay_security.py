@@ -10,7 +10,7 @@ import pytest
 from relays import Relay, RelayConfig, relay_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from wire import WireClient
+from wire import NOW, WireClient
 
 from accord.engine.errors import AccordError
 
@@ -221,3 +221,21 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(tmp_path
                         await sleeper.recv()
             assert sleeper.close_code == 1013
             await writer.wait_acked(CAL, timeout=20)  # the writer was never held up
+
+
+async def test_an_update_that_overtook_what_it_builds_on_is_asked_for_again_not_refused(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        async with WireClient(relay.url, actor="desk") as desk:
+            await desk.open(CAL)
+            await desk.wait_synced(CAL)
+            replica = desk.replica(CAL)
+            rid = replica.calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z",
+                                        patient="P-1", now=NOW).id
+            replica.calendar.edit(rid, note="second", now=NOW)
+            _first, second = replica.take_changes()
+            assert desk.ws is not None
+            await desk.ws.send(desk.session.update(CAL, second.update))  # the edit, without the booking
+            await desk.wait_acked(CAL)  # the relay asked again (STEP1) and stored both from the answer
+            assert not desk.closed.is_set()
+            assert (await relay.calendar(CAL)).get(rid).note == "second"
+            assert 'accord_updates_dropped_total{reason="missing_dependency"} 1' in relay.render_metrics()
