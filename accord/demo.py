@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from accord.engine.errors import ExitCode
 from accord.relay.process import RelayProcess
 from accord.terminal.client import Terminal
 from accord.terminal.format import reservation_table
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and not os.environ.get("ACCORD_DEMO_KEEP"):
             shutil.rmtree(folder, ignore_errors=True)
     say(f"({time.monotonic() - started:.1f} s)")
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.ERROR
