@@ -182,13 +182,7 @@ class Decider:
                     continue
                 last = max(found, key=lambda v: v.seq)
                 again = replace(last, relay_id=self.relay_id, epoch=self.epoch, seq=last.seq + 1)
-                encoded = again.sign(self.key)
-                entry_key = again.entry_key(encoded)
-                self.sink[entry_key] = encoded
-                self._fresh[rid] = (again.request, DecisionState(
-                    Decision(again.outcome) if again.request == request_digest(rid, fields) else None, again.booked,
-                    again.outcome == Decision.RELEASED, again.reason, again.conflict_with, self.relay_id, again.seq),
-                    entry_key)
+                self._store(rid, again, current=again.request == request_digest(rid, fields))
 
     def still_home(self) -> bool:
         """False once the calendar's records name another home (a merge with another home's
@@ -235,7 +229,7 @@ class Decider:
                         continue
                     decided = self._state(rid, fields)
                     self._sync_slot(rid, fields, decided)
-                    if needs_decision(fields, decided) or needs_release(fields, decided):
+                    if _needs_writing(fields, decided):
                         found.append((rid, fields, decided))
                 found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
                 made.extend(self._decide_each(found, now, stamp))
@@ -249,8 +243,7 @@ class Decider:
         self._queue.clear()
         everything = self.calendar.all_fields()
         states = self._load_index(everything)
-        found = [(rid, fields, states[rid]) for rid, fields in everything.items()
-                 if needs_decision(fields, states[rid]) or needs_release(fields, states[rid])]
+        found = [(rid, fields, states[rid]) for rid, fields in everything.items() if _needs_writing(fields, states[rid])]
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
         if not found:
             return []
@@ -391,12 +384,17 @@ class Decider:
         verdict = Verdict(self.calendar.name, rid, request_digest(rid, fields), str(decision.outcome), booked,
                           str(decision.reason), decision.conflict_with, self.relay_id, self.epoch, stamp,
                           decided.seq + 1)
+        self._store(rid, verdict, current=True)
+
+    def _store(self, rid: str, verdict: Verdict, *, current: bool) -> None:
+        """Sign ``verdict``, write it to the sink, and remember it until the calendar has it
+        (``current``: it decides the reservation's request as it stands now)."""
         encoded = verdict.sign(self.key)
         entry_key = verdict.entry_key(encoded)
         self.sink[entry_key] = encoded
         self._fresh[rid] = (verdict.request, DecisionState(
-            Decision(decision.outcome), booked, decision.outcome is Decision.RELEASED, str(decision.reason),
-            decision.conflict_with, self.relay_id, verdict.seq), entry_key)
+            Decision(verdict.outcome) if current else None, verdict.booked, verdict.outcome == Decision.RELEASED,
+            verdict.reason, verdict.conflict_with, verdict.relay_id, verdict.seq), entry_key)
 
     def _sync_slot(self, rid: str, fields: Mapping[str, Any] | None, decided: DecisionState) -> None:
         """Make the index hold exactly the slot this reservation occupies now (if any)."""
@@ -415,6 +413,11 @@ class Decider:
                 slots = self._slots[slot[0]] = ResourceSlots()
             slots.add(slot[1], slot[2], rid)
             self._occupied[rid] = slot
+
+
+def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:
+    """True if the home owes this reservation a verdict: a decision, or a release."""
+    return needs_decision(fields, decided) or needs_release(fields, decided)
 
 
 def _fields(entry: Map[Any]) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ records later name this relay (a handover), it starts deciding.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,17 @@ from .pipeline import CommitPipeline
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class _Deciding:
+    """A calendar this relay decides. Its decider writes verdicts into a document of its own
+    (``sink``); what is captured there is stored before the calendar, and so any reader, gets
+    it: no decision leaks uncommitted."""
+
+    decider: Decider
+    sink: Doc[Any]
+    captured: list[bytes]
+
+
 class Home:
     """Decides bookings for the calendars matching ``globs``.
 
@@ -48,10 +60,7 @@ class Home:
         self.pipeline = pipeline
         self.metrics = metrics
         self.hold_ttl = timedelta(seconds=hold_ttl_s) if hold_ttl_s else None
-        self._deciders: dict[CalendarId, Decider] = {}
-        # Each decider writes its verdicts into a document of its own; what is captured there is
-        # stored before the calendar (and so any reader) gets it: no decision leaks uncommitted.
-        self._withheld: dict[CalendarId, tuple[Doc[Any], list[bytes]]] = {}
+        self._deciding: dict[CalendarId, _Deciding] = {}
         self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
 
     def is_home_of(self, calendar: str) -> bool:
@@ -60,7 +69,7 @@ class Home:
 
     def is_deciding(self, calendar: str) -> bool:
         """True while this relay decides ``calendar`` (it is the recorded home, and loaded)."""
-        return calendar in self._deciders
+        return calendar in self._deciding
 
     async def calendar_loaded(self, handle: CalendarHandle) -> None:
         if self.is_home_of(handle.name):
@@ -76,11 +85,10 @@ class Home:
         except NotHome as exc:
             self._refuse(handle, exc)
             return
-        self._withheld[handle.name] = (sink, captured)
         self.not_home.pop(handle.name, None)
-        self._deciders[handle.name] = decider
+        deciding = self._deciding[handle.name] = _Deciding(decider, sink, captured)
         log.info("deciding as home", extra={"calendar": handle.name, "epoch": decider.epoch})
-        self._record(handle, decider.decide_all_pending(datetime.now(UTC)))
+        self._record(handle, deciding, decider.decide_all_pending(datetime.now(UTC)))
 
     def _refuse(self, handle: CalendarHandle, exc: NotHome) -> None:
         if handle.name not in self.not_home:
@@ -88,49 +96,45 @@ class Home:
                         extra={"calendar": handle.name, "home": exc.home, "epoch": exc.epoch, "reason": str(exc)})
             self.metrics.home_conflicts[handle.name] = 1
         self.not_home[handle.name] = exc
-        self.pipeline.submit_local(handle)  # nothing decided, but keep the store in step with the document
+
+    def _stop(self, name: CalendarId) -> None:
+        deciding = self._deciding.pop(name, None)
+        if deciding is not None:
+            deciding.decider.close()
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
-        decider = self._deciders.pop(handle.name, None)
-        if decider is not None:
-            decider.close()
-        self._withheld.pop(handle.name, None)
+        self._stop(handle.name)
 
     def batch_stored(self, handles: list[CalendarHandle]) -> None:
         """Decide the requests that just became durable here (and notice a change of home)."""
         now = datetime.now(UTC)
         for handle in handles:
-            decider = self._deciders.get(handle.name)
-            if decider is None:
+            deciding = self._deciding.get(handle.name)
+            if deciding is None:
                 if handle.name in self.not_home and handle.replica.calendar.home == self.relay_id:
                     self._take(handle)  # handed over to this relay
                 continue
-            if not decider.still_home():
-                decider.close()
-                del self._deciders[handle.name]
-                self._withheld.pop(handle.name, None)
+            if not deciding.decider.still_home():
+                self._stop(handle.name)
                 home = handle.replica.calendar.home_record
                 self._refuse(handle, NotHome(handle.name, home.relay_id if home else "?", home.epoch if home else 0))
                 continue
-            self._record(handle, decider.decide_queued(now))
+            self._record(handle, deciding, deciding.decider.decide_queued(now))
 
     def warnings(self) -> list[str]:
         """One line per --home calendar this relay does not decide (for /healthz)."""
         return [f"not home of {name}: {exc}" for name, exc in sorted(self.not_home.items())]
 
-    def _record(self, handle: CalendarHandle, made: list[DecisionMade]) -> None:
+    def _record(self, handle: CalendarHandle, deciding: _Deciding, made: list[DecisionMade]) -> None:
         for decision in made:
             self.metrics.decisions[str(decision.outcome)] += 1
             log.info("booking decided", extra={"calendar": handle.name, "reservation": decision.reservation_id,
                                                "outcome": str(decision.outcome), "reason": decision.reason or "-",
                                                "conflict_with": decision.conflict_with or "-"})
         self.pipeline.submit_local(handle)  # the home record, written to the calendar itself
-        withheld = self._withheld.get(handle.name)
-        decider = self._deciders.get(handle.name)
-        if withheld is not None and decider is not None:
-            updates, withheld[1][:] = list(withheld[1]), []
-            for update in updates:  # the verdicts: stored, then applied and forwarded
-                self.pipeline.submit_withheld(handle, update, decider.origin)
+        updates, deciding.captured[:] = list(deciding.captured), []
+        for update in updates:  # the verdicts: stored, then applied and forwarded
+            self.pipeline.submit_withheld(handle, update, deciding.decider.origin)
 
 
 async def load_relay_key(storage: Storage) -> RelayKey:

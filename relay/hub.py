@@ -52,8 +52,8 @@ class Hub:
 
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
                  *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int,
-                 is_home_of: Callable[[str], bool] = lambda _calendar: False) -> None:
-        self.is_home_of = is_home_of
+                 is_deciding: Callable[[str], bool] = lambda _calendar: False) -> None:
+        self.is_deciding = is_deciding  # this relay decides the calendar (its recorded home)
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
@@ -129,7 +129,7 @@ class Hub:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
-        presence.clear(connection, self.calendars.loaded)  # type: ignore[arg-type]
+        presence.clear(connection, self.calendars.loaded)
         for name in connection.calendars():
             handle = self.calendars.loaded.get(name)
             if handle is not None:
@@ -196,7 +196,7 @@ class Hub:
         """Check, apply and queue one update for commit (then forward and acknowledge)."""
         self.metrics.updates_in += 1
         refusal = self.admission.check_update(connection.kind, connection.grant, handle, update,
-                                              home_here=self.is_home_of(handle.name))
+                                              home_here=self.is_deciding(handle.name))
         if refusal is IGNORED:
             return
         if refusal is RESYNC:

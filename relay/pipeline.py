@@ -46,6 +46,13 @@ class _Item:
     state_vector: bytes
     withheld: tuple[bytes, object] | None = None  # (update, origin): applied to the replica only once stored
 
+    @property
+    def row(self) -> bytes | None:
+        """The update this item stores (None: an acknowledgement only)."""
+        if self.withheld is not None:
+            return self.withheld[0]
+        return self.change.update if self.change is not None else None
+
 
 class CommitPipeline:
     """Persist, then forward and acknowledge, in arrival order (see module docstring)."""
@@ -100,8 +107,7 @@ class CommitPipeline:
 
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
-            for hook in self.change_hooks:
-                hook(item.handle, item.change)
+            self._observe(item.handle, item.change)
         self._idle.clear()
         self.busy.add(item.handle.name)
         self._queue.put_nowait(item)
@@ -162,8 +168,7 @@ class CommitPipeline:
             self.notice.notify()
 
     async def _commit(self, batch: list[_Item]) -> None:
-        rows = [(item.handle.name, item.change.update if item.change is not None else item.withheld[0])  # type: ignore[index]
-                for item in batch if item.change is not None or item.withheld is not None]
+        rows = [(item.handle.name, row) for item in batch if (row := item.row) is not None]
         seqs: list[int] = []
         if rows:
             started = time.perf_counter()
@@ -175,18 +180,17 @@ class CommitPipeline:
         for item in batch:
             handle = item.handle
             touched[handle.name] = handle
-            if item.withheld is not None:
-                item.change = self._apply_withheld(handle, *item.withheld)
-                if item.change is None:  # nothing new after all: its row is stored, nothing to forward
-                    handle.last_seq = seqs[index]
-                    handle.rows_in_log += 1
-                    index += 1
-                    continue
-            if item.change is not None:
+            if item.row is not None:
                 handle.rows_in_log += 1
                 handle.last_seq = seqs[index]
-                handle.committed = item.change.state_vector
                 index += 1
+            if item.withheld is not None:  # stored now: apply it (None if it brought nothing new)
+                update, origin = item.withheld
+                item.change = handle.replica.apply(update, origin=origin)
+                if item.change is not None:
+                    self._observe(handle, item.change)
+            if item.change is not None:
+                handle.committed = item.change.state_vector
                 self._forward(handle, item.change.update, item.origin)
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
@@ -199,12 +203,9 @@ class CommitPipeline:
             if self.compaction.should_compact(handle.rows_in_log):
                 await self._compact(handle)
 
-    def _apply_withheld(self, handle: CalendarHandle, update: bytes, origin: object) -> Change | None:
-        change = handle.replica.apply(update, origin=origin)
-        if change is not None:
-            for hook in self.change_hooks:
-                hook(handle, change)
-        return change
+    def _observe(self, handle: CalendarHandle, change: Change) -> None:
+        for hook in self.change_hooks:
+            hook(handle, change)
 
     def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None) -> None:
         """Send ``update`` to every subscriber but its origin, framed once per framing."""

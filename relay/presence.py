@@ -8,7 +8,10 @@ their awareness timeout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from accord.engine.model import CalendarId
 
 from .calendars import CalendarHandle
 
@@ -23,7 +26,7 @@ def broadcast(handle: CalendarHandle, payload: bytes, *, sender: Connection | No
             other.send(other.session.awareness(handle.name, payload))
 
 
-def clear(connection: Connection, loaded: dict[str, CalendarHandle]) -> None:
+def clear(connection: Connection, loaded: Mapping[CalendarId, CalendarHandle]) -> None:
     """Tell the others that every presence entry ``connection`` announced is gone."""
     for calendar, payload in connection.session.awareness_gone():
         handle = loaded.get(calendar)

@@ -133,7 +133,7 @@ class Relay:
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages)
         home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
                     hold_ttl_s=config.hold_ttl_s)
-        hub.is_home_of = home.is_deciding
+        hub.is_deciding = home.is_deciding
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
