@@ -34,6 +34,9 @@ from .protocol import write_var_uint
 from .yjs_update import read_id
 
 _MAX_CLOCK = 0xFFFFFFFF
+PLAIN_FIELD_BYTES = 128  # longest value of a reservation field the grammar passes (the shortest field limit)
+PLAIN_KEY_BYTES = 255  # longest root entry key it passes (update_policy.MAX_ENTRY_KEY_BYTES)
+PLAIN_ENTRY_BYTES = 4096  # longest verdict or home record it passes (update_policy.MAX_ENTRY_BYTES)
 _ROOTS = {b"reservations": 0, b"verdicts": 1, b"homes": 2}  # the set-once roots, by code
 _MAP_ITEM = 0x27  # a map item written under a key without origins: ContentType, parentSub flag
 _VALUE_ITEM = 0x28  # a value written under a key without origins: ContentAny, parentSub flag
@@ -112,9 +115,12 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
             if info in (_MAP_ITEM, _VALUE_ITEM):
                 parent_info = data[pos]
                 pos += 1
+                longest = PLAIN_ENTRY_BYTES if parent_info == 1 else PLAIN_FIELD_BYTES
                 if parent_info == 1:  # a root entry
                     name, pos = _read_bytes(data, pos)
                     key, pos = _read_bytes(data, pos)
+                    if len(key) > PLAIN_KEY_BYTES:
+                        return None
                     root = _ROOTS.get(name, -1)
                     if root < 0 or key in keys[root] or (root, key) in entries:
                         return None
@@ -129,6 +135,8 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                 elif parent_info == 0 and info == _VALUE_ITEM:  # a key of a nested map
                     parent_client, parent_clock, pos = read_id(data, pos, own, client)
                     key, pos = _read_bytes(data, pos)
+                    if len(key) > PLAIN_FIELD_BYTES - 1:
+                        return None
                     field = FIELD_CODES.get(key, Field.OTHER)
                     if field == Field.RETIRED:
                         return None
@@ -152,6 +160,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                 else:
                     return None
             elif info in _OVERWRITE_ITEMS:
+                longest = PLAIN_FIELD_BYTES
                 origin_client, origin_clock, pos = read_id(data, pos, own, client)
                 if origin_clock >= seen.get(origin_client, 0):
                     return None
@@ -164,7 +173,7 @@ def _read(index: PlaceIndex, data: bytes) -> PlainUpdate | None:
                     return None
             else:
                 return None
-            pos = _skip_value(data, pos, info == _MAP_ITEM)
+            pos = _skip_value(data, pos, info == _MAP_ITEM, longest)
             if pos < 0:
                 return None
             codes.append(code)
@@ -190,13 +199,16 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:end], end
 
 
-def _skip_value(data: bytes, pos: int, is_map: bool) -> int:
-    """The position after a map's content or a one-string value; -1 for any other content."""
+def _skip_value(data: bytes, pos: int, is_map: bool, longest: int) -> int:
+    """The position after a map's content or a one-string value of at most ``longest`` bytes;
+    -1 for any other content (the full rules judge longer values by their field's limit)."""
     if is_map:
         return pos + 1 if data[pos] == _MAP_TYPE else -1
     if data[pos] != 1 or data[pos + 1] != ANY_STRING:
         return -1
     length, pos = read_var_uint(data, pos + 2)
+    if length > longest:
+        return -1
     pos += length
     if pos > len(data):
         raise IndexError

@@ -63,10 +63,11 @@ from .calendar import HOLD_TTL_KEY, read_hold_ttl
 from .clock_runs import ClockRuns
 from .errors import MalformedMessage
 from .item_places import PlaceIndex
-from .lib0 import read_any, read_var_string, read_var_uint
+from .lib0 import read_any, read_var_string, read_var_uint, skip_any
 from .map_order import mark_is_present
 from .model import MAX_LENGTHS, RESOURCE_ID
 from .place_codes import (
+    DEEPER,
     ENTRY,
     FIELD,
     LAYOUT_ROOTS,
@@ -85,6 +86,14 @@ from .plain_updates import PlainUpdate, read_plain
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
 
 MAX_CAPACITY = 1000
+FIELD_CHARS: dict[bytes, int] = {**{key.encode(): limit for key, limit in MAX_LENGTHS.items()},
+                                 b"cancel_reason": MAX_LENGTHS["reason"]}
+"""Longest string (characters) each reservation field holds: the engine's own table."""
+OTHER_FIELD_CHARS = max(MAX_LENGTHS.values())
+"""Longest string in any other field (and in a field an overwrite does not name)."""
+MAX_KEY_BYTES = 127  # a field's key (UTF-8 bytes)
+MAX_ENTRY_KEY_BYTES = 255  # a root entry's key: a reservation id, verdict, home or receipt key
+MAX_ENTRY_BYTES = 4096  # a verdict, home record or receipt value; a string in resources or meta
 _SHOWN = 128  # characters of a root name or key a violation keeps (they come from the sender)
 _FIELD_NAMES = {**{int(Field[key.upper()]): key for key in MARK_KEYS}, Field.RETIRED: "decision",
                 Field.NAME: "name", Field.CAPACITY: "capacity"}
@@ -103,6 +112,8 @@ class Category(enum.StrEnum):
     UNKNOWN_ROOT = "unknown-root"  # a root the layout does not have
     NOT_A_MAP_ENTRY = "not-a-map-entry"  # list content (no key) in a layout root
     MISSING_DEPENDENCY = "missing-dependency"  # names, deletes or skips items the relay has not seen
+    TOO_LARGE = "too-large"  # a value or key past its limit (FIELD_CHARS, MAX_ENTRY_BYTES, ...)
+    NOT_PLAIN = "not-plain"  # a reservation field holding a nested type, bytes or text content
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +187,17 @@ class UpdatePolicy:
             return []
         return self.judge(update, first_only=first_only)
 
+    def new_entries(self, update: bytes, root: int) -> int:
+        """How many entries ``update`` would add to the root map with code ``root`` (for quotas).
+
+        Raises:
+            MalformedMessage: as :meth:`violations`.
+        """
+        plan = self._read_plain(update)
+        entries = plan.entries if plan is not None else self.index.place(update)[0].entries
+        known = self.index.keys.get(root, {})
+        return len({key for code, key in entries if code == root and key is not None and key not in known})
+
     def _read_plain(self, update: bytes) -> PlainUpdate | None:
         cached = self._plain
         if cached is not None and (cached[0] is update or cached[0] == update):
@@ -195,6 +217,8 @@ class UpdatePolicy:
             for struct, start, code in placement.items:
                 if code not in clean:
                     review.judge_item(struct, start, code)
+                else:
+                    review.check_size(struct, start, code)
             for client, clock, length in deletes:
                 review.judge_deletion(client, clock, clock + length)
             review.judge_marks(deletes)
@@ -255,8 +279,9 @@ class _Review:
         entry, depth, field = code >> 8, (code >> 6) & 3, code & 63
         root = self.index.root_of(entry, self.placement)
         key = self.index.key_of(entry, self.placement)
+        self.check_size(struct, start, code)
         if root == RESERVATIONS and depth != ENTRY and field in (Field.OTHER, Field.KEYLESS) and key is not None:
-            self.clean.add(code)  # request keys are free
+            self.clean.add(code)  # request keys are free (within their limits: check_size)
             return
         own_key = _shown(struct[11]) if struct[11] is not None and depth == FIELD else ""
         outside = _outside_the_public_layout(root, key)
@@ -290,6 +315,41 @@ class _Review:
                     self.born_deleted.add((client, start))
         elif entry < self.placement.entry_base:  # inside an existing verdict or home
             self.add(Category.ENTRY_OVERWRITTEN, code, "", client, start)
+
+    def check_size(self, struct: Struct, start: int, code: int) -> None:
+        """Keys and values within their limits; reservation fields hold plain values only
+        (strings, numbers, booleans, null: what terminals and the board write)."""
+        ref = struct[3]
+        if ref == DELETED or code < 0:
+            return
+        depth = (code >> 6) & 3
+        own_key = struct[11]
+        root = self.index.root_of(code >> 8, self.placement)
+        if own_key is not None and len(own_key) > (MAX_ENTRY_KEY_BYTES if depth == ENTRY else MAX_KEY_BYTES):
+            self.add(Category.TOO_LARGE, code, "key", struct[0], start)
+        if root == RESERVATIONS and depth != ENTRY:
+            if depth == DEEPER or ref != ANY:
+                self.add(Category.NOT_PLAIN, code, "", struct[0], start)
+                return
+            try:
+                value = _single_value(self.data, ref, struct[12])
+            except MalformedMessage:  # not UTF-8: Yrs refuses the whole update when it is applied
+                return
+            if value is _NOT_ONE or isinstance(value, dict | list | bytes):
+                self.add(Category.NOT_PLAIN, code, "", struct[0], start)
+            elif isinstance(value, str):
+                limit = FIELD_CHARS.get(own_key, OTHER_FIELD_CHARS) if own_key is not None else OTHER_FIELD_CHARS
+                if len(value) > limit:
+                    self.add(Category.TOO_LARGE, code, _shown(own_key) if own_key is not None else "", struct[0], start)
+        elif ref in (ANY, STRING):
+            try:
+                size = _content_bytes(self.data, ref, struct[12])
+            except MalformedMessage:  # not UTF-8: Yrs refuses the whole update when it is applied
+                return
+            if size > MAX_ENTRY_BYTES:
+                self.add(Category.TOO_LARGE, code, "", struct[0], start)
+        elif ref != TYPE:  # bytes, embeds, formats, sub-documents: no layout root holds them
+            self.add(Category.NOT_PLAIN, code, "", struct[0], start)
 
     def _check_hold_ttl(self, struct: Struct, start: int, code: int) -> None:
         """``meta.hold_ttl`` is whole seconds, 60 to 30 days (see engine.calendar.read_hold_ttl)."""
@@ -424,6 +484,20 @@ def _single_value(data: bytes, ref: int, content: int) -> object:
 
 
 _NOT_ONE = object()
+
+
+def _content_bytes(data: bytes, ref: int, content: int) -> int:
+    """How many bytes an item's string or ``any`` content takes in the update."""
+    try:
+        if ref == STRING:
+            length, pos = read_var_uint(data, content)
+            return length + pos - content
+        count, pos = read_var_uint(data, content)
+        for _ in range(count):
+            pos = skip_any(data, pos)
+        return pos - content
+    except (IndexError, ValueError, OverflowError, UnicodeDecodeError):  # the scan read it: cannot happen
+        raise MalformedMessage("not a Yjs update: unreadable value") from None
 
 
 def _first_uncovered(runs: ClockRuns | None, start: int, end: int) -> int | None:

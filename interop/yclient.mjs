@@ -11,7 +11,8 @@
 //       what a hostile (or buggy) writer with an ordinary write token can do through the plain Yjs
 //       API, once reservation ID is in the document: HOW is uncancel (delete its cancelled_at),
 //       blank-mark (set cancelled_at to ""), delete (delete the reservation), replace (a fresh
-//       Y.Map under its id), capacity (set resources.room-1.capacity to 1000). Then wait for the
+//       Y.Map under its id), capacity (set resources.room-1.capacity to 1000), bignote (a 5 MiB note),
+//       text-note (a Y.Text as the note). Then wait for the
 //       relay to close the connection (an "error" event with its close code) or for a fresh client
 //       to receive the change ("flushed": the relay accepted it).
 //   node yclient.mjs awareness --url ... --calendar ... [--token T] --name ME --expect OTHER
@@ -173,7 +174,9 @@ const ATTACKS = {
     const resources = doc.getMap('resources')
     if (!(resources.get('room-1') instanceof Y.Map)) resources.set('room-1', new Y.Map())
     resources.get('room-1').set('capacity', 1000)
-  }
+  },
+  bignote: (doc, entry) => entry.set('note', 'x'.repeat(5 * 1024 * 1024)),
+  'text-note': (doc, entry) => entry.set('note', new Y.Text('a Y.Text where a string belongs'))
 }
 
 async function runAttack () {
@@ -198,7 +201,9 @@ async function runAttack () {
     'blank-mark': d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && v.get('cancelled_at') === '' },
     delete: d => !d.getMap('reservations').has(opts.reservation),
     replace: d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && v.get('note') === 'replaced' },
-    capacity: d => { const r = d.getMap('resources').get('room-1'); return r instanceof Y.Map && r.get('capacity') === 1000 }
+    capacity: d => { const r = d.getMap('resources').get('room-1'); return r instanceof Y.Map && r.get('capacity') === 1000 },
+    bignote: d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && (v.get('note') || '').length > 2000 },
+    'text-note': d => { const v = d.getMap('reservations').get(opts.reservation); return v instanceof Y.Map && v.get('note') instanceof Y.Text }
   }[opts.how]
   await when(check.doc, () => changed(check.doc))
   emit({ event: 'flushed', how: opts.how })

@@ -27,13 +27,15 @@ from websockets.http11 import Request
 
 from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName
 from accord.engine.model import CalendarId, check_calendar_name
+from accord.engine.place_codes import RESERVATIONS
 from accord.engine.protocol import covers, decode_state_vector
 from accord.engine.replica import Change
 from accord.engine.session import RELAY_HEADER, ROLE_HEADER, SYNC_PATH, parse_bearer
-from accord.engine.update_policy import Category, UpdatePolicy, Violation
+from accord.engine.update_policy import FIELD_CHARS, OTHER_FIELD_CHARS, Category, UpdatePolicy, Violation
 
 from .auth import Grant, Role, TokenBook
 from .calendars import CalendarHandle
+from .config import DEFAULT_MAX_CALENDAR_BYTES, DEFAULT_MAX_RESERVATIONS
 from .connection import Kind
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,15 @@ RESYNC = Refusal(CloseCode.NORMAL, "update builds on data this relay lacks: drop
 class Admission:
     """The relay's gatekeeper (see the module docstring)."""
 
-    def __init__(self, tokens: TokenBook) -> None:
+    def __init__(self, tokens: TokenBook, *, max_reservations: int = DEFAULT_MAX_RESERVATIONS,
+                 max_calendar_bytes: int = DEFAULT_MAX_CALENDAR_BYTES) -> None:
         self.tokens = tokens
+        self.max_reservations = max_reservations
+        self.max_calendar_bytes = max_calendar_bytes
         self._policies: dict[CalendarId, UpdatePolicy] = {}
+        # Per calendar: its state's size when its policy was built plus every change since (an
+        # upper bound: changes overlap less than they add; exact again after the next load).
+        self._bytes: dict[CalendarId, int] = {}
 
     # ---- connections ----------------------------------------------------------------------------
 
@@ -114,6 +122,9 @@ class Admission:
                 return IGNORED
             return Refusal(CloseCode.FORBIDDEN, "read-only token: writes are not accepted", "read_only")
         policy = self._policy(handle)
+        quota = self._over_quota(handle, policy, update)
+        if quota is not None:
+            return quota
         if not policy.might_violate(update):
             return None
         admin_ok = grant.role is Role.ADMIN or (kind is Kind.PEER and not home_here)
@@ -130,10 +141,12 @@ class Admission:
         policy = self._policies.get(handle.name)
         if policy is not None:
             policy.observe(change.update)
+            self._bytes[handle.name] += len(change.update)
 
     def forget(self, handle: CalendarHandle) -> None:
         """The calendar left memory: drop its index."""
         self._policies.pop(handle.name, None)
+        self._bytes.pop(handle.name, None)
 
     @staticmethod
     def _is_redundant(handle: CalendarHandle, update: bytes) -> bool:
@@ -147,8 +160,23 @@ class Admission:
     def _policy(self, handle: CalendarHandle) -> UpdatePolicy:
         policy = self._policies.get(handle.name)
         if policy is None:
-            policy = self._policies[handle.name] = UpdatePolicy.from_update(handle.replica.full_state())
+            state = handle.replica.full_state()
+            policy = self._policies[handle.name] = UpdatePolicy.from_update(state)
+            self._bytes[handle.name] = len(state)
         return policy
+
+    def _over_quota(self, handle: CalendarHandle, policy: UpdatePolicy, update: bytes) -> Refusal | None:
+        """A refusal if applying ``update`` would take the calendar past a quota."""
+        if self._bytes[handle.name] + len(update) > self.max_calendar_bytes:
+            return Refusal(CloseCode.FORBIDDEN, f"calendar is full: it may hold {self.max_calendar_bytes >> 20} MiB "
+                                                "(relay limit --max-calendar-mb)", "calendar_bytes")
+        held = len(handle.replica.calendar.reservations)
+        # A new reservation takes more than 16 bytes of an update: count them only when it matters.
+        if held + len(update) // 16 > self.max_reservations and \
+                held + policy.new_entries(update, RESERVATIONS) > self.max_reservations:
+            return Refusal(CloseCode.FORBIDDEN, f"calendar is full: it may hold {self.max_reservations} reservations "
+                                                "(relay limit --max-reservations)", "calendar_full")
+        return None
 
 
 REASONS = {
@@ -161,6 +189,8 @@ REASONS = {
     Category.INVALID_VALUE: "invalid value (resource id, name, capacity 1-1000, hold_ttl 60-2592000 s, receipt)",
     Category.UNKNOWN_ROOT: "not part of an accord calendar",
     Category.NOT_A_MAP_ENTRY: "not part of an accord calendar",
+    Category.TOO_LARGE: "a key or value is longer than its limit",
+    Category.NOT_PLAIN: "reservation fields hold plain values (text, numbers), not nested types or bytes",
 }
 
 
@@ -174,4 +204,8 @@ def _refusal(violation: Violation) -> Refusal:
         # builds on together, judged as one.
         return RESYNC
     where = f" ({violation.root}{'/' + violation.field if violation.field else ''})" if violation.root else ""
-    return Refusal(CloseCode.FORBIDDEN, REASONS[violation.category] + where, metric)
+    reason = REASONS[violation.category]
+    if violation.category is Category.TOO_LARGE and violation.root == "reservations" and violation.field != "key":
+        limit = FIELD_CHARS.get(violation.field.encode(), OTHER_FIELD_CHARS)
+        reason = f"a reservation field holds at most {limit} characters"
+    return Refusal(CloseCode.FORBIDDEN, reason + where, metric)

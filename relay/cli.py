@@ -12,7 +12,7 @@ from pathlib import Path
 from accord import logs
 from accord.engine.errors import AccordError, ExitCode
 
-from .config import RelayConfig
+from .config import DEFAULT_MAX_CALENDAR_BYTES, DEFAULT_MAX_RESERVATIONS, RelayConfig
 from .server import Relay
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hold TTL for calendars that set none: as home, reject pending bookings that first "
                              "reached a relay more than SECONDS ago (by that relay's clock); as any relay, stamp "
                              "its clients' requests with receipts. Set it on every relay, or per calendar with "
-                             "'accord terminal setting hold-ttl'")
+                             "'accord terminal hold-ttl'")
     parser.add_argument("--tokens", type=Path, default=None, metavar="FILE",
                         help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, admin, peer, read-only")
     parser.add_argument("--insecure-open", action="store_true",
                         help="allow listening on a non-loopback address without --tokens")
     parser.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024, help="largest accepted message")
     parser.add_argument("--max-connections", type=int, default=1000, help="connections beyond this are refused")
+    parser.add_argument("--max-reservations", type=_positive_int, default=DEFAULT_MAX_RESERVATIONS, metavar="N",
+                        help=f"reservations one calendar may hold; writes that would add more are refused "
+                             f"(default {DEFAULT_MAX_RESERVATIONS:,})")
+    parser.add_argument("--max-calendar-mb", type=_positive_int, default=DEFAULT_MAX_CALENDAR_BYTES >> 20, metavar="MB",
+                        help=f"state one calendar may hold, in MiB; writes past it are refused "
+                             f"(default {DEFAULT_MAX_CALENDAR_BYTES >> 20})")
     parser.add_argument("--idle-unload", type=float, default=300.0, metavar="SECONDS",
                         help="unload calendars nobody used for this long (default 300)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
         tokens_path=args.tokens, insecure_open=args.insecure_open, hold_ttl_s=args.hold_ttl,
         max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
-        idle_unload_s=args.idle_unload,
+        idle_unload_s=args.idle_unload, max_reservations=args.max_reservations,
+        max_calendar_bytes=args.max_calendar_mb << 20,
     )
     try:
         return asyncio.run(serve_until_signalled(config, args.port_file))

@@ -9,6 +9,8 @@ from pathlib import Path
 from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 MEMORY_DB = ":memory:"
+DEFAULT_MAX_RESERVATIONS = 1_000_000
+DEFAULT_MAX_CALENDAR_BYTES = 1 << 30
 
 
 def utc_now() -> datetime:
@@ -30,6 +32,8 @@ class RelayConfig:
         home_globs: calendars this relay decides bookings for.
         tokens_path: token file; without one the relay is open and only listens on loopback
             unless ``insecure_open``.
+        max_reservations, max_calendar_bytes: per-calendar quotas; a write that would pass one
+            is refused (the calendar stays as it was, readable by everyone).
         hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
             pending bookings that first reached a relay longer ago than this; as any relay,
             stamp the requests of its clients with receipts (see :mod:`accord.engine.receipts`).
@@ -48,6 +52,8 @@ class RelayConfig:
     hold_ttl_s: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000
+    max_reservations: int = DEFAULT_MAX_RESERVATIONS
+    max_calendar_bytes: int = DEFAULT_MAX_CALENDAR_BYTES
     outbox_messages: int = 4096
     idle_unload_s: float = 300.0
     compact_rows: int = 1000

@@ -85,7 +85,8 @@ class Relay:
                 f"refusing to listen on {config.host} without --tokens: anyone could read patient data; "
                 "give --tokens FILE, or --insecure-open if this network is trusted"
             )
-        self.admission = Admission(self.tokens)
+        self.admission = Admission(self.tokens, max_reservations=config.max_reservations,
+                                   max_calendar_bytes=config.max_calendar_bytes)
         self.notice = Notice()
         self.port = config.port
         self._running: _Running | None = None

@@ -205,3 +205,32 @@ async def test_a_stock_yjs_client_may_overwrite_a_mark_and_the_booking_stays_can
         assert run.code == 0, f"{run.events} {run.stderr[-2000:]}"
         run.first("flushed")
         assert str((await r1.calendar(CALENDAR)).get(made.id).status) == "cancelled"
+
+
+@pytest.mark.parametrize("how", ["bignote", "text-note"])
+async def test_a_stock_yjs_client_cannot_store_a_huge_or_nested_field_and_the_calendar_stays_pullable(
+        node_env: NodeEnv, tmp_path: Path, tokens: Path, how: str) -> None:
+    async with Relay(relay_config(tmp_path, tokens, "r1", home_globs=["clinic-*"])) as r1, \
+            WireClient(r1.url, token=DESK_TOKEN, actor="desk") as desk:
+        calendar = (await desk.open(CALENDAR)).calendar
+        made = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW)
+        await desk.push(CALENDAR)
+        await desk.wait_acked(CALENDAR)
+
+        run = await run_yclient(node_env, "attack", "--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
+                                "--reservation", made.id, "--how", how)
+
+        assert run.code == 1, f"the relay accepted the attack: {run.events} {run.stderr[-2000:]}"
+        assert run.first("error")["close_code"] == 4403
+        assert {"bignote": "a reservation field holds at most 2000 characters",
+                "text-note": "plain values"}[how] in run.first("error")["reason"]
+        reason = {"bignote": "too_large", "text-note": "not_plain"}[how]
+        assert f'accord_updates_dropped_total{{reason="{reason}"}}' in r1.render_metrics()
+        # A new stock client still pulls the calendar, and the note is what the desk wrote.
+        note = {"bignote": "fine", "text-note": "still fine"}[how]
+        calendar.edit(made.id, note=note, now=NOW)
+        await desk.push(CALENDAR)
+        edit = await run_yclient(node_env, "edit", "--url", r1.url, "--calendar", CALENDAR, "--token", DESK_TOKEN,
+                                 "--reservation", made.id, "--note", note + "!")
+        assert edit.code == 0, f"{edit.events} {edit.stderr[-2000:]}"
+        assert (await r1.calendar(CALENDAR)).get(made.id).note == note + "!"

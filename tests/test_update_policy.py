@@ -48,12 +48,12 @@ class Relay:
             replica.load([state])
         return cls(replica, UpdatePolicy.from_update(replica.full_state()))
 
-    def receive(self, update: bytes) -> list[Violation]:
-        """Check, then apply if nothing is broken (and observe the change it made). Every update
-        also checks the pre-check: it may pass only what the full check passes."""
+    def receive(self, update: bytes, allow: frozenset[Category] = frozenset()) -> list[Violation]:
+        """Check, then apply if nothing is broken but ``allow`` (and observe the change it made).
+        Every update also checks the pre-check: it may pass only what the full check passes."""
         found = self.policy.judge(update)
         assert found == [] or self.policy.might_violate(update)
-        if not found:
+        if categories(found) <= allow:
             change = self.replica.apply(update)
             if change is not None:
                 self.policy.observe(change.update)
@@ -599,20 +599,23 @@ def test_updates_naming_items_the_relay_has_not_seen_cannot_be_judged() -> None:
     assert relay.receive(desk.full_state()) == []
 
 
+TEXT = frozenset({Category.NOT_PLAIN})  # what the placement tests below let through
+
+
 def test_a_struct_over_what_the_relay_has_is_placed_from_the_clock_after() -> None:
     relay = Relay.start(1)
     desk, rid = booked(relay)
     note = Text("hello")
-    desk.calendar.reservations[rid]["note"] = note  # a stock client's note: a Y.Text in the map
+    desk.calendar.reservations[rid]["note"] = note  # a Y.Text in the map: refused by relays, but placed
     for change in pushed(desk):
-        assert relay.receive(change) == []
+        assert categories(relay.receive(change, TEXT)) == {Category.NOT_PLAIN}
     note += " world"
     desk.take_changes()
     # The desk's document squashed both inserts into one item, half of which the relay has.
     full = desk.full_state()
     text = next(struct for struct in UpdateReader(full).structs() if struct[3] == 4)
     assert text[2] == 11 and text[1] < relay.policy.index.seen[DESK_A] < text[1] + text[2]
-    assert relay.receive(full) == []
+    assert categories(relay.receive(full, TEXT)) == {Category.NOT_PLAIN}
     assert str(relay.replica.calendar.reservations[rid]["note"]) == "hello world"
 
 
@@ -621,7 +624,7 @@ def test_a_struct_over_what_the_relay_has_that_names_another_parent_is_malformed
     desk, rid = booked(relay)
     desk.calendar.reservations[rid]["note"] = Text("hello")
     for change in pushed(desk):
-        assert relay.receive(change) == []
+        assert categories(relay.receive(change, TEXT)) == {Category.NOT_PLAIN}
     text = next(struct for struct in UpdateReader(relay.replica.full_state()).structs() if struct[3] == 4)
     # The same clocks and one more, but under another root: Yrs would put the new part there.
     forged = update([(DESK_A, text[1], [item(4, text_content("hello!"), root="elsewhere")])])
@@ -967,3 +970,35 @@ def test_receipts_are_relay_only_and_set_once() -> None:
     peer.calendar.receipts[f"{rid}/other/relay-y"] = 12
     (number,) = pushed(peer)
     assert categories(relay.policy.violations(number)) == {Category.RELAY_ONLY, Category.INVALID_VALUE}
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "limit"), [("patient", 256), ("note", 2000), ("service", 128), ("anything", 2000)])
+def test_reservation_fields_are_held_to_the_engines_length_table(key: str, limit: int) -> None:
+    relay = Relay.start(1)
+    desk = desk_of(relay, DESK_A)
+    reservations = desk.calendar.reservations
+    reservations["r-fits"] = Map({key: "é" * limit})  # characters, not bytes
+    (fits,) = pushed(desk)
+    assert relay.receive(fits) == []
+    other = desk_of(relay, DESK_B)
+    other.calendar.reservations["r-long"] = Map({key: "é" * (limit + 1)})
+    (too_long,) = pushed(other)
+    assert categories(relay.receive(too_long)) == {Category.TOO_LARGE}
+    # An overwrite does not name its key: it is held to the longest limit.
+    reservations["r-fits"][key] = "x" * 2001
+    (overwrite,) = pushed(desk)
+    assert categories(relay.receive(overwrite)) == {Category.TOO_LARGE}
+
+
+def test_keys_and_entry_values_have_limits_too() -> None:
+    relay = Relay.start(1)
+    desk, rid = booked(relay)
+    desk.calendar.reservations[rid]["k" * 128] = "v"
+    desk.doc.get("verdicts", type=Map)["r/q/" + "s" * 300] = "v"
+    desk.doc.get("verdicts", type=Map)["r/q/s"] = "v" * 5000
+    long_key, long_entry_key, long_value = pushed(desk)
+    for change in (long_key, long_entry_key, long_value):
+        assert Category.TOO_LARGE in categories(relay.policy.violations(change))

@@ -124,16 +124,16 @@ class WireClient:
     async def wait_synced(self, calendar: str, timeout: float = 10.0) -> None:
         await self.wait_for(lambda: self.session.is_synced(calendar), timeout)
 
-    async def wait_acked(self, calendar: str, timeout: float = 10.0) -> None:
-        """Wait until the relay acknowledged this client's own writes (other clients' updates that
+    def is_acked(self, calendar: str) -> bool:
+        """True if the relay acknowledged every write of this client (other clients' updates that
         the relay forwarded are durable there already)."""
         replica = self.replica(calendar)
+        client_id = replica.doc.client_id
+        return covers(self.acked.get(calendar, {}), {client_id: replica.clocks().get(client_id, 0)})
 
-        def own() -> dict[int, int]:
-            client_id = replica.doc.client_id
-            return {client_id: replica.clocks().get(client_id, 0)}
-
-        await self.wait_for(lambda: covers(self.acked.get(calendar, {}), own()), timeout)
+    async def wait_acked(self, calendar: str, timeout: float = 10.0) -> None:
+        """Wait until :meth:`is_acked`."""
+        await self.wait_for(lambda: self.is_acked(calendar), timeout)
 
     async def _read(self) -> None:
         assert self.ws is not None
@@ -163,6 +163,10 @@ class WireClient:
     @property
     def close_code(self) -> int | None:
         return None if self.ws is None else self.ws.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return None if self.ws is None else self.ws.close_reason
 
 
 async def wait_for_any(clients: list[WireClient], condition: Callable[[], bool], timeout: float = 10.0,
