@@ -1,4 +1,4 @@
-"""Decisions per second at a home relay, and the cost of the relay's protected-key check.
+"""Decisions per second at a home relay, and the cost of the relay's update checks.
 
     .venv/bin/python benchmarks/decisions_bench.py            # 100k reservations on 100 resources
     .venv/bin/python benchmarks/decisions_bench.py --n 2000   # quick
@@ -11,7 +11,7 @@ Steps:
 2. the home relay loads them, starts a Decider and decides them all (start-up throughput);
 3. with those N in the index, M new requests arrive one update at a time; each is applied and
    decided with ``decide_queued`` (steady-state throughput, per decision);
-4. the relay's update checks: ``KeyIndex`` (before) and ``UpdatePolicy`` (the layout rules) built
+4. the relay's update checks: ``UpdatePolicy`` (the layout rules) built
    from the full state and from one with marks and edits (time, and the policy's memory), then microseconds per check of small
    updates, one after another as a relay gets them: a terminal's book, note edit and cancel, a
    verdict the home adds (as a peer relay checks it), a forged decision key and a forged
@@ -36,7 +36,6 @@ from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider
 from accord.engine.model import format_time
 from accord.engine.replica import Replica
-from accord.engine.update_keys import KeyIndex
 from accord.engine.update_policy import UpdatePolicy
 
 Built = TypeVar("Built")
@@ -134,7 +133,6 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
     """Step 4 (see the module docstring)."""
     full = home.full_state()
     print(f"full state of {reservations} reservations, each decided by the home (a signed verdict): {len(full) / 1e6:.1f} MB")
-    keys = _timed_build("KeyIndex", lambda: KeyIndex.from_update(full))
     policy = _timed_build("UpdatePolicy", lambda: UpdatePolicy.from_update(full))
     index = policy.index
     print(f"  UpdatePolicy holds {sum(len(r) for r in index.runs.values()):,} runs, {len(index.entry_keys):,} root entries, "
@@ -148,7 +146,6 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
           f"{len(index.marks):,} marks: {_index_bytes(other) / 2**20:.1f} MiB by sys.getsizeof")
 
     for change in home.take_changes():
-        keys.observe(change.update)
         policy.observe(change.update)
     terminal.apply(home.diff(terminal.state_vector()))
     terminal.take_changes()
@@ -176,7 +173,6 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
             sequence.append((name, change.update, _applier(home, change.update)))  # applied anyway: the rogue goes on
     check: dict[str, list[float]] = {}
     path: dict[str, list[float]] = {}
-    old: dict[str, list[float]] = {}
     flagged: dict[str, set[bool]] = {}
     sizes: dict[str, list[int]] = {}
     for name, update, apply in sequence:
@@ -185,11 +181,6 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
             policy._plain = None  # a cold check, not the check-then-observe cache
             found = policy.violations(update, first_only=True)
         check.setdefault(name, []).append((time.process_time() - started) / 20)
-        started = time.process_time()
-        for _ in range(20):
-            keys._last = None
-            keys.writes_protected(update)
-        old.setdefault(name, []).append((time.process_time() - started) / 20)
         flagged.setdefault(name, set()).add(bool(found))
         sizes.setdefault(name, []).append(len(update))
         policy._plain = None
@@ -200,13 +191,11 @@ def check_costs(home: Replica, terminal: Replica, reservations: int) -> None:
             started_ns = time.perf_counter_ns()
             policy.observe(made)
             spent += time.perf_counter_ns() - started_ns
-            keys.observe(made)
         path.setdefault(name, []).append(spent / 1e9)
-    print("per update, median µs: UpdatePolicy check (CPU) | check + observe (wall) | KeyIndex.writes_protected (CPU)")
+    print("per update, median µs: UpdatePolicy check (CPU) | check + observe (wall)")
     for name, per_update in check.items():
         print(f"  {name:17s} {statistics.mean(sizes[name]):4.0f} B  flagged={sorted(flagged[name])!s:7s} "
-              f"{statistics.median(per_update) * 1e6:6.1f} | {statistics.median(path[name]) * 1e6:6.1f} | "
-              f"{statistics.median(old[name]) * 1e6:6.1f}")
+              f"{statistics.median(per_update) * 1e6:6.1f} | {statistics.median(path[name]) * 1e6:6.1f}")
 
 
 def verdict_layout_state(n: int) -> bytes:
@@ -261,7 +250,7 @@ def _index_bytes(policy: UpdatePolicy) -> int:
     for runs in index.runs.values():
         total += sum(sys.getsizeof(part) for part in (runs, runs.starts, runs.ends, runs.codes, runs.deleted))
     total += sys.getsizeof(index.entry_keys) + sum(sys.getsizeof(key) for key in index.entry_keys)
-    total += sum(sys.getsizeof(keys) for keys in index.keys)  # the key bytes are the entry_keys'
+    total += sum(sys.getsizeof(keys) for keys in index.keys.values())  # the key bytes are the entry_keys'
     total += sys.getsizeof(index.marks) + sum(sys.getsizeof(units) + sys.getsizeof(units[0]) * len(units)
                                               for units in index.marks.values())
     return total

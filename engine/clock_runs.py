@@ -3,7 +3,6 @@
 A Yjs item ID is (client, clock), and one client's items take consecutive clocks, so a set of
 items is best kept per client as sorted runs of clocks. :class:`ClockRuns` holds one client's
 runs in flat arrays (25 bytes a run), each run with an integer code (what the items are: for
-:class:`engine.update_keys.KeyIndex` the protected key they were written under, for
 :class:`engine.update_policy.UpdatePolicy` the place in the document) and a deleted flag, and
 answers which run holds a clock with a binary search. Runs only grow at the end in the usual
 case (clocks only grow); out-of-order adds and deletions split runs as needed.

@@ -14,14 +14,12 @@ for the few values a caller wants to read); it then reads the delete set. It ref
 construct Yjs and Yrs read differently (legacy JSON content, XML hooks, 5-bit content refs, odd
 parent infos, two sections for one client) or that no encoder writes and Yrs would mishandle (a
 reference to a clock of the item's own client at or after the item), and trailing bytes, so that
-what a caller judged cannot be read by Yrs as something else. :func:`scan_update` is the older,
-narrower view :class:`engine.update_keys.KeyIndex` uses.
+what a caller judged cannot be read by Yrs as something else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from .errors import MalformedMessage
 from .lib0 import ANY_STRING, read_var_bytes, read_var_string, read_var_uint, skip_any, skip_var_bytes
@@ -226,63 +224,3 @@ def _read_delete_set(data: bytes, pos: int, deletes: list[tuple[int, int, int]])
                 raise MalformedMessage("not a Yjs update: deleted range out of range")
             deletes.append((client, clock, length))
     return pos
-
-
-# ---- the key-only view (engine.update_keys.KeyIndex) ------------------------------------------
-
-INHERITS = -1
-"""Key code of a candidate that has an origin: it writes the key its origins were written under."""
-
-Candidate = tuple[int, int, int, int, int, int, int, int]
-"""(client, clock, length, key code, origin client, origin clock, right client, right clock);
-a missing origin is (-1, -1). A plain tuple, since a full state holds one per map entry."""
-
-_NOT_WATCHED: Mapping[bytes, int] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class WatchedKeys:
-    """The map keys a scan reports, each as a positive key code (0 means not watched)."""
-
-    nested: Mapping[bytes, int]  # keys of maps nested in another type (e.g. each reservation)
-    roots: Mapping[bytes, Mapping[bytes, int]]  # keys of root maps, by root name
-
-
-@dataclass(slots=True)
-class UpdateScan:
-    """What :func:`scan_update` keeps of one update."""
-
-    # Items that write a watched key directly (a positive code) or may inherit one (INHERITS).
-    candidates: list[Candidate]
-    starts: dict[int, int]  # client -> clock of its first struct in this update
-    ends: dict[int, int]  # client -> clock after its last struct
-    deletes: list[tuple[int, int, int]]  # (client, clock, length)
-
-    def spans(self, client: int, clock: int) -> bool:
-        """True if this update has structs of ``client`` from before ``clock`` to after it."""
-        return self.starts.get(client, clock + 1) <= clock < self.ends.get(client, 0)
-
-
-def scan_update(data: bytes, keys: WatchedKeys) -> UpdateScan:
-    """The items of ``data`` that may write the watched ``keys``, the clock spans and the delete set.
-
-    Raises:
-        MalformedMessage: as :meth:`UpdateReader.structs`.
-    """
-    reader = UpdateReader(data)
-    candidates: list[Candidate] = []
-    nested, roots = keys.nested, keys.roots
-    for struct in reader.structs():
-        client, clock, length, ref, oc, ok, rc, rk, root, _pc, _pk, key, _content = struct
-        if ref == GC:
-            continue
-        if oc >= 0 or rc >= 0:
-            candidates.append((client, clock, length, INHERITS, oc, ok, rc, rk))
-        elif key is not None:
-            code = (nested if root is None else roots.get(root, _NOT_WATCHED)).get(key, 0)
-            if code:
-                candidates.append((client, clock, length, code, -1, -1, -1, -1))
-    spans = reader.spans
-    return UpdateScan(
-        candidates, {c: s[0] for c, s in spans.items()}, {c: s[1] for c, s in spans.items()}, reader.deletes
-    )
