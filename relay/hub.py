@@ -133,6 +133,9 @@ class Hub:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        sent = connection.websocket.protocol.close_sent
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:  # websockets' own --max-message-bytes check
+            self.metrics.updates_dropped["message_too_big"] += 1
         presence.clear(connection, self.calendars.loaded)
         for name in connection.calendars():
             handle = self.calendars.loaded.get(name)

@@ -131,6 +131,9 @@ async def test_oversized_frame_is_refused_with_1009(tmp_path: Path) -> None:
                     while True:
                         await bad.recv()
             assert bad.close_code == 1009
+            assert "exceeds limit of 65536 bytes" in (bad.close_reason or "")
+        await relay.wait_for(lambda: relay.metrics.updates_dropped["message_too_big"] == 1)
+        assert 'accord_updates_dropped_total{reason="message_too_big"} 1' in relay.render_metrics()
         async with WireClient(relay.url) as good:
             await good.open(CAL)
             await good.wait_synced(CAL)
