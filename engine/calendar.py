@@ -5,7 +5,7 @@ Layout of the document (shared with stock Yjs clients and the browser board):
 - ``reservations``: Map reservation id -> Map of fields (one key per field, so concurrent
   edits of different fields both survive; see :mod:`engine.model` for the three key groups);
 - ``resources``: Map resource id -> Map (``name``, ``capacity``);
-- ``meta``: calendar-level settings (``hold_ttl``);
+- ``meta``: calendar-level settings (``hold_ttl``, ``time_zone``);
 - ``homes``: set-once home records (who decides bookings, from which epoch; signed);
 - ``verdicts``: set-once signed decisions of the home (:mod:`engine.authority`);
 - ``receipts``: set-once relay receipts, when a request first reached a relay (:mod:`engine.receipts`).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,16 @@ from .model import (
 )
 
 HOLD_TTL_KEY = "hold_ttl"
+TIME_ZONE_KEY = "time_zone"
+TIME_ZONE_NAME = re.compile(r"UTC|[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
+"""An IANA zone name's shape (``Europe/Berlin``, ``America/Argentina/Buenos_Aires``), at most 64 characters."""
+
+
+def read_time_zone(value: object) -> str | None:
+    """A stored time zone setting, None if unset or not shaped like a zone name."""
+    if isinstance(value, str) and len(value) <= 64 and TIME_ZONE_NAME.fullmatch(value):
+        return value
+    return None
 MIN_HOLD_TTL, MAX_HOLD_TTL = 60, 30 * 86400
 
 
@@ -272,6 +283,11 @@ class Calendar:
         """The calendar's hold TTL setting (``meta.hold_ttl``, seconds), None if unset or unusable."""
         return read_hold_ttl(self.meta.get(HOLD_TTL_KEY))
 
+    @property
+    def time_zone(self) -> str | None:
+        """The calendar's time zone setting (``meta.time_zone``, an IANA name), None if unset."""
+        return read_time_zone(self.meta.get(TIME_ZONE_KEY))
+
     def capacity(self, resource_id: str) -> int:
         """How many booked reservations may overlap on the resource (default 1)."""
         found = self.resource(resource_id)
@@ -317,6 +333,17 @@ class Calendar:
                 self.meta.pop(HOLD_TTL_KEY, None)
             else:
                 self.meta[HOLD_TTL_KEY] = seconds
+
+    def set_time_zone(self, name: str | None) -> None:
+        """Set (None: remove) the zone the desks show this calendar in: an IANA name such as
+        ``Europe/Berlin``. An admin setting, like the hold TTL."""
+        if name is not None and read_time_zone(name) is None:
+            raise InvalidReservation(f"time zone {name!r} is not an IANA name such as Europe/Berlin")
+        with self.doc.transaction(origin=self.origin):
+            if name is None:
+                self.meta.pop(TIME_ZONE_KEY, None)
+            else:
+                self.meta[TIME_ZONE_KEY] = name
 
     def add_home_record(self, record: HomeRecord, encoded: str) -> None:
         """Store a signed home record (written by the relay taking or handing over the calendar)."""

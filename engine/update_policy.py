@@ -57,9 +57,10 @@ what a partner relay may forward is the relay's call).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .calendar import HOLD_TTL_KEY, read_hold_ttl
+from .calendar import HOLD_TTL_KEY, TIME_ZONE_KEY, read_hold_ttl, read_time_zone
 from .clock_runs import ClockRuns
 from .errors import MalformedMessage
 from .item_places import PlaceIndex
@@ -86,6 +87,8 @@ from .plain_updates import PlainUpdate, read_plain
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
 
 MAX_CAPACITY = 1000
+_SETTINGS: dict[bytes, Callable[[object], object]] = {HOLD_TTL_KEY.encode(): read_hold_ttl,
+                                                      TIME_ZONE_KEY.encode(): read_time_zone}
 FIELD_CHARS: dict[bytes, int] = {**{key.encode(): limit for key, limit in MAX_LENGTHS.items()},
                                  b"cancel_reason": MAX_LENGTHS["reason"]}
 """Longest string (characters) each reservation field holds: the engine's own table."""
@@ -289,8 +292,8 @@ class _Review:
             self.add(outside, code, own_key if field == Field.OTHER else "", client, start)
             if root == RESOURCES:
                 self._check_resource_value(struct, start, code)
-            elif root == META and depth == ENTRY and key == HOLD_TTL_KEY.encode():
-                self._check_hold_ttl(struct, start, code)
+            elif root == META and depth == ENTRY and key in _SETTINGS:
+                self._check_setting(struct, start, code, _SETTINGS[key])
             return
         if root == RECEIPTS:
             self.add(Category.RELAY_ONLY, code, "", client, start)
@@ -351,9 +354,10 @@ class _Review:
         elif ref != TYPE:  # bytes, embeds, formats, sub-documents: no layout root holds them
             self.add(Category.NOT_PLAIN, code, "", struct[0], start)
 
-    def _check_hold_ttl(self, struct: Struct, start: int, code: int) -> None:
-        """``meta.hold_ttl`` is whole seconds, 60 to 30 days (see engine.calendar.read_hold_ttl)."""
-        if struct[3] != DELETED and read_hold_ttl(_single_value(self.data, struct[3], struct[12])) is None:
+    def _check_setting(self, struct: Struct, start: int, code: int, read: Callable[[object], object]) -> None:
+        """A calendar setting reads as valid (``meta.hold_ttl``: whole seconds, 60 to 30 days;
+        ``meta.time_zone``: a zone name; see engine.calendar)."""
+        if struct[3] != DELETED and read(_single_value(self.data, struct[3], struct[12])) is None:
             self.add(Category.INVALID_VALUE, code, "", struct[0], start)
 
     def _check_resource_value(self, struct: Struct, start: int, code: int) -> None:

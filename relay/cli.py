@@ -18,6 +18,7 @@ from .server import Relay
 log = logging.getLogger(__name__)
 
 EXAMPLES = """handing a calendar to another home (relays stopped): accord relay key --help, accord relay handover --help
+waiting in a script until relays started in the background listen: accord relay wait --help
 
 examples:
   # a pair of relays on one machine, relay-a home to every clinic-* calendar
@@ -44,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one and logs it)")
     parser.add_argument("--db", default="accord-relay.sqlite",
                         help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk)")
-    parser.add_argument("--peer", action="append", default=[], metavar="URL",
+    parser.add_argument("--peer", action="append", default=[], metavar="URL", type=_peer_url,
                         help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable)")
     parser.add_argument("--peer-token", default=None, help="token presented on outbound peer links")
     parser.add_argument("--peer-calendars", action="append", default=None, metavar="GLOB",
                         help="share only calendars matching GLOB with peers (repeatable; default all)")
     parser.add_argument("--home", action="append", default=[], metavar="GLOB",
                         help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar")
-    parser.add_argument("--hold-ttl", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--hold-ttl", type=_positive_float, default=None, metavar="SECONDS",
                         help="hold TTL for calendars that set none: as home, reject pending bookings that first "
                              "reached a relay more than SECONDS ago (by that relay's clock); as any relay, stamp "
                              "its clients' requests with receipts. Set it on every relay, or per calendar with "
@@ -60,19 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, admin, peer, read-only")
     parser.add_argument("--insecure-open", action="store_true",
                         help="allow listening on a non-loopback address without --tokens")
-    parser.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024, help="largest accepted message")
-    parser.add_argument("--max-connections", type=int, default=1000, help="connections beyond this are refused")
+    parser.add_argument("--max-message-bytes", type=_positive_int, default=8 * 1024 * 1024, help="largest accepted message")
+    parser.add_argument("--max-connections", type=_positive_int, default=1000, help="connections beyond this are refused")
     parser.add_argument("--max-reservations", type=_positive_int, default=DEFAULT_MAX_RESERVATIONS, metavar="N",
                         help=f"reservations one calendar may hold; writes that would add more are refused "
                              f"(default {DEFAULT_MAX_RESERVATIONS:,})")
     parser.add_argument("--max-calendar-mb", type=_positive_int, default=DEFAULT_MAX_CALENDAR_BYTES >> 20, metavar="MB",
                         help=f"state one calendar may hold, in MiB; writes past it are refused "
                              f"(default {DEFAULT_MAX_CALENDAR_BYTES >> 20})")
-    parser.add_argument("--idle-unload", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--idle-unload", type=_positive_float, default=300.0, metavar="SECONDS",
                         help="unload calendars nobody used for this long (default 300)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def _peer_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a relay URL; write it like ws://10.0.0.5:8765")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -91,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import handover
 
         return handover.main(argv)
+    if argv and argv[0] == "wait":  # for scripts that start relays in the background
+        from . import wait
+
+        return wait.main(argv[1:])
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     if not 0 <= args.port <= 65535:

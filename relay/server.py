@@ -105,6 +105,11 @@ class Relay:
         return f"ws://{self.config.host}:{self.port}"
 
     @property
+    def board_url(self) -> str:
+        """Where a browser opens the front-desk board."""
+        return self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1) + "/"
+
+    @property
     def running(self) -> _Running:
         if self._running is None:
             raise AccordError("the relay is not running: use `async with Relay(config) as relay:`")
@@ -156,7 +161,7 @@ class Relay:
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         unloader = asyncio.create_task(self._unload_idle(calendars, pipeline), name="idle-unloader")
         self._running = _Running(storage, calendars, pipeline, hub, server, [], unloader)
-        log.info("relay listening", extra={"relay": config.relay_id, "url": self.url,
+        log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens"})
         for url in config.peers:

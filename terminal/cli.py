@@ -40,6 +40,7 @@ from .link import endpoint_url
 from .store import DEFAULT_STORE
 
 log = logging.getLogger(__name__)
+ID_HELP = "reservation id: what list shows (8 characters), at least its first 4, or the full id"
 
 EXAMPLES = """examples:
   export ACCORD_RELAY=ws://127.0.0.1:8765 ACCORD_CALENDAR=clinic-1 ACCORD_AS=desk-1
@@ -53,8 +54,9 @@ EXAMPLES = """examples:
   accord terminal sync --timeout 10                  # push and pull now; exit 3 if the relay is unreachable
   accord terminal watch --json                       # one JSON line per change, until Ctrl-C
 
-IDs: the full id or at least 4 of its first or last characters (list shows the last 8).
-Times: RFC 3339 with an offset (2026-12-01T09:30+01:00 or 2026-12-01T08:30Z); lists show UTC.
+IDs: what list shows (the last 8 characters), or at least its first 4; or the full id.
+Times: local (2026-12-01T09:30, in --tz / ACCORD_TZ / the calendar's zone / this machine's) or with
+an offset (2026-12-01T09:30+01:00 or 2026-12-01T08:30Z); lists show the same zone.
 Exit codes: 0 ok, 1 error (the message says how to fix it), 2 bad usage, 3 relay unreachable,
 4 refused by the relay, 5 booking rejected, 130 interrupted.
 """
@@ -62,7 +64,9 @@ Exit codes: 0 ok, 1 error (the message says how to fix it), 2 bad usage, 3 relay
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        # Output.error adds the "accord terminal: error:" prefix; name the subcommand only.
+        where = self.prog.removeprefix("accord terminal").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
 
 
 def _env(name: str, fallback: str | None) -> str | None:
@@ -103,6 +107,15 @@ def _hold_ttl(text: str) -> int:
     return value
 
 
+def _patient_ref(text: str) -> str:
+    value = text.strip()
+    if not value or any(ch.isspace() for ch in value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} looks like a name; give the patient's reference (an id without spaces, e.g. P-0042): "
+            "reservations travel to other channels, names do not belong in them")
+    return value
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -130,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
                        help=f"how long to wait for the relay in each step (default {DEFAULT_TIMEOUT_S:g} s; "
                        f"{LONG_TIMEOUT_S:g} s for sync and book --wait), e.g. --timeout 5")
+    group.add_argument("--tz", metavar="ZONE", default=_env("ACCORD_TZ", None),
+                       help="show and read times in this IANA zone (env ACCORD_TZ; default the calendar's zone "
+                       "setting, else this machine's), e.g. --tz Europe/Berlin")
+    group.add_argument("--utc", action="store_true", help="show and read times in UTC")
     group.add_argument("--json", action="store_true",
                        help="machine-readable output: one JSON object on stdout (JSON lines for watch), "
                        "errors as JSON on stderr")
@@ -156,9 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "accord terminal book --calendar clinic-1 --resource room-1 --start 2026-12-01T09:00Z "
                    "--end 2026-12-01T09:30Z --patient P-0042 --note 'first visit'")
     book.add_argument("--resource", required=True, help="room, clinician or device id, e.g. room-1")
-    book.add_argument("--start", required=True, help="start, RFC 3339 with offset, e.g. 2026-12-01T09:00Z")
-    book.add_argument("--end", required=True, help="end (after start), e.g. 2026-12-01T09:30Z")
-    book.add_argument("--patient", required=True, help="patient reference (an id, not a name), e.g. P-0042")
+    book.add_argument("--start", required=True,
+                      help="start, local time (see --tz) or with an offset, e.g. 2026-12-01T09:00 or 2026-12-01T09:00Z")
+    book.add_argument("--end", required=True, help="end (after start), e.g. 2026-12-01T09:30")
+    book.add_argument("--patient", required=True, type=_patient_ref,
+                      help="patient reference (an id, not a name: no spaces), e.g. P-0042")
+    book.add_argument("--allow-past", action="store_true", help="allow a start in the past (refused otherwise)")
     book.add_argument("--service", default="", help="service code, e.g. consult")
     book.add_argument("--note", default="", help="free text for the desk")
     book.add_argument("--wait", action="store_true",
@@ -166,33 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     reschedule = command("reschedule", "ask for a new time (and optionally resource)",
                          "accord terminal reschedule 3f9c2a1b --start 2026-12-01T10:00Z --end 2026-12-01T10:30Z")
-    reschedule.add_argument("id", help="reservation id (full, or at least 4 first/last characters)")
-    reschedule.add_argument("--start", required=True, help="new start, e.g. 2026-12-01T10:00Z")
-    reschedule.add_argument("--end", required=True, help="new end, e.g. 2026-12-01T10:30Z")
+    reschedule.add_argument("id", help=ID_HELP)
+    reschedule.add_argument("--start", required=True, help="new start, local time or with an offset, e.g. 2026-12-01T10:00")
+    reschedule.add_argument("--end", required=True, help="new end, e.g. 2026-12-01T10:30")
     reschedule.add_argument("--resource", default=None, help="new resource (default: keep)")
+    reschedule.add_argument("--allow-past", action="store_true", help="allow a start in the past (refused otherwise)")
 
     cancel = command("cancel", "cancel a reservation (the record stays)",
                      "accord terminal cancel 3f9c2a1b --reason 'patient called'")
-    cancel.add_argument("id", help="reservation id (full, or at least 4 first/last characters)")
+    cancel.add_argument("id", help=ID_HELP)
     cancel.add_argument("--reason", default="", help="why (shown to other desks)")
 
     check_in = command("check-in", "the patient has arrived (booked reservations only)", "accord terminal check-in 3f9c2a1b")
-    check_in.add_argument("id", help="reservation id (full, or at least 4 first/last characters)")
+    check_in.add_argument("id", help=ID_HELP)
+    noshow = command("noshow", "the patient did not come (booked reservations only)", "accord terminal noshow 3f9c2a1b")
+    noshow.add_argument("id", help=ID_HELP)
+    fulfil = command("fulfil", "the visit took place (booked or checked in)", "accord terminal fulfil 3f9c2a1b")
+    fulfil.add_argument("id", help=ID_HELP)
+    error = command("entered-in-error", "mark a reservation that should never have existed (the record stays)",
+                    "accord terminal entered-in-error 3f9c2a1b --reason 'duplicate'")
+    error.add_argument("id", help=ID_HELP)
+    error.add_argument("--reason", default="", help="why (shown to other desks)")
 
     edit = command("edit", "change the note or service", "accord terminal edit 3f9c2a1b --note 'needs wheelchair access'")
-    edit.add_argument("id", help="reservation id (full, or at least 4 first/last characters)")
+    edit.add_argument("id", help=ID_HELP)
     edit.add_argument("--note", default=None, help="new note")
     edit.add_argument("--service", default=None, help="new service code")
 
     listing = command("list", "show reservations as a table (or overlapping bookings with --conflicts)",
                       "accord terminal list --calendar clinic-1 --resource room-1 --date 2026-12-01")
     listing.add_argument("--resource", default=None, help="only this resource")
-    listing.add_argument("--date", type=_day, default=None, metavar="YYYY-MM-DD", help="only this day (UTC)")
+    listing.add_argument("--date", type=_day, default=None, metavar="YYYY-MM-DD", help="only this day (in the zone of --tz)")
     listing.add_argument("--conflicts", action="store_true",
                          help="only bookings that overlap beyond the resource's capacity (calendars without a home relay)")
 
     show = command("show", "show one reservation in full", "accord terminal show 3f9c2a1b --json")
-    show.add_argument("id", help="reservation id (full, or at least 4 first/last characters)")
+    show.add_argument("id", help=ID_HELP)
 
     command("sync", "push local changes and pull the relay's now; exit 3 if the relay is unreachable",
             "accord terminal sync --timeout 10")
@@ -213,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     setting.add_argument("seconds", nargs="?", type=_hold_ttl, default=None,
                          help=f"whole seconds, {MIN_HOLD_TTL}-{MAX_HOLD_TTL}, or 'off' to remove it; "
                               "without it, print the current setting")
+    time_zone = command("time-zone", "show or set the zone desks and the board show the calendar in "
+                        "(admin token on relays with tokens)",
+                        "accord terminal time-zone Europe/Berlin --calendar clinic-1 --token admin-secret")
+    time_zone.add_argument("name", nargs="?", default=None,
+                           help="an IANA zone name, or 'off' to remove it; without it, print the current setting")
     return parser
 
 

@@ -196,6 +196,20 @@ class Terminal:
         """The patient arrived (only a booked reservation). Raises ReservationNotFound, InvalidTransition."""
         return await self._write(calendar, lambda cal, now: cal.check_in(reservation_id, now=now))
 
+    async def no_show(self, calendar: str, reservation_id: str) -> Reservation:
+        """The patient did not come (a booked reservation). Raises ReservationNotFound, InvalidTransition."""
+        return await self._write(calendar, lambda cal, now: cal.no_show(reservation_id, now=now))
+
+    async def fulfil(self, calendar: str, reservation_id: str) -> Reservation:
+        """The visit took place (booked or checked in). Raises ReservationNotFound, InvalidTransition."""
+        return await self._write(calendar, lambda cal, now: cal.fulfil(reservation_id, now=now))
+
+    async def entered_in_error(self, calendar: str, reservation_id: str, reason: str = "") -> Reservation:
+        """The reservation should never have existed (the record stays, marked). Raises
+        ReservationNotFound, InvalidTransition."""
+        return await self._write(calendar, lambda cal, now: cal.mark_entered_in_error(reservation_id, reason=reason,
+                                                                                      now=now))
+
     async def edit(
         self, calendar: str, reservation_id: str, *, note: str | None = None, service: str | None = None,
         patient: str | None = None,
@@ -227,6 +241,16 @@ class Terminal:
         """The calendar's hold TTL setting, None if it has none."""
         name = await self.open(calendar)
         return self._store.calendars[name].replica.calendar.hold_ttl
+
+    async def set_time_zone(self, calendar: str, name: str | None) -> None:
+        """Set (None: remove) the zone desks show the calendar in (an IANA name); an admin
+        setting, like :meth:`set_hold_ttl`."""
+        await self._write(calendar, lambda cal, _now: cal.set_time_zone(name))
+
+    async def time_zone(self, calendar: str) -> str | None:
+        """The calendar's time zone setting, None if it has none."""
+        name = await self.open(calendar)
+        return self._store.calendars[name].replica.calendar.time_zone
 
     async def resources(self, calendar: str) -> list[Resource]:
         """The calendar's declared resources, sorted by id."""
@@ -285,6 +309,16 @@ class Terminal:
             ReservationNotFound: the calendar is not open here or has no such reservation.
         """
         return self._store.sync_state(CalendarId(calendar), reservation_id)
+
+    def peek_time_zone(self, calendar: str) -> str | None:
+        """The time zone setting of an open calendar (no I/O)."""
+        held = self._store.calendars.get(CalendarId(calendar))
+        return held.replica.calendar.time_zone if held is not None else None
+
+    def peek_has_reservations(self, calendar: str) -> bool:
+        """True if an open calendar holds any reservation (no I/O)."""
+        held = self._store.calendars.get(CalendarId(calendar))
+        return held is not None and len(held.replica.calendar.reservations) > 0
 
     def peek(self, calendar: str, reservation_id: str) -> Reservation | None:
         """The reservation if ``calendar`` is open here and holds it, else None (no I/O: for :meth:`wait_for`)."""

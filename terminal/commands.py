@@ -16,16 +16,19 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import fields as dataclass_fields
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
 
-from accord.engine.errors import CloseCode, ExitCode, NotFound
-from accord.engine.model import CalendarId, Reservation, Status, format_time
+from accord.engine.errors import CloseCode, ExitCode, InvalidReservation, NotFound
+from accord.engine.model import CalendarId, Reservation, Status, format_time, parse_time
 
 from . import format as fmt
+from . import zones
 from .changes import ChangeKind, ChangeStream
 from .client import Terminal
 from .errors import RelayRefused, RelayUnreachable, SyncTimeout
+from .ids import short_id
 from .link import LinkState
 from .status import SyncState
 
@@ -77,6 +80,30 @@ class Context:
     calendar: CalendarId | None
     link: LinkState = LinkState.OFFLINE
 
+    def zone(self) -> tzinfo:
+        """The zone to show and read times in (see :mod:`.zones`)."""
+        calendar_zone = None
+        if self.calendar is not None and self.calendar in self.terminal.calendars():
+            calendar_zone = self.terminal.peek_time_zone(self.calendar)
+        try:
+            return zones.choose(utc=self.args.utc, tz=self.args.tz, calendar_zone=calendar_zone)
+        except InvalidReservation as exc:
+            raise UsageError(f"--tz: {exc}") from None
+
+    def read_time(self, text: str, option: str) -> str:
+        """A ``--start``/``--end`` argument as an RFC 3339 time with an offset."""
+        try:
+            return zones.read_time(text, self.zone())
+        except InvalidReservation as exc:
+            raise UsageError(f"{option}: {exc}") from None
+
+    def check_not_past(self, start: str) -> None:
+        """Refuse a start in the past unless ``--allow-past`` (a typo in the year is the usual cause)."""
+        now = self.terminal.clock()
+        if parse_time(start) < now - timedelta(minutes=1) and not self.args.allow_past:
+            shown = fmt.when(parse_time(start), self.zone())
+            raise UsageError(f"--start {shown} is in the past; check the date, or add --allow-past to record it anyway")
+
     def need_calendar(self) -> CalendarId:
         if self.calendar is None:
             raise UsageError(
@@ -125,14 +152,17 @@ async def push(ctx: Context) -> bool:
 def offline_read_note(ctx: Context) -> None:
     if not ctx.online:
         status = ctx.terminal.status()
-        last = fmt.when(status.last_ack_at) + " UTC" if status.last_ack_at else "never"
+        tz = ctx.zone()
+        last = f"{fmt.when(status.last_ack_at, tz)} {fmt.zone_name(tz)}" if status.last_ack_at else "never"
         ctx.out.note(f"relay {ctx.terminal.relay} unreachable; showing this terminal's data (last synced: {last})")
 
 
 async def cmd_book(ctx: Context) -> ExitCode:
     t, args, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
     await reach_relay(ctx)
-    reservation = await t.book(calendar, resource=args.resource, start=args.start, end=args.end,
+    start, end = ctx.read_time(args.start, "--start"), ctx.read_time(args.end, "--end")
+    ctx.check_not_past(start)
+    reservation = await t.book(calendar, resource=args.resource, start=start, end=end,
                                patient=args.patient, service=args.service, note=args.note)
     stored = await push(ctx)
     code = ExitCode.OK
@@ -150,8 +180,23 @@ async def cmd_book(ctx: Context) -> ExitCode:
             ctx.out.note(f"reservation {reservation.id} was rejected: {detail}; reschedule it or book another slot")
             code = ExitCode.REJECTED
     sync = t.sync_state(calendar, reservation.id)
+    if code is ExitCode.OK:
+        ctx.out.note(f"reservation {short_id(reservation.id)}: {outcome(ctx, reservation, sync)}")
     ctx.out.result(reservation.id, reservation_json(reservation, sync))
     return code
+
+
+def outcome(ctx: Context, reservation: Reservation, sync: SyncState) -> str:
+    """What is true of a booking now, in words a desk can repeat to a patient."""
+    slot = f"{reservation.resource} {fmt.span(reservation.start, reservation.end, ctx.zone())}"
+    if reservation.status is Status.BOOKED:
+        by = f" by the home relay {reservation.decided_by}" if reservation.decided_by else ""
+        return f"booked{by}: {slot}"
+    if reservation.status is Status.PENDING:
+        where = ("stored on the relay; waiting for the home relay's decision" if sync is not SyncState.LOCAL
+                 else "saved on this device only; not confirmed (the relay has not stored it yet)")
+        return f"pending, {where}: {slot}"
+    return f"{fmt.status_text(reservation)}: {slot}"
 
 
 async def _write(ctx: Context, action: Callable[[CalendarId, str], Awaitable[Reservation]]) -> ExitCode:
@@ -161,13 +206,16 @@ async def _write(ctx: Context, action: Callable[[CalendarId, str], Awaitable[Res
     reservation = await action(calendar, rid)
     await push(ctx)
     sync = t.sync_state(calendar, reservation.id)
-    ctx.out.result(f"{reservation.id} {fmt.status_text(reservation)}", reservation_json(reservation, sync))
+    ctx.out.result(f"{reservation.id} {fmt.status_text(reservation)}; {fmt.SYNC_LABELS[sync]}",
+                   reservation_json(reservation, sync))
     return ExitCode.OK
 
 
 async def cmd_reschedule(ctx: Context) -> ExitCode:
     a = ctx.args
-    return await _write(ctx, lambda c, r: ctx.terminal.reschedule(c, r, start=a.start, end=a.end, resource=a.resource))
+    start, end = ctx.read_time(a.start, "--start"), ctx.read_time(a.end, "--end")
+    ctx.check_not_past(start)
+    return await _write(ctx, lambda c, r: ctx.terminal.reschedule(c, r, start=start, end=end, resource=a.resource))
 
 
 async def cmd_cancel(ctx: Context) -> ExitCode:
@@ -176,6 +224,18 @@ async def cmd_cancel(ctx: Context) -> ExitCode:
 
 async def cmd_check_in(ctx: Context) -> ExitCode:
     return await _write(ctx, lambda c, r: ctx.terminal.check_in(c, r))
+
+
+async def cmd_noshow(ctx: Context) -> ExitCode:
+    return await _write(ctx, lambda c, r: ctx.terminal.no_show(c, r))
+
+
+async def cmd_fulfil(ctx: Context) -> ExitCode:
+    return await _write(ctx, lambda c, r: ctx.terminal.fulfil(c, r))
+
+
+async def cmd_entered_in_error(ctx: Context) -> ExitCode:
+    return await _write(ctx, lambda c, r: ctx.terminal.entered_in_error(c, r, reason=ctx.args.reason))
 
 
 async def cmd_edit(ctx: Context) -> ExitCode:
@@ -190,10 +250,15 @@ async def cmd_list(ctx: Context) -> ExitCode:
     await reach_relay(ctx)
     offline_read_note(ctx)
     between = None
+    tz = ctx.zone()
     if args.date is not None:
-        day_start = datetime.combine(args.date, time(0), tzinfo=UTC)
-        between = (day_start, day_start + timedelta(days=1))
+        day_start = datetime.combine(args.date, time(0), tzinfo=tz)
+        between = (day_start, datetime.combine(args.date + timedelta(days=1), time(0), tzinfo=tz))
     items = await t.reservations(calendar, resource=args.resource, between=between)
+    if not items and not t.peek_has_reservations(calendar):
+        where = "here or on the relay" if ctx.online else "on this terminal (the relay was not reached)"
+        ctx.out.note(f"calendar {calendar!r} has no reservations {where}; check the name "
+                     "(a calendar exists once something is booked in it)")
     sync_of: dict[str, SyncState] = {r.id: t.sync_state(calendar, r.id) for r in items}
     if args.conflicts:
         conflicts = await t.conflicts(calendar, resource=args.resource, between=between)
@@ -210,11 +275,11 @@ async def cmd_list(ctx: Context) -> ExitCode:
                 for c in conflicts
             ],
         }
-        ctx.out.result(fmt.conflicts_text(conflicts, sync_of), data)
+        ctx.out.result(fmt.conflicts_text(conflicts, sync_of, tz), data)
         return ExitCode.OK
     rows = [(r, sync_of[r.id]) for r in items]
     ctx.out.result(
-        fmt.reservation_table(rows),
+        fmt.reservation_table(rows, tz),
         {"calendar": calendar, "reservations": [reservation_json(r, s) for r, s in rows]},
     )
     return ExitCode.OK
@@ -227,7 +292,7 @@ async def cmd_show(ctx: Context) -> ExitCode:
     rid = await t.resolve(calendar, ctx.args.id)
     reservation = await t.get(calendar, rid)
     sync = t.sync_state(calendar, rid)
-    ctx.out.result(fmt.describe(reservation, sync), reservation_json(reservation, sync))
+    ctx.out.result(fmt.describe(reservation, sync, ctx.zone()), reservation_json(reservation, sync))
     return ExitCode.OK
 
 
@@ -311,6 +376,10 @@ def _stop(stopped: asyncio.Future[ExitCode], code: ExitCode) -> None:
 
 async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[CalendarId]) -> None:
     t = ctx.terminal
+    seen: dict[tuple[CalendarId, str], Reservation] = {}  # what the last line showed of each reservation
+    for name in wanted:
+        for known in await t.reservations(name):
+            seen[(name, known.id)] = known
     async for notice in stream:
         if notice.calendar not in wanted:
             continue
@@ -323,13 +392,30 @@ async def _print_changes(ctx: Context, stream: ChangeStream, wanted: set[Calenda
                 reservation: Reservation | None = await t.get(notice.calendar, rid)
             except NotFound:
                 reservation = None
+            changed: list[str] = []
+            if reservation is not None:
+                changed = changed_fields(seen.get((notice.calendar, rid)), reservation)
+                seen[(notice.calendar, rid)] = reservation
             data = {
                 "kind": str(notice.kind),
                 "calendar": notice.calendar,
                 "id": rid,
+                "changed": changed,
                 "reservation": reservation_json(reservation, t.sync_state(notice.calendar, rid)) if reservation else None,
             }
-            ctx.out.result(fmt.change_line(str(notice.kind), reservation, notice.calendar, rid), data)
+            ctx.out.result(fmt.change_line(str(notice.kind), reservation, notice.calendar, rid, ctx.zone(), changed),
+                           data)
+
+
+_BOOKKEEPING = frozenset({"updated_at", "updated_by"})
+
+
+def changed_fields(before: Reservation | None, after: Reservation) -> list[str]:
+    """The names of the fields that differ (``["new"]`` for a reservation not seen before)."""
+    if before is None:
+        return ["new"]
+    return [f.name for f in dataclass_fields(after)
+            if f.name not in _BOOKKEEPING and getattr(before, f.name) != getattr(after, f.name)]
 
 
 async def _watch_link(ctx: Context) -> None:
@@ -382,6 +468,25 @@ async def cmd_resources(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
+async def cmd_time_zone(ctx: Context) -> ExitCode:
+    """Show or set the calendar's time zone (an admin setting)."""
+    t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
+    await reach_relay(ctx)
+    if a.name is not None:
+        name = None if a.name.strip().lower() == "off" else a.name.strip()
+        if name is not None:
+            try:
+                zones.zone(name)
+            except InvalidReservation as exc:
+                raise UsageError(str(exc)) from None
+        await t.set_time_zone(calendar, name)
+        await push(ctx)
+    current = await t.time_zone(calendar)
+    ctx.out.result(f"time zone {current}" if current else "no time zone set (desks use their own)",
+                   {"calendar": calendar, "time_zone": current})
+    return ExitCode.OK
+
+
 async def cmd_hold_ttl(ctx: Context) -> ExitCode:
     """Show or set the calendar's hold TTL (an admin setting)."""
     t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
@@ -401,6 +506,9 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "reschedule": cmd_reschedule,
     "cancel": cmd_cancel,
     "check-in": cmd_check_in,
+    "noshow": cmd_noshow,
+    "fulfil": cmd_fulfil,
+    "entered-in-error": cmd_entered_in_error,
     "edit": cmd_edit,
     "list": cmd_list,
     "show": cmd_show,
@@ -410,4 +518,5 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "resource": cmd_resource,
     "resources": cmd_resources,
     "hold-ttl": cmd_hold_ttl,
+    "time-zone": cmd_time_zone,
 }

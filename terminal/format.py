@@ -1,13 +1,14 @@
 """Human-readable output of the terminal CLI: tables, one-reservation views, change lines.
 
-Times are shown in UTC (as stored), ``YYYY-MM-DD HH:MM``; reservation ids as short ids
-(:func:`~accord.terminal.ids.short_id`: their last 8 characters).
+Times are shown in the zone the caller gives (:mod:`.zones`: ``--tz``, ``--utc``, the calendar's
+setting or this machine's), ``YYYY-MM-DD HH:MM``; reservation ids as short ids
+(:func:`~accord.terminal.ids.short_id`: their last 8 characters, what ``show`` accepts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from accord.engine.model import Reservation, Status
 
@@ -24,15 +25,20 @@ SYNC_LABELS = {
 }
 
 
-def when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+def when(value: datetime, tz: tzinfo = UTC) -> str:
+    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
-def span(start: datetime, end: datetime) -> str:
-    """``2026-12-01 09:00-09:30`` (the end's date is shown only if it differs)."""
-    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
-    tail = end_utc.strftime("%H:%M") if start_utc.date() == end_utc.date() else when(end_utc)
-    return f"{when(start_utc)}-{tail}"
+def span(start: datetime, end: datetime, tz: tzinfo = UTC) -> str:
+    """``2026-12-01 09:00-09:30`` in ``tz`` (the end's date is shown only if it differs)."""
+    start_local, end_local = start.astimezone(tz), end.astimezone(tz)
+    tail = end_local.strftime("%H:%M") if start_local.date() == end_local.date() else when(end_local, tz)
+    return f"{when(start_local, tz)}-{tail}"
+
+
+def zone_name(tz: tzinfo) -> str:
+    """``Europe/Berlin``, ``UTC``: how a zone is named in headers."""
+    return str(getattr(tz, "key", None) or tz.tzname(None) or tz)
 
 
 def clip(text: str, width: int) -> str:
@@ -63,41 +69,43 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-RESERVATION_HEADERS = ("TIME (UTC)", "RESOURCE", "STATUS", "PATIENT", "NOTE", "ID", "SYNC")
+def reservation_headers(tz: tzinfo) -> tuple[str, ...]:
+    return (f"TIME ({zone_name(tz)})", "RESOURCE", "STATUS", "PATIENT", "SERVICE", "NOTE", "ID", "SYNC")
 
 
-def reservation_row(reservation: Reservation, sync: SyncState) -> list[str]:
+def reservation_row(reservation: Reservation, sync: SyncState, tz: tzinfo = UTC) -> list[str]:
     slot = reservation.slot
     return [
-        span(slot.start, slot.end),
+        span(slot.start, slot.end, tz),
         slot.resource,
         status_text(reservation),
         clip(reservation.patient, 20),
+        clip(reservation.service, 16),
         clip(reservation.note, NOTE_WIDTH),
         short_id(reservation.id),
         SYNC_LABELS[sync],
     ]
 
 
-def reservation_table(items: Sequence[tuple[Reservation, SyncState]]) -> str:
+def reservation_table(items: Sequence[tuple[Reservation, SyncState]], tz: tzinfo = UTC) -> str:
     """The ``list`` table."""
     if not items:
         return "no reservations"
-    return table(RESERVATION_HEADERS, [reservation_row(r, s) for r, s in items])
+    return table(reservation_headers(tz), [reservation_row(r, s, tz) for r, s in items])
 
 
-def describe(reservation: Reservation, sync: SyncState) -> str:
+def describe(reservation: Reservation, sync: SyncState, tz: tzinfo = UTC) -> str:
     """The ``show`` view: one ``field: value`` line each, empty fields left out."""
     fields: list[tuple[str, str]] = [
         ("id", reservation.id),
         ("calendar", reservation.calendar),
         ("status", status_text(reservation)),
         ("sync", SYNC_LABELS[sync]),
-        ("requested", f"{reservation.resource} {span(reservation.start, reservation.end)} UTC"),
+        ("requested", f"{reservation.resource} {span(reservation.start, reservation.end, tz)} {zone_name(tz)}"),
     ]
     if reservation.booked is not None:
         booked = reservation.booked
-        fields.append(("booked", f"{booked.resource} {span(booked.start, booked.end)} UTC"))
+        fields.append(("booked", f"{booked.resource} {span(booked.start, booked.end, tz)} {zone_name(tz)}"))
     fields += [
         ("patient", reservation.patient),
         ("service", reservation.service),
@@ -105,25 +113,25 @@ def describe(reservation: Reservation, sync: SyncState) -> str:
         ("reason", reservation.reason),
         ("conflicts with", reservation.conflict_with),
         ("decided by", reservation.decided_by),
-        ("created", f"{when(reservation.created_at)} by {reservation.created_by}"),
-        ("updated", f"{when(reservation.updated_at)} by {reservation.updated_by}"),
+        ("created", f"{when(reservation.created_at, tz)} by {reservation.created_by}"),
+        ("updated", f"{when(reservation.updated_at, tz)} by {reservation.updated_by}"),
     ]
     width = max(len(name) for name, _ in fields)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields if value)
 
 
-def conflicts_text(conflicts: Sequence[Conflict], sync_of: dict[str, SyncState]) -> str:
+def conflicts_text(conflicts: Sequence[Conflict], sync_of: dict[str, SyncState], tz: tzinfo = UTC) -> str:
     """The ``list --conflicts`` view: one block per overbooked run."""
     if not conflicts:
         return "no conflicts"
     blocks = []
     for conflict in conflicts:
         title = (
-            f"{conflict.resource} {span(conflict.start, conflict.end)} UTC: "
+            f"{conflict.resource} {span(conflict.start, conflict.end, tz)} {zone_name(tz)}: "
             f"{len(conflict.reservations)} bookings overlap, capacity {conflict.capacity}"
         )
-        rows = [reservation_row(r, sync_of.get(r.id, SyncState.STORED)) for r in conflict.reservations]
-        blocks.append(title + "\n" + table(RESERVATION_HEADERS, rows))
+        rows = [reservation_row(r, sync_of.get(r.id, SyncState.STORED), tz) for r in conflict.reservations]
+        blocks.append(title + "\n" + table(reservation_headers(tz), rows))
     return "\n\n".join(blocks)
 
 
@@ -143,12 +151,14 @@ def status_text_block(status: TerminalStatus) -> str:
     return "\n".join(lines)
 
 
-def change_line(kind: str, reservation: Reservation | None, calendar: str, reservation_id: str) -> str:
+def change_line(kind: str, reservation: Reservation | None, calendar: str, reservation_id: str,
+                tz: tzinfo = UTC, fields: Sequence[str] = ()) -> str:
     """One ``watch`` line."""
     if reservation is None:
         return f"{kind:<7} {calendar} {short_id(reservation_id)}"
     slot = reservation.slot
     return (
         f"{kind:<7} {calendar} {short_id(reservation.id)} {status_text(reservation)} "
-        f"{slot.resource} {span(slot.start, slot.end)} {clip(reservation.patient, 20)}"
+        f"{slot.resource} {span(slot.start, slot.end, tz)} {clip(reservation.patient, 20)}"
+        + (f" [changed: {', '.join(fields)}]" if fields else "")
     )

@@ -21,7 +21,7 @@ from accord.terminal import cli
 from accord.terminal.client import Terminal
 
 CAL = "clinic-1"
-PATIENT = "Ada Lovelace"  # a name, to prove it never reaches the logs
+PATIENT = "PAT-ADA-LOVELACE-1815"  # a distinctive reference, to prove it never reaches the logs
 NOTE = "allergic to latex"
 ACCORD_BIN = Path(sys.executable).with_name("accord")
 ACCORD = [str(ACCORD_BIN)] if ACCORD_BIN.exists() else [sys.executable, "-m", "accord"]
@@ -31,10 +31,11 @@ ACCORD = [str(ACCORD_BIN)] if ACCORD_BIN.exists() else [sys.executable, "-m", "a
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ACCORD_STORE", "ACCORD_RELAY", "ACCORD_TOKEN", "ACCORD_CALENDAR", "ACCORD_AS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCORD_TZ", "UTC")  # the times these tests read back are UTC, whatever this machine's zone
     monkeypatch.setattr(cli.logs, "configure", lambda level: None)  # in-process runs keep pytest's log handlers
 
 
-def book_args(store: Path, relay: str, start: str = "2026-12-01T09:00Z", end: str = "2026-12-01T09:30Z") -> list[str]:
+def book_args(store: Path, relay: str, start: str = "2099-12-01T09:00Z", end: str = "2099-12-01T09:30Z") -> list[str]:
     return ["book", "--store", str(store), "--relay", relay, "--calendar", CAL, "--as", "desk-1", "--resource", "room-1",
             "--start", start, "--end", end, "--patient", PATIENT, "--note", NOTE]
 
@@ -112,20 +113,20 @@ def test_offline_book_is_saved_locally_and_sync_exits_3(tmp_path: Path, monkeypa
     assert (status["pending"], status["link"]) == (1, "offline")
     assert cli.main(["sync", "--timeout", "2"]) == 3
     assert "unreachable" in capsys.readouterr().err
-    assert cli.main(["book", "--resource", "room-1", "--start", "2026-12-01T10:00Z", "--end", "2026-12-01T10:30Z",
+    assert cli.main(["book", "--resource", "room-1", "--start", "2099-12-01T10:00Z", "--end", "2099-12-01T10:30Z",
                      "--patient", "P-1", "--wait"]) == 3  # saved, but no decision without the relay
 
 
 def test_conflicts_listing_shows_overlapping_bookings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store, relay = tmp_path / "desk.sqlite", f"ws://127.0.0.1:{free_port()}"
     assert cli.main(book_args(store, relay)) == 0
-    assert cli.main(book_args(store, relay, start="2026-12-01T09:15Z", end="2026-12-01T09:45Z")) == 0
-    assert cli.main(book_args(store, relay, start="2026-12-01T09:45Z", end="2026-12-01T10:00Z")) == 0
+    assert cli.main(book_args(store, relay, start="2099-12-01T09:15Z", end="2099-12-01T09:45Z")) == 0
+    assert cli.main(book_args(store, relay, start="2099-12-01T09:45Z", end="2099-12-01T10:00Z")) == 0
     capsys.readouterr()
     assert cli.main(["list", "--conflicts", "--json", "--store", str(store), "--relay", relay, "--calendar", CAL]) == 0
     [conflict] = json.loads(capsys.readouterr().out)["conflicts"]
     assert conflict["resource"] == "room-1"
-    assert (conflict["start"], conflict["end"]) == ("2026-12-01T09:00:00Z", "2026-12-01T09:45:00Z")
+    assert (conflict["start"], conflict["end"]) == ("2099-12-01T09:00:00Z", "2099-12-01T09:45:00Z")
     assert len(conflict["reservations"]) == 2
     assert cli.main(["list", "--conflicts", "--store", str(store), "--relay", relay, "--calendar", CAL]) == 0
     assert "2 bookings overlap, capacity 1" in capsys.readouterr().out
@@ -143,7 +144,7 @@ class Run:
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+    return {**env, "PYTHONUNBUFFERED": "1", "ACCORD_TZ": "UTC", **extra}
 
 
 async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Run:
@@ -160,8 +161,8 @@ async def test_cli_terminals_in_separate_processes_share_bookings(tmp_path: Path
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL)
         desk1 = ["--store", str(tmp_path / "desk-1.sqlite"), "--as", "desk-1"]
         desk2 = ["--store", str(tmp_path / "desk-2.sqlite"), "--as", "desk-2"]
-        booked = await run("book", *desk1, "--resource", "room-1", "--start", "2026-12-01T09:00Z",
-                           "--end", "2026-12-01T09:30Z", "--patient", PATIENT, "--note", NOTE,
+        booked = await run("book", *desk1, "--resource", "room-1", "--start", "2099-12-01T09:00Z",
+                           "--end", "2099-12-01T09:30Z", "--patient", PATIENT, "--note", NOTE,
                            "--log-level", "DEBUG", env=env)
         assert booked.code == 0, booked.err
         rid = booked.out.strip()
@@ -182,7 +183,7 @@ async def test_cli_offline_booking_goes_out_with_the_next_sync(tmp_path: Path) -
     port = free_port()
     env = cli_env(ACCORD_RELAY=f"ws://127.0.0.1:{port}", ACCORD_CALENDAR=CAL)
     booked = await run("book", "--store", str(tmp_path / "desk-1.sqlite"), "--resource", "room-1",
-                       "--start", "2026-12-01T09:00Z", "--end", "2026-12-01T09:30Z", "--patient", "P-1", env=env)
+                       "--start", "2099-12-01T09:00Z", "--end", "2099-12-01T09:30Z", "--patient", "P-1", env=env)
     assert booked.code == 0 and "saved locally" in booked.err
     config = dataclasses.replace(relay_config(tmp_path, "r1"), port=port)
     async with Relay(config):
@@ -199,7 +200,7 @@ async def test_cli_wrong_token_exits_4_and_rejected_booking_exits_5(tmp_path: Pa
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL, ACCORD_TOKEN="desk-secret")
         refused = await run("sync", "--token", "wrong", "--store", str(tmp_path / "x.sqlite"), env=env)
         assert refused.code == 4 and "refused" in refused.err and "--token" in refused.err
-        slot = ["--resource", "room-1", "--start", "2026-12-01T09:00Z", "--end", "2026-12-01T09:30Z", "--patient", "P-1"]
+        slot = ["--resource", "room-1", "--start", "2099-12-01T09:00Z", "--end", "2099-12-01T09:30Z", "--patient", "P-1"]
         first = await run("book", *slot, "--wait", "--json", "--store", str(tmp_path / "desk-1.sqlite"), env=env)
         assert first.code == 0, first.err
         assert (json.loads(first.out)["status"], json.loads(first.out)["sync"]) == ("booked", "decided")
@@ -246,8 +247,8 @@ async def test_cli_watch_prints_changes_as_they_arrive_and_exits_130_on_ctrl_c(t
                 # signal below stops it, whatever SIGINT disposition it was started with.
                 await read_until(proc.stderr, b"connected")
                 async with Terminal(relay=relay.url, store=tmp_path / "desk.sqlite", name="desk-1") as desk:
-                    reservation = await desk.book(CAL, resource="room-1", start="2026-12-01T09:00Z",
-                                                  end="2026-12-01T09:30Z", patient="P-7")
+                    reservation = await desk.book(CAL, resource="room-1", start="2099-12-01T09:00Z",
+                                                  end="2099-12-01T09:30Z", patient="P-7")
                     await desk.synced(timeout=5)
                 line = json.loads(await proc.stdout.readline())
                 assert (line["kind"], line["id"], line["reservation"]["patient"]) == ("remote", reservation.id, "P-7")

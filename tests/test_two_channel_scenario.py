@@ -186,7 +186,7 @@ async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_pa
         # Terminal-2 watches relay-2 while terminal-1 books on relay-1.
         watches.append(watch2 := await Watch(s2, r2.url).start())
         code, out, err = await cli(s1, r1.url, "book", "--as", "desk-1", "--resource", "room-1",
-                                   "--start", "2026-12-01T09:00Z", "--end", "2026-12-01T09:30Z", "--patient", "P-0042")
+                                   "--start", "2099-12-01T09:00Z", "--end", "2099-12-01T09:30Z", "--patient", "P-0042")
         assert code == 0, err
         rid = out.strip()
         await watch2.until(lambda seen: rid in seen)  # relay-1 shared it with relay-2
@@ -197,26 +197,26 @@ async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_pa
         # Terminal-1 watches relay-1 while terminal-2 reschedules on relay-2.
         watches.append(watch1 := await Watch(s1, r1.url).start())
         code, _, err = await cli(s2, r2.url, "reschedule", rid, "--as", "app-2",
-                                 "--start", "2026-12-01T10:00Z", "--end", "2026-12-01T10:30Z")
+                                 "--start", "2099-12-01T10:00Z", "--end", "2099-12-01T10:30Z")
         assert code == 0, err
-        await watch1.until(starts_at(rid, "2026-12-01T10:00:00Z"))
+        await watch1.until(starts_at(rid, "2099-12-01T10:00:00Z"))
         await watch1.stop()
         code, out, err = await cli(s1, r1.url, "show", rid, "--json")
-        assert code == 0 and json.loads(out)["start"] == "2026-12-01T10:00:00Z", (out, err)
+        assert code == 0 and json.loads(out)["start"] == "2099-12-01T10:00:00Z", (out, err)
 
         # Offline: both relays down (so the terminals and the relays are all cut off).
         assert await r2.stop(signal.SIGTERM) == 0
         assert await r1.stop(signal.SIGTERM) == 0
         code, _, err = await cli(s1, r1.url, "edit", rid, "--note", "bring referral letter", "--as", "desk-1")
         assert code == 0 and "saved locally" in err, err
-        code, _, err = await cli(s2, r2.url, "reschedule", rid, "--start", "2026-12-01T11:00Z",
-                                 "--end", "2026-12-01T11:30Z", "--as", "app-2")
+        code, _, err = await cli(s2, r2.url, "reschedule", rid, "--start", "2099-12-01T11:00Z",
+                                 "--end", "2099-12-01T11:30Z", "--as", "app-2")
         assert code == 0, err
-        code, a, err = await cli(s1, r1.url, "book", "--resource", "room-2", "--start", "2026-12-01T14:00Z",
-                                 "--end", "2026-12-01T14:30Z", "--patient", "P-0100")
+        code, a, err = await cli(s1, r1.url, "book", "--resource", "room-2", "--start", "2099-12-01T14:00Z",
+                                 "--end", "2099-12-01T14:30Z", "--patient", "P-0100")
         assert code == 0, err
-        code, b, err = await cli(s2, r2.url, "book", "--resource", "room-3", "--start", "2026-12-01T15:00Z",
-                                 "--end", "2026-12-01T15:30Z", "--patient", "P-0200")
+        code, b, err = await cli(s2, r2.url, "book", "--resource", "room-3", "--start", "2099-12-01T15:00Z",
+                                 "--end", "2099-12-01T15:30Z", "--patient", "P-0200")
         assert code == 0, err
         a, b = a.strip(), b.strip()
         code, _, _ = await cli(s1, r1.url, "sync", "--timeout", "1")
@@ -228,7 +228,7 @@ async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_pa
         watches += [watch1 := await Watch(s1, r1.url).start(), watch2 := await Watch(s2, r2.url).start()]
         await r1.start()
         await r2.start()
-        await watch1.until(lambda seen: b in seen and starts_at(rid, "2026-12-01T11:00:00Z")(seen))
+        await watch1.until(lambda seen: b in seen and starts_at(rid, "2099-12-01T11:00:00Z")(seen))
         await watch2.until(lambda seen: a in seen and rid in seen and seen[rid]["note"] == "bring referral letter")
         await watch1.stop()
         await watch2.stop()
@@ -240,7 +240,7 @@ async def test_two_channel_scenario_through_the_cli_in_separate_processes(tmp_pa
         one, two = ({k: {f: v for f, v in r.items() if f != "sync"} for k, r in listing.items()} for listing in listings)
         assert one == two  # identical listings (how far each terminal's own changes got may differ)
         assert set(one) == {rid, a, b}  # no booking lost
-        assert (one[rid]["start"], one[rid]["note"]) == ("2026-12-01T11:00:00Z", "bring referral letter")
+        assert (one[rid]["start"], one[rid]["note"]) == ("2099-12-01T11:00:00Z", "bring referral letter")
         assert {r["status"] for r in one.values()} == {"booked"}
     finally:
         for watch in watches:
