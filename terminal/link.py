@@ -150,6 +150,8 @@ class Link:
         connect_timeout_s: deadline for TCP + websocket handshake.
         backoff: reconnect delays.
         max_outbox: queued outgoing messages before the session is dropped and resynced.
+        max_message_bytes: the largest message accepted from the relay; what the terminal sends
+            is cut into pieces of an eighth of it (keep it within 8x of the relay's limit).
 
     Call :meth:`start` once, :meth:`close` at the end.
     """
@@ -164,6 +166,7 @@ class Link:
         connect_timeout_s: float = 2.0,
         backoff: Backoff | None = None,
         max_outbox: int = 10_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = endpoint_url(relay)
         self.handler = handler
@@ -172,6 +175,7 @@ class Link:
         self.connect_timeout_s = connect_timeout_s
         self.backoff = backoff or Backoff()
         self.max_outbox = max_outbox
+        self.max_message_bytes = max_message_bytes
         self.state = LinkState.OFFLINE
         self.last_error = ""
         self.refused_code: int | None = None
@@ -256,7 +260,7 @@ class Link:
             headers[AUTHORIZATION_HEADER] = bearer(self.token)
         try:
             ws = await connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                               close_timeout=2.0, max_size=DEFAULT_MAX_MESSAGE_BYTES, compression=None)
+                               close_timeout=2.0, max_size=self.max_message_bytes, compression=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -264,7 +268,7 @@ class Link:
                 raise _Refused(refusal, f"relay answered HTTP {status}: check --token") from None
             raise
         self._ws = ws
-        self._session = session = Session(self._documents)
+        self._session = session = Session(self._documents, max_message_bytes=self.max_message_bytes)
         self._outbox = outbox = Outbox(ws, max_messages=self.max_outbox, label="relay")
         self.refused_calendars = {}
         self.last_error = ""
