@@ -43,6 +43,7 @@ from .model import CalendarId, check_calendar_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 PIECES_PER_MESSAGE = 8  # a sync answer's pieces are this many times smaller than the message limit
+PIECE_MARGIN_BYTES = 4096  # room for a piece's framing (calendar name, state vector) under that share
 MIN_PIECE_BYTES = 4096
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE_VECTOR = b"\x00"
@@ -331,9 +332,10 @@ def _calendar_name(raw: bytes) -> str:
 
 def piece_bytes(max_message_bytes: int) -> int:
     """How large the pieces of a sync answer are for a message limit of ``max_message_bytes``:
-    an eighth of it (1 MiB at the default 8 MiB), so that a receiver whose limit is up to eight
-    times lower still takes them, and applying one piece stays short."""
-    return max(MIN_PIECE_BYTES, max_message_bytes // PIECES_PER_MESSAGE)
+    an eighth of it less room for framing (just under 1 MiB at the default 8 MiB), so that a
+    receiver whose limit is up to eight times lower still takes them, and applying one piece
+    stays short."""
+    return max(MIN_PIECE_BYTES, max_message_bytes // PIECES_PER_MESSAGE - PIECE_MARGIN_BYTES)
 
 
 def check_size(data: bytes, max_bytes: int) -> None:

@@ -190,6 +190,11 @@ class Session:
         """Bytes received so far."""
         return self.sync.bytes_in
 
+    @property
+    def largest_in(self) -> int:
+        """Bytes of the largest message received so far."""
+        return self.sync.largest_in
+
     # ---- bytes in ------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:

@@ -163,6 +163,7 @@ class PeerSync:
         self.calendars: dict[CalendarId, CalendarState] = {}
         self.messages_in = 0
         self.bytes_in = 0
+        self.largest_in = 0  # bytes of the largest message received
 
     # ---- bytes in ----------------------------------------------------------------------------
 
@@ -175,8 +176,11 @@ class PeerSync:
         if self.single is None:
             quick = split_update_frame(data, self.max_message_bytes)  # the common case, parsed fast
             if quick is not None:
+                size = len(data)  # _count() inlined: the hot path
                 self.messages_in += 1
-                self.bytes_in += len(data)
+                self.bytes_in += size
+                if size > self.largest_in:
+                    self.largest_in = size
                 return [UpdateReceived(quick[0], quick[1], False)]
         if self.single is not None:
             name: str = self.single
@@ -185,8 +189,7 @@ class PeerSync:
             name, message = decode_framed(data, max_bytes=self.max_message_bytes)
         if isinstance(message, SyncStep1):
             decode_state_vector(message.state_vector)  # validate before any state changes
-        self.messages_in += 1
-        self.bytes_in += len(data)
+        self._count(data)
         calendar = CalendarId(name)
         match message:
             case SyncUpdate(update):
@@ -221,6 +224,12 @@ class PeerSync:
             case AuthDenied(reason):
                 return [CalendarRefused(calendar, CloseCode.FORBIDDEN, reason)]
         return []  # pragma: no cover - decode() returns only the types above
+
+    def _count(self, data: bytes) -> None:
+        self.messages_in += 1
+        self.bytes_in += len(data)
+        if len(data) > self.largest_in:
+            self.largest_in = len(data)
 
     # ---- bytes out ---------------------------------------------------------------------------
 

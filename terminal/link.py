@@ -180,6 +180,8 @@ class Link:
         self.last_error = ""
         self.refused_code: int | None = None
         self.attempts = 0  # connection attempts that have concluded (succeeded or failed)
+        self.messages_in = 0  # messages received from the relay, over every session
+        self.largest_in = 0  # bytes of the largest of them
         self.pulled: set[CalendarId] = set()  # calendars whose STEP2 arrived in this session
         self.refused_calendars: dict[CalendarId, str] = {}
         self._documents = _Documents(handler)
@@ -302,6 +304,8 @@ class Link:
                 if isinstance(message, str):
                     await ws.close(CloseCode.INVALID_DATA, "text frames are not part of the accord protocol")
                     return
+                self.messages_in += 1
+                self.largest_in = max(self.largest_in, len(message))
                 try:
                     session.receive(message)
                     while (event := session.next_event()) is not None:
