@@ -180,8 +180,9 @@ class Link:
         self.last_error = ""
         self.refused_code: int | None = None
         self.attempts = 0  # connection attempts that have concluded (succeeded or failed)
-        self.messages_in = 0  # messages received from the relay, over every session
-        self.largest_in = 0  # bytes of the largest of them
+        # Traffic over every session: messages and bytes each way, and the largest message received.
+        self.messages_in = self.bytes_in = self.largest_in = 0
+        self.messages_out = self.bytes_out = 0
         self.pulled: set[CalendarId] = set()  # calendars whose STEP2 arrived in this session
         self.refused_calendars: dict[CalendarId, str] = {}
         self._documents = _Documents(handler)
@@ -305,6 +306,7 @@ class Link:
                     await ws.close(CloseCode.INVALID_DATA, "text frames are not part of the accord protocol")
                     return
                 self.messages_in += 1
+                self.bytes_in += len(message)
                 self.largest_in = max(self.largest_in, len(message))
                 try:
                     session.receive(message)
@@ -347,7 +349,10 @@ class Link:
         session, outbox, ws = self._session, self._outbox, self._ws
         if session is None or outbox is None or ws is None:
             return
-        if not outbox.send_all(session.data_to_send()):
+        messages = session.data_to_send()
+        self.messages_out += len(messages)
+        self.bytes_out += sum(len(m) for m in messages)
+        if not outbox.send_all(messages):
             # A relay this slow gets a fresh session: the STEP1/STEP2 exchange resends what it lacks.
             log.warning("outbox full; reconnecting to resync", extra={"relay": self.url})
             if self._closer is None or self._closer.done():
