@@ -17,6 +17,7 @@ from pycrdt import Doc, Map
 from relays import relay_config
 from test_interop_yjs import NodeEnv, node_env, run_yclient  # noqa: F401  (node_env is a fixture)
 
+from accord.engine.calendar import Calendar
 from accord.engine.errors import MalformedMessage
 from accord.engine.model import CalendarId
 from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode_framed, decode_state_vector, piece_bytes
@@ -276,25 +277,7 @@ async def test_a_50k_calendar_cold_syncs_to_a_stock_yjs_client_in_messages_under
 @pytest.mark.slow
 async def test_a_terminal_uploads_20k_offline_bookings_in_messages_under_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "desk.sqlite"
-    store = TerminalStore(path, "desk-1", has_relay=True, compaction=CompactionPolicy())
-    await store.open()
-    try:
-        await store.open_calendar(CALENDAR)
-
-        def book_all(calendar: object) -> None:
-            from accord.engine.calendar import Calendar
-            assert isinstance(calendar, Calendar)
-            with calendar.doc.transaction(origin=calendar.origin):  # one offline session's bookings
-                for i in range(UPLOAD):
-                    start = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=15 * (i // 20))
-                    calendar.book(resource=f"room-{i % 20}", start=start, end=start + timedelta(minutes=15),
-                                  patient=f"P-{i:06d}", now=NOW)
-
-        _, saved = await store.write(CALENDAR, book_all)
-        assert sum(len(u) for u in saved.updates) > DEFAULT_MAX_MESSAGE_BYTES  # one message could not carry it
-    finally:
-        await store.close()
-
+    await offline_bookings(path, UPLOAD)
     async with Relay(relay_config(tmp_path, "r1")) as relay, \
             Terminal(relay=relay.url, store=path, name="desk-1") as desk:
         assert desk.status().pending == 1
@@ -303,5 +286,52 @@ async def test_a_terminal_uploads_20k_offline_bookings_in_messages_under_the_lim
         assert desk.status().pending == 0
         assert len(relay.calendars.loaded[CALENDAR].replica.calendar.reservations) == UPLOAD
         terminal = next(c for c in relay.connections if not c.is_peer)
+        assert terminal.session.bytes_in > DEFAULT_MAX_MESSAGE_BYTES  # one message could not have carried it
         assert terminal.session.messages_in > 1
         assert terminal.session.largest_in < DEFAULT_MAX_MESSAGE_BYTES
+
+
+async def offline_bookings(path: Path, count: int) -> None:
+    """A terminal store at ``path`` holding ``count`` bookings made offline, in one transaction."""
+    store = TerminalStore(path, "desk-1", has_relay=True, compaction=CompactionPolicy())
+    await store.open()
+    try:
+        await store.open_calendar(CALENDAR)
+
+        def book_all(calendar: Calendar) -> None:
+            with calendar.doc.transaction(origin=calendar.origin):
+                for i in range(count):
+                    start = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=15 * (i // 20))
+                    calendar.book(resource=f"room-{i % 20}", start=start, end=start + timedelta(minutes=15),
+                                  patient=f"P-{i:06d}", now=NOW)
+
+        await store.write(CALENDAR, book_all)
+    finally:
+        await store.close()
+
+
+async def test_a_lowered_message_limit_on_relay_and_terminals_is_kept_both_ways(tmp_path: Path) -> None:
+    limit = 128 * 1024
+    await offline_bookings(tmp_path / "desk.sqlite", 1500)  # ~0.7 MB: several pieces of 12 KiB
+    async with Relay(relay_config(tmp_path, "r1", max_message_bytes=limit)) as relay:
+        async with Terminal(relay=relay.url, store=tmp_path / "desk.sqlite", name="desk-1",
+                            max_message_bytes=limit) as desk:
+            await desk.synced(timeout=SYNC_TIMEOUT_S)
+            uploaded = next(c for c in relay.connections if not c.is_peer)
+            assert uploaded.session.messages_in > 10 and uploaded.session.largest_in <= limit
+        async with Terminal(relay=relay.url, store=tmp_path / "new.sqlite", name="new-desk",
+                            max_message_bytes=limit) as new:
+            await new.open(CALENDAR)
+            await new.synced(timeout=SYNC_TIMEOUT_S)
+            assert new.link is not None
+            assert new.link.messages_in > 10 and new.link.largest_in <= limit
+            assert len(await new.reservations(CALENDAR)) == 1500
+
+
+def test_the_terminal_cli_takes_a_message_limit_and_refuses_a_tiny_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from accord.terminal.cli import build_parser, main
+
+    assert build_parser().parse_args(["sync", "--max-message-bytes", "16777216"]).max_message_bytes == 16 * 1024 * 1024
+    assert build_parser().parse_args(["sync"]).max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    assert main(["sync", "--max-message-bytes", "10"]) == 2
+    assert "at least 65536" in capsys.readouterr().err
