@@ -22,6 +22,10 @@ with three accord message types besides the y-websocket ones:
   Peers announce which calendars they hold so that the other side can open them.
 - ``102 REFUSED``: varuint close code, varstring reason: one calendar of a multiplexed
   connection was refused (e.g. outside the token's globs); the connection stays open.
+- ``103 STEP2_PART``: varbytes state vector, varbytes update: one piece of a sync answer too
+  large for one message (:mod:`engine.update_pieces`); the last piece is an ordinary STEP2.
+  The state vector is the sender's when it answered: once the receiver holds it, it holds the
+  whole answer. A y-websocket connection gets the same pieces as SYNC_UPDATEs, then the STEP2.
 
 Every decoder here raises :class:`MalformedMessage` for truncated or garbage input and
 :class:`MessageTooLarge` for input over the limit; nothing is half-decoded.
@@ -38,6 +42,9 @@ from .lib0 import read_var_bytes, read_var_uint
 from .model import CalendarId, check_calendar_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+PIECES_PER_MESSAGE = 8  # a sync answer's pieces are this many times smaller than the message limit
+PIECE_MARGIN_BYTES = 4096  # room for a piece's framing (calendar name, state vector) under that share
+MIN_PIECE_BYTES = 4096
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE_VECTOR = b"\x00"
 
@@ -52,6 +59,7 @@ class MessageType(enum.IntEnum):
     ACK = 100
     CALENDARS = 101
     REFUSED = 102
+    STEP2_PART = 103
 
 
 class SyncType(enum.IntEnum):
@@ -73,6 +81,15 @@ class SyncStep1:
 class SyncStep2:
     """The reply to a step 1: everything the asker missed, as one update."""
 
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep2Part:
+    """One piece of a step 2 too large for one message; more follow, the last as a :class:`SyncStep2`.
+    ``state_vector`` is the sender's when it answered (the receiver holds it all once it holds that)."""
+
+    state_vector: bytes
     update: bytes
 
 
@@ -124,7 +141,7 @@ class Refused:
     reason: str
 
 
-Message = SyncStep1 | SyncStep2 | SyncUpdate | Awareness | QueryAwareness | AuthDenied | Ack | Calendars | Refused
+Message = SyncStep1 | SyncStep2 | SyncStep2Part | SyncUpdate | Awareness | QueryAwareness | AuthDenied | Ack | Calendars | Refused
 
 
 # ---- primitives ------------------------------------------------------------------------------
@@ -208,6 +225,8 @@ def encode(message: Message) -> bytes:
             return b"\x00\x01" + write_var_bytes(update)
         case SyncUpdate(update):
             return b"\x00\x02" + write_var_bytes(update)
+        case SyncStep2Part(state_vector, update):
+            return write_var_uint(MessageType.STEP2_PART) + write_var_bytes(state_vector) + write_var_bytes(update)
         case Awareness(payload):
             return b"\x01" + write_var_bytes(payload)
         case QueryAwareness():
@@ -311,6 +330,14 @@ def _calendar_name(raw: bytes) -> str:
     return name
 
 
+def piece_bytes(max_message_bytes: int) -> int:
+    """How large the pieces of a sync answer are for a message limit of ``max_message_bytes``:
+    an eighth of it less room for framing (just under 1 MiB at the default 8 MiB), so that a
+    receiver whose limit is up to eight times lower still takes them, and applying one piece
+    stays short."""
+    return max(MIN_PIECE_BYTES, max_message_bytes // PIECES_PER_MESSAGE - PIECE_MARGIN_BYTES)
+
+
 def check_size(data: bytes, max_bytes: int) -> None:
     """Raise MessageTooLarge if ``data`` exceeds ``max_bytes``."""
     if len(data) > max_bytes:
@@ -355,6 +382,9 @@ def _decode_body(reader: Reader) -> Message:
         message = Calendars(tuple(names))
     elif kind == MessageType.REFUSED:
         message = Refused(reader.var_uint(), reader.var_string())
+    elif kind == MessageType.STEP2_PART:
+        message = SyncStep2Part(reader.var_bytes(), reader.var_bytes())
+        decode_state_vector(message.state_vector)
     else:
         raise MalformedMessage(f"unknown message type {kind}")
     if not reader.at_end():

@@ -18,7 +18,11 @@ terminal's link and the test clients all behave the same without re-implementing
   each other (a relay's durability is its own store; peers catch up by state vector after any
   fault, so an ACK would tell a peer nothing it could act on). An empty update is still
   acknowledged: it yields :class:`NothingNew` so the caller can acknowledge it in order with
-  what came before.
+  what came before. A sync answer that came in pieces is acknowledged once, when what is
+  stored covers all of it (the state its first piece announced), never piece by piece.
+- **Large answers.** A STEP2 (or a local update) larger than :attr:`Session.piece_bytes`, an
+  eighth of the message limit, goes out as pieces (:mod:`~accord.engine.update_pieces`), each
+  applicable in turn; the other side is synced when the last one arrives.
 - **Awareness.** Presence entries a connection announces are remembered per calendar, so that
   :meth:`Session.awareness_gone` can tell the others when it leaves (as y-websocket's server does).
 
@@ -41,7 +45,7 @@ from typing import Protocol
 
 from .errors import CloseCode, LocalProtocolError
 from .model import CalendarId
-from .protocol import EMPTY_UPDATE, AwarenessEntry, decode_awareness, encode_awareness
+from .protocol import EMPTY_UPDATE, AwarenessEntry, decode_awareness, encode_awareness, piece_bytes
 from .sync import (
     Acknowledged,
     AwarenessQueried,
@@ -53,6 +57,7 @@ from .sync import (
     SyncRequested,
     UpdateReceived,
 )
+from .update_pieces import split_update
 
 __all__ = [
     "AUTHORIZATION_HEADER", "RELAY_HEADER", "ROLE_HEADER", "SYNC_PATH", "TERMINAL_HEADER",
@@ -153,7 +158,8 @@ class Session:
         documents: the side's documents.
         calendar: for the single framing, the one calendar the connection carries; None for multiplexed.
         send_acks: acknowledge stored updates to the other side (a relay, towards terminals).
-        max_message_bytes: larger incoming messages raise :class:`MessageTooLarge`.
+        max_message_bytes: larger incoming messages raise :class:`MessageTooLarge`; sync answers
+            and local updates larger than an eighth of it are sent in pieces that size.
     """
 
     def __init__(self, documents: Documents, *, calendar: str | None = None, send_acks: bool = False,
@@ -161,6 +167,7 @@ class Session:
         self.documents = documents
         self.sync = PeerSync(calendar) if max_message_bytes is None else PeerSync(calendar, max_message_bytes=max_message_bytes)
         self.framing = Framing.MULTIPLEXED if calendar is None else Framing.SINGLE
+        self.piece_bytes = piece_bytes(self.sync.max_message_bytes)
         self.send_acks = send_acks
         self._serving: dict[CalendarId, _Serving] = {}
         self._asked: dict[CalendarId, bytes] = {}  # STEP1s to answer once the calendar opens
@@ -182,6 +189,11 @@ class Session:
     def bytes_in(self) -> int:
         """Bytes received so far."""
         return self.sync.bytes_in
+
+    @property
+    def largest_in(self) -> int:
+        """Bytes of the largest message received so far."""
+        return self.sync.largest_in
 
     # ---- bytes in ------------------------------------------------------------------------------
 
@@ -292,9 +304,10 @@ class Session:
 
     def stored(self, calendar: str, state_vector: bytes) -> None:
         """Everything received for ``calendar`` up to ``state_vector`` is durable on this side:
-        acknowledge it, if this session sends acks and still serves the calendar."""
+        acknowledge it, if this session sends acks and still serves the calendar, and all of a
+        sync answer that came in pieces is covered (else a later call acknowledges it)."""
         name = CalendarId(calendar)
-        if self.send_acks and self._serving.get(name) is _Serving.OPEN:
+        if self.send_acks and self._serving.get(name) is _Serving.OPEN and self.sync.holds_answer(name, state_vector):
             self._out.append(self.sync.ack(name, state_vector))
 
     # ---- bytes out --------------------------------------------------------------------------------
@@ -304,8 +317,12 @@ class Session:
         return self.sync.update(calendar, update)
 
     def send_update(self, calendar: str, update: bytes) -> None:
-        """Queue one incremental update for :meth:`data_to_send`."""
-        self._out.append(self.sync.update(calendar, update))
+        """Queue one incremental update for :meth:`data_to_send` (in pieces, if it is larger than
+        :attr:`piece_bytes`)."""
+        if len(update) <= self.piece_bytes:
+            self._out.append(self.sync.update(calendar, update))
+            return
+        self._out.extend(self.sync.update(calendar, piece) for piece in split_update(update, self.piece_bytes))
 
     def awareness(self, calendar: str, payload: bytes) -> bytes:
         """Frame presence data for this connection."""
@@ -350,4 +367,9 @@ class Session:
             self._out.append(self.sync.step1(calendar, self.documents.state_vector(calendar)))
 
     def _answer(self, calendar: CalendarId, state_vector: bytes) -> None:
-        self._out.append(self.sync.step2(calendar, self.documents.diff(calendar, state_vector)))
+        diff = self.documents.diff(calendar, state_vector)
+        pieces = split_update(diff, self.piece_bytes)
+        if len(pieces) == 1:
+            self._out.append(self.sync.step2(calendar, diff))
+        else:
+            self._out.extend(self.sync.step2_parts(calendar, pieces, self.documents.state_vector(calendar)))

@@ -16,6 +16,13 @@ bytes through it and act on the events::
         ...                                 # apply updates, persist, reply
     await send(sync.update(calendar, u))    # bytes out
 
+A step 2 too large for one message goes as pieces (:mod:`engine.update_pieces`): STEP2_PART
+messages, then a STEP2 with the last piece (:meth:`PeerSync.step2_parts`); stock y-websocket
+clients get the pieces as SYNC_UPDATEs before the STEP2, which they know. Either way the
+receiver sees one :class:`UpdateReceived` per piece (``step2`` set) and :class:`SyncCompleted`
+only after the last, and :meth:`PeerSync.holds_answer` tells whether everything a STEP2_PART
+announced is covered by a state vector (a relay acknowledges the pieces only then).
+
 Two framings: single-calendar (y-websocket; ``PeerSync(calendar="clinic-1")``) and
 multiplexed (accord; ``PeerSync()``), where every message names its calendar.
 A message that cannot be parsed raises :class:`RemoteProtocolError` and leaves the state
@@ -39,7 +46,9 @@ from .protocol import (
     Refused,
     SyncStep1,
     SyncStep2,
+    SyncStep2Part,
     SyncUpdate,
+    covers,
     decode,
     decode_framed,
     decode_state_vector,
@@ -135,6 +144,8 @@ class CalendarState:
     opened: bool = False
     synced: bool = False
     acked: dict[int, int] = field(default_factory=dict)
+    # The state vector a STEP2_PART announced, until a state vector covering it was seen.
+    answer: dict[int, int] | None = None
 
 
 class PeerSync:
@@ -152,6 +163,7 @@ class PeerSync:
         self.calendars: dict[CalendarId, CalendarState] = {}
         self.messages_in = 0
         self.bytes_in = 0
+        self.largest_in = 0  # bytes of the largest message received
 
     # ---- bytes in ----------------------------------------------------------------------------
 
@@ -164,8 +176,11 @@ class PeerSync:
         if self.single is None:
             quick = split_update_frame(data, self.max_message_bytes)  # the common case, parsed fast
             if quick is not None:
+                size = len(data)  # _count() inlined: the hot path
                 self.messages_in += 1
-                self.bytes_in += len(data)
+                self.bytes_in += size
+                if size > self.largest_in:
+                    self.largest_in = size
                 return [UpdateReceived(quick[0], quick[1], False)]
         if self.single is not None:
             name: str = self.single
@@ -174,14 +189,16 @@ class PeerSync:
             name, message = decode_framed(data, max_bytes=self.max_message_bytes)
         if isinstance(message, SyncStep1):
             decode_state_vector(message.state_vector)  # validate before any state changes
-        self.messages_in += 1
-        self.bytes_in += len(data)
+        self._count(data)
         calendar = CalendarId(name)
         match message:
             case SyncUpdate(update):
                 return [UpdateReceived(calendar, update, False)]
             case SyncStep1(state_vector):
                 return [SyncRequested(calendar, state_vector)]
+            case SyncStep2Part(state_vector, update):
+                self.state(calendar).answer = decode_state_vector(state_vector)
+                return [UpdateReceived(calendar, update, True)]
             case SyncStep2(update):
                 state = self.state(calendar)
                 events: list[Event] = [UpdateReceived(calendar, update, True)]
@@ -208,6 +225,12 @@ class PeerSync:
                 return [CalendarRefused(calendar, CloseCode.FORBIDDEN, reason)]
         return []  # pragma: no cover - decode() returns only the types above
 
+    def _count(self, data: bytes) -> None:
+        self.messages_in += 1
+        self.bytes_in += len(data)
+        if len(data) > self.largest_in:
+            self.largest_in = len(data)
+
     # ---- bytes out ---------------------------------------------------------------------------
 
     def step1(self, calendar: str, state_vector: bytes) -> bytes:
@@ -218,6 +241,17 @@ class PeerSync:
     def step2(self, calendar: str, update: bytes) -> bytes:
         """Answer a :class:`SyncRequested` with everything the other side misses."""
         return self._frame(self._check(calendar), SyncStep2(update))
+
+    def step2_parts(self, calendar: str, pieces: list[bytes], state_vector: bytes) -> list[bytes]:
+        """Answer a :class:`SyncRequested` whose update was cut into ``pieces`` (in order): STEP2_PART
+        messages announcing ``state_vector`` (ours when we answered), then a STEP2 with the last
+        piece; on a y-websocket connection SYNC_UPDATEs, then the STEP2."""
+        name = self._check(calendar)
+        if self.single is not None:
+            parts = [encode(SyncUpdate(piece)) for piece in pieces[:-1]]
+        else:
+            parts = [encode_framed(name, SyncStep2Part(state_vector, piece)) for piece in pieces[:-1]]
+        return [*parts, self._frame(name, SyncStep2(pieces[-1]))]
 
     def update(self, calendar: str, update: bytes) -> bytes:
         """An incremental update."""
@@ -254,6 +288,18 @@ class PeerSync:
         if found is None:
             found = self.calendars[calendar] = CalendarState()
         return found
+
+    def holds_answer(self, calendar: str, state_vector: bytes) -> bool:
+        """True unless a STEP2_PART for ``calendar`` announced a state that ``state_vector`` does
+        not cover yet (pieces of the answer are still to come, or to be stored); once covered,
+        the announcement is forgotten."""
+        found = self.calendars.get(CalendarId(calendar))
+        if found is None or found.answer is None:
+            return True
+        if not covers(decode_state_vector(state_vector), found.answer):
+            return False
+        found.answer = None
+        return True
 
     def is_synced(self, calendar: str) -> bool:
         """True once a step 2 arrived for ``calendar``."""

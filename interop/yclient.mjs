@@ -19,6 +19,10 @@
 //       connect, publish awareness {user: ME, saw}, re-published every 200 ms so the join order
 //       does not matter; set saw=true once a state {user: OTHER} arrives from another client, and
 //       finish once OTHER's state says saw=true too (both sides have seen each other).
+//   node yclient.mjs pull --url ... --calendar ... [--token T]
+//       connect, wait until synced (y-websocket: the first SYNC_STEP2), then report what arrived and
+//       the websocket messages that carried it: {"event": "pulled", "reservations": N, "messages": M,
+//       "largest": BYTES of the largest message}.
 //
 // Output: JSON lines on stdout, one per step ({"event": "synced" | "seen" | "edited" | "flushed" |
 // "awareness" | "awareness-done" | "error" | "timeout", ...}). Exit code 0 when done, 1 on error (e.g. the relay closed
@@ -66,9 +70,10 @@ function parseArgs (argv) {
   const need = {
     edit: ['url', 'calendar', 'reservation', 'note'],
     attack: ['url', 'calendar', 'reservation', 'how'],
-    awareness: ['url', 'calendar', 'name', 'expect']
+    awareness: ['url', 'calendar', 'name', 'expect'],
+    pull: ['url', 'calendar']
   }[opts.mode]
-  const missing = need ? need.filter(k => !opts[k]) : ['mode (edit, attack or awareness)']
+  const missing = need ? need.filter(k => !opts[k]) : ['mode (edit, attack, awareness or pull)']
   if (missing.length) {
     emit({ event: 'error', error: `missing ${missing.map(k => '--' + k).join(', ')}` })
     process.exit(EXIT_USAGE)
@@ -83,6 +88,17 @@ const [Y, { WebsocketProvider }, wsModule] = await Promise.all(
 const WebSocket = wsModule.default || wsModule.WebSocket
 
 let stage = 'connecting'
+// Every message any of our sockets receives, counted before y-websocket handles it.
+const received = { messages: 0, largest: 0 }
+class CountingWebSocket extends WebSocket {
+  constructor (...args) {
+    super(...args)
+    this.addEventListener('message', event => {
+      received.messages++
+      received.largest = Math.max(received.largest, event.data.byteLength)
+    })
+  }
+}
 const providers = []
 
 function finish (code, extra) {
@@ -102,7 +118,7 @@ deadline.unref()
 function connect (label) {
   const doc = new Y.Doc()
   const provider = new WebsocketProvider(opts.url, opts.calendar, doc, {
-    WebSocketPolyfill: WebSocket,
+    WebSocketPolyfill: CountingWebSocket,
     params: opts.token ? { token: opts.token } : {},
     disableBc: true,
     maxBackoffTime: 500
@@ -247,8 +263,16 @@ async function runAwareness () {
   finish(0)
 }
 
+async function runPull () {
+  const me = connect('puller')
+  await me.synced
+  emit({ event: 'pulled', calendar: opts.calendar, reservations: me.reservations.size, ...received })
+  finish(0)
+}
+
 try {
   if (opts.mode === 'edit') await runEdit()
+  else if (opts.mode === 'pull') await runPull()
   else if (opts.mode === 'attack') await runAttack()
   else await runAwareness()
 } catch (err) {

@@ -24,6 +24,7 @@ from accord import logs
 from accord.engine.calendar import MAX_HOLD_TTL, MIN_HOLD_TTL
 from accord.engine.errors import AccordError, ExitCode, StorageError
 from accord.engine.model import check_calendar_name
+from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 from .client import Terminal, default_name
 from .commands import (
@@ -72,6 +73,16 @@ class _Parser(argparse.ArgumentParser):
 def _env(name: str, fallback: str | None) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or fallback
+
+
+def _message_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes; write it like 8388608") from None
+    if value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} bytes is too small a message limit; use at least 65536")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -147,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show and read times in this IANA zone (env ACCORD_TZ; default the calendar's zone "
                        "setting, else this machine's), e.g. --tz Europe/Berlin")
     group.add_argument("--utc", action="store_true", help="show and read times in UTC")
+    group.add_argument("--max-message-bytes", type=_message_limit, metavar="BYTES",
+                       default=_env("ACCORD_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
+                       help="largest message accepted from the relay (env ACCORD_MAX_MESSAGE_BYTES; default "
+                       f"{DEFAULT_MAX_MESSAGE_BYTES} = 8 MiB, the relay's default); larger syncs are sent and received "
+                       "in pieces of an eighth of it, so keep it within 8x of the relay's --max-message-bytes, "
+                       "e.g. --max-message-bytes 16777216")
     group.add_argument("--json", action="store_true",
                        help="machine-readable output: one JSON object on stdout (JSON lines for watch), "
                        "errors as JSON on stderr")
@@ -266,6 +283,7 @@ async def run(args: argparse.Namespace, out: Output) -> ExitCode:
         token=args.token,
         name=args.actor or default_name(),
         connect_timeout_s=timeout_s,
+        max_message_bytes=args.max_message_bytes,
     )
     async with terminal:
         ctx = Context(terminal, args, out, timeout_s, calendar)

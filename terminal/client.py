@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
 from accord.engine.model import CalendarId, Reservation, ReservationId, Resource, Status, check_calendar_name, format_time
-from accord.engine.protocol import decode_state_vector
+from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode_state_vector
 from accord.engine.storage import CompactionPolicy
 
 from . import waits
@@ -67,6 +67,8 @@ class Terminal:
         backoff: reconnect delays (default: 0.25 s doubling up to 30 s, with jitter).
         clock: returns "now" (UTC, aware); injected in tests.
         compaction: when to merge a calendar's stored log into one row on open.
+        max_message_bytes: the largest message accepted from the relay (default 8 MiB, the
+            relay's default too); syncs larger than an eighth of it go in pieces that size.
 
     Raises (on entering):
         StoreUnavailable: the store cannot be opened or is not an accord store.
@@ -85,6 +87,7 @@ class Terminal:
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] | None = None,
         compaction: CompactionPolicy | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.relay = relay
         self.store_path = Path(store).expanduser()
@@ -94,6 +97,7 @@ class Terminal:
         self.backoff = backoff
         self.clock = clock or (lambda: datetime.now(UTC))
         self.compaction = compaction or CompactionPolicy()
+        self.max_message_bytes = max_message_bytes
         self.link: Link | None = None
         self._store = TerminalStore(self.store_path, self.name, has_relay=bool(relay), compaction=self.compaction)
         self._wakeup = waits.Wakeup()
@@ -118,7 +122,8 @@ class Terminal:
         if self.relay:
             # Raises ValueError for a bad URL before anything is opened.
             link = Link(self.relay, self, token=self.token, name=self.name,
-                        connect_timeout_s=self.connect_timeout_s, backoff=self.backoff)
+                        connect_timeout_s=self.connect_timeout_s, backoff=self.backoff,
+                        max_message_bytes=self.max_message_bytes)
         await self._store.open()
         self._running = True
         log.info("terminal started", extra={"terminal": self.name, "calendars": len(self._store.calendars)})

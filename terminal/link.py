@@ -150,6 +150,8 @@ class Link:
         connect_timeout_s: deadline for TCP + websocket handshake.
         backoff: reconnect delays.
         max_outbox: queued outgoing messages before the session is dropped and resynced.
+        max_message_bytes: the largest message accepted from the relay; what the terminal sends
+            is cut into pieces of an eighth of it (keep it within 8x of the relay's limit).
 
     Call :meth:`start` once, :meth:`close` at the end.
     """
@@ -164,6 +166,7 @@ class Link:
         connect_timeout_s: float = 2.0,
         backoff: Backoff | None = None,
         max_outbox: int = 10_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = endpoint_url(relay)
         self.handler = handler
@@ -172,10 +175,14 @@ class Link:
         self.connect_timeout_s = connect_timeout_s
         self.backoff = backoff or Backoff()
         self.max_outbox = max_outbox
+        self.max_message_bytes = max_message_bytes
         self.state = LinkState.OFFLINE
         self.last_error = ""
         self.refused_code: int | None = None
         self.attempts = 0  # connection attempts that have concluded (succeeded or failed)
+        # Traffic over every session: messages and bytes each way, and the largest message received.
+        self.messages_in = self.bytes_in = self.largest_in = 0
+        self.messages_out = self.bytes_out = 0
         self.pulled: set[CalendarId] = set()  # calendars whose STEP2 arrived in this session
         self.refused_calendars: dict[CalendarId, str] = {}
         self._documents = _Documents(handler)
@@ -256,7 +263,7 @@ class Link:
             headers[AUTHORIZATION_HEADER] = bearer(self.token)
         try:
             ws = await connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                               close_timeout=2.0, max_size=DEFAULT_MAX_MESSAGE_BYTES, compression=None)
+                               close_timeout=2.0, max_size=self.max_message_bytes, compression=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -264,7 +271,7 @@ class Link:
                 raise _Refused(refusal, f"relay answered HTTP {status}: check --token") from None
             raise
         self._ws = ws
-        self._session = session = Session(self._documents)
+        self._session = session = Session(self._documents, max_message_bytes=self.max_message_bytes)
         self._outbox = outbox = Outbox(ws, max_messages=self.max_outbox, label="relay")
         self.refused_calendars = {}
         self.last_error = ""
@@ -298,6 +305,9 @@ class Link:
                 if isinstance(message, str):
                     await ws.close(CloseCode.INVALID_DATA, "text frames are not part of the accord protocol")
                     return
+                self.messages_in += 1
+                self.bytes_in += len(message)
+                self.largest_in = max(self.largest_in, len(message))
                 try:
                     session.receive(message)
                     while (event := session.next_event()) is not None:
@@ -339,7 +349,10 @@ class Link:
         session, outbox, ws = self._session, self._outbox, self._ws
         if session is None or outbox is None or ws is None:
             return
-        if not outbox.send_all(session.data_to_send()):
+        messages = session.data_to_send()
+        self.messages_out += len(messages)
+        self.bytes_out += sum(len(m) for m in messages)
+        if not outbox.send_all(messages):
             # A relay this slow gets a fresh session: the STEP1/STEP2 exchange resends what it lacks.
             log.warning("outbox full; reconnecting to resync", extra={"relay": self.url})
             if self._closer is None or self._closer.done():
