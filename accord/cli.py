@@ -1,4 +1,4 @@
-"""The ``accord`` command: dispatches to ``relay``, ``terminal``, ``store`` and ``demo``.
+"""The ``accord`` command: dispatches to ``relay``, ``terminal``, ``store``, ``token`` and ``demo``.
 
 This is the one module that knows every subcommand; it imports each only when it runs.
 Exit codes are ``accord.engine.errors.ExitCode``: 0 ok, 1 error the user can fix, 2 bad usage,
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "relay": ("accord.relay.cli", "run the websocket relay (server) for one channel"),
     "terminal": ("accord.terminal.cli", "offline-first client: book, reschedule, cancel, list, sync, watch"),
     "store": ("accord.store_cli", "inspect and maintain a store file: check, compact"),
+    "token": ("accord.relay.token_cli", "mint a relay token (the token file keeps only its hash)"),
     "demo": ("accord.demo", "two relays and two terminals walk through the two-channel scenario"),
 }
 

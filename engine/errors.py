@@ -124,6 +124,12 @@ class MessageTooLarge(RemoteProtocolError):
     close_code = CloseCode.MESSAGE_TOO_BIG
 
 
+class TooMuchPresence(RemoteProtocolError):
+    """A connection announced more presence (awareness) entries, or larger ones, than allowed."""
+
+    close_code = CloseCode.POLICY_VIOLATION
+
+
 class LocalProtocolError(ProtocolError):
     """This side used the state machine wrongly: a bug in the caller, not in the peer."""
 

@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import CloseCode, LocalProtocolError
+from .errors import CloseCode, LocalProtocolError, TooMuchPresence
 from .model import CalendarId
 from .protocol import EMPTY_UPDATE, AwarenessEntry, decode_awareness, encode_awareness, piece_bytes
 from .sync import (
@@ -83,6 +83,11 @@ def parse_bearer(value: str | None) -> str | None:
         return value[7:].strip() or None
     return None
 
+
+MAX_PRESENCE_CLIENTS = 8
+"""Presence (awareness) entries one connection may announce per calendar (a browser tab has one)."""
+MAX_PRESENCE_STATE = 4096
+"""Characters of one presence state (a name, a cursor, a colour)."""
 
 class Framing(enum.StrEnum):
     """``single``: y-websocket, one calendar per connection; ``multiplexed``: accord's own."""
@@ -253,8 +258,13 @@ class Session:
         for entry in decode_awareness(payload):  # MalformedMessage: the caller closes with 1007
             if entry.state == "null":
                 announced.pop(entry.client, None)
-            else:
-                announced[entry.client] = entry.clock
+                continue
+            if len(entry.state) > MAX_PRESENCE_STATE:
+                raise TooMuchPresence(f"a presence state is limited to {MAX_PRESENCE_STATE} characters")
+            announced[entry.client] = entry.clock
+            if len(announced) > MAX_PRESENCE_CLIENTS:
+                raise TooMuchPresence(f"one connection announces at most {MAX_PRESENCE_CLIENTS} presence "
+                                      "entries per calendar")
 
     def next_event(self) -> Event | None:
         """The next event, or None when there is none left."""

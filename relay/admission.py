@@ -49,6 +49,7 @@ class Admitted:
     grant: Grant
     calendar: CalendarId | None  # the one calendar of a y-websocket connection
     peer_id: str = ""
+    token: str | None = None  # as presented (kept in memory to re-check it when tokens reload; never logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +91,21 @@ class Admission:
         grant = self.tokens.check(token, wants_peer=wants_peer)
         if grant is None:
             return Refusal(CloseCode.UNAUTHORIZED, "missing or wrong token", "unauthorized")
+        if grant.role is Role.MONITOR:
+            return Refusal(CloseCode.FORBIDDEN, "a monitor token reads /metrics and /healthz only", "forbidden")
         if path == SYNC_PATH:
             if wants_peer and grant.role is not Role.PEER:
                 return Refusal(CloseCode.FORBIDDEN, "this token may not peer", "forbidden")
             if wants_peer:
-                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64])
-            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None)
+                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64], token)
+            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None, "", token)
         try:
             calendar = check_calendar_name(path.lstrip("/"))
         except InvalidCalendarName as exc:
             return Refusal(CloseCode.NOT_FOUND, str(exc), "bad_calendar")
         if not grant.allows(calendar):
             return Refusal(CloseCode.FORBIDDEN, f"token may not open {calendar}", "forbidden")
-        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar)
+        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar, "", token)
 
     # ---- updates --------------------------------------------------------------------------------
 

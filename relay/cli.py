@@ -142,10 +142,21 @@ async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Relay(config) as relay:
+        reloads: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            log.info("SIGHUP: reloading", extra={"relay": config.relay_id})
+            task = asyncio.create_task(relay.reload(), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(relay.port))
             tmp.replace(port_file)
         await stop.wait()
+        loop.remove_signal_handler(signal.SIGHUP)
+        await asyncio.gather(*reloads, return_exceptions=True)
         log.info("shutting down", extra={"relay": config.relay_id})
     return ExitCode.OK

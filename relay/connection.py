@@ -59,12 +59,15 @@ class Connection:
     """A connected terminal, peer relay, read-only viewer or stock Yjs client."""
 
     def __init__(self, websocket: WebSocket, session: Session, *, kind: Kind, grant: Grant, metrics: Metrics,
-                 peer_id: str = "", outbox_messages: int = 4096) -> None:
+                 peer_id: str = "", outbox_messages: int = 4096, token: str | None = None,
+                 inbound: bool = True) -> None:
         self.id = next(_ids)
         self.websocket = websocket
         self.session = session
         self.kind = kind
         self.grant = grant
+        self.token = token  # what it presented: re-checked when the token file reloads
+        self.inbound = inbound  # False for this relay's own outbound peer links
         self.metrics = metrics
         self.peer_id = peer_id
         self.outbox = Outbox(websocket, max_messages=outbox_messages, label=self.label)

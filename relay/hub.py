@@ -38,7 +38,7 @@ from accord.engine.session import (
 
 from . import presence
 from .admission import IGNORED, RESYNC, Admission, Admitted
-from .auth import OPEN_PEER_GRANT, Grant
+from .auth import OPEN_PEER_GRANT, Grant, Role, TokenBook
 from .calendars import CalendarHandle, CalendarSet, matches
 from .connection import Connection, Kind
 from .metrics import Metrics
@@ -79,26 +79,30 @@ class Hub:
             log.info("connection refused", extra={"code": int(verdict.code), "reason": verdict.reason})
             await websocket.close(verdict.code, verdict.reason)
             return
-        await self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id).run(self)
+        await self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id,
+                               token=verdict.token).run(self)
 
-    def peer_connection(self, websocket: ClientConnection, url: str) -> Connection:
-        """Wrap an outbound peer link's websocket (the link runs it)."""
-        return self._connection(websocket, Kind.PEER, OPEN_PEER_GRANT, None, url)
+    def peer_connection(self, websocket: ClientConnection, url: str,
+                        calendars: tuple[str, ...] = ("*",)) -> Connection:
+        """Wrap an outbound peer link's websocket (the link runs it); it shares only ``calendars``."""
+        grant = OPEN_PEER_GRANT if calendars == ("*",) else Grant(Role.PEER, calendars, "outbound")
+        return self._connection(websocket, Kind.PEER, grant, None, url, inbound=False)
 
     def _connection(self, websocket: ServerConnection | ClientConnection, kind: Kind, grant: Grant,
-                    calendar: CalendarId | None, peer_id: str) -> Connection:
+                    calendar: CalendarId | None, peer_id: str, *, token: str | None = None,
+                    inbound: bool = True) -> Connection:
         # ACKs go to terminals only: stock Yjs clients do not know them, relays do not read them.
         session = Session(self.calendars, calendar=calendar, send_acks=calendar is None and kind is not Kind.PEER,
                           max_message_bytes=self.max_message_bytes)
         return Connection(websocket, session, kind=kind, grant=grant, metrics=self.metrics, peer_id=peer_id,
-                          outbox_messages=self.outbox_messages)
+                          outbox_messages=self.outbox_messages, token=token, inbound=inbound)
 
     # ---- ConnectionHandler ----------------------------------------------------------------------
 
     async def connection_opened(self, connection: Connection) -> None:
         """Open the one calendar of a y-websocket connection, or every shared calendar for a peer."""
         self.connections.add(connection)
-        log.info("connection opened", extra={"conn": connection.label,
+        log.info("connection opened", extra={"conn": connection.label, "token": connection.grant.name,
                                              "remote": _remote(connection)})
         self.notice.notify()
         if connection.session.single is not None:
@@ -123,7 +127,10 @@ class Hub:
                     await self.pipeline.submit(handle, None, connection)
             case AwarenessReceived(calendar, payload):
                 handle = self.calendars.loaded.get(calendar)
-                if handle is not None and connection in handle.subscribers:
+                if not connection.grant.can_write:  # a read-only viewer is not announced to the desks
+                    self.metrics.updates_dropped["read_only_presence"] += 1
+                    self.notice.notify()
+                elif handle is not None and connection in handle.subscribers:
                     presence.broadcast(handle, payload, sender=connection)
             case CalendarRefused(calendar, code, reason):
                 log.warning("calendar refused by other side", extra={"conn": connection.label, "calendar": calendar,
@@ -144,6 +151,27 @@ class Hub:
         log.info("connection closed", extra={"conn": connection.label, "code": connection.websocket.close_code,
                                              "messages": connection.session.messages_in})
         self.notice.notify()
+
+    async def tokens_reloaded(self, tokens: TokenBook) -> tuple[int, int]:
+        """Re-check every inbound connection's token against a reloaded token file: a revoked
+        token's connections close with 4401, a narrowed one's with 4403, the rest keep their
+        streams (with the new grant). Returns (closed, kept)."""
+        closing = []
+        kept = 0
+        for connection in list(self.connections):
+            if not connection.inbound:
+                continue
+            grant = tokens.check(connection.token, wants_peer=connection.is_peer)
+            if grant is None:
+                closing.append(connection.close(CloseCode.UNAUTHORIZED, "token revoked"))
+            elif not grant.covers(connection.grant):
+                closing.append(connection.close(CloseCode.FORBIDDEN, "token's access changed; reconnect"))
+            else:
+                connection.grant = grant
+                kept += 1
+        for done in closing:
+            await done
+        return len(closing), kept
 
     # ---- calendar-set hooks ---------------------------------------------------------------------
 

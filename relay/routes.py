@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from accord.engine.model import CalendarId
+from accord.engine.session import parse_bearer
 
 from . import board
 from .auth import TokenBook
@@ -55,10 +56,15 @@ class Routes:
         path = urllib.parse.urlsplit(request.path).path
         if path == "/healthz":
             healthy = await self.store_healthy()
-            notes = "".join(f"warning: {line}\n" for line in self.warnings())
+            # Anyone may ask whether the relay is up; the detail (calendar names) needs a monitor token.
+            notes = "".join(f"warning: {line}\n" for line in self.warnings()) if self._may_monitor(request) else ""
             return respond(connection, http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
                            ("ok\n" if healthy else "store unavailable\n") + notes)
         if path == "/metrics":
+            if not self._may_monitor(request):
+                self.metrics.refused["metrics_unauthorized"] += 1
+                return respond(connection, http.HTTPStatus.UNAUTHORIZED,
+                               "/metrics needs a monitor (or admin) token: Authorization: Bearer TOKEN\n")
             response = respond(connection, http.HTTPStatus.OK, self.render_metrics())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
@@ -71,6 +77,16 @@ class Routes:
             self.metrics.refused["too_many_connections"] += 1
             return respond(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None
+
+
+    def _may_monitor(self, request: Request) -> bool:
+        """True on an open relay, or with a monitor or admin token (bearer header or ``?token=``)."""
+        if self.tokens.is_open:
+            return True
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        token = parse_bearer(request.headers.get("Authorization")) or next(iter(query.get("token", [])), None)
+        grant = self.tokens.check(token)
+        return grant is not None and grant.can_monitor
 
 
 def respond(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:

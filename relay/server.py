@@ -65,6 +65,7 @@ class _Running:
     calendars: CalendarSet
     pipeline: CommitPipeline
     hub: Hub
+    routes: Routes
     server: Server
     links: list[PeerLink]
     unloader: asyncio.Task[None]
@@ -160,23 +161,54 @@ class Relay:
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         unloader = asyncio.create_task(self._unload_idle(calendars, pipeline), name="idle-unloader")
-        self._running = _Running(storage, calendars, pipeline, hub, server, [], unloader)
+        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens"})
         for url in config.peers:
             self.add_peer(url)
 
-    def add_peer(self, url: str) -> PeerLink:
-        """Keep an outbound link to the relay at ``url`` (as ``--peer`` does at start-up)."""
+    def add_peer(self, spec: str) -> PeerLink:
+        """Keep an outbound link to a relay (as ``--peer`` does at start-up). ``spec`` is its URL,
+        optionally followed by the calendar globs this link shares (``"wss://partner:8765 clinic-1
+        shared/*"``); without them, the relay's ``peer_globs``."""
         config = self.config
+        url, *globs = spec.split()
+        calendars = tuple(globs) or tuple(config.peer_globs)
+        hub = self.running.hub
         link = PeerLink(url, relay_id=config.relay_id, token=config.peer_token,
                         backoff=Backoff(initial_s=config.backoff_initial_s, max_s=config.backoff_max_s),
-                        make_connection=self.running.hub.peer_connection, handler=self.running.hub,
+                        make_connection=lambda websocket, where: hub.peer_connection(websocket, where, calendars),
+                        handler=hub,
                         max_message_bytes=config.max_message_bytes, open_timeout_s=config.handshake_timeout_s)
         self.running.links.append(link)
         link.start()
         return link
+
+    async def reload(self) -> None:
+        """Re-read what may change while the relay runs (SIGHUP): the token file. A file that
+        does not parse leaves the old tokens in force (logged)."""
+        await self.reload_tokens()
+
+    async def reload_tokens(self) -> bool:
+        """Re-read the token file and re-check every open connection (see
+        :meth:`Hub.tokens_reloaded`); False if there is no file or it does not parse."""
+        path = self.config.tokens_path
+        if path is None:
+            return False
+        try:
+            tokens = TokenBook.load(path)
+        except AccordError as exc:
+            log.error("token file not reloaded; the old tokens stay in force", extra={"error": str(exc)})
+            return False
+        self.tokens = self.admission.tokens = tokens
+        running = self._running
+        if running is None:
+            return True
+        running.routes.tokens = tokens
+        closed, kept = await running.hub.tokens_reloaded(tokens)
+        log.info("token file reloaded", extra={"connections_closed": closed, "connections_kept": kept})
+        return True
 
     async def stop(self) -> None:
         """Stop accepting, close peer links and clients with 1001, flush and close the store."""
