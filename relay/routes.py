@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from accord.engine.model import CalendarId
+from accord.engine.session import RELAY_HEADER, ROLE_HEADER
 
 from . import board
 from .auth import TokenBook
@@ -36,12 +37,15 @@ class Routes:
         render_metrics: the Prometheus text for /metrics.
         open_connections: how many websocket connections are open now.
         max_connections: more are refused with 503.
+        reach: answers the board's ``/status/<calendar>`` (see :class:`~accord.relay.board.HomeReach`).
+        relay_id: named in the handshake answer to peers, so their links know whom they reach.
     """
 
     def __init__(self, *, tokens: TokenBook, metrics: Metrics, known_calendars: Callable[[], Awaitable[list[CalendarId]]],
                  store_healthy: Callable[[], Awaitable[bool]], warnings: Callable[[], list[str]],
                  render_metrics: Callable[[], str],
-                 open_connections: Callable[[], int], max_connections: int) -> None:
+                 open_connections: Callable[[], int], max_connections: int,
+                 reach: board.HomeReach | None = None, relay_id: str = "") -> None:
         self.tokens = tokens
         self.metrics = metrics
         self.known_calendars = known_calendars
@@ -50,6 +54,8 @@ class Routes:
         self.render_metrics = render_metrics
         self.open_connections = open_connections
         self.max_connections = max_connections
+        self.reach = reach
+        self.relay_id = relay_id
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
@@ -63,7 +69,7 @@ class Routes:
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            page = await board.respond(self.tokens, self.known_calendars, request, path)
+            page = await board.respond(self.tokens, self.known_calendars, request, path, self.reach)
             if page is not None:
                 return page
             return respond(connection, http.HTTPStatus.NOT_FOUND, "not found: open a calendar over websocket\n")
@@ -71,6 +77,13 @@ class Routes:
             self.metrics.refused["too_many_connections"] += 1
             return respond(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None
+
+
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """Name this relay in the handshake answer to a peer (the header peers send us too)."""
+        if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and self.relay_id \
+                and request.headers.get(ROLE_HEADER, "").lower() == "peer":
+            response.headers[RELAY_HEADER] = self.relay_id
 
 
 def respond(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:
