@@ -358,8 +358,8 @@ function renderGrid (items, resources, from, to) {
   for (const block of layout.blocks) {
     const { item } = block
     const node = el('div', { className: 'booking', dataset: { id: item.id, status: item.status }, title: `${item.patient} ${span(item.slot.start, item.slot.end)}` },
-      badge(item.status), el('div', { className: 'booking-time' }, span(item.slot.start, item.slot.end)),
-      el('div', { className: 'booking-who' }, item.patient), item.service ? el('div', { className: 'booking-what' }, item.service) : null)
+      el('div', {}, badge(item.status), ' ', el('span', { className: 'booking-time' }, span(item.slot.start, item.slot.end))),
+      el('div', {}, el('span', { className: 'booking-who' }, item.patient), item.service ? el('span', { className: 'booking-what' }, ` ${item.service}`) : null))
     cells.push(place(node, grid.rowOf(block.start, layout.start), Math.max(grid.rowEnd(block.end, layout.start), grid.rowOf(block.start, layout.start) + 1),
       2 + firstLane.get(block.resource) + block.lane))
   }
