@@ -8,6 +8,10 @@ Routes (GET only; websocket upgrades never reach this module, they go to the syn
   browser (IndexedDB) and writes the same document shape as :mod:`accord.engine.calendar`.
 - ``/access/<calendar>?token=``: JSON ``{"calendar", "role", "can_write"}``, so the page can hide
   edit controls from read-only tokens; 401 (unknown token) or 403 (calendar outside its globs).
+- ``/status/<calendar>?token=&client=``: JSON for the board's banner and link badge (see
+  :class:`HomeReach`): whether this relay reaches the calendar's home, and how far the store
+  holds the writes of Yjs client ``client`` (the page's own). Same token checks as ``/access``,
+  then 404 ``no_calendar`` for a name this relay holds nothing for. No patient data.
 - ``/static/<name>``: the page's HTML, CSS and JS, the vendored Yjs bundle (built by
   ``board/build.sh``), its licence texts and checksum file.
 
@@ -27,16 +31,19 @@ import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from accord.engine.errors import InvalidCalendarName
-from accord.engine.model import CalendarId, check_calendar_name
+from accord.engine.model import CalendarId, check_calendar_name, format_time
+from accord.engine.protocol import decode_state_vector
 
 if TYPE_CHECKING:
     from .auth import Grant, TokenBook
+    from .calendars import CalendarSet
 
 KnownCalendars = Callable[[], Awaitable[list[CalendarId]]]
 
@@ -83,7 +90,80 @@ def _load_static() -> dict[str, StaticFile]:
 STATIC = _load_static()
 
 
-async def respond(tokens: TokenBook, known: KnownCalendars, request: Request, path: str) -> Response | None:
+class HomeReach:
+    """Whether this relay reaches a calendar's home, and what its store holds, for the board.
+
+    The board is a stock y-websocket client: the relay sends it no acknowledgement, and never
+    echoes its own updates back, so nothing in the sync traffic says "stored". The page asks
+    here instead: ``stored`` is the clock of the page's Yjs client in the calendar's state
+    vector as last *committed* to this relay's store (:attr:`CalendarHandle.committed`, set only
+    after the row is written), so ``stored >= clock after my write`` means the write is durable here.
+
+    ``link`` says how decisions can reach this relay:
+
+    - ``no-home``: no home records; no relay decides, every live request counts as booked;
+    - ``home``: this relay is the calendar's home and decides it;
+    - ``not-deciding``: the records name this relay, but it was not started with ``--home`` for it;
+    - ``linked``: a peer link with the home relay is up right now (outbound links learn the
+      other side's id from its handshake answer, inbound ones from the id they declare);
+    - ``via-peers``: the home is not linked here but other relays are; decisions may come through them;
+    - ``unreachable``: no link at all toward the home.
+
+    ``since`` (when not ``home``/``linked``/``no-home``): the last time this relay had the home
+    linked (its link's fall, or an earlier answer of this endpoint), else this relay's start.
+
+    Args:
+        relay_id: this relay's id.
+        calendars: the relay's calendars (a known calendar is loaded to answer).
+        is_deciding: whether this relay decides a calendar now.
+        peers: relay id -> None if a peer link with it is up now, else when the last one went down.
+        live_peers: how many peer connections are up.
+        clock: the relay's UTC clock.
+    """
+
+    def __init__(self, relay_id: str, calendars: CalendarSet, *, is_deciding: Callable[[str], bool],
+                 peers: Callable[[], dict[str, datetime | None]], live_peers: Callable[[], int],
+                 clock: Callable[[], datetime]) -> None:
+        self.relay_id = relay_id
+        self.calendars = calendars
+        self.is_deciding = is_deciding
+        self.peers = peers
+        self.live_peers = live_peers
+        self.clock = clock
+        self.started = clock()
+        self._reached: dict[str, datetime] = {}  # home id -> when an answer last found it linked
+
+    async def status(self, name: CalendarId, client: int | None) -> dict[str, object] | None:
+        """The board's status of calendar ``name``, or None if this relay holds nothing for it."""
+        if name not in self.calendars.loaded and name not in await self.calendars.known():
+            return None
+        handle = await self.calendars.get(name)
+        home = handle.replica.calendar.home
+        peers = self.peers()
+        live = self.live_peers()
+        now = self.clock()
+        since: datetime | None = None
+        if home is None:
+            link = "no-home"
+        elif self.is_deciding(name):
+            link = "home"
+        elif home == self.relay_id:
+            link = "not-deciding"
+            since = self.started
+        elif home in peers and peers[home] is None:
+            link = "linked"
+            self._reached[home] = now
+        else:
+            link = "via-peers" if live else "unreachable"
+            known = [t for t in (peers.get(home), self._reached.get(home)) if t is not None]
+            since = max(known) if known else self.started
+        stored = decode_state_vector(handle.committed).get(client, 0) if client is not None else None
+        return {"calendar": name, "relay": self.relay_id, "home": home, "link": link,
+                "since": format_time(since) if since is not None else None, "peers_up": live, "stored": stored}
+
+
+async def respond(tokens: TokenBook, known: KnownCalendars, request: Request, path: str,
+                  reach: HomeReach | None = None) -> Response | None:
     """Answer a plain HTTP GET for a board route, or None if ``path`` is not one.
 
     Args:
@@ -91,6 +171,7 @@ async def respond(tokens: TokenBook, known: KnownCalendars, request: Request, pa
         known: every calendar the relay holds (for the index page).
         request: the parsed request; the token is read from its ``?token=`` query parameter.
         path: the request path without the query string, still percent-encoded.
+        reach: answers ``/status/<calendar>`` (404 without it).
     """
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
     given = query.get("token")
@@ -113,6 +194,11 @@ async def respond(tokens: TokenBook, known: KnownCalendars, request: Request, pa
         if calendar is None:
             return _json(http.HTTPStatus.NOT_FOUND, {"error": "bad_calendar", "message": "no such calendar name"})
         return _access(tokens, calendar, token)
+    if path.startswith("/status/") and reach is not None:
+        calendar = _calendar(path.removeprefix("/status/"))
+        if calendar is None:
+            return _json(http.HTTPStatus.NOT_FOUND, {"error": "bad_calendar", "message": "no such calendar name"})
+        return await _status(tokens, reach, calendar, token, query.get("client", [""])[0])
     return None
 
 
@@ -137,6 +223,18 @@ def _access(tokens: TokenBook, calendar: CalendarId, token: str | None) -> Respo
         return _json(http.HTTPStatus.FORBIDDEN,
                      {"error": "forbidden", "message": f"this token may not open calendar {calendar}"})
     return _json(http.HTTPStatus.OK, {"calendar": calendar, "role": str(grant.role), "can_write": grant.can_write})
+
+
+async def _status(tokens: TokenBook, reach: HomeReach, calendar: CalendarId, token: str | None,
+                  client: str) -> Response:
+    refused = _access(tokens, calendar, token)
+    if refused.status_code != http.HTTPStatus.OK:
+        return refused
+    found = await reach.status(calendar, int(client) if client.isdigit() and len(client) <= 20 else None)
+    if found is None:
+        return _json(http.HTTPStatus.NOT_FOUND, {"error": "no_calendar", "calendar": calendar,
+                                                 "message": f"no calendar named {calendar} on this relay"})
+    return _json(http.HTTPStatus.OK, found)
 
 
 def _calendar(raw: str) -> CalendarId | None:

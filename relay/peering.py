@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -54,6 +55,8 @@ class PeerLink:
         self.max_message_bytes = max_message_bytes
         self.open_timeout_s = open_timeout_s
         self.state = "down"
+        self.remote_id = ""  # the relay id the other side names in its handshake answer ("" if it names none)
+        self.down_since: datetime | None = None  # when the link last went down (None: it was never up)
         self.connects = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +87,7 @@ class PeerLink:
                 await websocket.close(CloseCode.GOING_AWAY, "relay shutting down")
                 return
             self.state = "up"
+            self.remote_id = (websocket.response.headers.get(RELAY_HEADER) or "")[:64] if websocket.response else ""
             self.connects += 1
             self.failures = 0
             log.info("peer link up", extra={"peer": self.url, "connects": self.connects})
@@ -93,6 +97,7 @@ class PeerLink:
             finally:
                 self._connection = None
                 self.state = "down"
+                self.down_since = datetime.now(UTC)
             code = websocket.close_code
             log.info("peer link down", extra={"peer": self.url, "code": code})
             if code in REFUSED:

@@ -16,7 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from accord.engine.model import CalendarId
-from accord.engine.session import parse_bearer
+from accord.engine.session import RELAY_HEADER, ROLE_HEADER, parse_bearer
 
 from . import board
 from .auth import TokenBook
@@ -37,12 +37,15 @@ class Routes:
         render_metrics: the Prometheus text for /metrics.
         open_connections: how many websocket connections are open now.
         max_connections: more are refused with 503.
+        reach: answers the board's ``/status/<calendar>`` (see :class:`~accord.relay.board.HomeReach`).
+        relay_id: named in the handshake answer to peers, so their links know whom they reach.
     """
 
     def __init__(self, *, tokens: TokenBook, metrics: Metrics, known_calendars: Callable[[], Awaitable[list[CalendarId]]],
                  store_healthy: Callable[[], Awaitable[bool]], warnings: Callable[[], list[str]],
                  render_metrics: Callable[[], str],
-                 open_connections: Callable[[], int], max_connections: int) -> None:
+                 open_connections: Callable[[], int], max_connections: int,
+                 reach: board.HomeReach | None = None, relay_id: str = "") -> None:
         self.tokens = tokens
         self.metrics = metrics
         self.known_calendars = known_calendars
@@ -51,6 +54,8 @@ class Routes:
         self.render_metrics = render_metrics
         self.open_connections = open_connections
         self.max_connections = max_connections
+        self.reach = reach
+        self.relay_id = relay_id
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
@@ -69,7 +74,7 @@ class Routes:
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            page = await board.respond(self.tokens, self.known_calendars, request, path)
+            page = await board.respond(self.tokens, self.known_calendars, request, path, self.reach)
             if page is not None:
                 return page
             return respond(connection, http.HTTPStatus.NOT_FOUND, "not found: open a calendar over websocket\n")
@@ -87,6 +92,12 @@ class Routes:
         token = parse_bearer(request.headers.get("Authorization")) or next(iter(query.get("token", [])), None)
         grant = self.tokens.check(token)
         return grant is not None and grant.can_monitor
+
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """Name this relay in the handshake answer to a peer (the header peers send us too)."""
+        if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and self.relay_id \
+                and request.headers.get(ROLE_HEADER, "").lower() == "peer":
+            response.headers[RELAY_HEADER] = self.relay_id
 
 
 def respond(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:

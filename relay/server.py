@@ -38,6 +38,7 @@ from accord.engine.errors import AccordError, CloseCode
 from accord.engine.model import check_calendar_name
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
 
+from . import board
 from .admission import Admission
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
@@ -153,10 +154,14 @@ class Relay:
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks.append(home.batch_stored)
         pipeline.start()
+        reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
+                                live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
                         store_healthy=pipeline.healthy, warnings=home.warnings, render_metrics=self.render_metrics,
-                        open_connections=lambda: len(hub.connections), max_connections=config.max_connections)
+                        open_connections=lambda: len(hub.connections), max_connections=config.max_connections,
+                        reach=reach, relay_id=config.relay_id)
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
+                             process_response=routes.process_response,
                              max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s)
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
@@ -209,6 +214,19 @@ class Relay:
         closed, kept = await running.hub.tokens_reloaded(tokens)
         log.info("token file reloaded", extra={"connections_closed": closed, "connections_kept": kept})
         return True
+
+    def _peers(self) -> dict[str, datetime | None]:
+        """Relay id -> None if a peer link with it is up now, else when this relay's link to it
+        went down (for the board's link badge). Ids are the ones relays name in their handshakes."""
+        running = self._running
+        if running is None:
+            return {}
+        found: dict[str, datetime | None] = {link.remote_id: link.down_since for link in running.links if link.remote_id}
+        found |= {link.remote_id: None for link in running.links if link.remote_id and link.state == "up"}
+        outbound = {link.url for link in running.links}
+        found |= {c.peer_id: None for c in running.hub.connections
+                  if c.is_peer and c.peer_id and c.peer_id not in outbound}
+        return found
 
     async def stop(self) -> None:
         """Stop accepting, close peer links and clients with 1001, flush and close the store."""

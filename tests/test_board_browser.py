@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -100,8 +101,23 @@ async def _open_board(context: Any, relay: Relay, *, token: str | None = None, w
     page.errors = errors  # type: ignore[attr-defined]
     query = f"?day={DAY}" + (f"&token={token}" if token else "")
     await page.goto(f"http://127.0.0.1:{relay.port}/board/{CAL}{query}")
+    # A calendar nobody wrote yet is not opened silently: the board offers to start it.
+    await page.wait_for_function("""(wait) => !document.getElementById('missing').hidden ||
+        document.getElementById('link').dataset.state === wait""", arg=wait, timeout=WAIT_MS)
+    if await page.locator("#missing").is_visible():
+        await page.click("#create-calendar")
     await expect(page.locator("#link")).to_have_attribute("data-state", wait)
     return page
+
+
+async def _record_banner(page: Any) -> None:
+    """Keep every text the banner shows in window.banners, in order."""
+    await page.evaluate("""() => {
+        window.banners = []
+        const box = document.getElementById('message-text')
+        new MutationObserver(() => window.banners.push(box.textContent))
+            .observe(box, { childList: true, characterData: true, subtree: true })
+    }""")
 
 
 def _row(page: Any, text: str) -> Any:
@@ -141,7 +157,8 @@ async def test_booking_in_page_a_appears_in_page_b_on_the_peered_relay(browser: 
         page_a = await _open_board(await _context(browser), a)
         page_b = await _open_board(await _context(browser), b)
         await _book_in_page(page_a, patient="P-0001", start="09:00", end="09:30", note="first visit", actor="Ana")
-        await expect(page_a.locator("#message")).to_have_attribute("data-kind", "ok")
+        await expect(page_a.locator("#message")).to_have_attribute("data-kind", "stored")  # no home: stored is the end
+        await expect(page_a.locator("#message")).to_contain_text("stored on relay a (no home relay decides this calendar")
 
         row = _row(page_b, "P-0001")
         await expect(row).to_have_count(1)
@@ -249,7 +266,7 @@ async def test_offline_booking_in_the_page_reaches_python_client_after_relay_res
 
         await _book_in_page(page, patient="P-OFF-1", start="08:00", end="08:15", note="booked offline")
         await expect(_row(page, "P-OFF-1")).to_have_count(1)
-        await expect(page.locator("#message")).to_contain_text("kept in this browser")
+        await expect(page.locator("#message")).to_contain_text("saved on this device; it is sent when the relay is back")
         await _stored_in_browser(page, "P-OFF-1")
 
         # A second booking, then the tab is closed: only IndexedDB holds it when the relay comes back.
@@ -355,7 +372,9 @@ async def test_refused_actions_show_a_clear_message(browser: Any, tmp_path: Path
 
             await _book_in_page(page, patient="P-X", start="10:00", end="09:00")
             await expect(message).to_have_attribute("data-kind", "error")
-            await expect(message).to_contain_text("is not after start")
+            await expect(message).to_contain_text("end 09:00 is not after start 10:00")  # local times, never stored UTC
+            assert not TIME.search(await message.inner_text())
+            await expect(page.locator("#undo")).to_be_hidden()
 
             await _book_in_page(page, patient="P-X", start="10:00", end="10:30", resource="room-9")
             await expect(message).to_contain_text("room-9 is not declared in this calendar; choose one of room-1")
@@ -435,11 +454,17 @@ def _forge(calendar: Calendar, victim: str, genuine: str) -> None:
     calendar.verdicts[forged.entry_key(encoded)] = encoded
 
 
-async def _seed(relay: Relay) -> dict[str, str]:
-    """Seed the day as the relay's own writes; the relay is the calendar's home, with its own key."""
-    key = await load_relay_key(relay.running.storage)
-    return await relay.edit(CAL, lambda calendar: _seed_day(Calendar(CAL, calendar.doc, actor="desk-2"),
-                                                            relay.config.relay_id, key))
+@contextlib.asynccontextmanager
+async def _seeded(tmp_path: Path) -> AsyncIterator[tuple[Relay, dict[str, str]]]:
+    """relay-1, where the desk's board opens, linked to relay-2, the calendar's recorded home
+    (its own key signs the seeded verdicts; started without --home, so nothing else gets decided).
+    Yields relay-1 and the seeded ids (patient -> reservation id)."""
+    async with Relay(relay_config(tmp_path, "relay-2")) as home, \
+            Relay(relay_config(tmp_path, "relay-1", peers=[home.url])) as relay:
+        key = await load_relay_key(home.running.storage)
+        ids = await relay.edit(CAL, lambda calendar: _seed_day(Calendar(CAL, calendar.doc, actor="desk-2"), "relay-2", key))
+        await relay.wait_for(lambda: any(c.is_peer for c in relay.connections))
+        yield relay, ids
 
 
 async def _statuses_once_verified(page: Any) -> dict[str, str]:
@@ -454,10 +479,9 @@ async def _statuses_once_verified(page: Any) -> dict[str, str]:
 async def test_populated_board_shows_every_status_as_the_engine_derives_it(browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
-    async with Relay(relay_config(tmp_path, "a")) as relay:
-        ids = await _seed(relay)
-
+    async with _seeded(tmp_path) as (relay, ids):
         page = await _open_board(await _context(browser), relay)
+        await expect(page.locator("#link")).to_contain_text("the home relay (relay-2) is linked")
         await expect(page.locator("#rows tr")).to_have_count(len(ids))
         calendar = await relay.calendar(CAL)
         expected = {rid: str(calendar.get(rid).status) for rid in ids.values()}
@@ -493,8 +517,7 @@ async def test_populated_board_shows_every_status_as_the_engine_derives_it(brows
 async def test_a_browser_that_cannot_check_signatures_shows_nothing_booked_and_says_why(browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
-    async with Relay(relay_config(tmp_path, "a")) as relay:
-        ids = await _seed(relay)
+    async with _seeded(tmp_path) as (relay, ids):
         context = await _context(browser)
         # What a page served over plain http from a LAN address gets: no WebCrypto (secure contexts only).
         await context.add_init_script("Object.defineProperty(Crypto.prototype, 'subtle', { get: () => undefined })")
@@ -513,14 +536,26 @@ async def test_home_relay_decisions_show_live_and_a_rejected_booking_is_reschedu
     home_config = relay_config(tmp_path, "a", home_globs=["clinic-*"])
     async with Relay(home_config) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
         page = await _open_board(await _context(browser), b)  # a desk on the relay that is not home
+        message = page.locator("#message-text")
         await _book_in_page(page, patient="P-FIRST", start="09:00", end="09:30", actor="Ana")
         first = _row(page, "P-FIRST")
         await expect(first).to_have_attribute("data-status", "booked")  # pending until relay-a's decision arrives
+        await expect(page.locator("#message")).to_have_attribute("data-kind", "booked")
+        await expect(message).to_have_text("Request for P-FIRST on room-1 at 09:00: booked by the home (relay a).")
+
+        await _record_banner(page)
         await _book_in_page(page, patient="P-SECOND", start="09:15", end="09:45")
         second = _row(page, "P-SECOND")
         await expect(second).to_have_attribute("data-status", "rejected")
         await expect(second).to_contain_text(f"conflicts with P-FIRST 09:00{DASH}09:30 on room-1")
         await expect(second.locator('button[data-action="check in"]')).to_have_count(0)
+        # The banner follows the decision: it says rejected, and never said booked on the way.
+        await expect(page.locator("#message")).to_have_attribute("data-kind", "rejected")
+        await expect(message).to_have_text("Request for P-SECOND on room-1 at 09:15: rejected by the home relay "
+                                           f"(conflicts with P-FIRST 09:00{DASH}09:30 on room-1).")
+        banners = [text for text in await page.evaluate("window.banners") if "P-SECOND" in text]
+        assert banners[0] == "Request for P-SECOND on room-1 at 09:15: saved on this device; not on the relay yet."
+        assert not [text for text in banners if re.search(r"\bbook(ed)?\b", text, re.I)], banners
 
         # Keyboard only: open the reschedule dialog from the row, move it after the first booking, save.
         await second.locator('button[data-action="reschedule"]').focus()
@@ -573,3 +608,165 @@ async def test_sign_in_from_the_calendar_list_opens_the_board_with_the_kept_toke
         await page.get_by_role("link", name=CAL).click()
         await expect(page.locator("#link")).to_have_attribute("data-state", "synced")
         await expect(page.locator("#book")).to_be_visible()
+
+
+async def test_badge_says_decisions_wait_while_the_home_is_down_and_pending_requests_decide_when_it_is_back(
+        browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    home_config = relay_config(tmp_path, "relay-2", home_globs=["clinic-*"])
+    home = Relay(home_config)
+    await home.start()
+    try:
+        async with Relay(relay_config(tmp_path, "relay-1", peers=[home.url])) as desk:
+            await home.edit(CAL, lambda calendar: calendar.put_resource("room-1"))
+            await desk.wait_for(lambda: CAL in desk.calendars.loaded
+                                and desk.calendars.loaded[CAL].replica.calendar.home == "relay-2")
+            page = await _open_board(await _context(browser), desk)
+            link, message = page.locator("#link"), page.locator("#message-text")
+            await expect(link).to_contain_text("Connected to relay-1: changes appear live; the home relay (relay-2) is linked")
+
+            await home.stop()
+            await expect(link).to_have_attribute("data-state", "waiting")
+            await expect(link).to_contain_text(
+                re.compile(r"Connected to relay-1; decisions waiting for the home \(relay-2 unreachable since \d\d:\d\d\)"))
+            await _book_in_page(page, patient="P-WAIT", start="09:00", end="09:30")
+            row = _row(page, "P-WAIT")
+            await expect(row).to_have_attribute("data-status", "pending")
+            await expect(message).to_contain_text(
+                "Request for P-WAIT on room-1 at 09:00: stored on relay-1; waiting for the home (relay-2) to decide; "
+                "the home is unreachable since ")
+            assert _stored_on(desk, "P-WAIT")  # what the banner says is so
+
+            home = Relay(dataclasses.replace(home_config, port=home.port))
+            await home.start()
+            await expect(link).to_have_attribute("data-state", "synced", timeout=8000)
+            await expect(link).to_contain_text("the home relay (relay-2) is linked")
+            await expect(row).to_have_attribute("data-status", "booked", timeout=8000)
+            await expect(message).to_have_text("Request for P-WAIT on room-1 at 09:00: booked by the home (relay-2).")
+            assert page.errors == []
+    finally:
+        await home.stop()
+
+
+def _stored_on(relay: Relay, patient: str) -> bool:
+    """True if the relay's committed copy holds a reservation for ``patient``."""
+    handle = relay.calendars.loaded[CAL]
+    return any(f.get("patient") == patient for f in handle.replica.calendar.all_fields().values()) and \
+        relay.calendars.is_committed(CAL, handle.replica.state_vector())
+
+
+async def test_the_day_grid_shows_the_free_gap_between_two_bookings_and_a_click_books_it(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        client = await _wire(relay)
+        try:
+            calendar = client.replica(CAL).calendar
+            for resource in ("room-1", "room-2"):
+                calendar.put_resource(resource)
+            for patient, start, end in (("P-A", "09:00", "09:30"), ("P-B", "10:00", "10:30")):
+                calendar.book(resource="room-1", start=f"{DAY}T{start}Z", end=f"{DAY}T{end}Z", patient=patient, now=NOW)
+            await client.push(CAL)
+            page = await _open_board(await _context(browser), relay)
+            grid = page.locator("#grid")
+            await expect(grid.locator(".booking", has_text="P-A")).to_contain_text(f"09:00{DASH}09:30")
+            await expect(grid.locator(".booking", has_text="P-B")).to_have_attribute("data-status", "booked")
+            gap = grid.get_by_role("button", name=f"Book room-1 09:30{DASH}10:00 (free)")
+            await expect(gap).to_have_count(1)
+            for busy in ("09:00", "10:00"):  # no free time is offered over a booking
+                await expect(grid.get_by_role("button", name=re.compile(f"^Book room-1 {busy}"))).to_have_count(0)
+            await expect(grid.get_by_role("button", name=f"Book room-2 09:00{DASH}09:30 (free)")).to_have_count(1)
+
+            await gap.click()
+            for field, value in (("#book-resource", "room-1"), ("#book-date", DAY), ("#book-start", "09:30"),
+                                 ("#book-end", "10:00")):
+                await expect(page.locator(field)).to_have_value(value)
+            await expect(page.locator("#book-patient")).to_be_focused()
+            await page.keyboard.type("P-GAP")
+            await page.keyboard.press("Enter")
+
+            await client.wait_for(lambda: _reservation_with(client, "P-GAP") is not None)
+            fields = _reservation_with(client, "P-GAP")
+            assert fields is not None
+            assert (fields["resource"], fields["start"], fields["end"]) == ("room-1", f"{DAY}T09:30:00Z", f"{DAY}T10:00:00Z")
+            await expect(gap).to_have_count(0)  # taken now
+            await expect(grid.locator(".booking", has_text="P-GAP")).to_have_count(1)
+            assert page.errors == []
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+async def test_noshow_fulfilled_entered_in_error_and_undo_from_the_board_reach_the_python_client(
+        browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:  # no home: a request counts as booked at once
+        client = await _wire(relay)
+        try:
+            calendar = client.replica(CAL).calendar
+            ids = {patient: calendar.book(resource="room-1", start=f"{DAY}T{hour}:00Z", end=f"{DAY}T{hour}:30Z",
+                                          patient=patient, now=NOW).id
+                   for patient, hour in (("P-NS", "09"), ("P-FU", "10"), ("P-EE", "11"))}
+            await client.push(CAL)
+            page = await _open_board(await _context(browser), relay)
+
+            async def more(patient: str, action: str) -> None:
+                row = page.locator(f'#rows tr[data-id="{ids[patient]}"]')
+                await row.locator("summary").click()
+                await row.locator(f'button[data-action="{action}"]').click()
+
+            await more("P-NS", "mark no-show")
+            await client.wait_for(lambda: calendar.get(ids["P-NS"]).status == "noshow")
+            await expect(page.locator("#message-text")).to_contain_text(
+                f"Marked no-show P-NS, 09:00{DASH}09:30 on room-1: stored on")
+            no_show = page.locator(f'#rows tr[data-id="{ids["P-NS"]}"]')
+            await expect(no_show).to_have_attribute("data-status", "noshow")
+            await expect(no_show.locator("button[data-action]")).to_have_count(1)  # only entered-in-error is left
+
+            await page.click(f'#rows tr[data-id="{ids["P-FU"]}"] button[data-action="check in"]')
+            await more("P-FU", "fulfil")
+            await client.wait_for(lambda: calendar.get(ids["P-FU"]).status == "fulfilled")
+
+            await more("P-EE", "mark entered-in-error")
+            await expect(page.locator("#cancel-title")).to_have_text("Mark entered in error")
+            await page.fill("#cancel-reason", "duplicate of P-NS")
+            await page.click("#cancel-submit")
+            await client.wait_for(lambda: calendar.get(ids["P-EE"]).status == "entered-in-error")
+            assert calendar.get(ids["P-EE"]).reason == "duplicate of P-NS"
+
+            # Undo of a booking made seconds ago is safe: it cancels it. Nothing else is undone.
+            await _book_in_page(page, patient="P-OOPS", start="12:00", end="12:30")
+            await expect(page.locator("#undo")).to_be_visible()
+            await page.click("#undo")
+            await client.wait_for(lambda: (f := _reservation_with(client, "P-OOPS")) is not None and "cancelled_at" in f)
+            oops = _reservation_with(client, "P-OOPS")
+            assert oops is not None and calendar.get(oops["id"]).status == "cancelled"
+            assert calendar.get(oops["id"]).reason == "undone at the desk: booked by mistake"
+            await expect(page.locator("#message-text")).to_contain_text("Undone (cancelled) the request for P-OOPS")
+            await expect(page.locator("#undo")).to_be_hidden()
+            assert page.errors == []
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+async def test_a_calendar_the_relay_does_not_hold_is_named_not_opened_empty(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\nwall-secret read-only clinic-*\n")
+    async with Relay(relay_config(tmp_path, "a", tokens_path=tokens)) as relay:
+        await relay.edit(CAL, lambda calendar: calendar.put_resource("room-1"))
+        context = await _context(browser)
+        page = await context.new_page()
+        for token, can_create in (("wall-secret", False), ("desk-secret", True)):
+            await page.goto(f"http://127.0.0.1:{relay.port}/board/clinic-typo?token={token}")
+            await expect(page.locator("#missing")).to_be_visible()
+            await expect(page.locator("#missing-text")).to_have_text("There is no calendar named “clinic-typo” on this relay.")
+            await expect(page.locator("#main")).to_be_hidden()
+            await expect(page.locator("#create-calendar")).to_be_visible(visible=can_create)
+        assert "clinic-typo" not in await relay.calendars.known()  # looking opened nothing
+
+        await page.click("#create-calendar")  # a writer may start it on purpose
+        await expect(page.locator("#link")).to_have_attribute("data-state", "synced")
+        assert "clinic-typo" in relay.calendars.loaded

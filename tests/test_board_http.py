@@ -6,11 +6,13 @@ No browser needed: a real relay on 127.0.0.1 and urllib. The browser tests are i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,72 @@ def test_pages_load_nothing_from_other_hosts() -> None:
             assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), path.name
     bundle = (STATIC / "yjs-bundle.min.js").read_text()
     assert not re.search(r"\bimport\s*\(?\s*[\"']https?:", bundle)  # no remote module loads in the bundle
+
+
+async def test_status_is_token_checked_and_names_unknown_calendars(tmp_path: Path, tokens: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a", tokens_path=tokens)) as relay:
+        await _seed(relay, CAL)
+        cases = {
+            f"/status/{CAL}?token=nope": 401,
+            "/status/clinic-2?token=wall-secret": 403,  # outside the token's globs: its existence is not told
+            "/status/clinic-2?token=desk-secret": 404,
+            f"/status/{CAL}?token=wall-secret": 200,
+            "/status/..?token=desk-secret": 404,
+        }
+        for path, want in cases.items():
+            status, headers, body = await _get(relay, path)
+            assert status == want, path
+            assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
+        _, _, body = await _get(relay, "/status/clinic-2?token=desk-secret")
+        assert json.loads(body) == {"error": "no_calendar", "calendar": "clinic-2",
+                                    "message": "no calendar named clinic-2 on this relay"}
+        assert "clinic-2" not in relay.calendars.loaded  # asking did not create it
+        _, _, body = await _get(relay, f"/status/{CAL}?token=wall-secret")
+        assert json.loads(body) == {"calendar": CAL, "relay": "a", "home": None, "link": "no-home", "since": None,
+                                    "peers_up": 0, "stored": None}
+
+
+async def test_status_says_how_far_the_store_holds_a_stock_clients_writes(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        async with WireClient(relay.url, calendar=CAL) as stock:
+            await stock.wait_synced(CAL)
+            replica = stock.replica(CAL)
+            client = replica.doc.client_id
+            _, _, body = await _get(relay, f"/status/{CAL}?client={client}")
+            assert json.loads(body)["stored"] == 0
+            await stock.book(CAL, patient="P-1")
+            clock = replica.clocks()[client]
+            await relay.wait_committed(CAL, replica.state_vector())
+            _, _, body = await _get(relay, f"/status/{CAL}?client={client}")
+            assert json.loads(body)["stored"] == clock > 0
+
+
+async def test_status_follows_the_link_to_the_calendars_home(tmp_path: Path) -> None:
+    home_config = relay_config(tmp_path, "a", home_globs=["clinic-*"])
+    home = Relay(home_config)
+    await home.start()
+    try:
+        async with Relay(relay_config(tmp_path, "b", peers=[home.url])) as b:
+            await home.edit(CAL, lambda calendar: calendar.put_resource("room-1"))
+            await b.wait_for(lambda: CAL in b.calendars.loaded and b.calendars.loaded[CAL].replica.calendar.home == "a")
+            _, _, body = await _get(home, f"/status/{CAL}")
+            assert json.loads(body)["link"] == "home"
+            _, _, body = await _get(b, f"/status/{CAL}")
+            assert json.loads(body) | {"stored": None} == {"calendar": CAL, "relay": "b", "home": "a", "link": "linked",
+                                                           "since": None, "peers_up": 1, "stored": None}
+
+            before = datetime.now(UTC).replace(microsecond=0)
+            await home.stop()
+            await b.wait_for(lambda: not any(c.is_peer for c in b.connections))
+            _, _, body = await _get(b, f"/status/{CAL}")
+            down = json.loads(body)
+            assert down["link"] == "unreachable" and down["home"] == "a" and down["peers_up"] == 0
+            assert before <= datetime.fromisoformat(down["since"]) <= datetime.now(UTC)
+
+            home = Relay(dataclasses.replace(home_config, port=home.port))
+            await home.start()
+            await b.wait_for(lambda: any(c.is_peer for c in b.connections))
+            _, _, body = await _get(b, f"/status/{CAL}")
+            assert json.loads(body)["link"] == "linked"
+    finally:
+        await home.stop()

@@ -72,6 +72,7 @@ import { readFileSync } from 'node:fs'
 const model = await import(process.argv[1])
 const canonical = await import(new URL('board-canonical.js', process.argv[1]))
 const authority = await import(new URL('board-authority.js', process.argv[1]))
+const grid = await import(new URL('board-grid.js', process.argv[1]))
 const cases = JSON.parse(readFileSync(0, 'utf8'))
 const run = (fn) => { try { return { ok: fn() } } catch (e) { return { error: e.message, refused: e instanceof model.Refused } } }
 const hex = bytes => bytes === null ? null : Buffer.from(bytes).toString('hex')
@@ -115,9 +116,20 @@ async function answer (c) {
       return r && [r.relayId, String(r.epoch), r.publicKey, r.signer] }
     case 'book': return run(() => model.planBook({ ...c.args, randomBytes: new Uint8Array(c.args.randomBytes),
       request: { ...c.args.request, start: model.parseTime(c.args.request.start), end: model.parseTime(c.args.request.end) } }))
-    case 'update': return run(() => model.planUpdate({ ...c.args, decided: decided(c.args.decided) }))
+    case 'update': return run(() => model.planUpdate({ ...c.args, decided: decided(c.args.decided),
+      changes: typeof c.args.changes === 'string' ? model[c.args.changes]({ nowMs: c.args.nowMs, reason: c.args.reason })
+        : c.args.changes }))
     case 'reschedule': return run(() => model.rescheduleChanges({
       ...c.args, start: model.parseTime(c.args.start), end: model.parseTime(c.args.end) }))
+    case 'grid': {
+      const items = c.items.map(([resource, start, end, status]) => ({
+        status, slot: { resource, start: model.parseTime(start), end: model.parseTime(end) } }))
+      const out = grid.dayLayout(items, c.resources, model.parseTime(c.from), model.parseTime(c.to))
+      const t = model.formatTime
+      return { start: t(out.start), end: t(out.end), columns: out.columns,
+               blocks: out.blocks.map(b => [b.resource, b.lane, t(b.start), t(b.end)]),
+               free: out.free.map(f => [f.resource, t(f.start), t(f.end)]) }
+    }
     case 'actions': return model.ALLOWED_FROM
     case 'decisionKeys': return model.DECISION_KEYS
   }
@@ -722,7 +734,8 @@ def test_status_and_view_are_derived_exactly_as_the_engine_derives_them() -> Non
 
 def test_allowed_moves_and_retired_decision_keys_are_the_engines() -> None:
     actions, keys = _run([{"kind": "actions"}, {"kind": "decisionKeys"}])
-    for action in (Action.RESCHEDULE, Action.CANCEL, Action.CHECK_IN):
+    assert set(actions) == {str(a) for a in Action} - {str(Action.EDIT)}  # the board edits no descriptive field
+    for action in set(Action) - {Action.EDIT}:
         assert sorted(actions[str(action)]) == sorted(str(s) for s in ALLOWED_FROM[action])
     assert set(keys) == set(DECISION_KEYS)
 
@@ -794,7 +807,10 @@ def test_actions_are_allowed_and_refused_with_the_engines_messages() -> None:
     }
     changes = {Action.RESCHEDULE: {"start": "2026-11-25T10:00:00Z", "end": "2026-11-25T10:30:00Z"},
                Action.CANCEL: {"cancelled_at": "2026-11-25T08:00:00Z", "cancel_reason": ""},
-               Action.CHECK_IN: {"checked_in_at": "2026-11-25T08:00:00Z"}}
+               Action.CHECK_IN: {"checked_in_at": "2026-11-25T08:00:00Z"},
+               Action.FULFILL: {"fulfilled_at": "2026-11-25T08:00:00Z"},
+               Action.NOSHOW: {"noshow_at": "2026-11-25T08:00:00Z"},
+               Action.ENTERED_IN_ERROR: {"entered_in_error_at": "2026-11-25T08:00:00Z", "cancel_reason": ""}}
     cases: list[dict[str, Any]] = []
     for status, (extra, state) in statuses.items():
         fields = {"id": "r1", "resource": "room-1", "start": START, "end": END, **extra}
@@ -816,12 +832,16 @@ def test_actions_are_allowed_and_refused_with_the_engines_messages() -> None:
 
 def test_actions_write_the_very_keys_and_values_the_python_api_writes() -> None:
     later = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
-    acts: dict[Action, tuple[dict[str, str], Callable[[Calendar, str], object]]] = {
+    # The board's changes: written out, or the name of the board-model.js function that makes them.
+    acts: dict[Action, tuple[dict[str, str] | str, Callable[[Calendar, str], object]]] = {
         Action.RESCHEDULE: ({"start": _at("10:00"), "end": _at("10:30"), "resource": "room-2"},
                             lambda c, rid: c.reschedule(rid, start=_at("10:00"), end=_at("10:30"), resource="room-2", now=later)),
         Action.CANCEL: ({"cancelled_at": "2026-11-25T08:00:00Z", "cancel_reason": "appelée à 7 h"},
                         lambda c, rid: c.cancel(rid, now=later, reason="appelée à 7 h")),
         Action.CHECK_IN: ({"checked_in_at": "2026-11-25T08:00:00Z"}, lambda c, rid: c.check_in(rid, now=later)),
+        Action.FULFILL: ("fulfilChanges", lambda c, rid: c.fulfil(rid, now=later)),
+        Action.NOSHOW: ("noShowChanges", lambda c, rid: c.no_show(rid, now=later)),
+        Action.ENTERED_IN_ERROR: ("enteredInErrorChanges", lambda c, rid: c.mark_entered_in_error(rid, now=later, reason="dup")),
     }
     cases: list[dict[str, Any]] = []
     wanted: list[dict[str, Any]] = []
@@ -837,7 +857,7 @@ def test_actions_write_the_very_keys_and_values_the_python_api_writes() -> None:
         wanted.append({key: value for key, value in after.items() if before.get(key, wanted) != value})
         cases.append({"kind": "update", "args": {"id": rid, "fields": before, "hasHome": True, "decided": _decided_json(state),
                                                  "action": str(action), "changes": change, "actor": "Bo",
-                                                 "nowMs": int(later.timestamp() * 1000)}})
+                                                 "nowMs": int(later.timestamp() * 1000), "reason": "dup"}})
     assert [answer["ok"] for answer in _run(cases)] == wanted
 
 
@@ -854,3 +874,20 @@ def test_reschedule_checks_the_interval_and_known_resources() -> None:
     assert unknown["refused"] and "room-3 is not declared" in unknown["error"]
     assert undeclared == {"ok": {"start": START, "end": END, "resource": "room-3"}}  # no resources declared: any id
 
+
+
+def test_the_day_grid_offers_the_free_time_between_slots_held() -> None:
+    held = [("room-1", _at("09:00"), _at("09:30"), "booked"), ("room-1", _at("10:00"), _at("10:20"), "pending"),
+            ("room-1", _at("09:10"), _at("09:40"), "rejected"), ("room-2", _at("07:15"), _at("08:00"), "cancelled"),
+            ("room-1", _at("17:40"), _at("19:10"), "checked-in")]
+    (layout,) = _run([{"kind": "grid", "items": held, "resources": ["room-2", "dr-lee"], "from": DAY[0], "to": DAY[1]}])
+    assert (layout["start"], layout["end"]) == (_at("07:00"), _at("20:00"))  # 08-18, widened to what is booked
+    assert layout["columns"] == [{"resource": "dr-lee", "lanes": 1, "first": 0}, {"resource": "room-1", "lanes": 2, "first": 1},
+                                 {"resource": "room-2", "lanes": 2, "first": 3}]  # a cancelled one leaves lane 0 free
+    assert ["room-1", 1, _at("09:10"), _at("09:40")] in layout["blocks"]  # the rejected request sits beside the booking
+    room1 = [(start, end) for resource, start, end in layout["free"] if resource == "room-1"]
+    assert room1[:6] == [(_at("07:00"), _at("07:30")), (_at("07:30"), _at("08:00")), (_at("08:00"), _at("08:30")),
+                         (_at("08:30"), _at("09:00")), (_at("09:30"), _at("10:00")), (_at("10:20"), _at("10:30"))]
+    assert room1[-3:] == [(_at("17:30"), _at("17:40")), (_at("19:10"), _at("19:30")), (_at("19:30"), _at("20:00"))]
+    room2 = [(start, end) for resource, start, end in layout["free"] if resource == "room-2"]
+    assert room2[0] == (_at("07:00"), _at("07:30")) and len(room2) == 26  # a cancelled slot is free again

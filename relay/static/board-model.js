@@ -29,16 +29,22 @@ export const Status = Object.freeze({
 export const Action = Object.freeze({
   RESCHEDULE: 'reschedule',
   CANCEL: 'cancel',
-  CHECK_IN: 'check in'
+  CHECK_IN: 'check in',
+  FULFILL: 'fulfil',
+  NOSHOW: 'mark no-show',
+  ENTERED_IN_ERROR: 'mark entered-in-error'
 })
 
 const ALL_STATUSES = Object.values(Status)
 
-// engine/model.py ALLOWED_FROM, for the actions the board offers.
+// engine/model.py ALLOWED_FROM, for the actions the board offers (all but edit).
 export const ALLOWED_FROM = Object.freeze({
   [Action.RESCHEDULE]: [Status.PENDING, Status.BOOKED, Status.REJECTED],
   [Action.CANCEL]: [Status.PENDING, Status.BOOKED, Status.REJECTED],
-  [Action.CHECK_IN]: [Status.BOOKED]
+  [Action.CHECK_IN]: [Status.BOOKED],
+  [Action.FULFILL]: [Status.BOOKED, Status.CHECKED_IN],
+  [Action.NOSHOW]: [Status.BOOKED],
+  [Action.ENTERED_IN_ERROR]: ALL_STATUSES.filter(s => s !== Status.ENTERED_IN_ERROR)
 })
 
 // engine/model.py WHY_REFUSED
@@ -318,6 +324,20 @@ export function cancelChanges ({ reason, nowMs }) {
 
 export function checkInChanges ({ nowMs }) {
   return { checked_in_at: formatTime(nowMs) }
+}
+
+export function fulfilChanges ({ nowMs }) {
+  return { fulfilled_at: formatTime(nowMs) }
+}
+
+export function noShowChanges ({ nowMs }) {
+  return { noshow_at: formatTime(nowMs) }
+}
+
+/** Calendar.mark_entered_in_error: a reservation that should never have existed. */
+export function enteredInErrorChanges ({ reason, nowMs }) {
+  checkText('reason', reason ?? '')
+  return { entered_in_error_at: formatTime(nowMs), cancel_reason: reason ?? '' }
 }
 
 export { ALL_STATUSES }

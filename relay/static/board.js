@@ -1,13 +1,24 @@
-// The live front-desk board: one calendar's day as a table, with forms to book, reschedule, cancel
-// and check in. The page is a stock Yjs client of the relay (y-websocket on ws://HOST:PORT/<calendar>,
-// token as ?token=) and keeps its copy of the calendar in IndexedDB (y-indexeddb), so edits made
-// offline are kept in the browser and reach the relay when it is back. What each action writes,
-// and how a status is derived, lives in board-model.js (in step with engine/model.py); which
-// decisions are genuine (the home relay's signed verdicts) in board-decisions.js. Signatures are
-// checked asynchronously: a render shows what is verified so far and the board renders again when
-// the checks finish, so no row shows booked before its verdict verifies.
+// The live front-desk board: one calendar's day as a grid (time down, one column per resource,
+// free time bookable by a click) and as a list, with forms to book, reschedule, cancel, check in,
+// mark fulfilled, no-show or entered in error. The page is a stock Yjs client of the relay
+// (y-websocket on ws://HOST:PORT/<calendar>, token as ?token=) and keeps its copy of the calendar
+// in IndexedDB (y-indexeddb), so edits made offline are kept in the browser and reach the relay
+// when it is back. What each action writes, and how a status is derived, lives in board-model.js
+// (in step with engine/model.py); which decisions are genuine (the home relay's signed verdicts)
+// in board-decisions.js; the grid's layout in board-grid.js. Signatures are checked
+// asynchronously: a render shows what is verified so far and the board renders again when the
+// checks finish, so no row shows booked before its verdict verifies.
+//
+// What the banner says about the last action is what is true at that moment, in this order:
+// "saved on this device" (written to the page's document and IndexedDB); "stored on <relay>"
+// (the relay's /status answer says its store holds this page's Yjs client up to the write's
+// clock: y-websocket gets no acknowledgement, and the relay never echoes a client's own update,
+// so the sync traffic cannot tell); then, for a booking or a new time, "booked by the home" or
+// "rejected (...)" once a verified verdict decides that very request. The link badge says
+// whether the relay reaches the calendar's home (the same /status answer).
 import { IndexeddbPersistence, WebsocketProvider, Y } from './yjs-bundle.min.js'
 import * as model from './board-model.js'
+import * as grid from './board-grid.js'
 
 const CLOSE = { UNAUTHORIZED: 4401, FORBIDDEN: 4403 } // accord.engine.errors.CloseCode
 const TOKEN_KEY = 'accord.token'
@@ -15,13 +26,28 @@ const ACTOR_KEY = 'accord.actor'
 const SYMBOLS = {
   pending: '◷', booked: '✓', rejected: '✗', cancelled: '⊘', 'checked-in': '➜', fulfilled: '★', noshow: '∅', 'entered-in-error': '⌫'
 }
-const ACTION_LABELS = { [model.Action.CHECK_IN]: 'Check in', [model.Action.RESCHEDULE]: 'Reschedule', [model.Action.CANCEL]: 'Cancel' }
+const A = model.Action
+const ACTION_LABELS = {
+  [A.CHECK_IN]: 'Check in', [A.RESCHEDULE]: 'Reschedule', [A.CANCEL]: 'Cancel', [A.FULFILL]: 'Fulfilled',
+  [A.NOSHOW]: 'No-show', [A.ENTERED_IN_ERROR]: 'Entered in error'
+}
+const PRIMARY = [A.CHECK_IN, A.RESCHEDULE, A.CANCEL] // the rest sit under "More"
+const DONE = { // the banner's first words for each action
+  [A.CHECK_IN]: 'Checked in', [A.CANCEL]: 'Cancelled', [A.FULFILL]: 'Marked fulfilled', [A.NOSHOW]: 'Marked no-show',
+  [A.ENTERED_IN_ERROR]: 'Marked entered in error'
+}
+const REASONS = { conflict: '', expired: 'the request expired before the home decided', invalid: 'the home found the request invalid' }
+const UNDO_MS = 2 * 60 * 1000 // a booking made here can be undone (cancelled) for two minutes
+const UNDO_REASON = 'undone at the desk: booked by mistake'
+const POLL_FAST_MS = 1000 // while something is not settled (a write not stored or decided, the home away)
+const POLL_SLOW_MS = 2000 // otherwise: the badge follows the home within about two seconds
+const GOOD_LINKS = ['no-home', 'home', 'linked', 'via-peers']
 
 const $ = id => document.getElementById(id)
 const calendar = decodeURIComponent(location.pathname.replace(/^\/board\//, ''))
 const state = {
-  doc: null, provider: null, decisions: null, canWrite: false, link: 'connecting', refused: false, target: null,
-  renderQueued: false, checking: false
+  doc: null, provider: null, decisions: null, canWrite: false, link: 'connecting', socket: 'connecting', refused: false,
+  target: null, closing: A.CANCEL, renderQueued: false, checking: false, token: '', relay: null, poll: null, tracked: null
 }
 
 // ---- small helpers --------------------------------------------------------------------------------
@@ -50,20 +76,80 @@ const el = (tag, props = {}, ...children) => {
   return node
 }
 const randomBytes = () => crypto.getRandomValues(new Uint8Array(10))
+/** A moment as a receptionist reads it: local time, with the date when it is not today. */
+const when = ms => (dateValue(ms) === dateValue(Date.now()) ? timeValue(ms) : `${dateValue(ms)} ${timeValue(ms)}`)
+const STORED_TIME = /\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?Z\b/g
+/** Messages from the model name stored UTC times; the desk reads local ones. */
+const localTimes = text => text.replace(STORED_TIME, found => {
+  const ms = Date.parse(found)
+  return dateValue(ms) === $('day').value ? timeValue(ms) : when(ms)
+})
+const relayName = id => (!id ? 'the relay' : /relay/i.test(id) ? id : `relay ${id}`)
 
 function say (kind, text) {
   const box = $('message')
   box.dataset.kind = kind
-  box.textContent = text
+  const shown = localTimes(text)
+  if ($('message-text').textContent !== shown) $('message-text').textContent = shown // unchanged: not announced again
 }
 
 function setLink (link, text) {
   state.link = link
   const box = $('link')
   box.dataset.state = link
-  box.querySelector('.link-mark').textContent = { connecting: '◌', synced: '●', offline: '○', refused: '⨯' }[link]
+  box.querySelector('.link-mark').textContent = { connecting: '◌', synced: '●', waiting: '◔', offline: '○', refused: '⨯' }[link]
   $('link-text').textContent = text
 }
+
+/** The badge, from the websocket's state and the relay's word on the way to the home. */
+function showLink () {
+  if (state.refused) return
+  if (state.socket === 'offline') {
+    return setLink('offline', state.canWrite ? 'Offline: changes are kept in this browser and sent when the relay is back'
+      : 'Offline: showing the last copy; live again when the relay is back')
+  }
+  if (state.socket !== 'synced') return setLink('connecting', state.socket === 'connected' ? 'Connected; syncing…' : 'Connecting to the relay…')
+  const st = state.relay
+  const here = relayName(st?.relay)
+  const home = relayName(st?.home)
+  if (!st || GOOD_LINKS.includes(st.link)) {
+    const how = !st ? '' : st.link === 'home' ? `; ${here} is the home relay and decides bookings`
+      : st.link === 'linked' ? `; the home relay (${home}) is linked`
+        : st.link === 'via-peers' ? `; the home relay (${home}) is reached only through other relays` : ''
+    return setLink('synced', `Connected to ${here}: changes appear live${how}`)
+  }
+  const since = st.since ? ` since ${when(Date.parse(st.since))}` : ''
+  const why = st.link === 'not-deciding' ? `${here} is named the home but was not started with --home for this calendar`
+    : `${home} unreachable${since}`
+  setLink('waiting', `Connected to ${here}; decisions waiting for the home (${why})`)
+}
+
+// ---- the relay's status: the way to the home, and what its store holds --------------------------
+
+async function fetchStatus (client) {
+  const query = `token=${encodeURIComponent(state.token)}` + (client === undefined ? '' : `&client=${client}`)
+  const reply = await fetch(`/status/${encodeURI(calendar)}?${query}`, { cache: 'no-store' })
+  return { status: reply.status, ...(await reply.json().catch(() => ({}))) }
+}
+
+async function pollStatus () {
+  clearTimeout(state.poll)
+  try {
+    const answer = await fetchStatus(state.doc.clientID)
+    if (answer.status === 200) state.relay = answer
+  } catch (_) {} // offline: the websocket's state says so
+  showLink()
+  showBanner()
+  state.poll = setTimeout(pollStatus, settled() ? POLL_SLOW_MS : POLL_FAST_MS)
+}
+
+function settled () {
+  const stage = state.tracked ? stageOf(state.tracked) : null
+  return state.socket === 'synced' && GOOD_LINKS.includes(state.relay?.link) && (!stage || stage.final)
+}
+
+/** The clock of this page's Yjs client now: everything it wrote is below it. */
+const ownClock = () => Y.decodeStateVector(Y.encodeStateVector(state.doc)).get(state.doc.clientID) ?? 0
 
 // ---- token and access ------------------------------------------------------------------------------
 
@@ -107,7 +193,21 @@ async function start () {
   if (granted.status === 401) return showLogin(token ? 'That token is not known to this relay; check it and sign in again.' : '')
   if (granted.status === 403) return showLogin(`This token may not open calendar ${calendar}; sign in with another token.`)
   if (granted.status !== 200) return showLogin(granted.message || `The relay answered ${granted.status}.`)
-  if (!state.doc) open(token, granted)
+  state.token = token
+  if (state.doc) return
+  const found = await fetchStatus().catch(() => ({ status: 0 }))
+  if (found.status === 404 && found.error === 'no_calendar') return showMissing(token, granted)
+  open(token, granted)
+}
+
+/** A name this relay holds nothing for: say so rather than open an empty board (a typo, most often). */
+function showMissing (token, granted) {
+  $('login').hidden = true
+  $('missing').hidden = false
+  $('missing-text').textContent = `There is no calendar named “${calendar}” on this relay.`
+  $('missing-create').hidden = !granted.can_write
+  setLink('refused', `Not open: no calendar named ${calendar} here`)
+  $('create-calendar').onclick = () => { $('missing').hidden = true; open(token, granted) }
 }
 
 // ---- the document and the link --------------------------------------------------------------------
@@ -134,15 +234,17 @@ function open (token, granted) {
   window.accordBoard = { Y, doc, provider, persistence, calendar, model, decisions: state.decisions }
 
   provider.on('status', ({ status }) => {
-    if (state.refused) return
-    if (status === 'connected') setLink('connecting', 'Connected; syncing…')
-    else if (status === 'disconnected' || state.link === 'offline') {
-      setLink('offline', state.canWrite ? 'Offline: changes are kept in this browser and sent when the relay is back'
-        : 'Offline: showing the last copy; live again when the relay is back')
-    } else if (state.link !== 'synced') setLink('connecting', 'Connecting to the relay…')
+    if (status === 'connected') state.socket = 'connected'
+    else if (status === 'disconnected' || state.socket === 'offline') state.socket = 'offline'
+    else if (state.socket !== 'synced') state.socket = 'connecting'
+    showLink()
+    showBanner()
   })
   provider.on('sync', synced => {
-    if (synced && !state.refused) setLink('synced', 'Synced with the relay: changes appear live')
+    if (!synced) return
+    state.socket = 'synced'
+    showLink()
+    pollStatus()
   })
   provider.on('closed', ({ code, reason }) => { // a 44xx close: y-websocket stops reconnecting
     state.refused = true
@@ -155,6 +257,7 @@ function open (token, granted) {
   persistence.on('synced', queueRender)
   wireControls()
   render()
+  pollStatus()
 }
 
 function queueRender () {
@@ -192,15 +295,75 @@ function render () {
   $('trust').textContent = decided.uncheckable
     ? 'No decision can be shown: this browser cannot check the home relay\'s signatures (it needs an https:// or localhost address and a current browser), so every request shows as pending.'
     : ''
+  renderGrid(items, resources, from, to)
   $('rows').replaceChildren(...items.map(item => row(item, all, resources, decided)))
   $('empty').hidden = items.length > 0
   $('resource-list').replaceChildren(...Object.keys(resources).sort().map(id => el('option', { value: id }, resources[id]?.name || id)))
   if (focus) document.querySelector(`#rows button[data-id="${CSS.escape(focus.id)}"][data-action="${CSS.escape(focus.action)}"]`)?.focus()
+  showBanner()
 }
 
 function resourceName (id, resources) {
   const name = resources[id]?.name
   return name && name !== id ? `${name} (${id})` : id
+}
+
+function badge (status) {
+  return el('span', { className: 'badge', dataset: { status } }, el('span', { ariaHidden: 'true' }, SYMBOLS[status] || '•'), ` ${status}`)
+}
+
+/** A free piece the grid's half-hour lines do not already tell: it gets its times written out. */
+const odd = piece => piece.end - piece.start < grid.PIECE_MS || new Date(piece.start).getMinutes() % 30 !== 0
+
+/** The day grid: time down, a column per resource, each reservation a block, free time as buttons. */
+function renderGrid (items, resources, from, to) {
+  const layout = grid.dayLayout(items, Object.keys(resources), from, to)
+  const box = $('grid')
+  if (!layout.columns.length) {
+    box.replaceChildren(el('p', { className: 'empty' }, 'No resources on this calendar yet: book by typing a resource id below.'))
+    return
+  }
+  const lanes = layout.columns.reduce((n, c) => n + c.lanes, 0)
+  const rows = (layout.end - layout.start) / grid.STEP_MS
+  box.style.gridTemplateColumns = `4rem repeat(${lanes}, minmax(3.5rem, 1fr))`
+  box.style.gridTemplateRows = `auto repeat(${rows}, var(--grid-step))`
+  const place = (node, row, rowEnd, column, span = 1) => {
+    node.style.gridRow = `${row} / ${rowEnd}`
+    node.style.gridColumn = `${column} / span ${span}`
+    return node
+  }
+  const cells = []
+  const half = 30 * 60 * 1000
+  for (let at = layout.start; at < layout.end; at += half) {
+    const row = grid.rowOf(at, layout.start)
+    const hour = new Date(at).getMinutes() === 0
+    cells.push(place(el('div', { className: hour ? 'grid-line hour' : 'grid-line', ariaHidden: 'true' }), row, row + 6, 1, lanes + 1))
+    cells.push(place(el('div', { className: 'grid-time' }, timeValue(at)), row, row + 6, 1))
+  }
+  for (const column of layout.columns) {
+    cells.push(place(el('div', { className: 'grid-head', role: 'heading', ariaLevel: '3' }, resourceName(column.resource, resources)),
+      1, 2, 2 + column.first, column.lanes))
+  }
+  const firstLane = new Map(layout.columns.map(c => [c.resource, c.first]))
+  if (state.canWrite) {
+    for (const piece of layout.free) {
+      const text = span(piece.start, piece.end)
+      const button = el('button', {
+        type: 'button', className: 'free', ariaLabel: `Book ${piece.resource} ${text} (free)`,
+        dataset: { resource: piece.resource, start: String(piece.start), end: String(piece.end) }
+      }, el('span', { ariaHidden: 'true' }, '+ '), 'free', odd(piece) ? ` ${text}` : '')
+      cells.push(place(button, grid.rowOf(piece.start, layout.start), grid.rowEnd(piece.end, layout.start), 2 + firstLane.get(piece.resource)))
+    }
+  }
+  for (const block of layout.blocks) {
+    const { item } = block
+    const node = el('div', { className: 'booking', dataset: { id: item.id, status: item.status }, title: `${item.patient} ${span(item.slot.start, item.slot.end)}` },
+      el('div', {}, badge(item.status), ' ', el('span', { className: 'booking-time' }, span(item.slot.start, item.slot.end))),
+      el('div', {}, el('span', { className: 'booking-who' }, item.patient), item.service ? el('span', { className: 'booking-what' }, ` ${item.service}`) : null))
+    cells.push(place(node, grid.rowOf(block.start, layout.start), Math.max(grid.rowEnd(block.end, layout.start), grid.rowOf(block.start, layout.start) + 1),
+      2 + firstLane.get(block.resource) + block.lane))
+  }
+  box.replaceChildren(...cells)
 }
 
 function row (item, all, resources, decided) {
@@ -210,8 +373,7 @@ function row (item, all, resources, decided) {
     when.append(el('div', { className: 'proposal' }, `asked: ${span(item.start, item.end)}` +
       (item.resource !== slot.resource ? ` on ${item.resource}` : '') + ` (${item.proposal})`))
   }
-  const status = el('td', {}, el('span', { className: 'badge', dataset: { status: item.status } },
-    el('span', { ariaHidden: 'true' }, SYMBOLS[item.status] || '•'), ` ${item.status}`))
+  const status = el('td', {}, badge(item.status))
   const why = explain(item, all, decided)
   if (why) status.append(el('div', { className: 'why' }, why))
   const changed = el('td', {}, item.updatedBy || '—')
@@ -226,25 +388,80 @@ function row (item, all, resources, decided) {
     changed
   ]
   if (state.canWrite) {
-    const buttons = model.allowedActions(item.status).map(action => el('button', {
+    const button = action => el('button', {
       type: 'button', dataset: { id: item.id, action }, ariaLabel: `${ACTION_LABELS[action]} ${item.patient} at ${timeValue(slot.start)}`
-    }, ACTION_LABELS[action]))
-    cells.push(el('td', { className: 'row-actions' }, ...buttons))
+    }, ACTION_LABELS[action])
+    const allowed = model.allowedActions(item.status)
+    const more = allowed.filter(action => !PRIMARY.includes(action))
+    cells.push(el('td', { className: 'row-actions' }, ...allowed.filter(action => PRIMARY.includes(action)).map(button),
+      more.length ? el('details', { className: 'more' }, el('summary', {}, 'More'), ...more.map(button)) : null))
   }
   return el('tr', { dataset: { id: item.id, status: item.status } }, ...cells)
 }
 
+/** "conflicts with P-1 09:00–09:30 on room-1", or '' when the home named no conflict. */
+function conflict (item, all, decided) {
+  if (!item.conflictWith) return ''
+  const id = item.conflictWith
+  const other = Object.hasOwn(all, id) && all[id] && typeof all[id] === 'object'
+    ? model.reservationView(id, all[id], decided.hasHome, decided.states.get(id)) : null
+  return other ? `conflicts with ${other.patient} ${span(other.slot.start, other.slot.end)} on ${other.slot.resource}`
+    : `conflicts with reservation ${id}`
+}
+
 function explain (item, all, decided) {
-  const parts = []
-  if (item.conflictWith) {
-    const id = item.conflictWith
-    const other = Object.hasOwn(all, id) && all[id] && typeof all[id] === 'object'
-      ? model.reservationView(id, all[id], decided.hasHome, decided.states.get(id)) : null
-    parts.push(other ? `conflicts with ${other.patient} ${span(other.slot.start, other.slot.end)} on ${other.slot.resource}`
-      : `conflicts with reservation ${item.conflictWith}`)
+  const reason = item.reason in REASONS ? REASONS[item.reason] : item.reason
+  return [conflict(item, all, decided), reason].filter(Boolean).join('; ')
+}
+
+// ---- the banner: what is true about the last action ---------------------------------------------------
+
+/**
+ * Track an action this page just wrote: the banner follows it from "saved on this device" to
+ * "stored on <relay>" and, for a request the home decides, to its verdict.
+ */
+function track (id, title, { decides = false, undoable = false } = {}) {
+  state.tracked = { id, title, decides, undoable, clock: ownClock(), atMs: Date.now() }
+  showBanner()
+  clearTimeout(state.poll)
+  state.poll = setTimeout(pollStatus, 150) // the store commits within milliseconds
+}
+
+/** Where the tracked action stands: { kind, text, final }. */
+function stageOf (tracked) {
+  const { all, decided } = snapshot()
+  const fields = all[tracked.id]
+  const item = fields && typeof fields === 'object' ? model.reservationView(tracked.id, fields, decided.hasHome, decided.states.get(tracked.id)) : null
+  const st = state.relay
+  const stored = st !== null && typeof st.stored === 'number' && st.stored >= tracked.clock
+  const here = relayName(st?.relay)
+  const saved = state.socket === 'offline' ? 'saved on this device; it is sent when the relay is back'
+    : 'saved on this device; not on the relay yet'
+  if (tracked.decides && item !== null && decided.hasHome) {
+    const verdict = decided.states.get(tracked.id) ?? model.UNDECIDED
+    if (verdict.current === 'rejected') {
+      const why = [conflict(item, all, decided), REASONS[item.reason] ?? item.reason].filter(Boolean).join('; ')
+      return { kind: 'rejected', text: `rejected by the home relay${why ? ` (${why})` : ''}`, final: true }
+    }
+    if (verdict.current === 'booked') return { kind: 'booked', text: `booked by the home (${relayName(verdict.decidedBy)})`, final: true }
+    if (!stored) return { kind: 'local', text: saved, final: false }
+    const away = st && !GOOD_LINKS.includes(st.link) && st.since ? `; the home is unreachable since ${when(Date.parse(st.since))}` : ''
+    return { kind: 'stored', text: `stored on ${here}; waiting for the home (${relayName(st?.home)}) to decide${away}`, final: false }
   }
-  if (item.reason) parts.push(item.reason)
-  return parts.join('; ')
+  const noHome = tracked.decides && !decided.hasHome ? ' (no home relay decides this calendar: it counts as booked)' : ''
+  if (!stored) return { kind: 'local', text: saved + noHome, final: false }
+  return { kind: 'stored', text: `stored on ${here}${noHome}`, final: true }
+}
+
+function showBanner () {
+  const tracked = state.tracked
+  if (!tracked || !state.doc) return
+  const stage = stageOf(tracked)
+  say(stage.kind, `${tracked.title}: ${stage.text}.`)
+  const fields = state.doc.getMap('reservations').get(tracked.id)?.toJSON()
+  const { decided } = snapshot()
+  const status = fields ? model.deriveStatus(fields, decided.hasHome, decided.states.get(tracked.id)) : null
+  $('undo').hidden = !(tracked.undoable && Date.now() - tracked.atMs < UNDO_MS && model.ALLOWED_FROM[A.CANCEL].includes(status))
 }
 
 // ---- actions ------------------------------------------------------------------------------------------
@@ -297,19 +514,29 @@ function update (id, action, changes) {
   return entry.toJSON()
 }
 
+/** Run `work` (which writes and tracks); show a refusal in `problemBox` or the banner. */
 function attempt (problemBox, work) {
   try {
-    const text = work()
+    work()
     if (problemBox) problemBox.textContent = ''
-    say('ok', `${text}${state.link === 'synced' ? '' : ' (kept in this browser; it is sent when the relay is back)'}`)
     return true
   } catch (error) {
     if (!(error instanceof model.Refused)) throw error
-    const text = `Not saved: ${error.message}.`
+    const text = localTimes(`Not saved: ${error.message}.`)
+    state.tracked = null
+    $('undo').hidden = true
     if (problemBox) problemBox.textContent = text
     else { say('error', text); $('message').focus() }
     return false
   }
+}
+
+const who = f => `${f.patient}, ${span(Date.parse(f.start), Date.parse(f.end))} on ${f.resource}`
+
+/** A lifecycle mark (check-in, cancel, fulfilled, no-show, entered in error): counts at once, final. */
+function mark (id, action, changes) {
+  const f = update(id, action, changes)
+  track(id, `${DONE[action]} ${who(f)}`)
 }
 
 function openDialog (kind, id) {
@@ -320,7 +547,7 @@ function openDialog (kind, id) {
   if (!item) return
   state.target = id
   const who = `${item.patient}, ${span(item.slot.start, item.slot.end)} on ${item.slot.resource}`
-  if (kind === 'reschedule') {
+  if (kind === A.RESCHEDULE) {
     $('reschedule-who').textContent = who
     $('reschedule-problem').textContent = ''
     $('reschedule-resource').value = item.resource
@@ -328,12 +555,29 @@ function openDialog (kind, id) {
     $('reschedule-start').value = timeValue(item.start)
     $('reschedule-end').value = timeValue(item.end)
     $('reschedule-dialog').showModal()
-  } else {
+  } else { // cancel or entered in error: one dialog, with a reason
+    state.closing = kind
+    const error = kind === A.ENTERED_IN_ERROR
+    $('cancel-title').textContent = error ? 'Mark entered in error' : 'Cancel reservation'
+    $('cancel-help').textContent = error ? 'For a reservation that should never have existed (a duplicate, the wrong patient). It is closed for good.'
+      : 'The slot is freed. A cancellation cannot be taken back: book again if needed.'
+    $('cancel-submit').textContent = error ? 'Mark entered in error' : 'Cancel reservation'
     $('cancel-who').textContent = who
     $('cancel-problem').textContent = ''
     $('cancel-reason').value = ''
     $('cancel-dialog').showModal()
   }
+}
+
+/** Fill the booking form from a free piece of the grid. */
+function prefill (button) {
+  const start = Number(button.dataset.start)
+  $('book-resource').value = button.dataset.resource
+  $('book-date').value = dateValue(start)
+  $('book-start').value = timeValue(start)
+  $('book-end').value = timeValue(Number(button.dataset.end))
+  $('book').scrollIntoView({ block: 'nearest' })
+  $('book-patient').focus()
 }
 
 function wireControls () {
@@ -359,18 +603,33 @@ function wireControls () {
   $('book-form').addEventListener('submit', event => {
     event.preventDefault()
     const ok = attempt(null, () => {
-      const fields = book()
-      return `Booked ${fields.patient} on ${fields.resource} at ${timeValue(Date.parse(fields.start))}.`
+      const f = book()
+      // Never "Booked" here: the home has not decided yet. The banner follows the decision.
+      track(f.id, `Request for ${f.patient} on ${f.resource} at ${timeValue(Date.parse(f.start))}`, { decides: true, undoable: true })
     })
     if (ok) for (const id of ['book-patient', 'book-service', 'book-note']) $(id).value = ''
+  })
+  $('undo').addEventListener('click', () => {
+    const tracked = state.tracked
+    if (!tracked) return
+    attempt(null, () => {
+      const f = update(tracked.id, A.CANCEL, model.cancelChanges({ reason: UNDO_REASON, nowMs: Date.now() }))
+      track(tracked.id, `Undone (cancelled) the request for ${who(f)}`)
+    })
+  })
+  $('grid').addEventListener('click', event => {
+    const button = event.target.closest('button.free')
+    if (button) prefill(button)
   })
   $('rows').addEventListener('click', event => {
     const button = event.target.closest('button[data-action]')
     if (!button) return
     const { id, action } = button.dataset
-    if (action === model.Action.CHECK_IN) {
-      attempt(null, () => { const f = update(id, action, model.checkInChanges({ nowMs: Date.now() })); return `Checked in ${f.patient}.` })
-    } else openDialog(action === model.Action.CANCEL ? 'cancel' : 'reschedule', id)
+    const nowMs = Date.now()
+    if (action === A.CHECK_IN) attempt(null, () => mark(id, action, model.checkInChanges({ nowMs })))
+    else if (action === A.FULFILL) attempt(null, () => mark(id, action, model.fulfilChanges({ nowMs })))
+    else if (action === A.NOSHOW) attempt(null, () => mark(id, action, model.noShowChanges({ nowMs })))
+    else openDialog(action, id)
   })
   $('reschedule-form').addEventListener('submit', event => {
     event.preventDefault()
@@ -382,16 +641,18 @@ function wireControls () {
         resource: $('reschedule-resource').value.trim(),
         resourceIds: resourceIds()
       })
-      const f = update(state.target, model.Action.RESCHEDULE, changes)
-      return `Rescheduled ${f.patient} to ${span(Date.parse(f.start), Date.parse(f.end))} on ${f.resource}.`
+      const f = update(state.target, A.RESCHEDULE, changes)
+      track(state.target, `New time for ${who(f)}`, { decides: true })
     })
     if (ok) $('reschedule-dialog').close()
   })
   $('cancel-form').addEventListener('submit', event => {
     event.preventDefault()
     const ok = attempt($('cancel-problem'), () => {
-      const f = update(state.target, model.Action.CANCEL, model.cancelChanges({ reason: $('cancel-reason').value.trim(), nowMs: Date.now() }))
-      return `Cancelled ${f.patient}.`
+      const reason = $('cancel-reason').value.trim()
+      const nowMs = Date.now()
+      const changes = state.closing === A.ENTERED_IN_ERROR ? model.enteredInErrorChanges({ reason, nowMs }) : model.cancelChanges({ reason, nowMs })
+      mark(state.target, state.closing, changes)
     })
     if (ok) $('cancel-dialog').close()
   })
