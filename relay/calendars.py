@@ -41,6 +41,7 @@ class CalendarHandle:
     last_seq: int = 0
     last_active: float = field(default_factory=time.monotonic)
     committed: bytes = b"\x00"  # state vector of the last change committed to the store
+    compact_retry_rows: int = 0  # a compaction failed for now: not tried again before the log has this many rows
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

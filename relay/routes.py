@@ -20,6 +20,7 @@ from accord.engine.model import CalendarId
 from . import board
 from .auth import TokenBook
 from .metrics import Metrics
+from .pipeline import Health
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Routes:
         tokens: who may see the board's calendar list.
         metrics: counters (refused connections are counted here).
         known_calendars: every calendar the relay holds (for the board's index).
-        store_healthy: answers /healthz.
+        store_health: answers /healthz (503 with its detail while the store fails).
         warnings: lines /healthz adds (e.g. a --home calendar another relay decides).
         render_metrics: the Prometheus text for /metrics.
         open_connections: how many websocket connections are open now.
@@ -39,13 +40,13 @@ class Routes:
     """
 
     def __init__(self, *, tokens: TokenBook, metrics: Metrics, known_calendars: Callable[[], Awaitable[list[CalendarId]]],
-                 store_healthy: Callable[[], Awaitable[bool]], warnings: Callable[[], list[str]],
+                 store_health: Callable[[], Awaitable[Health]], warnings: Callable[[], list[str]],
                  render_metrics: Callable[[], str],
                  open_connections: Callable[[], int], max_connections: int) -> None:
         self.tokens = tokens
         self.metrics = metrics
         self.known_calendars = known_calendars
-        self.store_healthy = store_healthy
+        self.store_health = store_health
         self.warnings = warnings
         self.render_metrics = render_metrics
         self.open_connections = open_connections
@@ -54,10 +55,10 @@ class Routes:
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
         if path == "/healthz":
-            healthy = await self.store_healthy()
+            health = await self.store_health()
             notes = "".join(f"warning: {line}\n" for line in self.warnings())
-            return respond(connection, http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
-                           ("ok\n" if healthy else "store unavailable\n") + notes)
+            return respond(connection, http.HTTPStatus.OK if health.ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                           ("ok\n" if health.ok else f"store unavailable: {health.detail}\n") + notes)
         if path == "/metrics":
             response = respond(connection, http.HTTPStatus.OK, self.render_metrics())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

@@ -52,6 +52,7 @@ from .routes import Routes
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+STORE_BUSY_TIMEOUT_MS = 250  # then the commit pipeline retries and reports it (see pipeline.py)
 T = TypeVar("T")
 
 
@@ -126,7 +127,7 @@ class Relay:
         elif str(config.db_path) == MEMORY_DB:
             storage = MemoryStorage()
         else:
-            storage = await SqliteStorage.open(Path(config.db_path))
+            storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
@@ -140,7 +141,7 @@ class Relay:
         pipeline.batch_hooks.append(home.batch_stored)
         pipeline.start()
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
-                        store_healthy=pipeline.healthy, warnings=home.warnings, render_metrics=self.render_metrics,
+                        store_health=pipeline.health, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections)
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s)
