@@ -5,9 +5,10 @@ Layout of the document (shared with stock Yjs clients and the browser board):
 - ``reservations``: Map reservation id -> Map of fields (one key per field, so concurrent
   edits of different fields both survive; see :mod:`engine.model` for the three key groups);
 - ``resources``: Map resource id -> Map (``name``, ``capacity``);
-- ``meta``: calendar-level settings;
+- ``meta``: calendar-level settings (``hold_ttl``);
 - ``homes``: set-once home records (who decides bookings, from which epoch; signed);
-- ``verdicts``: set-once signed decisions of the home (:mod:`engine.authority`).
+- ``verdicts``: set-once signed decisions of the home (:mod:`engine.authority`);
+- ``receipts``: set-once relay receipts, when a request first reached a relay (:mod:`engine.receipts`).
 
 Reads summarise a reservation's genuine verdicts (signature checked against the calendar's
 current home, cached) into a :class:`~engine.model.DecisionState` and derive its status from
@@ -23,7 +24,7 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pycrdt import Doc, Map
@@ -51,6 +52,18 @@ from .model import (
     parse_time,
     reservation_from_fields,
 )
+
+HOLD_TTL_KEY = "hold_ttl"
+MIN_HOLD_TTL, MAX_HOLD_TTL = 60, 30 * 86400
+
+
+def read_hold_ttl(value: object) -> timedelta | None:
+    """A stored hold TTL (whole seconds, 60 to 30 days) as a duration; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    if not float(value).is_integer() or not MIN_HOLD_TTL <= value <= MAX_HOLD_TTL:
+        return None
+    return timedelta(seconds=int(value))
 
 
 def read_capacity(value: object) -> int:
@@ -92,6 +105,7 @@ class Calendar:
         self.meta = self.doc.get("meta", type=Map)
         self.homes = self.doc.get("homes", type=Map)
         self.verdicts = self.doc.get("verdicts", type=Map)
+        self.receipts = self.doc.get("receipts", type=Map)
         self.verifier = Verifier(self.name)
         self._home: HomeRecord | None = None
         self._home_stale = True
@@ -253,6 +267,11 @@ class Calendar:
         found = (self.resource(key) for key in sorted(self.resources_map.keys()))
         return [item for item in found if item is not None]
 
+    @property
+    def hold_ttl(self) -> timedelta | None:
+        """The calendar's hold TTL setting (``meta.hold_ttl``, seconds), None if unset or unusable."""
+        return read_hold_ttl(self.meta.get(HOLD_TTL_KEY))
+
     def capacity(self, resource_id: str) -> int:
         """How many booked reservations may overlap on the resource (default 1)."""
         found = self.resource(resource_id)
@@ -266,6 +285,7 @@ class Calendar:
             "meta": json.loads(str(self.meta)) if len(self.meta) else {},
             "homes": json.loads(str(self.homes)) if len(self.homes) else {},
             "verdicts": json.loads(str(self.verdicts)) if len(self.verdicts) else {},
+            "receipts": json.loads(str(self.receipts)) if len(self.receipts) else {},
         }
 
     # ---- writes ----------------------------------------------------------------------------
@@ -284,6 +304,19 @@ class Calendar:
             else:
                 self.resources_map[resource_id] = Map({"name": name or resource_id, "capacity": capacity})
         return Resource(resource_id, name or resource_id, capacity)
+
+    def set_hold_ttl(self, seconds: int | None) -> None:
+        """Set (or, with None, remove) the calendar's hold TTL: pending bookings older than this
+        when the home decides them are rejected ``expired``. An admin setting: relays accept it
+        from admin tokens only. Whole seconds, 60 to 30 days."""
+        if seconds is not None and read_hold_ttl(seconds) is None:
+            raise InvalidReservation(f"hold TTL must be whole seconds from {MIN_HOLD_TTL} to {MAX_HOLD_TTL}, "
+                                     f"not {seconds!r}")
+        with self.doc.transaction(origin=self.origin):
+            if seconds is None:
+                self.meta.pop(HOLD_TTL_KEY, None)
+            else:
+                self.meta[HOLD_TTL_KEY] = seconds
 
     def add_home_record(self, record: HomeRecord, encoded: str) -> None:
         """Store a signed home record (written by the relay taking or handing over the calendar)."""

@@ -31,11 +31,14 @@ or marked entered-in-error. Checked-in, fulfilled and no-show reservations keep 
 it: freeing a no-show's slot would let a late patient's slot be given away, and a past slot
 is rarely requested again, so the simple rule is also the safe one.
 
-**Holds.** With ``hold_ttl``, a request that has never been booked expires when it is decided
-more than ``hold_ttl`` after it was made (``created_at``, or ``updated_at`` for a request
-re-made after a rejection): it is rejected with reason ``expired``, so a terminal that was
-offline for a day cannot take a slot the desk has meanwhile offered to someone else. A
-reschedule of a booked reservation never expires (its booking stays).
+**Holds.** With a hold TTL (the calendar's ``meta.hold_ttl`` setting, else the Decider's
+``hold_ttl``), a request that has never been booked expires when it is decided more than the
+TTL after it first reached a relay, by that relay's clock (its earliest receipt: see
+:mod:`engine.receipts`; terminal clocks are not trusted for this): it is rejected with reason
+``expired``, so a request that waited at a relay cut off from the home cannot take a slot the
+desk has meanwhile offered to someone else. A request without a receipt is as old as the
+home's own clock says: it never expired. A reschedule of a booked reservation never expires
+(its booking stays).
 
 **Index.** Booked slots are kept per resource in a list sorted by start (epoch seconds) with
 the longest booked duration; the reservations overlapping a request are found by bisecting
@@ -72,6 +75,7 @@ from .model import (
     format_time,
     parse_time,
 )
+from .receipts import ReceiptIndex
 from .slot_index import ResourceSlots, max_depth
 
 log = logging.getLogger(__name__)
@@ -156,6 +160,7 @@ class Decider:
         self.epoch = self._check_home()
         if self.epoch > 1:
             self._carry_over()
+        self.receipts = ReceiptIndex(calendar.receipts)
         self.rebuild()
         self._subscriptions = (calendar.reservations.observe_deep(self._on_change),
                                calendar.verdicts.observe(self._on_verdicts))
@@ -196,6 +201,7 @@ class Decider:
         """Stop watching the document (the relay no longer decides this calendar)."""
         self.calendar.reservations.unobserve(self._subscriptions[0])
         self.calendar.verdicts.unobserve(self._subscriptions[1])
+        self.receipts.close()
 
     @property
     def queued(self) -> int:
@@ -349,13 +355,11 @@ class Decider:
             start_at, end_at = check_interval(fields.get("start"), fields.get("end"))  # type: ignore[arg-type]
         except InvalidReservation:
             return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.INVALID), None
-        if self.hold_ttl is not None and decided.booked is None:
-            asked = fields.get("requested_at") or fields.get("created_at")
-            try:
-                expired = parse_time(str(asked)) + self.hold_ttl < parse_time(now)
-            except InvalidReservation:
-                expired = False
-            if expired:
+        hold_ttl = self.calendar.hold_ttl or self.hold_ttl
+        if hold_ttl is not None and decided.booked is None:
+            received = self.receipts.earliest(rid, request_digest(rid, fields))
+            moment = parse_time(now)
+            if received is not None and min(received, moment) + hold_ttl < moment:
                 return DecisionMade(reservation_id, Decision.REJECTED, RejectReason.EXPIRED), None
         start, end = int(start_at.timestamp()), int(end_at.timestamp())
         booked = DecisionMade(reservation_id, Decision.BOOKED), (resource, start, end)

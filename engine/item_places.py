@@ -43,6 +43,7 @@ from .place_codes import (
     MAX_ROOT,
     OTHER_ROOTS,
     RESERVATIONS,
+    SET_ONCE_ROOTS,
     MarkUnit,
     Place,
     child_place,
@@ -75,7 +76,7 @@ class PlaceIndex:
         self.entry_roots = bytearray()  # entry number -> root code
         self.entry_keys: list[bytes | None] = []  # entry number -> key (None: list content in a root)
         # Keys of the set-once roots -> the entry number of their latest item.
-        self.keys: tuple[dict[bytes, int], dict[bytes, int], dict[bytes, int]] = ({}, {}, {})
+        self.keys: dict[int, dict[bytes, int]] = {root: {} for root in SET_ONCE_ROOTS}
         self.root_names: list[bytes] = list(LAYOUT_ROOTS)
         self.root_codes: dict[bytes, int] = {name: code for code, name in enumerate(LAYOUT_ROOTS)}
         # (entry << 6 | mark field) -> items written under that mark in that reservation's map.
@@ -285,7 +286,7 @@ class PlaceIndex:
         entry = len(self.entry_keys)
         self.entry_roots.append(root)
         self.entry_keys.append(key)
-        if root < 3 and key is not None:
+        if key is not None and root in SET_ONCE_ROOTS:
             self.keys[root][key] = entry
         return entry
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from .model import DECISION_KEYS, LIFECYCLE_MARKS
 
 # Root maps of the layout, by code; other root names get the next codes (up to MAX_ROOT).
-RESERVATIONS, VERDICTS, HOMES, RESOURCES, META = range(5)
-LAYOUT_ROOTS = (b"reservations", b"verdicts", b"homes", b"resources", b"meta")
+RESERVATIONS, VERDICTS, HOMES, RESOURCES, META, RECEIPTS = range(6)
+LAYOUT_ROOTS = (b"reservations", b"verdicts", b"homes", b"resources", b"meta", b"receipts")
+SET_ONCE_ROOTS = frozenset({RESERVATIONS, VERDICTS, HOMES, RECEIPTS})
+"""Roots whose entries are written once and never deleted."""
 OTHER_ROOTS = 255  # the code every root name past the 250th shares
 MAX_ROOT = OTHER_ROOTS - 1
 

@@ -18,7 +18,9 @@ commit against the layout of a calendar document:
   relay itself (:attr:`Category.RETIRED_KEY`);
 - ``resources`` and ``meta`` are written by admins only: every write or delete in them is an
   :attr:`Category.ADMIN_WRITE`, and the values written are checked (:attr:`Category.INVALID_VALUE`,
-  for admins too: resource ids, ``name``, ``capacity``);
+  for admins too: resource ids, ``name``, ``capacity``, ``meta.hold_ttl``);
+- ``receipts`` (:mod:`engine.receipts`) are written by relays only: every write or delete there is
+  a :attr:`Category.RELAY_ONLY`, and receipts are set-once entries like verdicts;
 - no other root (:attr:`Category.UNKNOWN_ROOT`), and no list content in a layout root
   (:attr:`Category.NOT_A_MAP_ENTRY`);
 - an update that names an item the relay has not seen, deletes one, or skips clocks of a writer
@@ -57,13 +59,27 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .calendar import HOLD_TTL_KEY, read_hold_ttl
 from .clock_runs import ClockRuns
 from .errors import MalformedMessage
 from .item_places import PlaceIndex
 from .lib0 import read_any, read_var_string, read_var_uint
 from .map_order import mark_is_present
 from .model import MAX_LENGTHS, RESOURCE_ID
-from .place_codes import ENTRY, FIELD, LAYOUT_ROOTS, MARK_KEYS, MARKS, META, MISSING, RESERVATIONS, RESOURCES, Field, MarkUnit
+from .place_codes import (
+    ENTRY,
+    FIELD,
+    LAYOUT_ROOTS,
+    MARK_KEYS,
+    MARKS,
+    META,
+    MISSING,
+    RECEIPTS,
+    RESERVATIONS,
+    RESOURCES,
+    Field,
+    MarkUnit,
+)
 from .placement import Placement
 from .plain_updates import PlainUpdate, read_plain
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
@@ -82,6 +98,7 @@ class Category(enum.StrEnum):
     MARK_REMOVED = "mark-removed"  # a lifecycle mark's key would be gone
     RETIRED_KEY = "retired-key"  # a decision key in a reservation's map (written or deleted)
     ADMIN_WRITE = "admin-write"  # a write or delete in resources or meta: admins only
+    RELAY_ONLY = "relay-only"  # a write or delete in receipts: relays only
     INVALID_VALUE = "invalid-value"  # a bad resource id, name or capacity, even from an admin
     UNKNOWN_ROOT = "unknown-root"  # a root the layout does not have
     NOT_A_MAP_ENTRY = "not-a-map-entry"  # list content (no key) in a layout root
@@ -247,7 +264,15 @@ class _Review:
             self.add(outside, code, own_key if field == Field.OTHER else "", client, start)
             if root == RESOURCES:
                 self._check_resource_value(struct, start, code)
-        elif depth == ENTRY:
+            elif root == META and depth == ENTRY and key == HOLD_TTL_KEY.encode():
+                self._check_hold_ttl(struct, start, code)
+            return
+        if root == RECEIPTS:
+            self.add(Category.RELAY_ONLY, code, "", client, start)
+            if depth == ENTRY and not isinstance(_single_value(self.data, struct[3], struct[12]), str) \
+                    and struct[3] != DELETED:
+                self.add(Category.INVALID_VALUE, code, "", client, start)
+        if depth == ENTRY:
             assert key is not None  # else it would be outside the layout
             inherits = struct[4] >= 0 or struct[6] >= 0 or start > struct[1]
             if inherits or key in self.index.keys[root] or (root, key) in self.new_keys:
@@ -265,6 +290,11 @@ class _Review:
                     self.born_deleted.add((client, start))
         elif entry < self.placement.entry_base:  # inside an existing verdict or home
             self.add(Category.ENTRY_OVERWRITTEN, code, "", client, start)
+
+    def _check_hold_ttl(self, struct: Struct, start: int, code: int) -> None:
+        """``meta.hold_ttl`` is whole seconds, 60 to 30 days (see engine.calendar.read_hold_ttl)."""
+        if struct[3] != DELETED and read_hold_ttl(_single_value(self.data, struct[3], struct[12])) is None:
+            self.add(Category.INVALID_VALUE, code, "", struct[0], start)
 
     def _check_resource_value(self, struct: Struct, start: int, code: int) -> None:
         """Resource ids match model.RESOURCE_ID, a resource is a map, ``capacity`` is a whole
@@ -309,7 +339,10 @@ class _Review:
         outside = _outside_the_public_layout(root, self.index.key_of(entry))
         if outside is not None:
             self.add(outside, code, "", client, clock)
-        elif depth == ENTRY:
+            return
+        if root == RECEIPTS:
+            self.add(Category.RELAY_ONLY, code, "", client, clock)
+        if depth == ENTRY:
             self.add(Category.ENTRY_DELETED, code, "", client, clock)
         elif root == RESERVATIONS:
             if field == Field.RETIRED:

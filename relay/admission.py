@@ -10,7 +10,7 @@ by the calendar's :class:`~accord.engine.update_policy.UpdatePolicy`, from clien
 alike: reservations, verdicts and home records are never deleted or overwritten, lifecycle marks
 never removed, retired decision keys never written, resources and settings changed only by an
 admin token (or, at a relay that is not the calendar's home, by a peer that may be relaying the
-home's own change), and values there are validated. A forged verdict needs no refusal: it is
+home's own change), and values there are validated; relay receipts come from peers only. A forged verdict needs no refusal: it is
 simply not a decision (:mod:`accord.engine.authority`). The per-calendar policy index is kept
 here, in step with every change the document makes (:meth:`Admission.observe`, a pipeline change
 hook); it is dropped when the calendar unloads.
@@ -120,6 +120,8 @@ class Admission:
         for violation in policy.violations(update):
             if violation.category is Category.ADMIN_WRITE and admin_ok:
                 continue
+            if violation.category is Category.RELAY_ONLY and kind is Kind.PEER:
+                continue
             return _refusal(violation)
         return None
 
@@ -155,7 +157,8 @@ REASONS = {
     Category.MARK_REMOVED: "a lifecycle mark (cancelled, checked in, ...) is never removed",
     Category.RETIRED_KEY: "decision keys are retired; only the home's signed verdicts decide",
     Category.ADMIN_WRITE: "resources and calendar settings need an admin token",
-    Category.INVALID_VALUE: "invalid resource value (id, name, or capacity 1-1000)",
+    Category.RELAY_ONLY: "receipts are written by relays only",
+    Category.INVALID_VALUE: "invalid value (resource id, name, capacity 1-1000, hold_ttl 60-2592000 s, receipt)",
     Category.UNKNOWN_ROOT: "not part of an accord calendar",
     Category.NOT_A_MAP_ENTRY: "not part of an accord calendar",
 }

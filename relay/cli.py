@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", action="append", default=[], metavar="GLOB",
                         help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar")
     parser.add_argument("--hold-ttl", type=float, default=None, metavar="SECONDS",
-                        help="as home, reject pending bookings that arrive more than SECONDS after they were made")
+                        help="hold TTL for calendars that set none: as home, reject pending bookings that first "
+                             "reached a relay more than SECONDS ago (by that relay's clock); as any relay, stamp "
+                             "its clients' requests with receipts. Set it on every relay, or per calendar with "
+                             "'accord terminal setting hold-ttl'")
     parser.add_argument("--tokens", type=Path, default=None, metavar="FILE",
-                        help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, peer, read-only")
+                        help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, admin, peer, read-only")
     parser.add_argument("--insecure-open", action="store_true",
                         help="allow listening on a non-loopback address without --tokens")
     parser.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024, help="largest accepted message")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 MEMORY_DB = ":memory:"
+
+
+def utc_now() -> datetime:
+    """The relay's clock (the default; tests give the relay another)."""
+    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -24,7 +30,9 @@ class RelayConfig:
         home_globs: calendars this relay decides bookings for.
         tokens_path: token file; without one the relay is open and only listens on loopback
             unless ``insecure_open``.
-        hold_ttl_s: as home, reject pending bookings older than this when they arrive.
+        hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
+            pending bookings that first reached a relay longer ago than this; as any relay,
+            stamp the requests of its clients with receipts (see :mod:`accord.engine.receipts`).
     """
 
     relay_id: str

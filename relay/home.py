@@ -15,8 +15,9 @@ records later name this relay (a handover), it starts deciding.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pycrdt import Doc, Map
@@ -28,6 +29,7 @@ from accord.engine.model import CalendarId
 from accord.engine.storage import Storage
 
 from .calendars import CalendarHandle, matches
+from .config import utc_now
 from .metrics import Metrics
 from .pipeline import CommitPipeline
 
@@ -53,7 +55,8 @@ class Home:
     """
 
     def __init__(self, relay_id: str, key: RelayKey, globs: list[str], pipeline: CommitPipeline, metrics: Metrics, *,
-                 hold_ttl_s: float | None = None) -> None:
+                 hold_ttl_s: float | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+        self.clock = clock
         self.relay_id = relay_id
         self.key = key
         self.globs = globs
@@ -88,7 +91,7 @@ class Home:
         self.not_home.pop(handle.name, None)
         deciding = self._deciding[handle.name] = _Deciding(decider, sink, captured)
         log.info("deciding as home", extra={"calendar": handle.name, "epoch": decider.epoch})
-        self._record(handle, deciding, decider.decide_all_pending(datetime.now(UTC)))
+        self._record(handle, deciding, decider.decide_all_pending(self.clock()))
 
     def _refuse(self, handle: CalendarHandle, exc: NotHome) -> None:
         if handle.name not in self.not_home:
@@ -107,7 +110,7 @@ class Home:
 
     def batch_stored(self, handles: list[CalendarHandle]) -> None:
         """Decide the requests that just became durable here (and notice a change of home)."""
-        now = datetime.now(UTC)
+        now = self.clock()
         for handle in handles:
             deciding = self._deciding.get(handle.name)
             if deciding is None:

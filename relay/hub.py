@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 
 from accord.engine.errors import CloseCode, MalformedMessage, StorageError
 from accord.engine.model import CalendarId
+from accord.engine.receipts import CLIENT_ORIGIN
 from accord.engine.session import (
     AwarenessReceived,
     CalendarRefused,
@@ -43,6 +44,7 @@ from .connection import Connection, Kind
 from .metrics import Metrics
 from .notice import Notice
 from .pipeline import CommitPipeline
+from .receipts import Receipts
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,10 @@ class Hub:
 
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
                  *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int,
-                 is_deciding: Callable[[str], bool] = lambda _calendar: False) -> None:
+                 is_deciding: Callable[[str], bool] = lambda _calendar: False,
+                 receipts: Receipts | None = None) -> None:
         self.is_deciding = is_deciding  # this relay decides the calendar (its recorded home)
+        self.receipts = receipts
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
@@ -218,14 +222,20 @@ class Hub:
             # Its later updates would depend on the refused one and could never apply: close it.
             await connection.close(refusal.code, refusal.reason)
             return
+        receipts = self.receipts
+        stamping = receipts is not None and not connection.is_peer and receipts.wanted(handle)
         try:
-            change = handle.replica.apply(update)
+            change = handle.replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
         except MalformedMessage:
             # Yrs may have integrated part of an update it then refused; that part is in the
             # document now, so store it like the relay's own writes before closing the sender.
             self.pipeline.submit_local(handle)
             raise
-        await self.pipeline.submit(handle, change, connection)
+        echo = False
+        if stamping and change is not None:
+            assert receipts is not None
+            change, echo = receipts.stamp(handle, change)  # the request and its receipt travel together
+        await self.pipeline.submit(handle, change, connection, echo=echo)
 
 
 def _remote(connection: Connection) -> str:

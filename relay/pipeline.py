@@ -89,6 +89,7 @@ class _Item:
     origin: Connection | None
     state_vector: bytes
     withheld: tuple[bytes, object] | None = None  # (update, origin): applied to the replica only once stored
+    echo: bool = False  # forward to the origin too (it holds only part of the change)
 
     @property
     def row(self) -> bytes | None:
@@ -128,8 +129,12 @@ class CommitPipeline:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
 
-    async def submit(self, handle: CalendarHandle, change: Change | None, origin: Connection | None) -> None:
+    async def submit(self, handle: CalendarHandle, change: Change | None, origin: Connection | None, *,
+                     echo: bool = False) -> None:
         """Queue a change (or, with ``change=None``, just an acknowledgement) for commit.
+
+        ``echo``: the change holds more than ``origin`` sent (the relay's receipts): forward it
+        to ``origin`` as well.
 
         Waits when ``max_queue`` items are queued, and while the store is failing (writes are
         held back until a retry succeeds), which slows the submitting reader down (back-pressure).
@@ -148,7 +153,7 @@ class CommitPipeline:
             raise self.failed
         handle.touch()
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
-        self._enqueue(_Item(handle, change, origin, state_vector))
+        self._enqueue(_Item(handle, change, origin, state_vector, echo=echo))
 
     def submit_local(self, handle: CalendarHandle) -> None:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
@@ -253,7 +258,7 @@ class CommitPipeline:
                     self._observe(handle, item.change)
             if item.change is not None:
                 handle.committed = item.change.state_vector
-                self._forward(handle, item.change.update, item.origin)
+                self._forward(handle, item.change.update, None if item.echo else item.origin)
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
         for (connection, name), state_vector in acks.items():

@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -40,7 +41,7 @@ from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage
 from .admission import Admission
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
-from .config import MEMORY_DB, RelayConfig
+from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
 from .home import Home, load_relay_key
 from .hub import Hub
@@ -48,6 +49,7 @@ from .metrics import Metrics
 from .notice import Notice
 from .peering import PeerLink
 from .pipeline import CommitPipeline
+from .receipts import Receipts
 from .routes import Routes
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,11 @@ class _Running:
 class Relay:
     """One relay process's server. See the module docstring."""
 
-    def __init__(self, config: RelayConfig, *, storage: Storage | None = None) -> None:
+    def __init__(self, config: RelayConfig, *, storage: Storage | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
         self._storage = storage  # given: used instead of opening config.db_path (tests, other stores)
+        self.clock = clock  # the relay's UTC clock: decisions, receipts (tests pass another)
         self.metrics = Metrics()
         self.tokens = TokenBook.load(config.tokens_path)
         if self.tokens.is_open and config.host not in LOOPBACK and not config.insecure_open:
@@ -130,13 +134,16 @@ class Relay:
             storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
+        receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
-                  max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages)
+                  max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
+                  receipts=receipts)
         home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
-                    hold_ttl_s=config.hold_ttl_s)
+                    hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_deciding
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
-        calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, self.admission.forget]
+        calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, receipts.calendar_unloading,
+                                      self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks.append(home.batch_stored)
         pipeline.start()

@@ -21,6 +21,7 @@ from datetime import date
 from typing import NoReturn
 
 from accord import logs
+from accord.engine.calendar import MAX_HOLD_TTL, MIN_HOLD_TTL
 from accord.engine.errors import AccordError, ExitCode, StorageError
 from accord.engine.model import check_calendar_name
 
@@ -86,6 +87,19 @@ def _capacity(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not 1 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 1000")
+    return value
+
+
+def _hold_ttl(text: str) -> int:
+    """A hold TTL argument: whole seconds in range, or 'off' (0)."""
+    if text.strip().lower() == "off":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds or 'off'") from None
+    if not MIN_HOLD_TTL <= value <= MAX_HOLD_TTL:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from {MIN_HOLD_TTL} to {MAX_HOLD_TTL} seconds")
     return value
 
 
@@ -193,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     resource.add_argument("--capacity", type=_capacity, default=1,
                           help="how many booked reservations may overlap on it, 1-1000 (default 1)")
     command("resources", "list the calendar's declared resources", "accord terminal resources --calendar clinic-1")
+    setting = command("hold-ttl", "show or set the calendar's hold TTL: the home rejects (reason expired) a pending "
+                      "booking that first reached a relay longer ago (admin token on relays with tokens)",
+                      "accord terminal hold-ttl 900 --calendar clinic-1 --token admin-secret")
+    setting.add_argument("seconds", nargs="?", type=_hold_ttl, default=None,
+                         help=f"whole seconds, {MIN_HOLD_TTL}-{MAX_HOLD_TTL}, or 'off' to remove it; "
+                              "without it, print the current setting")
     return parser
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,6 +216,20 @@ class Terminal:
             InvalidReservation: a bad id, name or capacity.
         """
         return await self._write(calendar, lambda cal, _now: cal.put_resource(resource_id, name=name, capacity=capacity))
+
+    async def set_hold_ttl(self, calendar: str, seconds: int | None) -> None:
+        """Set (None: remove) the calendar's hold TTL, whole seconds 60 to 30 days; relays with a
+        token file accept it only from an ``admin`` token.
+
+        Raises:
+            InvalidReservation: a value out of range.
+        """
+        await self._write(calendar, lambda cal, _now: cal.set_hold_ttl(seconds))
+
+    async def hold_ttl(self, calendar: str) -> timedelta | None:
+        """The calendar's hold TTL setting, None if it has none."""
+        name = await self.open(calendar)
+        return self._store.calendars[name].replica.calendar.hold_ttl
 
     async def resources(self, calendar: str) -> list[Resource]:
         """The calendar's declared resources, sorted by id."""

@@ -382,6 +382,20 @@ async def cmd_resources(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
+async def cmd_hold_ttl(ctx: Context) -> ExitCode:
+    """Show or set the calendar's hold TTL (an admin setting)."""
+    t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
+    await reach_relay(ctx)
+    if a.seconds is not None:
+        await t.set_hold_ttl(calendar, a.seconds or None)
+        await push(ctx)
+    current = await t.hold_ttl(calendar)
+    seconds = None if current is None else int(current.total_seconds())
+    ctx.out.result(f"hold TTL {seconds} s" if seconds is not None else "no hold TTL set",
+                   {"calendar": calendar, "hold_ttl_s": seconds})
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "book": cmd_book,
     "reschedule": cmd_reschedule,
@@ -395,4 +409,5 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "watch": cmd_watch,
     "resource": cmd_resource,
     "resources": cmd_resources,
+    "hold-ttl": cmd_hold_ttl,
 }

@@ -12,8 +12,9 @@ from pycrdt import Map, merge_updates
 
 from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider, DecisionMade, RejectReason, needs_decision
-from accord.engine.errors import InvalidTransition
+from accord.engine.errors import InvalidReservation, InvalidTransition
 from accord.engine.model import Decision, Slot, Status, parse_time
+from accord.engine.receipts import CLIENT_ORIGIN, Stamper
 from accord.engine.replica import Replica
 
 HOME_KEY = RelayKey.generate()  # the home relay's signing key
@@ -34,6 +35,8 @@ class Clinic:
         for resource, cap in (capacity or {}).items():
             self.home.calendar.put_resource(resource, capacity=cap)
         self.decider = Decider(self.home.calendar, "relay-a", HOME_KEY, hold_ttl=hold_ttl)
+        calendar = self.home.calendar
+        self.stamper = Stamper(calendar.reservations, calendar.receipts, "relay-a", lambda: True)
         self.terminals = [Replica("clinic-1", actor=f"desk-{i}", client_id=100 + i) for i in range(terminals)]
         for terminal in self.terminals:
             terminal.apply(self.home.full_state())
@@ -45,10 +48,13 @@ class Clinic:
             resource=resource, start=at(start), end=at(end), patient=patient, now=NOW
         ).id
 
-    def deliver(self, terminal: int) -> None:
-        """Send a terminal's pending changes to the home relay, in the order they were made."""
+    def deliver(self, terminal: int, *, received: datetime | None = None) -> None:
+        """Send a terminal's pending changes to the home relay, in the order they were made;
+        with ``received``, the relay stamps their requests with receipts dated then."""
         for change in self.terminals[terminal].take_changes():
-            self.home.apply(change.update, origin="terminal")
+            self.home.apply(change.update, origin="terminal" if received is None else CLIENT_ORIGIN)
+            if received is not None:
+                self.stamper.stamp(received)
 
     def decide(self) -> list[DecisionMade]:
         return self.decider.decide_queued(NOW)
@@ -278,25 +284,49 @@ def test_cancel_arriving_before_the_decision_needs_no_decision() -> None:
     assert clinic.status(rid) is Status.CANCELLED
 
 
-def test_hold_expires_when_decided_after_its_ttl() -> None:
+def test_hold_expires_when_decided_after_its_ttl_by_relay_receipts_not_terminal_clocks() -> None:
     clinic = Clinic(hold_ttl=timedelta(minutes=15))
-    late = clinic.book(0, "room-1", "09:00", "09:30")
-    fresh = clinic.terminals[1].calendar.book(
-        resource="room-2", start=at("09:00"), end=at("09:30"), patient="p", now=NOW + timedelta(minutes=50)
+    # The terminal's clock says it asked a day after the relay got it: the receipt counts.
+    late = clinic.terminals[0].calendar.book(
+        resource="room-1", start=at("09:00"), end=at("09:30"), patient="p", now=NOW + timedelta(days=1)
     ).id
-    clinic.deliver(0)
+    clinic.deliver(0, received=NOW)
+    # A terminal whose clock runs a day behind, its request received 10 minutes before the decision.
+    fresh = clinic.terminals[1].calendar.book(
+        resource="room-2", start=at("09:00"), end=at("09:30"), patient="p", now=NOW - timedelta(days=1)
+    ).id
+    clinic.deliver(1, received=NOW + timedelta(minutes=50))
+    # No receipt at all (no relay stamped it): as old as the home's own clock says, so fresh.
+    unstamped = clinic.terminals[1].calendar.book(
+        resource="room-3", start=at("09:00"), end=at("09:30"), patient="p", now=NOW - timedelta(days=1)
+    ).id
     clinic.deliver(1)
     made = clinic.decider.decide_queued(NOW + timedelta(hours=1))
-    assert made == [
-        DecisionMade(late, Decision.REJECTED, RejectReason.EXPIRED),
-        DecisionMade(fresh, Decision.BOOKED),
-    ]
+    assert {d.reservation_id: (d.outcome, d.reason) for d in made} == {
+        late: (Decision.REJECTED, RejectReason.EXPIRED),
+        fresh: (Decision.BOOKED, ""),
+        unstamped: (Decision.BOOKED, ""),
+    }
     assert clinic.home.calendar.get(late).reason == "expired"
     # A booked reservation's reschedule is not a hold: it never expires.
     clinic.exchange()
     clinic.terminals[1].calendar.reschedule(fresh, start=at("10:00"), end=at("10:30"), now=NOW + timedelta(hours=1))
     clinic.deliver(1)
     assert [d.outcome for d in clinic.decider.decide_queued(NOW + timedelta(days=2))] == [Decision.BOOKED]
+
+
+def test_the_calendars_hold_ttl_setting_applies_and_a_receipt_from_the_future_counts_as_now() -> None:
+    clinic = Clinic()  # the home has no hold TTL of its own
+    clinic.home.calendar.set_hold_ttl(600)
+    clinic.exchange()
+    old = clinic.book(0, "room-1", "09:00", "09:30")
+    clinic.deliver(0, received=NOW)
+    ahead = clinic.book(1, "room-2", "09:00", "09:30")
+    clinic.deliver(1, received=NOW + timedelta(days=3))  # a stamping relay whose clock runs ahead
+    made = clinic.decider.decide_queued(NOW + timedelta(minutes=11))
+    assert {d.reservation_id: d.reason for d in made} == {old: "expired", ahead: ""}
+    with pytest.raises(InvalidReservation):
+        clinic.home.calendar.set_hold_ttl(5)
 
 
 def test_decisions_are_not_redecided_and_own_writes_are_not_queued() -> None:

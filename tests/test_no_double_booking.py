@@ -15,6 +15,7 @@ from wire import NOW, WireClient, wait_for_any
 from accord.engine.authority import RelayKey
 from accord.engine.model import Decision, Reservation, Status
 from accord.engine.replica import Replica
+from accord.relay.config import utc_now
 
 CAL = "clinic-1"
 
@@ -321,13 +322,44 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
             await relay.__aexit__(None, None, None)
 
 
-async def test_home_with_hold_ttl_rejects_a_booking_that_arrives_after_its_hold_expired(tmp_path: Path) -> None:
-    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60)) as home:
-        async with WireClient(home.url, actor="late") as late:
-            await late.open(CAL)
-            await late.wait_for(lambda: late.replica(CAL).calendar.home == "home")
-            stale = book_offline(late)  # made at NOW, hours before the relay's clock: its hold is over
-            await late.push(CAL)
-            await late.wait_for(lambda: decided(late, [stale]))
-            reservation = late.replica(CAL).calendar.get(stale)
+async def test_hold_ttl_counts_from_the_first_relays_receipt_not_from_terminal_clocks(tmp_path: Path) -> None:
+    """A request waits at a relay cut off from the home: once it reaches the home after its hold
+    TTL it is rejected ``expired``, however far ahead the terminal's clock ran; a request made on
+    a terminal whose clock runs a day behind is booked when it reaches the home at once."""
+    skew = [timedelta(0)]  # how far the home's clock runs ahead of the other relay's
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60),
+                     clock=lambda: utc_now() + skew[0]) as home, \
+            Relay(relay_config(tmp_path, "other", hold_ttl_s=60)) as other:
+        async with WireClient(other.url, actor="app") as app, WireClient(home.url, actor="desk") as desk:
+            await app.open(CAL)
+            await app.wait_synced(CAL)
+            ahead = utc_now() + timedelta(hours=3)  # the app's clock
+            waited = app.replica(CAL).calendar.book(resource="room-1", start=ahead + timedelta(days=1),
+                                                    end=ahead + timedelta(days=1, minutes=30), patient="P", now=ahead).id
+            await app.push(CAL)
+            await app.wait_acked(CAL)
+            assert any(key.startswith(waited + "/") for key in app.replica(CAL).calendar.receipts)  # echoed back
+            skew[0] = timedelta(minutes=2)  # two minutes pass before the relays are linked
+            other.add_peer(home.url)
+            await app.wait_for(lambda: app.replica(CAL).calendar.home == "home" and decided(app, [waited]))
+            reservation = app.replica(CAL).calendar.get(waited)
             assert reservation.status is Status.REJECTED and reservation.reason == "expired"
+
+            await desk.open(CAL)
+            behind = book_offline(desk)  # made at wire.NOW, days before the relays' clocks
+            await desk.push(CAL)
+            await desk.wait_for(lambda: decided(desk, [behind]))
+            assert desk.replica(CAL).calendar.get(behind).status is Status.BOOKED
+
+
+async def test_a_client_writing_a_receipt_is_refused(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60)) as home:
+        async with WireClient(home.url, actor="forger") as forger:
+            await forger.open(CAL)
+            await forger.wait_synced(CAL)
+            rid = book_offline(forger)
+            forger.replica(CAL).calendar.receipts[f"{rid}/digest/home"] = "2020-01-01T00:00:00Z"
+            await forger.push(CAL)
+            await forger.wait_for(lambda: forger.closed.is_set())
+            assert forger.close_code == 4403
+            assert home.metrics.updates_dropped["relay_only"] == 1

@@ -160,7 +160,7 @@ def test_empty_side_receives_everything_on_connect() -> None:
 def test_two_empty_sides_sync_to_empty() -> None:
     a, b = new_side("a", 1), new_side("b", 2)
     connect(a, b)
-    assert doc(a) == doc(b) == {"reservations": {}, "resources": {}, "meta": {}, "homes": {}, "verdicts": {}}
+    assert doc(a) == doc(b) == {"reservations": {}, "resources": {}, "meta": {}, "homes": {}, "verdicts": {}, "receipts": {}}
     assert a.completed == b.completed == {CAL}
 
 
@@ -396,7 +396,8 @@ def test_replica_apply_of_a_truncated_update_leaves_the_doc_unchanged() -> None:
     for cut in range(1, len(update) - 1, 7):
         with pytest.raises(MalformedMessage):
             target.apply(update[:cut])
-        assert target.calendar.to_py() == {"reservations": {}, "resources": {}, "meta": {}, "homes": {}, "verdicts": {}}
+        assert target.calendar.to_py() == {"reservations": {}, "resources": {}, "meta": {}, "homes": {}, "verdicts": {},
+                                           "receipts": {}}
     assert target.apply(update) is not None
 
 

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,23 @@ async def test_cli_resource_needs_an_admin_token_and_sets_the_capacity(tmp_path:
         listed = await run("resources", "--json", "--token", "desk-secret", "--store", str(tmp_path / "desk2.sqlite"),
                            env=env)
         assert json.loads(listed.out)["resources"] == [{"id": "room-1", "name": "Room 1", "capacity": 2}]
+
+
+async def test_cli_hold_ttl_is_an_admin_setting_the_relay_validates(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("desk-secret terminal clinic-*\nadmin-secret admin clinic-*\n")
+    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+        env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL)
+        desk = await run("hold-ttl", "900", "--token", "desk-secret", "--store", str(tmp_path / "desk.sqlite"), env=env)
+        assert desk.code == 4 and "admin token" in desk.err, desk.err
+        bad = await run("hold-ttl", "5", "--store", str(tmp_path / "admin.sqlite"), env=env)
+        assert bad.code == 2 and "60 to 2592000" in bad.err
+        admin = await run("hold-ttl", "900", "--token", "admin-secret", "--json",
+                          "--store", str(tmp_path / "admin.sqlite"), env=env)
+        assert admin.code == 0, admin.err
+        assert json.loads(admin.out) == {"calendar": CAL, "hold_ttl_s": 900}
+        assert (await relay.calendar(CAL)).hold_ttl == timedelta(seconds=900)
+        shown = await run("hold-ttl", "--token", "desk-secret", "--store", str(tmp_path / "desk2.sqlite"), env=env)
+        assert shown.code == 0 and "900" in shown.out
+        off = await run("hold-ttl", "off", "--token", "admin-secret", "--store", str(tmp_path / "admin.sqlite"), env=env)
+        assert off.code == 0 and (await relay.calendar(CAL)).hold_ttl is None

@@ -927,3 +927,43 @@ def test_hostile_writes_after_any_honest_work_are_caught(ops: list[tuple[str, in
         (hostile,) = pushed(rogue)
     assert HOSTILE[attack] in categories(relay.policy.violations(hostile))
     assert relay.policy.might_violate(hostile)
+
+
+# ---- settings and relay receipts -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "valid"), [(60, True), (900, True), (30 * 86400, True), (59, False),
+                                              (30 * 86400 + 1, False), (90.5, False), ("900", False), (True, False)])
+def test_the_hold_ttl_setting_is_an_admin_write_with_a_checked_value(value: object, valid: bool) -> None:
+    relay = Relay.start(1)
+    desk = desk_of(relay, DESK_A)
+    desk.calendar.meta["hold_ttl"] = value
+    (write,) = pushed(desk)
+    found = categories(relay.receive(write))
+    assert found == ({Category.ADMIN_WRITE} if valid else {Category.ADMIN_WRITE, Category.INVALID_VALUE})
+
+
+def test_receipts_are_relay_only_and_set_once() -> None:
+    relay = Relay.start(1)
+    desk = desk_of(relay, DESK_A)
+    rid = book(desk)
+    relay.receive(pushed(desk)[0])
+    desk.calendar.receipts[f"{rid}/digest/relay-x"] = "2026-11-30T08:00:00Z"
+    (forged,) = pushed(desk)
+    assert categories(relay.receive(forged)) == {Category.RELAY_ONLY}  # what a client gets
+    # From a peer the receipt is fine (the relay skips RELAY_ONLY for peers) ...
+    assert categories(relay.policy.violations(forged)) == {Category.RELAY_ONLY}
+    relay.replica.apply(forged)
+    relay.policy.observe(forged)
+    # ... but nobody overwrites or deletes it afterwards, and its value is a time string.
+    peer = desk_of(relay, DESK_B, actor="peer")
+    peer.calendar.receipts[f"{rid}/digest/relay-x"] = "2020-01-01T00:00:00Z"
+    (overwrite,) = pushed(peer)
+    assert {Category.RELAY_ONLY, Category.ENTRY_OVERWRITTEN} <= categories(relay.policy.violations(overwrite))
+    peer = desk_of(relay, DESK_B + 1, actor="peer")
+    del peer.calendar.receipts[f"{rid}/digest/relay-x"]
+    (delete,) = pushed(peer)
+    assert categories(relay.policy.violations(delete)) == {Category.RELAY_ONLY, Category.ENTRY_DELETED}
+    peer.calendar.receipts[f"{rid}/other/relay-y"] = 12
+    (number,) = pushed(peer)
+    assert categories(relay.policy.violations(number)) == {Category.RELAY_ONLY, Category.INVALID_VALUE}
