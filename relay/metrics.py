@@ -44,7 +44,7 @@ class Metrics:
     home_conflicts: Counter[str] = field(default_factory=Counter)  # calendar -> 1 while another relay is its home
     store_retries: Counter[str] = field(default_factory=Counter)  # fault -> commits retried
     store_failing: str = ""  # the fault writes are held back for now ("fatal" once they are refused), or ""
-    writers_held: int = 0  # readers waiting in the commit pipeline (back-pressure)
+    connections_held: int = 0  # readers waiting for the store (back-pressure): to write, or to open a calendar
 
     def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str]) -> str:
         """The Prometheus text exposition."""
@@ -101,6 +101,6 @@ class Metrics:
                   "# TYPE accord_store_failing gauge"]
         lines += [f'accord_store_failing{{fault="{fault}"}} {int(self.store_failing == fault)}'
                   for fault in [*StoreFault, "fatal"]]
-        lines += ["# HELP accord_store_writers_held Connections whose writes wait for the store (back-pressure).",
-                  "# TYPE accord_store_writers_held gauge", f"accord_store_writers_held {self.writers_held}"]
+        lines += ["# HELP accord_store_connections_held Connections waiting for a failing store to write or open a calendar.",
+                  "# TYPE accord_store_connections_held gauge", f"accord_store_connections_held {self.connections_held}"]
         return lines

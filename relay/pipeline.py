@@ -104,12 +104,13 @@ class CommitPipeline:
 
     def __init__(self, storage: Storage, metrics: Metrics, *, max_queue: int = 10_000,
                  compaction: CompactionPolicy | None = None, notice: Notice | None = None,
-                 retry: Backoff = STORE_RETRY, drain_timeout_s: float = 30.0) -> None:
+                 retry: Backoff = STORE_RETRY, drain_timeout_s: float = 30.0, held_drain_timeout_s: float = 5.0) -> None:
         self.storage = storage
         self.metrics = metrics
         self.compaction = compaction or CompactionPolicy()
         self.retry = retry
         self.drain_timeout_s = drain_timeout_s
+        self.held_drain_timeout_s = held_drain_timeout_s  # the same while the store is failing already
         # Readers get back-pressure in submit(); the relay's own writes (decisions, made while a
         # batch commits) must never wait or fail on a full queue, so the queue itself is unbounded.
         self.max_queue = max_queue
@@ -125,6 +126,7 @@ class CommitPipeline:
         self.busy: set[CalendarId] = set()
         self.failed: StorageError | None = None  # fatal: writes are refused until a restart
         self.hold: Hold | None = None  # transient: writes wait while the batch is retried
+        self._releasing = False  # shutting down: nobody is held back any more
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
@@ -142,18 +144,39 @@ class CommitPipeline:
         Raises:
             StorageError: the store failed for good (see the module docstring).
         """
-        while (self.hold is not None or self._queue.qsize() >= self.max_queue) and self.failed is None:
-            self._space.clear()
-            self.metrics.writers_held += 1
-            try:
-                await self._space.wait()
-            finally:
-                self.metrics.writers_held -= 1
-        if self.failed is not None:
-            raise self.failed
+        await self._room(lambda: self.hold is not None or self._queue.qsize() >= self.max_queue)
         handle.touch()
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
         self._enqueue(_Item(handle, change, origin, state_vector, echo=echo))
+
+    async def writable(self) -> None:
+        """Return at once, or once a failing store took writes again (held back meanwhile).
+
+        The relay waits here before it hands a calendar to a new subscriber: while a commit is
+        retried, the replicas hold changes that are not stored yet, and a STEP2 must not carry them.
+
+        Raises:
+            StorageError: the store failed for good.
+        """
+        await self._room(lambda: self.hold is not None)
+
+    def release_held(self) -> None:
+        """Stop holding readers back (the relay is shutting down, and a held reader keeps its
+        connection open). What they submit is still queued, and :meth:`close` stores it if the
+        store recovers in time; none of it is acknowledged otherwise."""
+        self._releasing = True
+        self._space.set()
+
+    async def _room(self, full: Callable[[], bool]) -> None:
+        while full() and self.failed is None and not self._releasing:
+            self._space.clear()
+            self.metrics.connections_held += 1
+            try:
+                await self._space.wait()
+            finally:
+                self.metrics.connections_held -= 1
+        if self.failed is not None:
+            raise self.failed
 
     def submit_local(self, handle: CalendarHandle) -> None:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
@@ -194,10 +217,11 @@ class CommitPipeline:
                 await asyncio.sleep(0)
 
     async def close(self) -> None:
-        """Drain (waiting up to ``drain_timeout_s`` for a failing store), then stop the pipeline task."""
+        """Drain, then stop the pipeline task. Waits up to ``drain_timeout_s`` (``held_drain_timeout_s``
+        if the store is failing already); what is still unstored then was never acknowledged."""
         if self.failed is None:
             try:
-                async with asyncio.timeout(self.drain_timeout_s):
+                async with asyncio.timeout(self.drain_timeout_s if self.hold is None else self.held_drain_timeout_s):
                     await self.drain()
             except TimeoutError:
                 log.error("stopping with updates not stored; they were never acknowledged, so their senders "

@@ -134,6 +134,7 @@ class Relay:
             storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
+        calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
@@ -179,6 +180,7 @@ class Relay:
         if running is None:
             return
         running.server.close(close_connections=False)
+        running.pipeline.release_held()  # readers held by a failing store would keep their connections open
         await asyncio.gather(*(link.close() for link in running.links))
         closing = [c.close(CloseCode.GOING_AWAY, "relay shutting down") for c in list(running.hub.connections)]
         await asyncio.gather(*closing, return_exceptions=True)

@@ -188,14 +188,14 @@ async def test_write_lock_held_by_another_process_holds_writers_back_then_stores
             await relay.wait_for(lambda: relay.pipeline.hold is not None, timeout_s=5)
             for n, client in enumerate(clients):  # sent while the store fails: their readers are held back
                 ids[client] += [await client.book(CAL, resource=f"room-{n}", hour=16 + i) for i in range(3)]
-            await relay.wait_for(lambda: relay.metrics.writers_held == 2, timeout_s=5)
+            await relay.wait_for(lambda: relay.metrics.connections_held == 2, timeout_s=5)
 
             status, body = await http_get(relay, "/healthz")
             assert status == 503
             assert "database is locked" in body and "(busy)" in body and CAL in body and str(relay.config.db_path) in body
             _, text = await http_get(relay, "/metrics")
             assert metric(text, 'accord_store_failing{fault="busy"}') == 1
-            assert metric(text, "accord_store_writers_held") == 2
+            assert metric(text, "accord_store_connections_held") == 2
             assert not any(is_acked(client) for client in clients)  # nothing unstored is acknowledged
             assert not one.closed.is_set() and not two.closed.is_set()
             assert len(messages(caplog, "store failing; writes held back and retried")) == 1
@@ -245,17 +245,55 @@ async def test_relay_on_a_full_disk_holds_writes_and_resumes_when_space_is_freed
         _, text = await http_get(relay, "/metrics")
         assert metric(text, 'accord_store_failing{fault="full"}') == 1
         assert not is_acked(writer)
-        # Not forwarded either: the watcher has the acknowledged booking only.
+        # Not forwarded either: the watcher has the acknowledged booking only, and a newcomer's
+        # sync waits (it would read the replica, which holds what is not stored yet).
         assert set(watcher.replica(CAL).calendar.reservations.keys()) == {first}
+        later.append(await writer.book(CAL, resource="room-3", hour=16))
+        async with WireClient(relay.url, actor="newcomer") as newcomer:
+            await newcomer.open(CAL)
+            await relay.wait_for(lambda: relay.metrics.connections_held == 2, timeout_s=5)  # writer and newcomer
+            assert not newcomer.session.is_synced(CAL) and not newcomer.replica(CAL).calendar.reservations
 
-        ballast.unlink()
-        await relay.wait_for(lambda: relay.pipeline.hold is None, timeout_s=10)
-        await writer.wait_acked(CAL)
-        await wait_for_any([watcher], lambda: set(later) <= set(watcher.replica(CAL).calendar.reservations.keys()))
+            ballast.unlink()
+            await relay.wait_for(lambda: relay.pipeline.hold is None, timeout_s=10)
+            await writer.wait_acked(CAL)
+            await newcomer.wait_synced(CAL)
+            clients = [watcher, newcomer]
+            await wait_for_any(clients, lambda: all({first, *later} <= set(c.replica(CAL).calendar.reservations.keys())
+                                                    for c in clients))
         assert not writer.closed.is_set()
         assert await http_get(relay, "/healthz") == (200, "ok\n")
         assert len(messages(caplog, "store writes resumed")) == 1
         assert {first, *later} <= await stored_ids(config.db_path)
+
+
+async def test_relay_stopped_while_its_disk_is_full_stops_promptly_and_acknowledged_nothing_unstored(
+        tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="accord.relay.pipeline")
+    config = dataclasses.replace(relay_config(tmp_path, "a"), db_path=small_disk / "a.sqlite")
+    relay = Relay(config)
+    await relay.start()
+    try:
+        relay.pipeline.held_drain_timeout_s = 0.2
+        async with WireClient(relay.url) as writer:
+            await writer.open(CAL)
+            first = await writer.book(CAL)
+            await writer.wait_acked(CAL)
+            ballast = fill(small_disk)
+            await writer.book(CAL, hour=10)
+            await relay.wait_for(lambda: relay.pipeline.hold is not None, timeout_s=10)
+            await writer.book(CAL, hour=11)  # sent while the store fails: its reader is held back
+            await relay.wait_for(lambda: relay.metrics.connections_held == 1, timeout_s=10)
+            async with asyncio.timeout(15):
+                await relay.stop()  # a held reader must not keep the shutdown waiting
+            await writer.wait_for(lambda: writer.closed.is_set())
+            assert writer.close_code == 1001 and not is_acked(writer)
+    finally:
+        await relay.stop()
+    assert messages(caplog, "stopping with updates not stored; they were never acknowledged, so their senders "
+                            "still hold them and send them again")
+    ballast.unlink()
+    assert await stored_ids(config.db_path) == {first}
 
 
 async def test_corrupt_database_stays_fatal_with_a_clear_error(tmp_path: Path) -> None:
