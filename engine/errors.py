@@ -15,9 +15,11 @@
     │   │   ├── MalformedMessage
     │   │   └── MessageTooLarge
     │   └── LocalProtocolError     this side misused the state machine (a bug in the caller)
-    └── StorageError
+    └── StorageError               the store could not do it (fatal unless transient)
         ├── CorruptRecord          a stored row cannot be decoded; names calendar and row
-        └── StoreUnavailable       the database file cannot be opened or is not an accord store
+        ├── StoreUnavailable       the database file cannot be opened or is not an accord store
+        ├── StoreCorrupt           the database file itself is damaged: never retried
+        └── TransientStorageError  busy/locked, disk full, I/O error: nothing was written; retry later
 
 Remote errors carry the websocket close code that ends the connection, so the I/O layer
 never has to guess: ``await ws.close(exc.close_code, exc.reason)``.
@@ -152,3 +154,42 @@ class CorruptRecord(StorageError):
 
 class StoreUnavailable(StorageError):
     """The database cannot be opened, is not an accord store, or is newer than this version."""
+
+
+class StoreCorrupt(StorageError):
+    """The database file itself is damaged (SQLite reports it corrupt or not a database).
+
+    Never retried and never replaced: the operator restores the file from a backup
+    (``accord store check`` shows what is readable)."""
+
+
+class StoreFault(enum.StrEnum):
+    """Why a store operation failed for now: each may pass by itself, so callers retry."""
+
+    BUSY = "busy"  # another connection holds the database's write lock (SQLITE_BUSY, SQLITE_LOCKED)
+    FULL = "full"  # no space left on the disk or in the quota (SQLITE_FULL, ENOSPC, EDQUOT)
+    IO = "io"  # the operating system reported an I/O error (SQLITE_IOERR, EIO)
+
+
+FAULT_ADVICE = {
+    StoreFault.BUSY: "another process holds the database's write lock; it is retried until that process lets go",
+    StoreFault.FULL: "the disk is full; free space and it is retried",
+    StoreFault.IO: "the disk reported an I/O error; check the disk, it is retried",
+}
+
+
+class TransientStorageError(StorageError):
+    """A store operation failed for a reason that may pass (:class:`StoreFault`); nothing of it
+    was written, so retrying the same operation later is safe.
+
+    Args:
+        store: which store (its path), for the operator.
+        fault: what kind of failure.
+        detail: the driver's own message (e.g. ``database is locked``).
+    """
+
+    def __init__(self, store: str, fault: StoreFault, detail: str) -> None:
+        super().__init__(f"store {store}: {detail} ({fault}): {FAULT_ADVICE[fault]}")
+        self.store = store
+        self.fault = fault
+        self.detail = detail

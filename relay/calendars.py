@@ -41,6 +41,7 @@ class CalendarHandle:
     last_seq: int = 0
     last_active: float = field(default_factory=time.monotonic)
     committed: bytes = b"\x00"  # state vector of the last change committed to the store
+    compact_retry_rows: int = 0  # a compaction failed for now: not tried again before the log has this many rows
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -62,6 +63,9 @@ class CalendarSet:
         self.loaded: dict[CalendarId, CalendarHandle] = {}
         self._loading: dict[CalendarId, asyncio.Future[CalendarHandle]] = {}
         self.loaded_hooks: list[Callable[[CalendarHandle], Awaitable[None]]] = []
+        # Awaited before a calendar is handed out (the pipeline's ``writable``): while a failing
+        # store is retried, replicas hold changes not stored yet, and no new subscriber may read them.
+        self.gate: Callable[[], Awaitable[None]] | None = None
         self.unloading_hooks: list[Callable[[CalendarHandle], None]] = []
 
     # ---- Documents (for sync sessions) ----------------------------------------------------------
@@ -77,9 +81,14 @@ class CalendarSet:
     async def get(self, name: CalendarId) -> CalendarHandle:
         """The loaded calendar, loading it (once, even under concurrent callers) if needed.
 
+        Waits while the store is failing (see :attr:`gate`).
+
         Raises:
             CorruptRecord / StoreUnavailable: the stored log cannot be read; nothing is replaced.
+            StorageError: the store failed for good.
         """
+        if self.gate is not None:
+            await self.gate()
         handle = self.loaded.get(name)
         if handle is not None:
             return handle

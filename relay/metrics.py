@@ -9,6 +9,8 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+from accord.engine.errors import StoreFault
+
 COMMIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -40,6 +42,9 @@ class Metrics:
     commit_seconds: Histogram = field(default_factory=Histogram)
     decisions: Counter[str] = field(default_factory=Counter)
     home_conflicts: Counter[str] = field(default_factory=Counter)  # calendar -> 1 while another relay is its home
+    store_retries: Counter[str] = field(default_factory=Counter)  # fault -> commits retried
+    store_failing: str = ""  # the fault writes are held back for now ("fatal" once they are refused), or ""
+    connections_held: int = 0  # readers waiting for the store (back-pressure): to write, or to open a calendar
 
     def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str]) -> str:
         """The Prometheus text exposition."""
@@ -85,4 +90,17 @@ class Metrics:
         lines.append(f'accord_store_commit_seconds_bucket{{le="+Inf"}} {hist.count}')
         lines.append(f"accord_store_commit_seconds_sum {hist.total:.6f}")
         lines.append(f"accord_store_commit_seconds_count {hist.count}")
+        lines += self._render_store_faults()
         return "\n".join(lines) + "\n"
+
+    def _render_store_faults(self) -> list[str]:
+        lines = ["# HELP accord_store_retries_total Store commits retried after a transient fault, by fault.",
+                 "# TYPE accord_store_retries_total counter"]
+        lines += [f'accord_store_retries_total{{fault="{fault}"}} {self.store_retries.get(fault, 0)}' for fault in StoreFault]
+        lines += ["# HELP accord_store_failing 1 while store writes are held back for this fault (fatal: refused).",
+                  "# TYPE accord_store_failing gauge"]
+        lines += [f'accord_store_failing{{fault="{fault}"}} {int(self.store_failing == fault)}'
+                  for fault in [*StoreFault, "fatal"]]
+        lines += ["# HELP accord_store_connections_held Connections waiting for a failing store to write or open a calendar.",
+                  "# TYPE accord_store_connections_held gauge", f"accord_store_connections_held {self.connections_held}"]
+        return lines

@@ -6,6 +6,18 @@ transaction (group commit), and only then forwards each change to the calendar's
 subscribers and acknowledges it to its sender. While a commit runs, new changes queue up and
 share the next one, so fsyncs per update fall as load rises.
 
+Storage faults heal. A commit that fails for a transient reason (another process holds the
+write lock, the disk is full, an I/O error: :class:`~accord.engine.errors.TransientStorageError`)
+is retried with capped exponential backoff until it succeeds, and meanwhile the relay *holds
+writers back*: :meth:`CommitPipeline.submit` waits, so each connection's reader stops reading
+its socket (TCP back-pressure; nobody is closed). Nothing of the failing batch is forwarded or
+acknowledged before it is stored, so a retry never acknowledges twice or loses anything that
+was acknowledged. :meth:`CommitPipeline.health` (``/healthz``) says 503 with the store, the
+calendars and the error while writes are held, 200 once they resume; ``/metrics`` counts the
+retries and shows the fault. One WARNING line when writes are held back, one INFO line when
+they resume. A fatal failure (a corrupt database) stops writes for good: writers are closed
+with 1011 and ``/healthz`` names the error until the operator restores the file.
+
 Named lifecycle points: :attr:`CommitPipeline.change_hooks` see every change as it is queued
 (the admission's key index keeps in step with the document), :attr:`CommitPipeline.batch_hooks`
 run after each batch is stored and forwarded (the home decides what just became durable).
@@ -21,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from accord.engine.errors import CloseCode, StorageError
+from accord.engine.backoff import Backoff
+from accord.engine.errors import CloseCode, StorageError, TransientStorageError
 from accord.engine.model import CalendarId
 from accord.engine.replica import Change
 from accord.engine.session import Framing
@@ -36,6 +49,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 5000
+# Retry a failing commit quickly at first, then about once a second: writes resume within a
+# second of the fault clearing, and a long outage costs a few queries a second.
+STORE_RETRY = Backoff(initial_s=0.05, factor=2.0, max_s=1.0, jitter=0.25)
+NAMES_SHOWN = 5  # calendars named in a /healthz line (then "and N more")
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/healthz`` says about the store: ``ok``, or why not (one line for the operator)."""
+
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Hold:
+    """Writes held back while a transient store fault lasts (see the module docstring)."""
+
+    error: TransientStorageError
+    calendars: tuple[CalendarId, ...]  # of the batch being retried
+    updates: int
+    since: float  # time.monotonic()
+    retries: int = 0
+
+    def describe(self, now: float) -> str:
+        """One line: which store and calendars, which error, for how long."""
+        names = ", ".join(self.calendars[:NAMES_SHOWN])
+        if len(self.calendars) > NAMES_SHOWN:
+            names += f" and {len(self.calendars) - NAMES_SHOWN} more"
+        return (f"writes held back for {now - self.since:.1f} s ({self.retries} retries; {self.updates} updates "
+                f"of calendars {names} waiting): {self.error}")
 
 
 @dataclass(slots=True)
@@ -59,10 +103,14 @@ class CommitPipeline:
     """Persist, then forward and acknowledge, in arrival order (see module docstring)."""
 
     def __init__(self, storage: Storage, metrics: Metrics, *, max_queue: int = 10_000,
-                 compaction: CompactionPolicy | None = None, notice: Notice | None = None) -> None:
+                 compaction: CompactionPolicy | None = None, notice: Notice | None = None,
+                 retry: Backoff = STORE_RETRY, drain_timeout_s: float = 30.0, held_drain_timeout_s: float = 5.0) -> None:
         self.storage = storage
         self.metrics = metrics
         self.compaction = compaction or CompactionPolicy()
+        self.retry = retry
+        self.drain_timeout_s = drain_timeout_s
+        self.held_drain_timeout_s = held_drain_timeout_s  # the same while the store is failing already
         # Readers get back-pressure in submit(); the relay's own writes (decisions, made while a
         # batch commits) must never wait or fail on a full queue, so the queue itself is unbounded.
         self.max_queue = max_queue
@@ -76,7 +124,9 @@ class CommitPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self.busy: set[CalendarId] = set()
-        self.failed: StorageError | None = None
+        self.failed: StorageError | None = None  # fatal: writes are refused until a restart
+        self.hold: Hold | None = None  # transient: writes wait while the batch is retried
+        self._releasing = False  # shutting down: nobody is held back any more
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
@@ -88,16 +138,45 @@ class CommitPipeline:
         ``echo``: the change holds more than ``origin`` sent (the relay's receipts): forward it
         to ``origin`` as well.
 
-        Waits when ``max_queue`` items are queued, which slows the submitting reader down (back-pressure).
+        Waits when ``max_queue`` items are queued, and while the store is failing (writes are
+        held back until a retry succeeds), which slows the submitting reader down (back-pressure).
+
+        Raises:
+            StorageError: the store failed for good (see the module docstring).
         """
-        while self._queue.qsize() >= self.max_queue and self.failed is None:
-            self._space.clear()
-            await self._space.wait()
-        if self.failed is not None:
-            raise self.failed
+        await self._room(lambda: self.hold is not None or self._queue.qsize() >= self.max_queue)
         handle.touch()
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
         self._enqueue(_Item(handle, change, origin, state_vector, echo=echo))
+
+    async def writable(self) -> None:
+        """Return at once, or once a failing store took writes again (held back meanwhile).
+
+        The relay waits here before it hands a calendar to a new subscriber: while a commit is
+        retried, the replicas hold changes that are not stored yet, and a STEP2 must not carry them.
+
+        Raises:
+            StorageError: the store failed for good.
+        """
+        await self._room(lambda: self.hold is not None)
+
+    def release_held(self) -> None:
+        """Stop holding readers back (the relay is shutting down, and a held reader keeps its
+        connection open). What they submit is still queued, and :meth:`close` stores it if the
+        store recovers in time; none of it is acknowledged otherwise."""
+        self._releasing = True
+        self._space.set()
+
+    async def _room(self, full: Callable[[], bool]) -> None:
+        while full() and self.failed is None and not self._releasing:
+            self._space.clear()
+            self.metrics.connections_held += 1
+            try:
+                await self._space.wait()
+            finally:
+                self.metrics.connections_held -= 1
+        if self.failed is not None:
+            raise self.failed
 
     def submit_local(self, handle: CalendarHandle) -> None:
         """Queue the relay's own writes (decisions, home marker) captured by the replica."""
@@ -117,16 +196,18 @@ class CommitPipeline:
         self.busy.add(item.handle.name)
         self._queue.put_nowait(item)
 
-    async def healthy(self) -> bool:
-        """True if commits have not failed and the store answers (for /healthz)."""
+    async def health(self) -> Health:
+        """Whether writes are going through and the store answers (for /healthz)."""
         if self.failed is not None:
-            return False
+            return Health(False, f"store failed; writes are refused until the relay restarts: {self.failed}")
+        if self.hold is not None:
+            return Health(False, self.hold.describe(time.monotonic()))
         try:
             await self.storage.get_meta("healthz")
         except (StorageError, OSError, ValueError) as exc:
             log.warning("health check failed", extra={"error": str(exc)})
-            return False
-        return True
+            return Health(False, f"store does not answer: {exc}")
+        return Health(True)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed and forwarded."""
@@ -136,10 +217,16 @@ class CommitPipeline:
                 await asyncio.sleep(0)
 
     async def close(self) -> None:
-        """Drain, then stop the pipeline task."""
+        """Drain, then stop the pipeline task. Waits up to ``drain_timeout_s`` (``held_drain_timeout_s``
+        if the store is failing already); what is still unstored then was never acknowledged."""
         if self.failed is None:
-            async with asyncio.timeout(30):
-                await self.drain()
+            try:
+                async with asyncio.timeout(self.drain_timeout_s if self.hold is None else self.held_drain_timeout_s):
+                    await self.drain()
+            except TimeoutError:
+                log.error("stopping with updates not stored; they were never acknowledged, so their senders "
+                          "still hold them and send them again",
+                          extra={"queued": self._queue.qsize(), "held": self.hold is not None})
         if self._task is not None:
             self._task.cancel()
             try:
@@ -157,8 +244,11 @@ class CommitPipeline:
                 await self._commit(batch)
             except StorageError as exc:
                 self.failed = exc
+                self.hold = None
+                self.metrics.store_failing = "fatal"
                 self._space.set()  # waiting submitters raise the failure instead of hanging
-                log.error("store commit failed; relay stops accepting writes", extra={"error": str(exc)})
+                log.error("store commit failed for good; relay stops accepting writes until it is restarted",
+                          extra={"error": str(exc), "calendars": len({item.handle.name for item in batch})})
                 for item in batch:
                     if item.origin is not None:
                         item.origin.close_soon(CloseCode.INTERNAL_ERROR, "store unavailable")
@@ -174,11 +264,7 @@ class CommitPipeline:
 
     async def _commit(self, batch: list[_Item]) -> None:
         rows = [(item.handle.name, row) for item in batch if (row := item.row) is not None]
-        seqs: list[int] = []
-        if rows:
-            started = time.perf_counter()
-            seqs = await self.storage.append_many(rows)
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        seqs = await self._store(rows) if rows else []
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
         index = 0
@@ -205,8 +291,55 @@ class CommitPipeline:
         for hook in self.batch_hooks:
             hook(handles)
         for handle in handles:
-            if self.compaction.should_compact(handle.rows_in_log):
+            if self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows:
                 await self._compact(handle)
+
+    async def _store(self, rows: list[tuple[CalendarId, bytes]]) -> list[int]:
+        """Append ``rows`` in one commit, retrying transient faults until it succeeds (writers
+        are held back meanwhile); a fatal StorageError propagates."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                seqs = await self.storage.append_many(rows)
+            except TransientStorageError as exc:
+                self._held(exc, rows)
+                await asyncio.sleep(self.retry.delay_s(attempt))
+                attempt += 1
+                continue
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            if self.hold is not None:
+                self._resumed()
+            return seqs
+
+    def _held(self, error: TransientStorageError, rows: list[tuple[CalendarId, bytes]]) -> None:
+        self.metrics.store_retries[error.fault] += 1
+        self.metrics.store_failing = error.fault
+        hold = self.hold
+        if hold is None:
+            calendars = tuple(dict.fromkeys(name for name, _ in rows))
+            self.hold = Hold(error, calendars, len(rows), time.monotonic())
+            log.warning("store failing; writes held back and retried",
+                        extra={"fault": error.fault, "store": error.store, "calendars": len(calendars),
+                               "calendar": calendars[0], "updates": len(rows), "error": error.detail})
+        else:
+            if error.fault is not hold.error.fault:
+                log.warning("store failing differently; writes still held back",
+                            extra={"fault": error.fault, "store": error.store, "error": error.detail})
+            hold.error = error
+            hold.retries += 1
+        self.notice.notify()
+
+    def _resumed(self) -> None:
+        hold = self.hold
+        assert hold is not None
+        self.hold = None
+        self.metrics.store_failing = ""
+        log.info("store writes resumed", extra={"held_s": round(time.monotonic() - hold.since, 2),
+                                                "retries": hold.retries + 1, "updates": hold.updates,
+                                                "calendars": len(hold.calendars)})
+        self._space.set()  # held writers go on
+        self.notice.notify()
 
     def _observe(self, handle: CalendarHandle, change: Change) -> None:
         for hook in self.change_hooks:
@@ -229,7 +362,14 @@ class CommitPipeline:
         started = time.perf_counter()
         snapshot = handle.replica.full_state()  # includes every committed row, maybe more: fine
         upto = handle.last_seq
-        await self.storage.compact(handle.name, upto, snapshot)
+        try:
+            await self.storage.compact(handle.name, upto, snapshot)
+        except TransientStorageError as exc:  # the log stays as it is: try again once it grew as much again
+            handle.compact_retry_rows = handle.rows_in_log + self.compaction.max_rows
+            log.warning("compaction postponed", extra={"calendar": handle.name, "fault": exc.fault,
+                                                       "rows": handle.rows_in_log, "error": exc.detail})
+            return
+        handle.compact_retry_rows = 0
         before = handle.rows_in_log
         handle.rows_in_log = 1
         log.info(

@@ -21,6 +21,7 @@ from accord.engine.session import RELAY_HEADER, ROLE_HEADER, parse_bearer
 from . import board
 from .auth import TokenBook
 from .metrics import Metrics
+from .pipeline import Health
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Routes:
         tokens: who may see the board's calendar list.
         metrics: counters (refused connections are counted here).
         known_calendars: every calendar the relay holds (for the board's index).
-        store_healthy: answers /healthz.
+        store_health: answers /healthz (503 with its detail while the store fails).
         warnings: lines /healthz adds (e.g. a --home calendar another relay decides).
         render_metrics: the Prometheus text for /metrics.
         open_connections: how many websocket connections are open now.
@@ -42,14 +43,14 @@ class Routes:
     """
 
     def __init__(self, *, tokens: TokenBook, metrics: Metrics, known_calendars: Callable[[], Awaitable[list[CalendarId]]],
-                 store_healthy: Callable[[], Awaitable[bool]], warnings: Callable[[], list[str]],
+                 store_health: Callable[[], Awaitable[Health]], warnings: Callable[[], list[str]],
                  render_metrics: Callable[[], str],
                  open_connections: Callable[[], int], max_connections: int,
                  reach: board.HomeReach | None = None, relay_id: str = "") -> None:
         self.tokens = tokens
         self.metrics = metrics
         self.known_calendars = known_calendars
-        self.store_healthy = store_healthy
+        self.store_health = store_health
         self.warnings = warnings
         self.render_metrics = render_metrics
         self.open_connections = open_connections
@@ -60,11 +61,13 @@ class Routes:
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
         if path == "/healthz":
-            healthy = await self.store_healthy()
-            # Anyone may ask whether the relay is up; the detail (calendar names) needs a monitor token.
-            notes = "".join(f"warning: {line}\n" for line in self.warnings()) if self._may_monitor(request) else ""
-            return respond(connection, http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
-                           ("ok\n" if healthy else "store unavailable\n") + notes)
+            health = await self.store_health()
+            # Anyone may ask whether the relay is up; the detail (store path, calendar names) needs a monitor token.
+            detail = self._may_monitor(request)
+            notes = "".join(f"warning: {line}\n" for line in self.warnings()) if detail else ""
+            text = "ok\n" if health.ok else (f"store unavailable: {health.detail}\n" if detail else "store unavailable\n")
+            return respond(connection, http.HTTPStatus.OK if health.ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                           text + notes)
         if path == "/metrics":
             if not self._may_monitor(request):
                 self.metrics.refused["metrics_unauthorized"] += 1

@@ -55,6 +55,7 @@ from .routes import Routes
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+STORE_BUSY_TIMEOUT_MS = 250  # then the commit pipeline retries and reports it (see pipeline.py)
 T = TypeVar("T")
 
 
@@ -138,9 +139,10 @@ class Relay:
         elif str(config.db_path) == MEMORY_DB:
             storage = MemoryStorage()
         else:
-            storage = await SqliteStorage.open(Path(config.db_path))
+            storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
+        calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
@@ -157,7 +159,7 @@ class Relay:
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
-                        store_healthy=pipeline.healthy, warnings=home.warnings, render_metrics=self.render_metrics,
+                        store_health=pipeline.health, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections,
                         reach=reach, relay_id=config.relay_id)
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
@@ -234,6 +236,7 @@ class Relay:
         if running is None:
             return
         running.server.close(close_connections=False)
+        running.pipeline.release_held()  # readers held by a failing store would keep their connections open
         await asyncio.gather(*(link.close() for link in running.links))
         closing = [c.close(CloseCode.GOING_AWAY, "relay shutting down") for c in list(running.hub.connections)]
         await asyncio.gather(*closing, return_exceptions=True)

@@ -1,11 +1,13 @@
 """The terminal: an offline-first client of one relay, holding calendars in its own store.
 
 Theory of operation. A :class:`Terminal` keeps one :class:`~accord.engine.replica.Replica` per
-open calendar, loaded from its own SQLite store. A write (``book``, ``cancel``, ...) changes the
-replica, appends the resulting update durably to the store and records it in the
-:class:`~accord.terminal.ledger.Ledger` as *pending* before the call returns; it never waits
-for the network. The :class:`~accord.terminal.link.Link` then sends it if the relay is
-connected; otherwise the next connection's STEP1/STEP2 exchange carries it.
+open calendar, loaded from its own SQLite store. A write (``book``, ``cancel``, ...) is made on
+a draft of the calendar, its update appended durably to the store, and only then applied to the
+replica and recorded in the :class:`~accord.terminal.ledger.Ledger` as *pending*, all before
+the call returns; it never waits for the network. A write the store could not save raises
+``StorageError`` and leaves nothing behind (see :mod:`.store`): trying again books once.
+The :class:`~accord.terminal.link.Link` then sends it if the relay is connected; otherwise the
+next connection's STEP1/STEP2 exchange carries it.
 
 Updates from the relay are applied, stored in the same store (so a restart offline still
 shows them) and reported to observers (:meth:`Terminal.on_change`, :meth:`Terminal.changes`).
@@ -176,7 +178,8 @@ class Terminal:
 
         Raises:
             InvalidReservation: a field is missing or invalid (the message says which).
-            StorageError: the store could not save it.
+            StorageError: the store could not save it (e.g. the disk is full:
+                ``TransientStorageError``); nothing of it is kept, so try again later.
         """
         return await self._write(
             calendar,

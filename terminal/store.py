@@ -5,6 +5,19 @@ saves every change durably before the terminal reports or sends it: a local writ
 and recorded as pending in the ledger, a remote update is appended like any other, and an ACK
 from the relay marks local changes as stored there. It knows nothing of the network; the
 :class:`~accord.terminal.client.Terminal` passes it what the link delivers.
+
+Nothing unstored stays in memory. A pycrdt document cannot take a change back, so a local
+write runs on a *draft*: a second document of the calendar (made on the first write, kept in
+step with every update the replica takes) with its own client id. The draft's update is
+appended to the file first and only then applied to the replica, which is all that the link
+and the readers see. If the append fails (disk full, I/O error: ``StorageError``), the draft
+is dropped and the replica never had the change: the caller is told, nothing goes out on the
+next sync, and a retry books once. The next draft gets a fresh client id, so the failed
+change's ids are never reused for different content (the file may hold it after all, e.g. an
+fsync that failed after the write). Writes to one calendar take turns (a lock), and a caller
+cancelled while its write is being saved does not cancel the save: what reaches the file
+reaches the replica. A remote update that fails to store is taken out of the replica again
+(it is reloaded from the file), so the next sync asks the relay for it once more.
 """
 
 from __future__ import annotations
@@ -19,10 +32,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
-from accord.engine.errors import ReservationNotFound
+from accord.engine.errors import ReservationNotFound, StorageError
 from accord.engine.model import CalendarId, Reservation, ReservationId, parse_time
 from accord.engine.protocol import decode_state_vector
-from accord.engine.replica import Replica
+from accord.engine.replica import Change, Replica
 from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
 
 from .errors import TerminalError
@@ -70,6 +83,9 @@ class TerminalStore:
         self._storage: SqliteStorage | None = None
         self._ledger: Ledger | None = None
         self._lock = asyncio.Lock()
+        self._drafts: dict[CalendarId, Replica] = {}  # where local writes run before they are stored
+        self._write_locks: dict[CalendarId, asyncio.Lock] = {}
+        self._writes: set[asyncio.Task[Any]] = set()  # running writes (they outlive a cancelled caller)
 
     async def open(self) -> None:
         """Open the file and load every calendar it holds or was asked to hold before.
@@ -89,10 +105,15 @@ class TerminalStore:
             raise
 
     async def close(self) -> None:
-        """Unload the calendars, wait for the ledger's saves, close the file."""
+        """Finish running writes, unload the calendars, wait for the ledger's saves, close the file."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
         for opened in self.calendars.values():
             opened.close()
         self.calendars.clear()
+        for draft in self._drafts.values():
+            draft.close()
+        self._drafts.clear()
         try:
             if self._ledger is not None:
                 await self._ledger.flush()
@@ -123,30 +144,70 @@ class TerminalStore:
     # ---- saving changes ------------------------------------------------------------------------
 
     async def write(self, name: CalendarId, operation: Callable[[Calendar], T]) -> tuple[T, SavedWrite]:
-        """Run ``operation`` on the open calendar, then save what it changed as pending.
+        """Run ``operation`` on the open calendar, save what it changed as pending, then show it.
 
-        Raises whatever ``operation`` raises (nothing is saved then, unless it changed something
-        before raising), and StorageError if the file could not save it.
+        Raises whatever ``operation`` raises, and StorageError if the file could not save the
+        change; either way the calendar is left exactly as it was (see the module docstring),
+        so the caller may simply try again.
         """
+        task = asyncio.ensure_future(self._write(name, operation))
+        self._writes.add(task)
+        task.add_done_callback(_forget_write(self._writes))
+        return await asyncio.shield(task)  # a cancelled caller leaves the save to finish
+
+    async def _write(self, name: CalendarId, operation: Callable[[Calendar], T]) -> tuple[T, SavedWrite]:
+        async with self._write_locks.setdefault(name, asyncio.Lock()):
+            draft = self._draft(name)
+            try:
+                result = operation(draft.calendar)
+            except BaseException:
+                if draft.take_changes():  # it changed something before raising: never stored, never shown
+                    self._drop_draft(name)
+                raise
+            changes = draft.take_changes()
+            if not changes:
+                return result, SavedWrite((), (), ())
+            storage, ledger = self._require_storage(), self._require_ledger()
+            client = draft.doc.client_id
+            try:
+                await ledger.note_client(name, client)  # before the append: see ledger.py on crash safety
+                await storage.append_many([(name, change.update) for change in changes])
+            except BaseException as exc:
+                self._drop_draft(name)
+                if isinstance(exc, StorageError):
+                    log.warning("local change not saved; nothing of it is kept",
+                                extra={"calendar": name, "error": str(exc)})
+                raise
+            ids = self._show(name, changes)
+            already_stored = await ledger.record(
+                name, [LocalChange(client, decode_state_vector(c.state_vector).get(client, 0), ids) for c in changes]
+            )
+            log.debug("saved local change", extra={"calendar": name, "reservations": len(ids)})
+            return result, SavedWrite(tuple(c.update for c in changes), ids, _sorted_ids(already_stored))
+
+    def _draft(self, name: CalendarId) -> Replica:
+        """The calendar's draft (made from the replica on the first write; a fresh client id)."""
+        replica = self.calendars[name].replica
+        draft = self._drafts.get(name)
+        if draft is None:
+            draft = self._drafts[name] = Replica(name, actor=self.actor)
+            draft.load([replica.full_state()])
+        draft.calendar.assume_home = replica.calendar.assume_home
+        return draft
+
+    def _drop_draft(self, name: CalendarId) -> None:
+        """Forget a draft holding a change that was not stored; the next write starts from the replica."""
+        draft = self._drafts.pop(name, None)
+        if draft is not None:
+            draft.close()
+
+    def _show(self, name: CalendarId, changes: list[Change]) -> tuple[ReservationId, ...]:
+        """Apply stored local changes to the replica; the reservations they touched."""
         opened = self.calendars[name]
-        replica = opened.replica
         opened.take_touched()
-        try:
-            result = operation(replica.calendar)
-        finally:
-            changes = replica.take_changes()
-            ids = opened.take_touched()
-        if not changes:
-            return result, SavedWrite((), ids, ())
-        storage, ledger = self._require_storage(), self._require_ledger()
-        client = replica.doc.client_id
-        await ledger.note_client(name, client)  # before the append: see ledger.py on crash safety
-        await storage.append_many([(name, change.update) for change in changes])
-        already_stored = await ledger.record(
-            name, [LocalChange(client, decode_state_vector(c.state_vector).get(client, 0), ids) for c in changes]
-        )
-        log.debug("saved local change", extra={"calendar": name, "reservations": len(ids)})
-        return result, SavedWrite(tuple(c.update for c in changes), ids, _sorted_ids(already_stored))
+        for change in changes:
+            opened.replica.apply(change.update)
+        return opened.take_touched()
 
     async def apply_remote(self, name: CalendarId, update: bytes) -> tuple[ReservationId, ...] | None:
         """Apply and save an update from the relay; the reservations it touched, None if it was redundant."""
@@ -161,7 +222,17 @@ class TerminalStore:
             ids = opened.take_touched()
         if change is None:
             return None
-        await self._require_storage().append(name, change.update)
+        try:
+            await self._require_storage().append(name, change.update)
+        except StorageError as exc:
+            log.warning("remote change not saved; dropped until the relay sends it again",
+                        extra={"calendar": name, "error": str(exc)})
+            await self._reload_replica(name)
+            raise
+        draft = self._drafts.get(name)
+        if draft is not None:
+            draft.apply(change.update)
+            draft.take_changes()
         log.debug("stored remote change", extra={"calendar": name, "reservations": len(ids)})
         return ids
 
@@ -177,8 +248,8 @@ class TerminalStore:
         """The relay's state of ``name`` arrived: from now on its statuses need no assumed home."""
         opened = self.calendars.get(name)
         if opened is not None and opened.replica.calendar.assume_home:
-            opened.replica.calendar.assume_home = False  # the home record, if any, is here now
             await self._require_storage().set_meta(PULLED_PREFIX + name, at)
+            opened.replica.calendar.assume_home = False  # the home record, if any, is here now
 
     # ---- reads without I/O ---------------------------------------------------------------------
 
@@ -247,6 +318,23 @@ class TerminalStore:
         replica.calendar.assume_home = self.has_relay and await storage.get_meta(PULLED_PREFIX + name) is None
         self.calendars[name] = OpenCalendar(replica)
 
+    async def _reload_replica(self, name: CalendarId) -> None:
+        """Replace the open calendar's replica by what the file holds (after a failed append).
+        If the file cannot be read either, the replica stays as it is (the error is reported)."""
+        storage = self._require_storage()
+        old = self.calendars[name]
+        try:
+            updates = await storage.load(name)
+        except StorageError as exc:
+            log.error("cannot reload calendar after a failed save", extra={"calendar": name, "error": str(exc)})
+            return
+        replica = Replica(name, actor=self.actor)
+        replica.load(updates)
+        replica.calendar.assume_home = old.replica.calendar.assume_home
+        old.close()
+        self._drop_draft(name)
+        self.calendars[name] = OpenCalendar(replica)
+
     async def _known_calendars(self) -> list[str]:
         text = await self._require_storage().get_meta(CALENDARS_KEY)
         try:
@@ -264,6 +352,14 @@ class TerminalStore:
         if self._ledger is None:
             raise TerminalError(NOT_RUNNING)
         return self._ledger
+
+
+def _forget_write(writes: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(task: asyncio.Task[Any]) -> None:
+        writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller's failed write is already logged
+    return forget
 
 
 def _sorted_ids(ids: set[str]) -> tuple[ReservationId, ...]:

@@ -16,6 +16,7 @@ from typing import Protocol
 import pycrdt
 
 from ..model import CalendarId
+from .faults import classify_error
 from .memory import MemoryStorage
 from .sqlite import SqliteStorage
 
@@ -27,6 +28,12 @@ class Storage(Protocol):
 
     ``append`` returns only once the update is durable: a crash right after it returns loses
     nothing. Concurrent appends may share one commit (group commit).
+
+    Writes raise :class:`~engine.errors.TransientStorageError` when they failed for a reason
+    that may pass (another process holds the write lock, the disk is full, an I/O error):
+    nothing of that call was stored, and calling again later is safe. Any other
+    :class:`~engine.errors.StorageError` is fatal (:class:`~engine.errors.StoreCorrupt`: the
+    file is damaged). :func:`classify_error` makes that call for the driver's exceptions.
     """
 
     async def append(self, calendar: CalendarId, update: bytes) -> int:
@@ -91,4 +98,4 @@ def merge_log(updates: list[bytes]) -> bytes:
 
 
 
-__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "merge_log"]
+__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "merge_log"]

@@ -5,6 +5,12 @@ waiting while a commit runs goes into the next single transaction (group commit)
 concurrent writers cost about as many fsyncs as one. ``synchronous=FULL`` makes every commit
 durable against power loss, not only against a killed process.
 
+A failed commit is classified once (:func:`~engine.storage.faults.classify_error`): busy,
+disk full and I/O errors raise :class:`~engine.errors.TransientStorageError` (nothing was
+written; the caller may retry), a damaged file :class:`~engine.errors.StoreCorrupt`.
+``busy_timeout_ms`` is how long SQLite itself waits for another process's write lock before
+reporting busy; a relay keeps it short so that its pipeline, which retries and reports, decides.
+
 Each row carries a CRC-32 of its bytes. A row that fails it raises :class:`CorruptRecord`
 naming the calendar and row; nothing is deleted or "repaired"; other calendars keep working.
 """
@@ -21,6 +27,7 @@ import aiosqlite
 
 from ..errors import CorruptRecord, StorageError, StoreUnavailable
 from ..model import CalendarId
+from .faults import classify_error
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -69,8 +76,9 @@ class SqliteStorage:
         self.on_commit: list[object] = []
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> SqliteStorage:
-        """Open (creating if missing) the store at ``path``."""
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> SqliteStorage:
+        """Open (creating if missing) the store at ``path``; SQLite waits up to ``busy_timeout_ms``
+        for another process's write lock before an append raises TransientStorageError."""
         target = Path(path)
         try:
             conn = await aiosqlite.connect(target, isolation_level=None)
@@ -79,7 +87,7 @@ class SqliteStorage:
         try:
             # Check what the file is before changing anything: a foreign database must be left
             # byte-identical (switching it to WAL would rewrite its header).
-            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             version = (await (await conn.execute("PRAGMA user_version")).fetchone() or (0,))[0]
             if version > SCHEMA_VERSION:
                 raise StoreUnavailable(
@@ -145,14 +153,11 @@ class SqliteStorage:
                         last = (await cursor.fetchone() or (0,))[0]
                         await self._conn.execute("COMMIT")
                     except BaseException:
-                        await self._conn.execute("ROLLBACK")
+                        await self._rollback()
                         raise
             except Exception as exc:  # a failed commit fails every append in it, loudly
-                try:
-                    await self._conn.execute("ROLLBACK")
-                except Exception:
-                    pass
-                error = StorageError(f"commit to {self.path} failed: {exc}")
+                await self._rollback()
+                error = classify_error(exc, str(self.path), "commit")
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
@@ -195,8 +200,11 @@ class SqliteStorage:
 
     async def compact(self, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
         """Replace rows ``<= upto_seq`` by one snapshot row, in one transaction."""
-        async with self._tx_lock:
-            await self._compact_locked(calendar, upto_seq, snapshot)
+        try:
+            async with self._tx_lock:
+                await self._compact_locked(calendar, upto_seq, snapshot)
+        except (sqlite3.Error, OSError) as exc:
+            raise classify_error(exc, str(self.path), f"compacting {calendar!r}") from exc
 
     async def _compact_locked(self, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
         await self._conn.execute("BEGIN IMMEDIATE")
@@ -208,8 +216,17 @@ class SqliteStorage:
             )
             await self._conn.execute("COMMIT")
         except BaseException:
-            await self._conn.execute("ROLLBACK")
+            await self._rollback()
             raise
+
+    async def _rollback(self) -> None:
+        """End a failed transaction, never masking the failure: SQLite rolls back by itself on
+        busy, disk-full and I/O errors, and a ROLLBACK then raises "no transaction is active"."""
+        if self._conn.in_transaction:
+            try:
+                await self._conn.execute("ROLLBACK")
+            except (sqlite3.Error, ValueError):
+                pass
 
     async def calendars(self) -> list[CalendarId]:
         cursor = await self._conn.execute("SELECT DISTINCT calendar FROM updates ORDER BY calendar")
@@ -226,13 +243,19 @@ class SqliteStorage:
         return [str(row[0]) for row in await cursor.fetchall()]
 
     async def get_meta(self, key: str) -> str | None:
-        cursor = await self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,))
-        row = await cursor.fetchone()
+        try:
+            cursor = await self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,))
+            row = await cursor.fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise classify_error(exc, str(self.path), f"reading {key!r}") from exc
         return None if row is None else str(row[0])
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self._tx_lock:
-            await self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        try:
+            async with self._tx_lock:
+                await self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        except (sqlite3.Error, OSError) as exc:
+            raise classify_error(exc, str(self.path), f"saving {key!r}") from exc
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""
