@@ -18,6 +18,7 @@ hook); it is dropped when the calendar unloads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Admitted:
     grant: Grant
     calendar: CalendarId | None  # the one calendar of a y-websocket connection
     peer_id: str = ""
+    token_id: str = ""  # which token (a digest, never the token): subscriptions are capped per token
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,19 +84,21 @@ class Admission:
         grant = self.tokens.check(token, wants_peer=wants_peer)
         if grant is None:
             return Refusal(CloseCode.UNAUTHORIZED, "missing or wrong token", "unauthorized")
+        token_id = token_digest(token if not self.tokens.is_open else None)
         if path == SYNC_PATH:
             if wants_peer and grant.role is not Role.PEER:
                 return Refusal(CloseCode.FORBIDDEN, "this token may not peer", "forbidden")
             if wants_peer:
-                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64])
-            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None)
+                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64], token_id)
+            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None,
+                            token_id=token_id)
         try:
             calendar = check_calendar_name(path.lstrip("/"))
         except InvalidCalendarName as exc:
             return Refusal(CloseCode.NOT_FOUND, str(exc), "bad_calendar")
         if not grant.allows(calendar):
             return Refusal(CloseCode.FORBIDDEN, f"token may not open {calendar}", "forbidden")
-        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar)
+        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar, token_id=token_id)
 
     # ---- updates --------------------------------------------------------------------------------
 
@@ -147,6 +151,12 @@ class Admission:
         if policy is None:
             policy = self._policies[handle.name] = UpdatePolicy.from_update(handle.replica.full_state())
         return policy
+
+
+def token_digest(token: str | None) -> str:
+    """A short name for a token, safe to keep and log (``open`` on a relay without tokens: all
+    its clients count as one)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else "open"
 
 
 REASONS = {

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow listening on a non-loopback address without --tokens")
     parser.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024, help="largest accepted message")
     parser.add_argument("--max-connections", type=int, default=1000, help="connections beyond this are refused")
+    parser.add_argument("--max-subscriptions-per-connection", type=int, default=1000, metavar="N",
+                        help="calendars one client connection may open; past it the connection is closed with 4429 "
+                        "(default 1000; peers are not capped)")
+    parser.add_argument("--max-subscriptions-per-token", type=int, default=10_000, metavar="N",
+                        help="calendars all connections of one token may open together (default 10000)")
     parser.add_argument("--idle-unload", type=float, default=300.0, metavar="SECONDS",
                         help="unload calendars nobody used for this long (default 300)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
         tokens_path=args.tokens, insecure_open=args.insecure_open, hold_ttl_s=args.hold_ttl,
         max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
-        idle_unload_s=args.idle_unload,
+        idle_unload_s=args.idle_unload, max_subscriptions_per_connection=args.max_subscriptions_per_connection,
+        max_subscriptions_per_token=args.max_subscriptions_per_token,
     )
     try:
         return asyncio.run(serve_until_signalled(config, args.port_file))

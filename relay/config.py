@@ -25,6 +25,8 @@ class RelayConfig:
         tokens_path: token file; without one the relay is open and only listens on loopback
             unless ``insecure_open``.
         hold_ttl_s: as home, reject pending bookings older than this when they arrive.
+        max_subscriptions_per_connection, max_subscriptions_per_token: calendars one client
+            connection, and all connections of one token together, may open (peers are not capped).
     """
 
     relay_id: str
@@ -40,6 +42,8 @@ class RelayConfig:
     hold_ttl_s: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000
+    max_subscriptions_per_connection: int = 1000
+    max_subscriptions_per_token: int = 10_000
     outbox_messages: int = 4096
     idle_unload_s: float = 300.0
     compact_rows: int = 1000

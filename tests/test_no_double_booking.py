@@ -78,6 +78,9 @@ async def test_forged_decision_from_a_terminal_is_dropped(tmp_path: Path) -> Non
         async with WireClient(home.url, actor="honest") as honest, WireClient(home.url, actor="forger") as forger:
             await honest.open(CAL)
             await forger.open(CAL)
+            await home.edit(CAL, lambda c: c.put_resource("front-desk"))  # provisioned: the home takes it
+            await forger.wait_for(lambda: forger.replica(CAL).calendar.home == "home")
+            await honest.wait_for(lambda: honest.replica(CAL).calendar.home == "home")
             rid = await honest.book(CAL)
             await honest.wait_for(lambda: decided(honest, [rid]))
             await forger.wait_for(lambda: decided(forger, [rid]))
@@ -234,6 +237,7 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
     try:
         for i in range(6):
             await connect(i)
+        await relays[0].edit(CAL, lambda c: c.put_resource("front-desk"))  # provisioned: the home takes it
         for client in clients:  # terminals are provisioned online once: they learn who decides
             await client.wait_for(lambda c=client: c.replica(CAL).calendar.home == "r0")
         for attacker in hostile:
@@ -325,6 +329,7 @@ async def test_home_with_hold_ttl_rejects_a_booking_that_arrives_after_its_hold_
     async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], hold_ttl_s=60)) as home:
         async with WireClient(home.url, actor="late") as late:
             await late.open(CAL)
+            await home.edit(CAL, lambda c: c.put_resource("front-desk"))  # a first write: the home takes it
             await late.wait_for(lambda: late.replica(CAL).calendar.home == "home")
             stale = book_offline(late)  # made at NOW, hours before the relay's clock: its hold is over
             await late.push(CAL)
