@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
         ("engine_bench.py", ["--n", "300"], "merge ratio (engine/raw)"),
         ("decisions_bench.py", ["--n", "300"], "decisions/s"),
         ("system_bench.py", ["--quick"], "decision latency"),
+        ("idle_calendars_bench.py", ["--quick"], "peak RSS"),
     ],
 )
 def test_benchmark_runs_at_smoke_size_and_prints_its_figures(script: str, args: list[str], expected: str) -> None:
