@@ -13,6 +13,10 @@ checkout, e.g. main before state vectors were stored::
     python benchmarks/idle_calendars_bench.py --calendars 100000 --label after
     python benchmarks/idle_calendars_bench.py --quick          # CI smoke: tiny sizes
 
+``--clinics K`` measures a platform relay instead: it holds K x N calendars, and K clinic
+relays (one child process hosting them all) each hold their N and peer with it, each with its
+own peer token limited to its calendars (``c007-*``); it prints the platform's figures.
+
 The stores are built by the same checkout that runs the relays (one transaction per 10,000
 calendars, every calendar from the same template update), in a temporary folder removed at exit.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import re
@@ -37,8 +42,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def build_store(path: Path, calendars: int, reservations: int) -> None:
-    """Write ``calendars`` calendars of ``reservations`` bookings each (runs under --accord-root)."""
+def build_store(path: Path, calendars: int, reservations: int, clinics: int = 0) -> None:
+    """Write ``calendars`` calendars of ``reservations`` bookings each (runs under --accord-root);
+    with ``clinics``, that many per clinic, named ``cKKK-NNNNN`` (``clinics < 0``: clinic -K only)."""
     from datetime import UTC, datetime, timedelta
 
     from accord.engine.model import CalendarId
@@ -56,6 +62,11 @@ def build_store(path: Path, calendars: int, reservations: int) -> None:
     async def write() -> None:
         store = await SqliteStorage.open(path, synchronous="OFF")
         try:
+            if clinics:
+                owners = range(clinics) if clinics > 0 else [-clinics - 1]
+                for k in owners:
+                    await store.append_many([(CalendarId(f"c{k:03d}-{i:05d}"), update) for i in range(calendars)])
+                return
             for first in range(0, calendars, 10_000):
                 names = range(first, min(calendars, first + 10_000))
                 await store.append_many([(CalendarId(f"clinic-{i:06d}"), update) for i in names])
@@ -93,7 +104,7 @@ class RelayChild:
                 "--db", str(self.folder / f"{self.relay_id}.sqlite"), "--port-file", str(self.port_file),
                 "--log-level", "WARNING", *self.extra]
         log = open(self.folder / f"{self.relay_id}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=self.folder)  # not ours: -m looks in cwd first
         deadline = time.monotonic() + timeout_s
         while not self.port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -123,6 +134,75 @@ class RelayChild:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return -1.0
+
+
+def host_clinics(folder: Path, clinics: int, platform_port: int) -> None:
+    """Run ``clinics`` relays in this process until SIGTERM, each peered with the platform."""
+    from accord.relay.server import Relay, RelayConfig
+
+    logging.basicConfig(level=logging.ERROR)  # a hundred relays' warnings are not the measurement
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        relays = []
+        for k in range(clinics):
+            config = RelayConfig(relay_id=f"clinic-{k:03d}", host="127.0.0.1", port=0,
+                                 db_path=folder / f"c{k:03d}.sqlite", peers=[f"ws://127.0.0.1:{platform_port}"],
+                                 peer_token=f"peer-{k:03d}", peer_globs=[f"c{k:03d}-*"])
+            relays.append(await Relay(config).__aenter__())
+        (folder / "clinics.up").write_text(str(len(relays)))
+        await stop.wait()
+        for relay in relays:
+            await relay.__aexit__(None, None, None)
+
+    asyncio.run(run())
+
+
+def platform_run(args: argparse.Namespace, root: Path, folder: Path) -> int:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    me = [python_of(root), str(Path(__file__).resolve()), "--calendars", str(args.calendars),
+          "--reservations", str(args.reservations)]
+    started = time.perf_counter()
+    subprocess.run([*me, "--clinics", str(args.clinics), "--build-store", str(folder / "platform.sqlite")],
+                   check=True, env=env, cwd=folder)
+    for k in range(args.clinics):
+        subprocess.run([*me, "--clinics", str(-k - 1), "--build-store", str(folder / f"c{k:03d}.sqlite")],
+                       check=True, env=env, cwd=folder)
+    build_s = time.perf_counter() - started
+    tokens = folder / "tokens.txt"
+    tokens.write_text("".join(f"peer-{k:03d} peer c{k:03d}-*\n" for k in range(args.clinics)))
+    platform = RelayChild(root, folder, "platform", "--tokens", str(tokens))
+    platform.start()
+    cpu0 = platform.cpu_s()
+    total = args.clinics * args.calendars
+    host = subprocess.Popen([*me, "--clinics", str(args.clinics), "--host-clinics", str(folder),
+                             "--platform-port", str(platform.port)], env=env, cwd=folder)
+    try:
+        started = time.perf_counter()
+        deadline = time.monotonic() + args.timeout
+        while not settled(platform, total):
+            if time.monotonic() > deadline or host.poll() is not None:
+                raise RuntimeError("platform link-ups did not settle")
+            time.sleep(0.1)
+        wall = time.perf_counter() - started
+        cpu, peak, loaded = platform.cpu_s() - cpu0, platform.peak_rss_mb(), loads(platform)
+        links = platform.metric('accord_connections{role="peer"}')
+    finally:
+        host.send_signal(signal.SIGTERM)
+        host.wait(timeout=300)
+        platform.stop()
+    print(f"idle calendars bench {args.label}: platform relay with {total} calendars, {args.clinics} clinic relays "
+          f"of {args.calendars} calendars x {args.reservations} reservations, nothing differs; relays from {root}")
+    print(f"machine: {platform_machine()}; stores built in {build_s:.1f} s")
+    print("| step | peer links | wall s (from the clinics' start) | platform CPU s | platform peak RSS MiB | platform loads |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| all clinics link up | {links:.0f} | {wall:.2f} | {cpu:.2f} | {peak:.0f} | {loaded} |")
+    return 0
+
+
+def platform_machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def python_of(root: Path) -> str:
@@ -160,15 +240,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="printed with the table (e.g. before / after)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a link-up may take")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 300 calendars of 2 reservations")
+    parser.add_argument("--clinics", type=int, default=0, help="measure a platform relay peering with this many clinics "
+                        "of --calendars calendars each")
     parser.add_argument("--build-store", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--host-clinics", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--platform-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.calendars, args.reservations = 300, 2
     if args.build_store is not None:
-        build_store(args.build_store, args.calendars, args.reservations)
+        build_store(args.build_store, args.calendars, args.reservations, args.clinics)
+        return 0
+    if args.host_clinics is not None:
+        host_clinics(args.host_clinics, args.clinics, args.platform_port)
         return 0
     root = args.accord_root.resolve()
     folder = Path(tempfile.mkdtemp(prefix="idle-bench-"))
+    if args.clinics:
+        try:
+            return platform_run(args, root, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     try:
         started = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(root)}
@@ -194,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"idle calendars bench {args.label}: {args.calendars} calendars x {args.reservations} reservations, "
           f"nothing differs; relays from {root}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+    print(f"machine: {platform_machine()}; "
           f"store {size_mb:.0f} MiB each (built in {build_s:.1f} s)")
     print("| step | wall s | CPU s A | CPU s B | peak RSS A MiB | peak RSS B MiB | loads A | loads B |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -133,14 +133,19 @@ class Hub:
             if not handle.is_empty() and self._shares(connection, handle.name):
                 self._subscribe(connection, handle)
         connection.flush()
-        after, sent = "", 0
-        while page := await self.calendars.storage.state_vector_page(after, STATES_BATCH):
-            after = page[-1][0]
-            batch = [(name, sv) for name, sv in page if self._shares(connection, name)]
-            if batch:
-                connection.session.send_states(batch)
-                connection.flush()
-                sent += len(batch)
+        sent = 0
+        # A peer token limited to "clinic-7-*" needs only that range of the store read, not all of it.
+        for prefix in scan_prefixes(connection.grant.globs) or scan_prefixes(self.peer_globs) or [""]:
+            after = prefix[:-1] + chr(ord(prefix[-1]) - 1) if prefix else ""  # just before the range
+            while page := await self.calendars.storage.state_vector_page(after, STATES_BATCH):
+                after = page[-1][0]
+                batch = [(name, sv) for name, sv in page if self._shares(connection, name)]
+                if batch:
+                    connection.session.send_states(batch)
+                    connection.flush()
+                    sent += len(batch)
+                if prefix and after > prefix and not after.startswith(prefix):
+                    break  # past the range (names sort as the store sorts them: by code point)
         log.info("peer link-up: state vectors sent", extra={"conn": connection.label, "calendars": sent,
                                                              "opened": len(connection.calendars())})
 
@@ -347,6 +352,18 @@ class Hub:
             self.pipeline.submit_local(handle)
             raise
         await self.pipeline.submit(handle, change, connection)
+
+
+def scan_prefixes(globs: list[str] | tuple[str, ...]) -> list[str] | None:
+    """The name prefixes that cover ``globs`` if each is a literal name or a literal followed by
+    one ``*`` (nested prefixes folded into the shorter); None if any glob needs a full scan."""
+    prefixes = set()
+    for glob in globs:
+        literal = glob[:-1] if glob.endswith("*") else glob
+        if not literal or any(ch in literal for ch in "*?["):
+            return None
+        prefixes.add(literal)
+    return sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
 
 
 def _remote(connection: Connection) -> str:

@@ -29,6 +29,7 @@ from accord.engine.replica import Replica
 from accord.engine.session import ROLE_HEADER, SYNC_PATH
 from accord.engine.storage import MemoryStorage, SqliteStorage
 from accord.engine.storage.state_vectors import differ
+from accord.relay.hub import scan_prefixes
 
 CAL = CalendarId("clinic-1")
 
@@ -278,3 +279,34 @@ async def test_a_delete_made_while_apart_reaches_the_peer_once_the_calendar_is_u
             await desk.open(CAL)
             await desk.wait_for(lambda: desk.session.is_synced(CAL)
                                 and desk.replica(CAL).calendar.resource("room-9") is None)
+
+
+def test_link_up_reads_only_the_name_ranges_a_peer_token_allows() -> None:
+    assert scan_prefixes(["c007-*"]) == ["c007-"]
+    assert scan_prefixes(["a*", "ab*", "clinic-1"]) == ["a", "clinic-1"]
+    assert scan_prefixes(["*"]) is None and scan_prefixes(["c?-*"]) is None and scan_prefixes(["c*-1"]) is None
+
+
+async def test_a_clinic_peering_with_a_restricted_token_compares_only_its_own_calendars(tmp_path: Path) -> None:
+    template = Replica("template", actor="desk", client_id=77)
+    booked(template, 1)
+    same = template.full_state()
+    later = Replica("later", actor="late", client_id=78)
+    later.load([same])
+    newer = booked(later, 1, start_hour=15)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("peer-a peer a-*\n")
+    platform_config = relay_config(tmp_path, "platform", tokens_path=tokens)
+    clinic_config = relay_config(tmp_path, "clinic", peer_token="peer-a", peer_globs=["a-*"])
+    mine = [CalendarId(f"a-{i}") for i in range(3)]
+    theirs = [CalendarId(f"{p}-{i}") for p in ("_", "a,", "a.", "b") for i in range(3)]  # around the range
+    await _seed(Path(platform_config.db_path), [(n, same) for n in mine + theirs] + [(mine[2], u) for u in newer])
+    await _seed(Path(clinic_config.db_path), [(n, same) for n in mine])
+    async with Relay(platform_config) as platform:
+        clinic_config.peers = [platform.url]
+        async with Relay(clinic_config) as clinic:
+            await clinic.wait_for(lambda: mine[2] in clinic.calendars.loaded
+                                  and clinic.calendars.loaded[mine[2]].replica.clocks() == later.clocks(), 20)
+            await platform.wait_for(lambda: platform.metrics.peer_states_compared >= len(mine))
+            assert clinic.metrics.peer_states_compared == len(mine)  # nothing outside a-* was sent
+            assert set(clinic.calendars.loaded) == set(platform.calendars.loaded) == {mine[2]}
