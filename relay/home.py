@@ -8,8 +8,9 @@ verdicts signed with this relay's key (kept in its store; see :func:`load_relay_
 the relay's own writes: they go through the commit pipeline like any update.
 
 A calendar that holds nothing yet (a name a client only read) is not taken when it loads: the
-home record is written with the calendar's first real write (:meth:`Home.batch_stored`), so
-reading a name stores nothing. Until then the relay still counts as its home for admission
+home record is written with the calendar's first real write (just before a client's first
+write is applied, :meth:`Home.first_write`, or once a peer's first content is stored,
+:meth:`Home.batch_stored`), so reading a name stores nothing. Until then the relay still counts as its home for admission
 (:meth:`Home.is_home_here`).
 
 ``--home`` is a request, not a claim: a calendar whose records name another home is not
@@ -76,6 +77,15 @@ class Home:
     def is_deciding(self, calendar: str) -> bool:
         """True while this relay decides ``calendar`` (it is the recorded home, and loaded)."""
         return calendar in self._deciding
+
+    def first_write(self, handle: CalendarHandle) -> None:
+        """A client's first write to an empty calendar is about to be applied: take it now, so
+        that its home record comes before any content and no reader sees requests without it.
+        (First content from a peer is taken after it is stored instead, :meth:`batch_stored`:
+        it may name another home, which this relay must not race.)"""
+        if handle.name in self._waiting:
+            self._waiting.discard(handle.name)
+            self._take(handle)
 
     def is_home_here(self, calendar: str) -> bool:
         """True if this relay decides ``calendar``, or will on its first write (loaded empty)."""

@@ -71,6 +71,7 @@ class Hub:
                  is_deciding: Callable[[str], bool] = lambda _calendar: False,
                  max_subscriptions_per_connection: int = 1000, max_subscriptions_per_token: int = 10_000) -> None:
         self.is_deciding = is_deciding  # this relay decides the calendar (its recorded home)
+        self.first_write: Callable[[CalendarHandle], None] = lambda _handle: None  # the home takes it
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
@@ -344,6 +345,8 @@ class Hub:
             # Its later updates would depend on the refused one and could never apply: close it.
             await connection.close(refusal.code, refusal.reason)
             return
+        if not connection.is_peer and update[:1] != b"\x00" and handle.is_empty():
+            self.first_write(handle)  # a client's first content: the home record goes first
         try:
             change = handle.replica.apply(update)
         except MalformedMessage:

@@ -136,6 +136,7 @@ class Relay:
         home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
                     hold_ttl_s=config.hold_ttl_s)
         hub.is_deciding = home.is_home_here
+        hub.first_write = home.first_write
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
