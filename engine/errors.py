@@ -44,6 +44,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403
     NOT_FOUND = 4404
+    TOO_MANY_SUBSCRIPTIONS = 4429  # a connection or token asked for more calendars than the relay allows
 
 
 class ExitCode(enum.IntEnum):

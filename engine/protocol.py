@@ -26,6 +26,9 @@ with three accord message types besides the y-websocket ones:
   large for one message (:mod:`engine.update_pieces`); the last piece is an ordinary STEP2.
   The state vector is the sender's when it answered: once the receiver holds it, it holds the
   whole answer. A y-websocket connection gets the same pieces as SYNC_UPDATEs, then the STEP2.
+- ``104 STATES``: varuint count, then that many (varstring name, varbytes state vector) pairs
+  (frame calendar is empty). Peers send the stored state vectors of the calendars they hold,
+  in batches, at link-up; the other side opens only the calendars whose vectors differ.
 
 Every decoder here raises :class:`MalformedMessage` for truncated or garbage input and
 :class:`MessageTooLarge` for input over the limit; nothing is half-decoded.
@@ -60,6 +63,7 @@ class MessageType(enum.IntEnum):
     CALENDARS = 101
     REFUSED = 102
     STEP2_PART = 103
+    STATES = 104
 
 
 class SyncType(enum.IntEnum):
@@ -141,7 +145,19 @@ class Refused:
     reason: str
 
 
-Message = SyncStep1 | SyncStep2 | SyncStep2Part | SyncUpdate | Awareness | QueryAwareness | AuthDenied | Ack | Calendars | Refused
+@dataclass(frozen=True, slots=True)
+class States:
+    """Stored state vectors of calendars a peer holds: ``(name, state vector)`` pairs."""
+
+    entries: tuple[tuple[CalendarId, bytes], ...]
+
+
+MAX_STATES = 100_000  # entries in one STATES message (senders batch far fewer)
+
+Message = (
+    SyncStep1 | SyncStep2 | SyncStep2Part | SyncUpdate | Awareness | QueryAwareness | AuthDenied | Ack | Calendars
+    | Refused | States
+)
 
 
 # ---- primitives ------------------------------------------------------------------------------
@@ -241,6 +257,10 @@ def encode(message: Message) -> bytes:
             )
         case Refused(code, reason):
             return write_var_uint(MessageType.REFUSED) + write_var_uint(code) + write_var_string(reason)
+        case States(entries):
+            return write_var_uint(MessageType.STATES) + write_var_uint(len(entries)) + b"".join(
+                write_var_string(name) + write_var_bytes(sv) for name, sv in entries
+            )
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -282,7 +302,7 @@ def decode_framed(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) ->
     raw_name = reader.var_bytes()
     message = _decode_body(reader)
     calendar = _calendar_name(raw_name)
-    if not calendar and not isinstance(message, Calendars):
+    if not calendar and not isinstance(message, Calendars | States):
         raise MalformedMessage("malformed frame: no calendar name")
     return calendar, message
 
@@ -385,11 +405,30 @@ def _decode_body(reader: Reader) -> Message:
     elif kind == MessageType.STEP2_PART:
         message = SyncStep2Part(reader.var_bytes(), reader.var_bytes())
         decode_state_vector(message.state_vector)
+    elif kind == MessageType.STATES:
+        message = _decode_states(reader)
     else:
         raise MalformedMessage(f"unknown message type {kind}")
     if not reader.at_end():
         raise MalformedMessage(f"malformed message: {len(reader.data) - reader.pos} trailing bytes")
     return message
+
+
+def _decode_states(reader: Reader) -> States:
+    count = reader.var_uint()
+    if count > MAX_STATES:
+        raise MalformedMessage(f"state vector list of {count} entries is too long")
+    entries = []
+    for _ in range(count):
+        name = reader.var_string()
+        try:
+            check_calendar_name(name)
+        except InvalidCalendarName as exc:
+            raise MalformedMessage(str(exc)) from None
+        state_vector = reader.var_bytes()
+        decode_state_vector(state_vector)
+        entries.append((CalendarId(name), state_vector))
+    return States(tuple(entries))
 
 
 # ---- state vectors ----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from .sync import (
     CalendarRefused,
     CalendarsAnnounced,
     PeerSync,
+    StatesAnnounced,
     SyncCompleted,
     SyncRequested,
     UpdateReceived,
@@ -62,7 +63,8 @@ from .update_pieces import split_update
 __all__ = [
     "AUTHORIZATION_HEADER", "RELAY_HEADER", "ROLE_HEADER", "SYNC_PATH", "TERMINAL_HEADER",
     "Acknowledged", "AwarenessQueried", "AwarenessReceived", "CalendarRefused", "CalendarRequested", "Documents",
-    "Event", "Framing", "NothingNew", "RemoteState", "Session", "SyncCompleted", "UpdateReceived", "bearer", "parse_bearer",
+    "Event", "Framing", "NothingNew", "RemoteState", "Session", "StatesAnnounced", "SyncCompleted",
+    "UpdateReceived", "bearer", "parse_bearer",
 ]
 
 SYNC_PATH = "/.accord/v1"  # the multiplexed endpoint (terminals and peer relays)
@@ -147,6 +149,7 @@ Event = (
     | AwarenessQueried
     | Acknowledged
     | CalendarRefused
+    | StatesAnnounced
 )
 
 
@@ -239,6 +242,8 @@ class Session:
                 for name in names:
                     if self._admit(name) and self._serving[name] is _Serving.OPEN:
                         self._open_back(name)
+            case StatesAnnounced():
+                self._events.append(event)  # the caller compares them with its own
             case CalendarRefused(calendar):
                 self._serving.pop(calendar, None)
                 self._asked.pop(calendar, None)
@@ -333,6 +338,10 @@ class Session:
             self._out.append(self.sync.update(calendar, update))
             return
         self._out.extend(self.sync.update(calendar, piece) for piece in split_update(update, self.piece_bytes))
+
+    def send_states(self, entries: list[tuple[CalendarId, bytes]]) -> None:
+        """Queue one batch of stored state vectors for :meth:`data_to_send` (a relay, to a peer)."""
+        self._out.append(self.sync.states(entries))
 
     def awareness(self, calendar: str, payload: bytes) -> bytes:
         """Frame presence data for this connection."""

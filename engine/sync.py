@@ -44,6 +44,7 @@ from .protocol import (
     Message,
     QueryAwareness,
     Refused,
+    States,
     SyncStep1,
     SyncStep2,
     SyncStep2Part,
@@ -117,6 +118,13 @@ class CalendarsAnnounced:
 
 
 @dataclass(frozen=True, slots=True)
+class StatesAnnounced:
+    """The other side's stored state vectors of some calendars it holds (a peer, at link-up)."""
+
+    entries: tuple[tuple[CalendarId, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CalendarRefused:
     """The other side refused one calendar (code and reason as in a close frame)."""
 
@@ -133,6 +141,7 @@ Event = (
     | AwarenessQueried
     | Acknowledged
     | CalendarsAnnounced
+    | StatesAnnounced
     | CalendarRefused
 )
 
@@ -219,6 +228,8 @@ class PeerSync:
                 return [Acknowledged(calendar, state_vector, dict(state.acked))]
             case Calendars(names):
                 return [CalendarsAnnounced(names)]
+            case States(entries):
+                return [StatesAnnounced(entries)]
             case Refused(code, reason):
                 return [CalendarRefused(calendar, code, reason)]
             case AuthDenied(reason):
@@ -272,6 +283,12 @@ class PeerSync:
         if self.single is not None:
             raise LocalProtocolError("a y-websocket connection carries one calendar; nothing to announce")
         return encode_framed("", Calendars(tuple(names)))
+
+    def states(self, entries: list[tuple[CalendarId, bytes]]) -> bytes:
+        """Send stored state vectors of calendars this side holds (multiplexed connections only)."""
+        if self.single is not None:
+            raise LocalProtocolError("a y-websocket connection carries one calendar; nothing to compare")
+        return encode_framed("", States(tuple(entries)))
 
     def refuse(self, calendar: str, code: int, reason: str) -> bytes:
         """Refuse one calendar of a multiplexed connection."""

@@ -18,6 +18,7 @@ hook); it is dropped when the calendar unloads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Admitted:
     calendar: CalendarId | None  # the one calendar of a y-websocket connection
     peer_id: str = ""
     token: str | None = None  # as presented (kept in memory to re-check it when tokens reload; never logged)
+    token_id: str = ""  # which token (a digest, never the token): subscriptions are capped per token
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +95,21 @@ class Admission:
             return Refusal(CloseCode.UNAUTHORIZED, "missing or wrong token", "unauthorized")
         if grant.role is Role.MONITOR:
             return Refusal(CloseCode.FORBIDDEN, "a monitor token reads /metrics and /healthz only", "forbidden")
+        token_id = token_digest(token if not self.tokens.is_open else None)
         if path == SYNC_PATH:
             if wants_peer and grant.role is not Role.PEER:
                 return Refusal(CloseCode.FORBIDDEN, "this token may not peer", "forbidden")
             if wants_peer:
-                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64], token)
-            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None, "", token)
+                return Admitted(Kind.PEER, grant, None, request.headers.get(RELAY_HEADER, "")[:64], token, token_id)
+            return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.TERMINAL, grant, None, "", token,
+                            token_id)
         try:
             calendar = check_calendar_name(path.lstrip("/"))
         except InvalidCalendarName as exc:
             return Refusal(CloseCode.NOT_FOUND, str(exc), "bad_calendar")
         if not grant.allows(calendar):
             return Refusal(CloseCode.FORBIDDEN, f"token may not open {calendar}", "forbidden")
-        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar, "", token)
+        return Admitted(Kind.READ_ONLY if grant.role is Role.READ_ONLY else Kind.YJS, grant, calendar, "", token, token_id)
 
     # ---- updates --------------------------------------------------------------------------------
 
@@ -180,6 +184,12 @@ class Admission:
             return Refusal(CloseCode.FORBIDDEN, f"calendar is full: it may hold {self.max_reservations} reservations "
                                                 "(relay limit --max-reservations)", "calendar_full")
         return None
+
+
+def token_digest(token: str | None) -> str:
+    """A short name for a token, safe to keep and log (``open`` on a relay without tokens: all
+    its clients count as one)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else "open"
 
 
 REASONS = {

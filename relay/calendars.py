@@ -5,6 +5,11 @@ read state vectors and diffs from the loaded replicas. Other parts plug into two
 lifecycle points instead of being called from here: :attr:`CalendarSet.loaded_hooks` run when
 a calendar comes into memory (the home decides its pending bookings, peers are subscribed),
 :attr:`CalendarSet.unloading_hooks` just before it leaves (per-calendar state is dropped).
+
+Reading creates nothing: loading a calendar the store does not hold gives an *empty* handle
+(:meth:`CalendarHandle.is_empty`) and writes nothing; the calendar is stored by its first real
+write. An empty calendar is not offered to peers, and it is dropped as soon as nobody listens
+(:meth:`CalendarSet.unload`), so names that were only read leave no trace.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from accord.engine.model import CalendarId
-from accord.engine.protocol import covers, decode_state_vector
+from accord.engine.protocol import EMPTY_STATE_VECTOR, covers, decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import Storage
 
@@ -42,9 +47,14 @@ class CalendarHandle:
     last_active: float = field(default_factory=time.monotonic)
     committed: bytes = b"\x00"  # state vector of the last change committed to the store
     compact_retry_rows: int = 0  # a compaction failed for now: not tried again before the log has this many rows
+    peers_open: bool = False  # opened on the peer links (once it has content)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+    def is_empty(self) -> bool:
+        """True if the calendar holds nothing, in the store or in memory (only read so far)."""
+        return self.rows_in_log == 0 and self.replica.state_vector() == EMPTY_STATE_VECTOR
 
     def has_clients(self) -> bool:
         """True if a terminal or stock client (not only peers) listens."""
@@ -67,6 +77,7 @@ class CalendarSet:
         # store is retried, replicas hold changes not stored yet, and no new subscriber may read them.
         self.gate: Callable[[], Awaitable[None]] | None = None
         self.unloading_hooks: list[Callable[[CalendarHandle], None]] = []
+        self.loads = 0  # calendars loaded from the store since start (for /metrics and tests)
 
     # ---- Documents (for sync sessions) ----------------------------------------------------------
 
@@ -116,6 +127,7 @@ class CalendarSet:
         replica.load(updates)
         handle = CalendarHandle(name, replica, rows_in_log=rows, last_seq=top, committed=replica.state_vector())
         self.loaded[name] = handle
+        self.loads += 1
         log.info(
             "calendar loaded",
             extra={"calendar": name, "rows": rows, "reservations": len(replica.calendar.reservations),
@@ -141,16 +153,29 @@ class CalendarSet:
         for name, handle in list(self.loaded.items()):
             if handle.has_clients() or name in busy or now - handle.last_active < idle_s:
                 continue
-            for hook in self.unloading_hooks:
-                hook(handle)
-            handle.replica.close()
-            del self.loaded[name]
+            self._drop(handle)
             dropped.append(name)
         if dropped:
             gc.collect()
             release_freed_memory()
             log.info("calendars unloaded", extra={"count": len(dropped), "loaded": len(self.loaded)})
         return dropped
+
+
+    def unload(self, name: CalendarId) -> bool:
+        """Drop ``name`` now if it is loaded, empty and nobody listens (a name that was only
+        read); True if it was dropped. Calendars with content wait for :meth:`unload_idle`."""
+        handle = self.loaded.get(name)
+        if handle is None or handle.subscribers or not handle.is_empty():
+            return False
+        self._drop(handle)
+        return True
+
+    def _drop(self, handle: CalendarHandle) -> None:
+        for hook in self.unloading_hooks:
+            hook(handle)
+        handle.replica.close()
+        del self.loaded[handle.name]
 
 
 def release_freed_memory() -> None:

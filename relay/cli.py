@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-calendar-mb", type=_positive_int, default=DEFAULT_MAX_CALENDAR_BYTES >> 20, metavar="MB",
                         help=f"state one calendar may hold, in MiB; writes past it are refused "
                              f"(default {DEFAULT_MAX_CALENDAR_BYTES >> 20})")
+    parser.add_argument("--max-subscriptions-per-connection", type=_positive_int, default=1000, metavar="N",
+                        help="calendars one client connection may open; past it the connection is closed with 4429 "
+                        "(default 1000; peers are not capped)")
+    parser.add_argument("--max-subscriptions-per-token", type=_positive_int, default=10_000, metavar="N",
+                        help="calendars all connections of one token may open together (default 10000)")
     parser.add_argument("--idle-unload", type=_positive_float, default=300.0, metavar="SECONDS",
                         help="unload calendars nobody used for this long (default 300)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
         idle_unload_s=args.idle_unload, max_reservations=args.max_reservations,
         max_calendar_bytes=args.max_calendar_mb << 20,
+        max_subscriptions_per_connection=args.max_subscriptions_per_connection,
+        max_subscriptions_per_token=args.max_subscriptions_per_token,
     )
     try:
         return asyncio.run(serve_until_signalled(config, args.port_file))

@@ -37,6 +37,8 @@ class RelayConfig:
         hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
             pending bookings that first reached a relay longer ago than this; as any relay,
             stamp the requests of its clients with receipts (see :mod:`accord.engine.receipts`).
+        max_subscriptions_per_connection, max_subscriptions_per_token: calendars one client
+            connection, and all connections of one token together, may open (peers are not capped).
     """
 
     relay_id: str
@@ -54,6 +56,8 @@ class RelayConfig:
     max_connections: int = 1000
     max_reservations: int = DEFAULT_MAX_RESERVATIONS
     max_calendar_bytes: int = DEFAULT_MAX_CALENDAR_BYTES
+    max_subscriptions_per_connection: int = 1000
+    max_subscriptions_per_token: int = 10_000
     outbox_messages: int = 4096
     idle_unload_s: float = 300.0
     compact_rows: int = 1000

@@ -7,6 +7,12 @@ in arrival order: terminal clocks drift, arrival order at the home does not. Dec
 verdicts signed with this relay's key (kept in its store; see :func:`load_relay_key`) and are
 the relay's own writes: they go through the commit pipeline like any update.
 
+A calendar that holds nothing yet (a name a client only read) is not taken when it loads: the
+home record is written with the calendar's first real write (just before a client's first
+write is applied, :meth:`Home.first_write`, or once a peer's first content is stored,
+:meth:`Home.batch_stored`), so reading a name stores nothing. Until then the relay still counts as its home for admission
+(:meth:`Home.is_home_here`).
+
 ``--home`` is a request, not a claim: a calendar whose records name another home is not
 decided here. The relay logs why once, counts it in /metrics and lists it in /healthz; if the
 records later name this relay (a handover), it starts deciding.
@@ -65,6 +71,7 @@ class Home:
         self.hold_ttl = timedelta(seconds=hold_ttl_s) if hold_ttl_s else None
         self._deciding: dict[CalendarId, _Deciding] = {}
         self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
+        self._waiting: set[CalendarId] = set()  # --home calendars loaded empty: taken on their first write
 
     def is_home_of(self, calendar: str) -> bool:
         """True if this relay decides bookings of ``calendar``."""
@@ -74,9 +81,25 @@ class Home:
         """True while this relay decides ``calendar`` (it is the recorded home, and loaded)."""
         return calendar in self._deciding
 
+    def first_write(self, handle: CalendarHandle) -> None:
+        """A client's first write to an empty calendar is about to be applied: take it now, so
+        that its home record comes before any content and no reader sees requests without it.
+        (First content from a peer is taken after it is stored instead, :meth:`batch_stored`:
+        it may name another home, which this relay must not race.)"""
+        if handle.name in self._waiting:
+            self._waiting.discard(handle.name)
+            self._take(handle)
+
+    def is_home_here(self, calendar: str) -> bool:
+        """True if this relay decides ``calendar``, or will on its first write (loaded empty)."""
+        return calendar in self._deciding or calendar in self._waiting
+
     async def calendar_loaded(self, handle: CalendarHandle) -> None:
         if self.is_home_of(handle.name):
-            self._take(handle)
+            if handle.is_empty():
+                self._waiting.add(handle.name)  # nothing to decide: no home record for a name only read
+            else:
+                self._take(handle)
 
     def _take(self, handle: CalendarHandle) -> None:
         sink: Doc[Any] = Doc()  # a fresh Yjs client per take: its clocks start where nobody has been
@@ -106,12 +129,18 @@ class Home:
             deciding.decider.close()
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
+        self._waiting.discard(handle.name)
         self._stop(handle.name)
 
     def batch_stored(self, handles: list[CalendarHandle]) -> None:
         """Decide the requests that just became durable here (and notice a change of home)."""
         now = self.clock()
         for handle in handles:
+            if handle.name in self._waiting:
+                if not handle.is_empty():  # its first write is stored: take it now
+                    self._waiting.discard(handle.name)
+                    self._take(handle)
+                continue
             deciding = self._deciding.get(handle.name)
             if deciding is None:
                 if handle.name in self.not_home and handle.replica.calendar.home == self.relay_id:

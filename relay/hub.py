@@ -12,12 +12,25 @@ peer links) reports to the hub (:class:`~accord.relay.connection.ConnectionHandl
 
 Peers are subscribed to every calendar they may share as it loads (a calendar-set hook), so an
 update reaches every relay; a calendar that unloads is forgotten on their sessions and opened
-again (a fresh state-vector exchange) when it next loads.
+again (a fresh state-vector exchange) when it next loads. A calendar that loads empty (a name
+only read) is offered to peers only once its first write is stored (a pipeline batch hook).
+
+**Peer link-up** costs what differs, not what is stored: each side opens on the link only the
+calendars it has loaded, and sends the stored state vectors of everything else it may share,
+in batches of :data:`STATES_BATCH` (``STATES`` messages). The receiver compares each with its
+own stored vector (:func:`~accord.engine.storage.state_vectors.differ`) and opens only the
+calendars that differ, which loads them on both sides; the rest stay on disk.
+
+**Subscription caps.** A client connection may hold at most ``max_subscriptions_per_connection``
+calendars, and all connections of one token together ``max_subscriptions_per_token``; the one
+that asks for more is closed with 4429 (TOO_MANY_SUBSCRIPTIONS) and a reason naming the limit,
+counted in ``accord_refused_connections_total``. Peers are not capped: they hold what the relays share.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -33,8 +46,10 @@ from accord.engine.session import (
     Event,
     NothingNew,
     Session,
+    StatesAnnounced,
     UpdateReceived,
 )
+from accord.engine.storage.state_vectors import differ
 
 from . import presence
 from .admission import IGNORED, RESYNC, Admission, Admitted
@@ -47,6 +62,7 @@ from .pipeline import CommitPipeline
 from .receipts import Receipts
 
 log = logging.getLogger(__name__)
+STATES_BATCH = 1000  # stored state vectors per STATES message (~30 KiB)
 
 
 class Hub:
@@ -55,9 +71,11 @@ class Hub:
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
                  *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int,
                  is_deciding: Callable[[str], bool] = lambda _calendar: False,
-                 receipts: Receipts | None = None) -> None:
+                 receipts: Receipts | None = None,
+                 max_subscriptions_per_connection: int = 1000, max_subscriptions_per_token: int = 10_000) -> None:
         self.is_deciding = is_deciding  # this relay decides the calendar (its recorded home)
         self.receipts = receipts
+        self.first_write: Callable[[CalendarHandle], None] = lambda _handle: None  # the home takes it
         self.calendars = calendars
         self.pipeline = pipeline
         self.admission = admission
@@ -67,6 +85,12 @@ class Hub:
         self.max_message_bytes = max_message_bytes
         self.outbox_messages = outbox_messages
         self.connections: set[Connection] = set()
+        self.max_subscriptions_per_connection = max_subscriptions_per_connection
+        self.max_subscriptions_per_token = max_subscriptions_per_token
+        self._token_of: dict[Connection, str] = {}
+        self._subscriptions: Counter[Connection] = Counter()  # client connections only
+        self._token_subscriptions: Counter[str] = Counter()
+        self._capped: set[Connection] = set()  # closing for passing a cap
 
     # ---- accepting ------------------------------------------------------------------------------
 
@@ -79,8 +103,10 @@ class Hub:
             log.info("connection refused", extra={"code": int(verdict.code), "reason": verdict.reason})
             await websocket.close(verdict.code, verdict.reason)
             return
-        await self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id,
-                               token=verdict.token).run(self)
+        connection = self._connection(websocket, verdict.kind, verdict.grant, verdict.calendar, verdict.peer_id,
+                                      token=verdict.token)
+        self._token_of[connection] = verdict.token_id
+        await connection.run(self)
 
     def peer_connection(self, websocket: ClientConnection, url: str,
                         calendars: tuple[str, ...] = ("*",)) -> Connection:
@@ -108,9 +134,47 @@ class Hub:
         if connection.session.single is not None:
             await self._open(connection, connection.session.single)
         elif connection.is_peer:
-            for name in await self.calendars.known():
-                if matches(name, self.peer_globs):
-                    await self._open(connection, name)
+            await self._link_up(connection)
+
+    async def _link_up(self, connection: Connection) -> None:
+        """Open the loaded calendars on a new peer link; send the stored state vectors of the rest."""
+        for handle in list(self.calendars.loaded.values()):
+            if not handle.is_empty() and self._shares(connection, handle.name):
+                self._subscribe(connection, handle)
+        connection.flush()
+        sent = 0
+        # A peer token limited to "clinic-7-*" needs only that range of the store read, not all of it.
+        for prefix in scan_prefixes(connection.grant.globs) or scan_prefixes(self.peer_globs) or [""]:
+            after = prefix[:-1] + chr(ord(prefix[-1]) - 1) if prefix else ""  # just before the range
+            while page := await self.calendars.storage.state_vector_page(after, STATES_BATCH):
+                after = page[-1][0]
+                batch = [(name, sv) for name, sv in page if self._shares(connection, name)]
+                if batch:
+                    connection.session.send_states(batch)
+                    connection.flush()
+                    sent += len(batch)
+                if prefix and after > prefix and not after.startswith(prefix):
+                    break  # past the range (names sort as the store sorts them: by code point)
+        log.info("peer link-up: state vectors sent", extra={"conn": connection.label, "calendars": sent,
+                                                             "opened": len(connection.calendars())})
+
+    async def _compare_states(self, connection: Connection, entries: tuple[tuple[CalendarId, bytes], ...]) -> None:
+        """Open the calendars of a peer's STATES batch whose stored state vectors differ from ours."""
+        wanted = [(name, sv) for name, sv in entries
+                  if self._shares(connection, name) and not connection.session.serves(name)]
+        stored = await self.calendars.storage.state_vectors([name for name, _ in wanted])
+        self.metrics.peer_states_compared += len(entries)
+        for name, theirs in wanted:
+            handle = self.calendars.loaded.get(name)
+            ours = handle.replica.state_vector() if handle is not None else stored.get(name)
+            if differ(ours, theirs):
+                self.metrics.peer_calendars_differing += 1
+                await self._open(connection, name)
+        self.notice.notify()
+
+    def _shares(self, connection: Connection, name: str) -> bool:
+        """True if ``name`` is shared over this peer connection."""
+        return matches(name, self.peer_globs) and connection.grant.allows(name)
 
     async def connection_event(self, connection: Connection, event: Event) -> None:
         match event:
@@ -132,6 +196,9 @@ class Hub:
                     self.notice.notify()
                 elif handle is not None and connection in handle.subscribers:
                     presence.broadcast(handle, payload, sender=connection)
+            case StatesAnnounced(entries):
+                if connection.is_peer:
+                    await self._compare_states(connection, entries)
             case CalendarRefused(calendar, code, reason):
                 log.warning("calendar refused by other side", extra={"conn": connection.label, "calendar": calendar,
                                                                      "code": code, "reason": reason})
@@ -144,10 +211,22 @@ class Hub:
         if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:  # websockets' own --max-message-bytes check
             self.metrics.updates_dropped["message_too_big"] += 1
         presence.clear(connection, self.calendars.loaded)
-        for name in connection.calendars():
+        names = connection.calendars()
+        for name in names:
             handle = self.calendars.loaded.get(name)
             if handle is not None:
                 handle.subscribers.discard(connection)
+        self._capped.discard(connection)
+        token = self._token_of.pop(connection, "")
+        held = self._subscriptions.pop(connection, 0)
+        self.metrics.subscriptions -= held
+        self._token_subscriptions[token] -= held
+        if self._token_subscriptions[token] <= 0:
+            del self._token_subscriptions[token]
+        # Names that were only read leave now, not after the idle timeout.
+        unloaded = sum(1 for name in names if name not in self.pipeline.busy and self.calendars.unload(name))
+        if unloaded:
+            log.info("empty calendars unloaded", extra={"conn": connection.label, "count": unloaded})
         log.info("connection closed", extra={"conn": connection.label, "code": connection.websocket.close_code,
                                              "messages": connection.session.messages_in})
         self.notice.notify()
@@ -176,7 +255,19 @@ class Hub:
     # ---- calendar-set hooks ---------------------------------------------------------------------
 
     async def calendar_loaded(self, handle: CalendarHandle) -> None:
-        """Make the peers part of a calendar that just loaded and open it on their links."""
+        """Make the peers part of a calendar that just loaded and open it on their links
+        (once it has content: an empty one waits for its first write, :meth:`batch_stored`)."""
+        if not handle.is_empty():
+            self._open_on_peers(handle)
+
+    def batch_stored(self, handles: list[CalendarHandle]) -> None:
+        """A pipeline batch hook: calendars that just got their first content go to the peers."""
+        for handle in handles:
+            if not handle.peers_open and not handle.is_empty():
+                self._open_on_peers(handle)
+
+    def _open_on_peers(self, handle: CalendarHandle) -> None:
+        handle.peers_open = True
         if not matches(handle.name, self.peer_globs):
             return
         for connection in list(self.connections):
@@ -187,6 +278,7 @@ class Hub:
     def calendar_unloading(self, handle: CalendarHandle) -> None:
         for connection in handle.subscribers:
             connection.session.forget(handle.name)
+            self._unsubscribed(connection)
         handle.subscribers.clear()
 
     # ---- subscriptions --------------------------------------------------------------------------
@@ -197,6 +289,8 @@ class Hub:
             self.metrics.refused["forbidden_calendar"] += 1
             await self._refuse(connection, name, CloseCode.FORBIDDEN, f"not allowed: {name}")
             return None
+        if not connection.is_peer and not connection.session.serves(name) and not self._may_subscribe(connection):
+            return None
         try:
             handle = await self.calendars.get(name)
         except StorageError as exc:
@@ -206,10 +300,43 @@ class Hub:
         self._subscribe(connection, handle)
         return handle
 
-    @staticmethod
-    def _subscribe(connection: Connection, handle: CalendarHandle) -> None:
+    def _may_subscribe(self, connection: Connection) -> bool:
+        """False (and the connection closed with 4429) if one more calendar would pass a cap."""
+        if connection in self._capped:
+            return False  # already closing for it: the names it sent meanwhile are ignored
+        token = self._token_of.get(connection, "")
+        if self._subscriptions[connection] >= self.max_subscriptions_per_connection:
+            metric = "subscriptions_per_connection"
+            reason = (f"too many calendars on one connection (limit {self.max_subscriptions_per_connection}, "
+                      "--max-subscriptions-per-connection); open fewer or use another connection")
+        elif self._token_subscriptions[token] >= self.max_subscriptions_per_token:
+            metric = "subscriptions_per_token"
+            reason = (f"too many calendars open with this token (limit {self.max_subscriptions_per_token}, "
+                      "--max-subscriptions-per-token); close other connections first")
+        else:
+            return True
+        self.metrics.refused[metric] += 1
+        self._capped.add(connection)
+        log.warning("subscription limit reached; closing", extra={"conn": connection.label, "limit": metric,
+                                                                  "calendars": self._subscriptions[connection]})
+        # Not awaited: the reader must keep draining what the client sent meanwhile, or the
+        # client's answer to the close frame could not be read (the closing handshake would stall).
+        connection.close_soon(CloseCode.TOO_MANY_SUBSCRIPTIONS, reason)
+        return False
+
+    def _subscribe(self, connection: Connection, handle: CalendarHandle) -> None:
+        if not connection.is_peer and connection not in handle.subscribers and connection in self._token_of:
+            self._subscriptions[connection] += 1
+            self._token_subscriptions[self._token_of[connection]] += 1
+            self.metrics.subscriptions += 1
         handle.subscribers.add(connection)
         connection.session.open(handle.name)
+
+    def _unsubscribed(self, connection: Connection) -> None:
+        if not connection.is_peer and self._subscriptions.get(connection, 0) > 0:
+            self._subscriptions[connection] -= 1
+            self._token_subscriptions[self._token_of.get(connection, "")] -= 1
+            self.metrics.subscriptions -= 1
 
     @staticmethod
     async def _refuse(connection: Connection, name: CalendarId, code: CloseCode, reason: str) -> None:
@@ -253,6 +380,8 @@ class Hub:
             # Its later updates would depend on the refused one and could never apply: close it.
             await connection.close(refusal.code, refusal.reason)
             return
+        if not connection.is_peer and update[:1] != b"\x00" and handle.is_empty():
+            self.first_write(handle)  # a client's first content: the home record goes first
         receipts = self.receipts
         stamping = receipts is not None and not connection.is_peer and receipts.wanted(handle)
         try:
@@ -267,6 +396,18 @@ class Hub:
             assert receipts is not None
             change, echo = receipts.stamp(handle, change)  # the request and its receipt travel together
         await self.pipeline.submit(handle, change, connection, echo=echo)
+
+
+def scan_prefixes(globs: list[str] | tuple[str, ...]) -> list[str] | None:
+    """The name prefixes that cover ``globs`` if each is a literal name or a literal followed by
+    one ``*`` (nested prefixes folded into the shorter); None if any glob needs a full scan."""
+    prefixes = set()
+    for glob in globs:
+        literal = glob[:-1] if glob.endswith("*") else glob
+        if not literal or any(ch in literal for ch in "*?["):
+            return None
+        prefixes.add(literal)
+    return sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
 
 
 def _remote(connection: Connection) -> str:

@@ -45,8 +45,12 @@ class Metrics:
     store_retries: Counter[str] = field(default_factory=Counter)  # fault -> commits retried
     store_failing: str = ""  # the fault writes are held back for now ("fatal" once they are refused), or ""
     connections_held: int = 0  # readers waiting for the store (back-pressure): to write, or to open a calendar
+    subscriptions: int = 0  # calendars open on client (not peer) connections, summed over connections
+    peer_states_compared: int = 0
+    peer_calendars_differing: int = 0
 
-    def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str]) -> str:
+    def render(self, *, connections: Counter[str], calendars_loaded: int, peer_links: dict[str, str],
+               calendar_loads: int = 0) -> str:
         """The Prometheus text exposition."""
         lines = [
             "# HELP accord_connections Open connections by role.",
@@ -58,6 +62,18 @@ class Metrics:
             "# HELP accord_calendars_loaded Calendars held in memory.",
             "# TYPE accord_calendars_loaded gauge",
             f"accord_calendars_loaded {calendars_loaded}",
+            "# HELP accord_calendar_loads_total Calendars loaded from the store since start.",
+            "# TYPE accord_calendar_loads_total counter",
+            f"accord_calendar_loads_total {calendar_loads}",
+            "# HELP accord_subscriptions Calendars open on client connections (summed over connections).",
+            "# TYPE accord_subscriptions gauge",
+            f"accord_subscriptions {self.subscriptions}",
+            "# HELP accord_peer_states_compared_total Stored state vectors received from peers and compared.",
+            "# TYPE accord_peer_states_compared_total counter",
+            f"accord_peer_states_compared_total {self.peer_states_compared}",
+            "# HELP accord_peer_calendars_differing_total Calendars opened at peer link-up because they differ.",
+            "# TYPE accord_peer_calendars_differing_total counter",
+            f"accord_peer_calendars_differing_total {self.peer_calendars_differing}",
             "# TYPE accord_updates_in_total counter",
             f"accord_updates_in_total {self.updates_in}",
             "# TYPE accord_updates_out_total counter",

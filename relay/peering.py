@@ -1,8 +1,10 @@
 """Outbound links to other relays, kept up with exponential backoff and jitter.
 
-A link is a multiplexed connection with role ``peer``. Once it is up, both sides open every
-calendar they share (state-vector exchange), so after a partition only what the other side is
-missing crosses the link, never the full state again. Updates then flow both ways as they
+A link is a multiplexed connection with role ``peer``. Once it is up, both sides open the
+calendars they have loaded and exchange the stored state vectors of the rest in batches
+(``STATES``, see :mod:`accord.relay.hub`); only calendars whose vectors differ are loaded and
+synced, so after a partition only what the other side is missing crosses the link, and
+calendars that did not change stay on disk. Updates then flow both ways as they
 happen; the relay never sends an update back to the link it came from, and a relay that
 already has an update does not forward it again, so chains and cycles converge without storms.
 Relays do not acknowledge each other's updates (see :mod:`accord.engine.session`).

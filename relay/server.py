@@ -146,15 +146,18 @@ class Relay:
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
-                  receipts=receipts)
+                  receipts=receipts,
+                  max_subscriptions_per_connection=config.max_subscriptions_per_connection,
+                  max_subscriptions_per_token=config.max_subscriptions_per_token)
         home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
                     hold_ttl_s=config.hold_ttl_s, clock=self.clock)
-        hub.is_deciding = home.is_deciding
+        hub.is_deciding = home.is_home_here
+        hub.first_write = home.first_write
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, receipts.calendar_unloading,
                                       self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
-        pipeline.batch_hooks.append(home.batch_stored)
+        pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
         pipeline.start()
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
@@ -262,7 +265,8 @@ class Relay:
         roles = Counter(str(c.kind) for c in running.hub.connections) if running else Counter[str]()
         links = {link.url: link.state for link in running.links} if running else {}
         loaded = len(running.calendars.loaded) if running else 0
-        return self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links)
+        loads = running.calendars.loads if running else 0
+        return self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links, calendar_loads=loads)
 
     async def wait_for(self, condition: Callable[[], T], timeout_s: float = 10.0) -> T:
         """Wait until ``condition()`` is truthy; re-checked whenever a batch commits, a connection

@@ -165,6 +165,7 @@ async def test_a_stock_yjs_client_cannot_undo_a_cancel_delete_replace_or_change_
             Relay(relay_config(tmp_path, tokens, "r2", peers=[r1.url])) as r2, \
             WireClient(r1.url, token=DESK_TOKEN, actor="desk") as desk:
         calendar = (await desk.open(CALENDAR)).calendar
+        await r1.edit(CALENDAR, lambda c: c.put_resource("front-desk"))  # a first write: the home takes it
         await desk.wait_for(lambda: calendar.home == "r1")
         first = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW)
         await desk.push(CALENDAR)
@@ -194,6 +195,7 @@ async def test_a_stock_yjs_client_may_overwrite_a_mark_and_the_booking_stays_can
     async with Relay(relay_config(tmp_path, tokens, "r1", home_globs=["clinic-*"])) as r1, \
             WireClient(r1.url, token=DESK_TOKEN, actor="desk") as desk:
         calendar = (await desk.open(CALENDAR)).calendar
+        await r1.edit(CALENDAR, lambda c: c.put_resource("front-desk"))  # a first write: the home takes it
         await desk.wait_for(lambda: calendar.home == "r1")
         made = calendar.book(resource="room-1", start="2026-12-01T09:00Z", end="2026-12-01T09:30Z", patient="P-1", now=NOW)
         await desk.push(CALENDAR)

@@ -79,6 +79,9 @@ async def test_forged_decision_from_a_terminal_is_dropped(tmp_path: Path) -> Non
         async with WireClient(home.url, actor="honest") as honest, WireClient(home.url, actor="forger") as forger:
             await honest.open(CAL)
             await forger.open(CAL)
+            await home.edit(CAL, lambda c: c.put_resource("front-desk"))  # provisioned: the home takes it
+            await forger.wait_for(lambda: forger.replica(CAL).calendar.home == "home")
+            await honest.wait_for(lambda: honest.replica(CAL).calendar.home == "home")
             rid = await honest.book(CAL)
             await honest.wait_for(lambda: decided(honest, [rid]))
             await forger.wait_for(lambda: decided(forger, [rid]))
@@ -235,6 +238,7 @@ async def test_chaos_three_relays_six_terminals_never_overbook(tmp_path: Path, s
     try:
         for i in range(6):
             await connect(i)
+        await relays[0].edit(CAL, lambda c: c.put_resource("front-desk"))  # provisioned: the home takes it
         for client in clients:  # terminals are provisioned online once: they learn who decides
             await client.wait_for(lambda c=client: c.replica(CAL).calendar.home == "r0")
         for attacker in hostile:

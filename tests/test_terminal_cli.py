@@ -198,6 +198,7 @@ async def test_cli_wrong_token_exits_4_and_rejected_booking_exits_5(tmp_path: Pa
     tokens.write_text("desk-secret terminal clinic-*\n")
     async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL, ACCORD_TOKEN="desk-secret")
+        await relay.edit(CAL, lambda c: c.put_resource("room-1"))  # provisioned: the home takes it
         refused = await run("sync", "--token", "wrong", "--store", str(tmp_path / "x.sqlite"), env=env)
         assert refused.code == 4 and "refused" in refused.err and "--token" in refused.err
         slot = ["--resource", "room-1", "--start", "2099-12-01T09:00Z", "--end", "2099-12-01T09:30Z", "--patient", "P-1"]

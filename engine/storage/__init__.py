@@ -1,7 +1,8 @@
 """Storage: an append-only log of updates per calendar, behind a small Protocol.
 
 Adapters (:class:`SqliteStorage`, :class:`MemoryStorage`) are dumb: append, load, replace a
-prefix with a snapshot, key/value metadata. Policy lives here once: when to compact
+prefix with a snapshot, key/value metadata, and each calendar's stored state vector, kept in
+step with its log by the rules in :mod:`.state_vectors`. Policy lives here once: when to compact
 (:class:`CompactionPolicy`) and how (:func:`merge_log`, chunked because ``merge_updates`` of
 many inputs in one call is super-linear).
 
@@ -10,6 +11,7 @@ These are the only engine modules that await; model and sync code never import t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +61,15 @@ class Storage(Protocol):
 
     async def calendars(self) -> list[CalendarId]:
         """Names of all calendars with at least one stored update."""
+        ...
+
+    async def state_vectors(self, calendars: Iterable[CalendarId]) -> dict[CalendarId, bytes]:
+        """The stored state vector (:mod:`.state_vectors`) of each of ``calendars`` that has rows;
+        it is updated in the same commit as the rows and never claims more than the log holds."""
+        ...
+
+    async def state_vector_page(self, after: str, limit: int) -> list[tuple[CalendarId, bytes]]:
+        """Up to ``limit`` ``(calendar, state vector)`` pairs with names after ``after``, by name."""
         ...
 
     async def get_meta(self, key: str) -> str | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..model import CalendarId
+from ..protocol import encode_state_vector
+from .state_vectors import advance, update_spans
 
 
 class MemoryStorage:
@@ -11,6 +15,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._rows: dict[CalendarId, list[tuple[int, bytes]]] = {}
         self._meta: dict[str, str] = {}
+        self._states: dict[CalendarId, dict[int, int]] = {}
         self._seq = 0
         self.commits = 0
 
@@ -22,6 +27,7 @@ class MemoryStorage:
         for calendar, update in items:
             self._seq += 1
             self._rows.setdefault(calendar, []).append((self._seq, bytes(update)))
+            advance(self._states.setdefault(calendar, {}), update_spans(update))
             seqs.append(self._seq)
         self.commits += 1
         return seqs
@@ -37,6 +43,14 @@ class MemoryStorage:
         rows = self._rows.get(calendar, [])
         kept = [(seq, data) for seq, data in rows if seq > upto_seq]
         self._rows[calendar] = [(upto_seq, bytes(snapshot)), *kept]
+        advance(self._states.setdefault(calendar, {}), update_spans(snapshot))
+
+    async def state_vectors(self, calendars: Iterable[CalendarId]) -> dict[CalendarId, bytes]:
+        return {name: encode_state_vector(self._states[name]) for name in calendars if name in self._states}
+
+    async def state_vector_page(self, after: str, limit: int) -> list[tuple[CalendarId, bytes]]:
+        names = sorted(name for name in self._states if name > after)[:limit]
+        return [(name, encode_state_vector(self._states[name])) for name in names]
 
     async def calendars(self) -> list[CalendarId]:
         return sorted(name for name, rows in self._rows.items() if rows)

@@ -13,13 +13,23 @@ reporting busy; a relay keeps it short so that its pipeline, which retries and r
 
 Each row carries a CRC-32 of its bytes. A row that fails it raises :class:`CorruptRecord`
 naming the calendar and row; nothing is deleted or "repaired"; other calendars keep working.
+
+Beside the log, table ``calendar_states`` keeps each calendar's state vector (see
+:mod:`.state_vectors`), written in the same transaction as the rows, so a relay can compare
+calendars with a peer's without loading them. Schema version 1 stores (before state vectors)
+are migrated on first open: every calendar's vector is computed from its log once, in one
+transaction (a store of 100k small calendars takes tens of seconds), then ``user_version``
+becomes 2; an older accord then refuses the store ("upgrade accord").
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +37,18 @@ import aiosqlite
 
 from ..errors import CorruptRecord, StorageError, StoreUnavailable
 from ..model import CalendarId
+from ..protocol import decode_state_vector, encode_state_vector
 from .faults import classify_error
+from .state_vectors import Spans, advance, log_state_vector, update_spans
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 2
+BIG_ROWS_BYTES = 256 * 1024  # rows past this are read for their spans off the event loop
+SQL_VARIABLES = 500  # names per IN (...) query
+STATES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calendar_states (calendar TEXT PRIMARY KEY, state_vector BLOB NOT NULL) WITHOUT ROWID;
+"""
+SCHEMA = STATES_SCHEMA + """
 CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     calendar TEXT NOT NULL,
@@ -95,7 +113,7 @@ class SqliteStorage:
                 )
             if version == 0:
                 tables = await (await conn.execute("SELECT name FROM sqlite_master WHERE type='table'")).fetchall()
-                foreign = {row[0] for row in tables} - {"updates", "meta", "sqlite_sequence"}
+                foreign = {row[0] for row in tables} - {"updates", "meta", "sqlite_sequence", "calendar_states"}
                 if foreign:
                     raise StoreUnavailable(
                         f"{target} is a SQLite database but not an accord store (it has tables {sorted(foreign)}); "
@@ -106,6 +124,8 @@ class SqliteStorage:
             if version == 0:
                 await conn.executescript(SCHEMA)
                 await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version == 1:
+                await _migrate_to_state_vectors(conn, target)
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise StoreUnavailable(f"cannot use store {target}: {exc} (is it an accord database?)") from exc
@@ -145,10 +165,12 @@ class SqliteStorage:
             ]
             started = loop.time()
             try:
+                spans = await _spans_of(rows)
                 async with self._tx_lock:
                     await self._conn.execute("BEGIN IMMEDIATE")
                     try:
                         await self._conn.executemany("INSERT INTO updates (calendar, data, crc) VALUES (?, ?, ?)", rows)
+                        await self._advance_states([row[0] for row in rows], spans)
                         cursor = await self._conn.execute("SELECT last_insert_rowid()")
                         last = (await cursor.fetchone() or (0,))[0]
                         await self._conn.execute("COMMIT")
@@ -173,7 +195,49 @@ class SqliteStorage:
                     pending.future.set_result(list(range(seq, seq + count)))
                 seq += count
 
+    async def _advance_states(self, calendars: list[CalendarId], spans: list[Spans]) -> None:
+        """Move the stored state vectors past rows just inserted (inside their transaction)."""
+        stored = await self._state_vectors_unlocked(dict.fromkeys(calendars))
+        clocks = {name: decode_state_vector(stored[name]) if name in stored else {} for name in dict.fromkeys(calendars)}
+        moved = {name for name in clocks if name not in stored}
+        for name, row_spans in zip(calendars, spans, strict=True):
+            if advance(clocks[name], row_spans):
+                moved.add(name)
+        if moved:
+            await self._conn.executemany(
+                "INSERT INTO calendar_states (calendar, state_vector) VALUES (?, ?) "
+                "ON CONFLICT (calendar) DO UPDATE SET state_vector = excluded.state_vector",
+                [(name, encode_state_vector(clocks[name])) for name in moved],
+            )
+
     # ---- reads ---------------------------------------------------------------------------------
+
+    async def state_vectors(self, calendars: Iterable[CalendarId]) -> dict[CalendarId, bytes]:
+        """The stored state vector of each of ``calendars`` that has rows (others are left out)."""
+        async with self._tx_lock:  # never read a commit that is still under way
+            return await self._state_vectors_unlocked(calendars)
+
+    async def _state_vectors_unlocked(self, calendars: Iterable[CalendarId]) -> dict[CalendarId, bytes]:
+        names = list(calendars)
+        out: dict[CalendarId, bytes] = {}
+        for i in range(0, len(names), SQL_VARIABLES):
+            chunk = names[i : i + SQL_VARIABLES]
+            cursor = await self._conn.execute(
+                f"SELECT calendar, state_vector FROM calendar_states WHERE calendar IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update((CalendarId(name), bytes(sv)) for name, sv in await cursor.fetchall())
+        return out
+
+    async def state_vector_page(self, after: str, limit: int) -> list[tuple[CalendarId, bytes]]:
+        """Up to ``limit`` ``(calendar, stored state vector)`` pairs with names after ``after``, by name
+        (page through every calendar: pass the last name of one page to get the next)."""
+        async with self._tx_lock:
+            cursor = await self._conn.execute(
+                "SELECT calendar, state_vector FROM calendar_states WHERE calendar > ? ORDER BY calendar LIMIT ?",
+                (after, limit),
+            )
+            return [(CalendarId(name), bytes(sv)) for name, sv in await cursor.fetchall()]
 
     async def load(self, calendar: CalendarId) -> list[bytes]:
         """Every update of ``calendar``, oldest first, checksums verified."""
@@ -214,6 +278,9 @@ class SqliteStorage:
                 "INSERT INTO updates (seq, calendar, data, crc) VALUES (?, ?, ?, ?)",
                 (upto_seq, calendar, bytes(snapshot), zlib.crc32(snapshot)),
             )
+            # The snapshot may hold more than the rows it replaces (the replica ran ahead): the
+            # stored vector follows what the log now holds.
+            await self._advance_states([calendar], [update_spans(snapshot)])
             await self._conn.execute("COMMIT")
         except BaseException:
             await self._rollback()
@@ -229,7 +296,7 @@ class SqliteStorage:
                 pass
 
     async def calendars(self) -> list[CalendarId]:
-        cursor = await self._conn.execute("SELECT DISTINCT calendar FROM updates ORDER BY calendar")
+        cursor = await self._conn.execute("SELECT calendar FROM calendar_states ORDER BY calendar")
         return [CalendarId(row[0]) for row in await cursor.fetchall()]
 
     async def rows(self, calendar: CalendarId) -> list[tuple[int, bytes, int]]:
@@ -265,3 +332,35 @@ class SqliteStorage:
         self._wake.set()
         await self._writer
         await self._conn.close()
+
+
+async def _spans_of(rows: list[tuple[CalendarId, bytes, int]]) -> list[Spans]:
+    """Each row's spans; a batch with big rows (a first sync) is read in a thread, so the event
+    loop keeps its share of the interpreter."""
+    updates = [row[1] for row in rows]
+    if sum(len(u) for u in updates) > BIG_ROWS_BYTES:
+        return await asyncio.to_thread(lambda: [update_spans(u) for u in updates])
+    return [update_spans(u) for u in updates]
+
+
+async def _migrate_to_state_vectors(conn: aiosqlite.Connection, target: Path) -> None:
+    """Schema 1 -> 2: compute every calendar's state vector from its log, once, in one transaction.
+    Rows that fail their checksum are left out (the vector then claims less, never more)."""
+    started = time.perf_counter()
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute(STATES_SCHEMA.strip())
+        names = [row[0] for row in await (await conn.execute("SELECT DISTINCT calendar FROM updates")).fetchall()]
+        for name in names:
+            cursor = await conn.execute("SELECT data, crc FROM updates WHERE calendar = ? ORDER BY seq", (name,))
+            updates = [bytes(data) for data, crc in await cursor.fetchall()
+                       if isinstance(data, bytes) and zlib.crc32(data) == crc]
+            sv = await asyncio.to_thread(log_state_vector, updates) if len(updates) > 100 else log_state_vector(updates)
+            await conn.execute("INSERT OR REPLACE INTO calendar_states (calendar, state_vector) VALUES (?, ?)", (name, sv))
+        await conn.execute("PRAGMA user_version=2")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+    log.info("store migrated: state vectors computed", extra={"store": str(target), "calendars": len(names),
+                                                              "ms": round((time.perf_counter() - started) * 1000, 1)})
