@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from websockets.asyncio.server import Server, serve
 
@@ -183,12 +183,10 @@ class Relay:
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
                         store_healthy=pipeline.healthy, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections)
-        # The TLS handshake comes before websockets' open_timeout starts: bound it too.
-        tls: dict[str, Any] = ({} if self.tls is None else
-                               {"ssl": self.tls.context, "ssl_handshake_timeout": config.handshake_timeout_s})
+        # With TLS, websockets bounds the TLS handshake by open_timeout too (ssl_handshake_timeout).
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s,
-                             **tls)
+                             ssl=self.tls.context if self.tls is not None else None)
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         unloader = asyncio.create_task(self._unload_idle(calendars, pipeline), name="idle-unloader")

@@ -191,6 +191,38 @@ async def test_peer_link_over_wss_with_peer_ca_file(tmp_path: Path, pki: Pki) ->
         assert link.state == "up" and link.connects == 1
 
 
+class LogEvent(logging.Handler):
+    """Sets :attr:`seen` when a record whose message contains ``fragment`` is logged (in the loop's thread)."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.fragment = fragment
+        self.seen = asyncio.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.fragment in record.getMessage():
+            self.records.append(record)
+            self.seen.set()
+
+
+async def test_peer_link_to_an_untrusted_certificate_logs_the_problem_as_an_error(tmp_path: Path, pki: Pki) -> None:
+    watcher = LogEvent("peer link TLS handshake failed")
+    logger = logging.getLogger("accord.relay.peering")
+    logger.addHandler(watcher)
+    try:
+        async with Relay(tls_config(tmp_path, "a", pki)) as a, Relay(relay_config(tmp_path, "b", peers=[a.url])) as b:
+            async with asyncio.timeout(5):
+                await watcher.seen.wait()
+            [link] = b.running.links
+            assert link.state == "down" and link.connects == 0
+    finally:
+        logger.removeHandler(watcher)
+    record = watcher.records[0]
+    assert record.levelno == logging.ERROR and "--peer-ca-file" in record.getMessage()
+    assert "unable to get local issuer certificate" in record.__dict__["error"]
+
+
 def _node_or_skip() -> tuple[str, Path]:
     modules = os.environ.get("ACCORD_NODE_MODULES")
     node = shutil.which("node")
@@ -269,6 +301,17 @@ async def test_plaintext_clients_to_a_tls_port_fail_cleanly_and_tls_clients_keep
                 await late.open(CAL)
                 await late.wait_for(lambda: rid in late.replica(CAL).calendar.reservations)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_client_that_never_starts_the_tls_handshake_is_dropped_after_the_handshake_timeout(
+        tmp_path: Path, pki: Pki) -> None:
+    async with Relay(tls_config(tmp_path, "a", pki, handshake_timeout_s=0.3)) as relay:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)  # TCP only, then silence
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # asyncio's default TLS handshake timeout is 60 s
+            assert await reader.read() == b""
+        writer.close()
+        assert time.monotonic() - started < 3
 
 
 # ---- refusing plaintext off loopback ---------------------------------------------------------------
