@@ -12,6 +12,9 @@ broadcast and shared, while a merge is per connection.)
 :func:`keep_connected` runs one connection after another with capped exponential backoff and
 jitter (:class:`~accord.engine.backoff.Backoff`) until it is stopped: the relay's outbound peer
 links and the terminal's link to its relay.
+
+:func:`client_tls_context` is how both verify a ``wss://`` relay (the system's CA store, or one
+CA file), and :func:`tls_problem` names what went wrong when verification fails.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from websockets.asyncio.connection import Connection as WebSocket
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from accord.engine.backoff import Backoff
+from accord.engine.errors import AccordError
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # messages taken from the outbox per write round
@@ -136,3 +142,44 @@ async def keep_connected(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(backoff.delay_s(max(0, failures - 1))):
                 await wake.wait()
+
+
+def client_tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """The TLS context for connecting to a ``wss://`` relay: certificates and host names are
+    verified against the system's CA store or, given ``ca_file`` (PEM, one or more CA
+    certificates), against that file only (a private CA).
+
+    Raises:
+        AccordError: ``ca_file`` cannot be read or holds no certificate.
+    """
+    if ca_file is None:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    except FileNotFoundError:
+        raise AccordError(f"CA file {ca_file} does not exist; give the PEM file of the CA that signed "
+                          "the relay's certificate") from None
+    except ssl.SSLError as exc:
+        raise AccordError(f"CA file {ca_file} holds no usable PEM certificate ({exc.reason or exc.strerror})") from None
+    except OSError as exc:
+        raise AccordError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from None
+    return context
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """One line naming why a TLS connection attempt failed, or None if ``exc`` is no TLS failure.
+
+    Certificate failures say what OpenSSL found (``certificate has expired``, ``self-signed
+    certificate in certificate chain``, ``Hostname mismatch, ...``); other handshake failures name
+    the alert (``WRONG_VERSION_NUMBER``: the other side does not speak TLS).
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {(exc.verify_message or exc.reason or '').rstrip('.')}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc.strerror or type(exc).__name__})"
+    return None
+
+
+def is_hostname_mismatch(exc: BaseException) -> bool:
+    """The certificate is valid but names another host (OpenSSL's host and IP mismatch codes)."""
+    return isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (62, 64)

@@ -25,8 +25,10 @@ examples:
   accord relay --id relay-a --port 8765 --db relay-a.sqlite --home 'clinic-*'
   accord relay --id relay-b --port 8766 --db relay-b.sqlite --peer ws://127.0.0.1:8765
 
-  # with tokens (one per line: TOKEN ROLE GLOB...), reachable from the network
-  accord relay --id front-desk --host 0.0.0.0 --tokens tokens.txt --peer wss://partner:8765 --peer-token S
+  # with tokens (one per line: TOKEN ROLE GLOB...) and TLS, reachable from the network
+  accord relay --id front-desk --host 0.0.0.0 --tokens tokens.txt --tls-cert cert.pem --tls-key key.pem \
+      --peer wss://partner:8765 --peer-token S
+  kill -HUP <pid>    # re-read --tls-cert/--tls-key (new handshakes get the new certificate)
 """
 
 
@@ -61,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="token file, one 'TOKEN ROLE GLOB...' per line; roles terminal, admin, peer, read-only")
     parser.add_argument("--insecure-open", action="store_true",
                         help="allow listening on a non-loopback address without --tokens")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                        help="PEM certificate chain: serve wss:// and https:// (every endpoint, the one port) with "
+                             "--tls-key; SIGHUP re-reads both")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                        help="PEM private key of --tls-cert (unencrypted; readable by the relay's user only)")
+    parser.add_argument("--insecure-plaintext", action="store_true",
+                        help="allow listening on a non-loopback address without TLS, e.g. behind a reverse proxy "
+                             "that terminates TLS (warned about on every start)")
+    parser.add_argument("--peer-ca-file", type=Path, default=None, metavar="FILE",
+                        help="verify wss:// peers against the CA certificates in this PEM file only "
+                             "(default: the system's CA store)")
     parser.add_argument("--max-message-bytes", type=_positive_int, default=8 * 1024 * 1024, help="largest accepted message")
     parser.add_argument("--max-connections", type=_positive_int, default=1000, help="connections beyond this are refused")
     parser.add_argument("--max-reservations", type=_positive_int, default=DEFAULT_MAX_RESERVATIONS, metavar="N",
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         max_calendar_bytes=args.max_calendar_mb << 20,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         max_subscriptions_per_token=args.max_subscriptions_per_token,
+        tls_cert_path=args.tls_cert, tls_key_path=args.tls_key, insecure_plaintext=args.insecure_plaintext,
+        peer_ca_path=args.peer_ca_file,
     )
     try:
         return asyncio.run(serve_until_signalled(config, args.port_file))
@@ -144,20 +159,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> int:
+    """Run the relay until SIGTERM or SIGINT; SIGHUP runs :meth:`Relay.reload` (one at a time)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Relay(config) as relay:
-        reloads: set[asyncio.Task[None]] = set()
+        reloads: list[asyncio.Task[object]] = []  # the one running reload, kept referenced
 
-        def reload() -> None:
-            log.info("SIGHUP: reloading", extra={"relay": config.relay_id})
-            task = asyncio.create_task(relay.reload(), name="reload")
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+        def reload_requested() -> None:
+            if reloads and not reloads[0].done():
+                log.info("reload already under way; this SIGHUP is folded into it", extra={"relay": config.relay_id})
+                return
+            reloads[:] = [loop.create_task(_reload(relay), name="relay-reload")]
 
-        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGHUP, reload_requested)
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(relay.port))
@@ -167,3 +183,11 @@ async def serve_until_signalled(config: RelayConfig, port_file: Path | None) -> 
         await asyncio.gather(*reloads, return_exceptions=True)
         log.info("shutting down", extra={"relay": config.relay_id})
     return ExitCode.OK
+
+
+async def _reload(relay: Relay) -> object:
+    try:
+        return await relay.reload()
+    except Exception:  # top of the SIGHUP task: a bug in a reload must not go unseen, nor stop the relay
+        log.exception("reload failed", extra={"relay": relay.config.relay_id})
+        return None

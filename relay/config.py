@@ -32,6 +32,12 @@ class RelayConfig:
         home_globs: calendars this relay decides bookings for.
         tokens_path: token file; without one the relay is open and only listens on loopback
             unless ``insecure_open``.
+        tls_cert_path, tls_key_path: PEM certificate chain and unencrypted key: the relay then
+            serves ``wss://`` and ``https://`` only (reloaded by :meth:`Relay.reload`, SIGHUP).
+        insecure_plaintext: allow a non-loopback ``host`` without TLS (behind a TLS-terminating
+            proxy on a trusted network); a warning is logged on every start.
+        peer_ca_path: verify ``wss://`` peers against the CA certificates in this PEM file only
+            (default: the system's CA store).
         max_reservations, max_calendar_bytes: per-calendar quotas; a write that would pass one
             is refused (the calendar stays as it was, readable by everyone).
         hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
@@ -51,6 +57,10 @@ class RelayConfig:
     home_globs: list[str] = field(default_factory=list)
     tokens_path: Path | None = None
     insecure_open: bool = False
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    insecure_plaintext: bool = False
+    peer_ca_path: Path | None = None
     hold_ttl_s: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000

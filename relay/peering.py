@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -23,7 +24,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from accord.engine.backoff import Backoff
 from accord.engine.errors import CloseCode
 from accord.engine.session import AUTHORIZATION_HEADER, RELAY_HEADER, ROLE_HEADER, SYNC_PATH, bearer
-from accord.transport import keep_connected
+from accord.transport import client_tls_context, keep_connected, tls_problem
 
 from .connection import Connection, ConnectionHandler
 
@@ -42,12 +43,15 @@ class PeerLink:
         make_connection: wraps a fresh websocket into a peer :class:`Connection`.
         handler: where the connection reports (the hub).
         max_message_bytes, open_timeout_s: websocket limits.
+        tls: how a ``wss://`` peer's certificate is verified (default: the system's CA store);
+            unused for ``ws://``.
     """
 
     def __init__(self, url: str, *, relay_id: str, token: str | None, backoff: Backoff,
                  make_connection: Callable[[ClientConnection, str], Connection], handler: ConnectionHandler,
-                 max_message_bytes: int, open_timeout_s: float) -> None:
+                 max_message_bytes: int, open_timeout_s: float, tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
+        self.tls = (tls or client_tls_context()) if self.url.startswith("wss://") else None
         self.headers = {ROLE_HEADER: "peer", RELAY_HEADER: relay_id}
         if token:
             self.headers[AUTHORIZATION_HEADER] = bearer(token)
@@ -84,7 +88,7 @@ class PeerLink:
 
     async def _connect_once(self) -> None:
         async with connect(self.url + SYNC_PATH, additional_headers=self.headers, max_size=self.max_message_bytes,
-                           open_timeout=self.open_timeout_s, compression=None) as websocket:
+                           open_timeout=self.open_timeout_s, compression=None, ssl=self.tls) as websocket:
             if self._stopping:  # closed while the handshake was under way
                 await websocket.close(CloseCode.GOING_AWAY, "relay shutting down")
                 return
@@ -111,6 +115,10 @@ class PeerLink:
             log.error("peer link failed", extra={"peer": self.url}, exc_info=exc)
             return
         detail = f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else type(exc).__name__
-        if self.failures % 10 == 0:
+        problem = tls_problem(exc)
+        if problem is not None and self.failures % 10 == 0:  # an operator must act: an error, not a retry note
+            log.error("peer link TLS handshake failed; check the peer's certificate and host name, or --peer-ca-file",
+                      extra={"peer": self.url, "error": problem, "attempt": self.failures})
+        elif problem is None and self.failures % 10 == 0:
             log.info("peer unreachable; retrying", extra={"peer": self.url, "error": detail, "attempt": self.failures})
         self.failures += 1

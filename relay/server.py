@@ -10,6 +10,11 @@ Endpoints on one port:
   ``Authorization: Bearer`` or ``?token=``.
 - ``GET /healthz`` (200 when the store answers), ``GET /metrics`` (Prometheus text), the board.
 
+With a TLS certificate (``tls_cert_path``/``tls_key_path``) every endpoint is served over TLS
+on the same port (``wss://``, ``https://``) and plaintext connections fail their handshake. A
+relay without TLS listens on loopback only, unless told ``insecure_plaintext`` (a reverse proxy
+terminates TLS). :meth:`Relay.reload` (SIGHUP) re-reads the certificate without a restart.
+
 :class:`Relay` is the composition root: it builds the parts, each with one job and explicit
 inputs (:mod:`.routes` HTTP, :mod:`.admission` auth and update checks, :mod:`.hub`
 subscriptions and events, :mod:`.pipeline` commit and fan-out, :mod:`.home` decisions,
@@ -24,7 +29,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +42,7 @@ from accord.engine.calendar import Calendar
 from accord.engine.errors import AccordError, CloseCode
 from accord.engine.model import check_calendar_name
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
+from accord.transport import client_tls_context
 
 from . import board
 from .admission import Admission
@@ -52,6 +58,7 @@ from .peering import PeerLink
 from .pipeline import CommitPipeline
 from .receipts import Receipts
 from .routes import Routes
+from .tls import ServerCertificate
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -73,6 +80,15 @@ class _Running:
     unloader: asyncio.Task[None]
 
 
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """What one :meth:`Relay.reload` did: the parts re-read (``"tls"``), and the parts that kept
+    their old value, each with the error that stopped the new one."""
+
+    reloaded: tuple[str, ...] = ()
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 class Relay:
     """One relay process's server. See the module docstring."""
 
@@ -88,6 +104,18 @@ class Relay:
                 f"refusing to listen on {config.host} without --tokens: anyone could read patient data; "
                 "give --tokens FILE, or --insecure-open if this network is trusted"
             )
+        if (config.tls_cert_path is None) != (config.tls_key_path is None):
+            raise AccordError("give both --tls-cert and --tls-key (the certificate chain and its private key), or neither")
+        # Loaded now, so a bad certificate stops the relay before it binds (AccordError names the file).
+        self.tls = (ServerCertificate(config.tls_cert_path, config.tls_key_path)
+                    if config.tls_cert_path is not None and config.tls_key_path is not None else None)
+        if self.tls is None and config.host not in LOOPBACK and not config.insecure_plaintext:
+            raise AccordError(
+                f"refusing to listen on {config.host} without TLS: tokens and patient data would cross the network "
+                "in the clear; give --tls-cert FILE and --tls-key FILE, or --insecure-plaintext if a reverse proxy "
+                "terminates TLS in front of this relay"
+            )
+        self._peer_tls = client_tls_context(config.peer_ca_path) if config.peer_ca_path is not None else None
         self.admission = Admission(self.tokens, max_reservations=config.max_reservations,
                                    max_calendar_bytes=config.max_calendar_bytes)
         self.notice = Notice()
@@ -104,8 +132,8 @@ class Relay:
 
     @property
     def url(self) -> str:
-        """``ws://HOST:PORT`` of this relay."""
-        return f"ws://{self.config.host}:{self.port}"
+        """``ws://HOST:PORT`` of this relay (``wss://`` with TLS)."""
+        return f"{'wss' if self.tls is not None else 'ws'}://{self.config.host}:{self.port}"
 
     @property
     def board_url(self) -> str:
@@ -165,16 +193,23 @@ class Relay:
                         store_health=pipeline.health, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections,
                         reach=reach, relay_id=config.relay_id)
+        # With TLS, websockets bounds the TLS handshake by open_timeout too (ssl_handshake_timeout).
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              process_response=routes.process_response,
-                             max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s)
+                             max_size=config.max_message_bytes, compression=None, open_timeout=config.handshake_timeout_s,
+                             ssl=self.tls.context if self.tls is not None else None)
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         unloader = asyncio.create_task(self._unload_idle(calendars, pipeline), name="idle-unloader")
         self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
-                                           "auth": "open" if self.tokens.is_open else "tokens"})
+                                           "auth": "open" if self.tokens.is_open else "tokens",
+                                           "tls": self.tls.fingerprint if self.tls is not None else "off"})
+        if self.tls is None and config.host not in LOOPBACK:
+            log.warning("listening without TLS on a non-loopback address (--insecure-plaintext): tokens and patient "
+                        "data cross the network in the clear unless a TLS proxy is in front of this relay",
+                        extra={"relay": config.relay_id, "host": config.host})
         for url in config.peers:
             self.add_peer(url)
 
@@ -190,15 +225,41 @@ class Relay:
                         backoff=Backoff(initial_s=config.backoff_initial_s, max_s=config.backoff_max_s),
                         make_connection=lambda websocket, where: hub.peer_connection(websocket, where, calendars),
                         handler=hub,
-                        max_message_bytes=config.max_message_bytes, open_timeout_s=config.handshake_timeout_s)
+                        max_message_bytes=config.max_message_bytes, open_timeout_s=config.handshake_timeout_s,
+                        tls=self._peer_tls)
         self.running.links.append(link)
         link.start()
         return link
 
-    async def reload(self) -> None:
-        """Re-read what may change while the relay runs (SIGHUP): the token file. A file that
-        does not parse leaves the old tokens in force (logged)."""
-        await self.reload_tokens()
+    async def reload(self) -> Reloaded:
+        """Re-read what can change without a restart (SIGHUP runs this): the TLS certificate and
+        key, and the token file.
+
+        Handshakes after it present the new certificate; open connections keep streaming, except
+        those whose token was revoked (4401) or narrowed (4403). A part whose new files are bad
+        keeps its old value and is reported in ``failed`` (and logged as an error): fix the files
+        and reload again. Works whether or not the relay is running.
+        """
+        reloaded: list[str] = []
+        failed: dict[str, str] = {}
+        if self.tls is not None:
+            try:
+                fingerprint = self.tls.reload()
+            except AccordError as exc:
+                failed["tls"] = str(exc)
+                log.error("TLS certificate not reloaded; new handshakes keep the old one",
+                          extra={"relay": self.config.relay_id, "error": str(exc), "tls": self.tls.fingerprint})
+            else:
+                reloaded.append("tls")
+                log.info("TLS certificate reloaded", extra={"relay": self.config.relay_id, "tls": fingerprint})
+        if self.config.tokens_path is not None:
+            if await self.reload_tokens():
+                reloaded.append("tokens")
+            else:
+                failed["tokens"] = "the token file did not parse (see the error above)"
+        log.info("reloaded", extra={"relay": self.config.relay_id, "reloaded": ",".join(reloaded) or "-",
+                                    "failed": ",".join(failed) or "-"})
+        return Reloaded(tuple(reloaded), failed)
 
     async def reload_tokens(self) -> bool:
         """Re-read the token file and re-check every open connection (see
@@ -291,4 +352,4 @@ class Relay:
         return (await self.running.calendars.get(check_calendar_name(name))).replica.calendar
 
 
-__all__ = ["Grant", "Relay", "RelayConfig"]
+__all__ = ["Grant", "Relay", "RelayConfig", "Reloaded"]

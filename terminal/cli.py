@@ -53,6 +53,7 @@ EXAMPLES = """examples:
   accord terminal reschedule 3f9c2a1b --start 2026-12-01T10:00Z --end 2026-12-01T10:30Z
   accord terminal cancel 3f9c2a1b --reason "patient called"
   accord terminal sync --timeout 10                  # push and pull now; exit 3 if the relay is unreachable
+  accord terminal sync --relay wss://relay.clinic.example:8765 --ca-file clinic-ca.pem   # TLS, private CA
   accord terminal watch --json                       # one JSON line per change, until Ctrl-C
 
 IDs: what list shows (the last 8 characters), or at least its first 4; or the full id.
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"relay to sync with (env ACCORD_RELAY; default {DEFAULT_RELAY}), e.g. --relay ws://10.0.0.5:8765")
     group.add_argument("--token", metavar="TOKEN", default=_env("ACCORD_TOKEN", None),
                        help="bearer token for the relay (env ACCORD_TOKEN; default none), e.g. --token desk-secret")
+    group.add_argument("--ca-file", metavar="PEM", default=_env("ACCORD_CA_FILE", None),
+                       help="for a wss:// relay, trust only the CA certificates in this PEM file, e.g. a private "
+                       "CA's (env ACCORD_CA_FILE; default the system's CA store), e.g. --ca-file clinic-ca.pem")
     group.add_argument("--calendar", metavar="NAME", default=_env("ACCORD_CALENDAR", None),
                        help="calendar to work on (env ACCORD_CALENDAR), e.g. --calendar clinic-1; "
                        "status, sync and watch default to every calendar this terminal holds")
@@ -284,6 +288,7 @@ async def run(args: argparse.Namespace, out: Output) -> ExitCode:
         name=args.actor or default_name(),
         connect_timeout_s=timeout_s,
         max_message_bytes=args.max_message_bytes,
+        ca_file=args.ca_file,
     )
     async with terminal:
         ctx = Context(terminal, args, out, timeout_s, calendar)

@@ -71,11 +71,14 @@ class Terminal:
         compaction: when to merge a calendar's stored log into one row on open.
         max_message_bytes: the largest message accepted from the relay (default 8 MiB, the
             relay's default too); syncs larger than an eighth of it go in pieces that size.
+        ca_file: for a ``wss://`` relay, trust only the CA certificates in this PEM file (a
+            private CA); default: the system's CA store.
 
     Raises (on entering):
         StoreUnavailable: the store cannot be opened or is not an accord store.
         CorruptRecord: a stored update is damaged (nothing is changed; see ``accord store check``).
         ValueError: ``relay`` is not a ws:// or wss:// URL.
+        AccordError: ``ca_file`` cannot be read.
     """
 
     def __init__(
@@ -90,8 +93,10 @@ class Terminal:
         clock: Callable[[], datetime] | None = None,
         compaction: CompactionPolicy | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.relay = relay
+        self.ca_file = ca_file
         self.store_path = Path(store).expanduser()
         self.token = token
         self.name = (name or default_name())[:64]
@@ -122,10 +127,10 @@ class Terminal:
             raise TerminalError("a Terminal can be started once; create a new one")
         link = None
         if self.relay:
-            # Raises ValueError for a bad URL before anything is opened.
+            # Raises ValueError for a bad URL (AccordError for a bad CA file) before anything is opened.
             link = Link(self.relay, self, token=self.token, name=self.name,
                         connect_timeout_s=self.connect_timeout_s, backoff=self.backoff,
-                        max_message_bytes=self.max_message_bytes)
+                        max_message_bytes=self.max_message_bytes, ca_file=self.ca_file)
         await self._store.open()
         self._running = True
         log.info("terminal started", extra={"terminal": self.name, "calendars": len(self._store.calendars)})

@@ -19,6 +19,10 @@ missed, so nothing is queued across sessions. A close with 4401/4403 (or an HTTP
 handshake answer) puts the link in state ``refused``; it keeps retrying at the capped delay
 because an operator may fix the token on the relay.
 
+A ``wss://`` relay is verified against the system's CA store, or against ``ca_file`` only; a
+certificate that fails verification is an unreachable relay whose ``last_error`` names the
+problem (:func:`describe_failure`), retried like any other failure.
+
 The link owns no data: it asks its :class:`LinkHandler` (the terminal) for state vectors and
 diffs, and hands it what arrives.
 """
@@ -29,11 +33,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import ssl
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
 from accord.engine.backoff import Backoff
 from accord.engine.errors import CloseCode, RemoteProtocolError
@@ -54,7 +60,7 @@ from accord.engine.session import (
     UpdateReceived,
     bearer,
 )
-from accord.transport import Outbox, keep_connected
+from accord.transport import Outbox, client_tls_context, is_hostname_mismatch, keep_connected, tls_problem
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +158,12 @@ class Link:
         max_outbox: queued outgoing messages before the session is dropped and resynced.
         max_message_bytes: the largest message accepted from the relay; what the terminal sends
             is cut into pieces of an eighth of it (keep it within 8x of the relay's limit).
+        ca_file: for a ``wss://`` relay, trust only the CA certificates in this PEM file
+            (default: the system's CA store); ignored for ``ws://``.
+
+    Raises:
+        ValueError: ``relay`` is not a ws:// or wss:// URL.
+        AccordError: ``ca_file`` cannot be read.
 
     Call :meth:`start` once, :meth:`close` at the end.
     """
@@ -167,8 +179,10 @@ class Link:
         backoff: Backoff | None = None,
         max_outbox: int = 10_000,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.url = endpoint_url(relay)
+        self.tls: ssl.SSLContext | None = client_tls_context(ca_file) if self.url.startswith("wss://") else None
         self.handler = handler
         self.token = token
         self.name = name
@@ -263,7 +277,7 @@ class Link:
             headers[AUTHORIZATION_HEADER] = bearer(self.token)
         try:
             ws = await connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                               close_timeout=2.0, max_size=self.max_message_bytes, compression=None)
+                               close_timeout=2.0, max_size=self.max_message_bytes, compression=None, ssl=self.tls)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -389,6 +403,16 @@ def describe_failure(exc: BaseException) -> str:
     """One line for a failed connection attempt, without secrets."""
     if isinstance(exc, InvalidStatus):
         return f"relay answered HTTP {exc.response.status_code} instead of a websocket"
+    problem = tls_problem(exc)
+    if problem is not None:
+        if is_hostname_mismatch(exc):
+            return f"{problem}; connect with a host name the relay's certificate names"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"{problem}; if the relay's certificate comes from a private CA, give that CA's "
+                    "certificate with --ca-file (env ACCORD_CA_FILE)")
+        return f"{problem}; is the relay serving TLS? a plaintext relay's URL starts with ws://"
+    if isinstance(exc, InvalidMessage):
+        return "no websocket answer from the relay; if it serves TLS, its URL starts with wss://"
     if isinstance(exc, InvalidURI):
         return "invalid relay URL"
     if isinstance(exc, TimeoutError):

@@ -7,6 +7,7 @@ client) but has no store and no reconnect, so relay tests stay independent of te
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,8 +37,9 @@ class WireClient:
     """One connection, one or more calendars, one Replica per calendar."""
 
     def __init__(self, url: str, *, token: str | None = None, calendar: str | None = None, actor: str = "test",
-                 role: str = "terminal") -> None:
+                 role: str = "terminal", tls: ssl.SSLContext | None = None) -> None:
         self.url = url
+        self.tls = tls  # for wss:// relays (default for wss://: the system's CA store)
         self.token = token
         self.single = calendar
         self.actor = actor
@@ -59,7 +61,8 @@ class WireClient:
                 target += f"?token={self.token}"
             else:
                 headers[AUTHORIZATION_HEADER] = bearer(self.token)
-        self.ws = await connect(target, additional_headers=headers, max_size=None, compression=None)
+        tls: dict[str, Any] = {"ssl": self.tls} if self.tls is not None else {}
+        self.ws = await connect(target, additional_headers=headers, max_size=None, compression=None, **tls)
         self._reader = asyncio.create_task(self._read())
         if self.single:
             await self.open(self.single)
