@@ -13,6 +13,7 @@ import pytest
 from relays import Relay, relay_config
 from wire import WireClient
 
+from accord import logs
 from accord.cli import main
 from accord.engine.backoff import Backoff
 from accord.engine.model import CalendarId, Status
@@ -228,8 +229,9 @@ async def test_a_relay_restored_from_an_older_backup_gets_back_all_terminals_and
 
 
 async def test_a_terminal_rebuilds_its_store_from_its_relay_and_loses_only_unsynced_writes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(logs, "configure", lambda *_args: None)  # the CLI runs in-process: keep pytest's handlers
     store = tmp_path / "desk.sqlite"
     async with Relay(relay_config(tmp_path, "relay")) as relay:
         async with fast_terminal(relay.url, store, "desk") as desk:
