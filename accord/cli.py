@@ -17,7 +17,7 @@ from accord.engine.errors import ExitCode
 SUBCOMMANDS = {
     "relay": ("accord.relay.cli", "run the websocket relay (server) for one channel"),
     "terminal": ("accord.terminal.cli", "offline-first client: book, reschedule, cancel, list, sync, watch"),
-    "store": ("accord.store_cli", "inspect and maintain a store file: check, compact"),
+    "store": ("accord.store_cli", "inspect and maintain a store file: check, compact, backup"),
     "token": ("accord.relay.token_cli", "mint a relay token (the token file keeps only its hash)"),
     "demo": ("accord.demo", "two relays and two terminals walk through the two-channel scenario"),
 }

@@ -1,8 +1,16 @@
 """``accord store``: operator commands for a store file (relay or terminal).
 
 ``check PATH`` verifies SQLite's pages, every row's checksum, and that every calendar's log
-decodes into a document; exit 1 and one line per problem otherwise. ``compact PATH`` merges
+decodes into a document; exit 1 and one line per problem otherwise. It also warns when the file
+looks like a copy that may lack its WAL (see :func:`copy_warnings`). ``compact PATH`` merges
 each calendar's log into one row (atomically per calendar). Neither ever deletes a corrupt row.
+``backup SRC DEST`` copies a store, even one a relay or terminal is using, with SQLite's online
+backup API, runs the checks of ``check`` on the copy, and only then puts it at DEST.
+
+``compact`` is safe on a live store (a relay or terminal running on it): each calendar's
+snapshot replaces only rows it has read, in one transaction; rows committed meanwhile stay, and
+the relay's own compactions work the same way (``tests/test_store_backup.py`` compacts while a
+relay writes and finds every acknowledged update).
 """
 
 from __future__ import annotations
@@ -10,34 +18,82 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import zlib
 from pathlib import Path
 
-from accord.engine.errors import AccordError, CorruptRecord, ExitCode
+from accord.engine.errors import AccordError, CorruptRecord, ExitCode, StoreUnavailable
 from accord.engine.replica import Replica
 from accord.engine.storage import SqliteStorage, merge_log
+from accord.engine.storage.backup import backup, make_standalone
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+WAL_MODE = 2  # the file format version bytes (header offsets 18 and 19) of a database in WAL mode
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accord store",
         description="Inspect and maintain an accord store (a relay's or a terminal's SQLite file).",
-        epilog="examples:\n  accord store check relay-a.sqlite\n  accord store compact relay-a.sqlite",
+            epilog="examples:\n  accord store check relay-a.sqlite\n  accord store compact relay-a.sqlite\n"
+        "  accord store backup relay-a.sqlite /backups/relay-a-$(date +%F).sqlite   # while the relay runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="verify pages, row checksums and that every calendar decodes")
     check.add_argument("path", type=Path)
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    compact = sub.add_parser("compact", help="merge each calendar's update log into one row")
+    compact = sub.add_parser("compact", help="merge each calendar's update log into one row (safe while a relay runs)")
     compact.add_argument("path", type=Path)
     compact.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    copy = sub.add_parser("backup", help="copy a store consistently (also while a relay or terminal uses it), "
+                          "check the copy, and only then write it to DEST")
+    copy.add_argument("path", type=Path, metavar="SRC", help="the store to copy")
+    copy.add_argument("dest", type=Path, metavar="DEST", help="the backup file to write (or a folder to write it into)")
+    copy.add_argument("--force", action="store_true", help="replace DEST if it exists (the old file stays until the "
+                      "new copy has passed its check)")
+    copy.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
 
+def is_wal_mode(path: Path) -> bool:
+    """True if the SQLite file's header says WAL mode (reads 20 bytes)."""
+    with path.open("rb") as file:
+        header = file.read(20)
+    return header.startswith(SQLITE_MAGIC) and header[18:20] == bytes([WAL_MODE, WAL_MODE])
+
+
+def copy_warnings(path: Path) -> list[str]:
+    """What a copied store file may lack, judged from the file's header and the files beside it.
+
+    A store in WAL mode keeps its newest commits in ``PATH-wal`` until a checkpoint; a copy of
+    ``PATH`` without it opens fine, passes every check, and lacks those commits. Reads only.
+    """
+    warnings = []
+    wal, journal = Path(f"{path}-wal"), Path(f"{path}-journal")
+    if wal.exists():
+        warnings.append(
+            f"{wal.name} is beside it: a relay or terminal has the store open (or was killed). Its newest commits "
+            f"are in {wal.name}, so a copy of {path.name} alone (cp, rsync, a snapshot of one file) would lack them; "
+            f"copy it with `accord store backup {path} DEST`")
+    elif is_wal_mode(path):
+        warnings.append(
+            f"{path.name} is in WAL mode and has no {wal.name} beside it. If it is a copy (cp, rsync) of a store a relay "
+            f"or terminal was using, it lacks every commit that was still in {wal.name} then, and this check cannot "
+            "tell: it can say ok on a copy that holds no calendars at all. A store whose relay or terminal stopped "
+            "cleanly has no WAL either; then nothing is missing. Take copies with `accord store backup SRC DEST`")
+    if journal.exists():
+        warnings.append(
+            f"{journal.name} is beside it: a write was interrupted and SQLite rolls it back on the next open; keep "
+            f"the two files together (a copy of {path.name} without it may hold half a transaction)")
+    return warnings
+
+
 async def check_store(path: Path) -> dict[str, object]:
-    """Return a report: ``{"ok": bool, "calendars": {...}, "problems": [...]}``."""
+    """Return a report: ``{"ok": bool, "calendars": {...}, "problems": [...]}``. A file in
+    rollback-journal mode (a backup) is left in that mode."""
+    standalone = not is_wal_mode(path)
     store = await SqliteStorage.open(path)
     problems: list[str] = []
     calendars: dict[str, dict[str, int]] = {}
@@ -63,7 +119,48 @@ async def check_store(path: Path) -> dict[str, object]:
             calendars[name] = {"rows": len(rows), "bytes": sum(len(r[1] or b"") for r in rows), "reservations": count}
     finally:
         await store.close()
+    if standalone and is_wal_mode(path):
+        await make_standalone(path)
     return {"ok": not problems, "path": str(path), "calendars": calendars, "problems": problems}
+
+
+async def backup_store(source: Path, dest: Path, *, force: bool = False) -> dict[str, object]:
+    """Copy ``source`` with SQLite's online backup API, check the copy as ``check`` does, and
+    only if it passes move it to ``dest``. Returns the check's report of the copy (``ok`` false
+    and ``dest`` untouched if it failed).
+
+    Raises:
+        StoreUnavailable: ``source`` is not an accord store, or ``dest`` cannot be written.
+    """
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.resolve() == source.resolve():
+        raise StoreUnavailable(f"{dest} is the store itself; write the backup to another file")
+    if dest.exists() and not force:
+        raise StoreUnavailable(f"{dest} exists; choose another file, or give --force to replace it")
+    for suffix in ("-wal", "-shm", "-journal"):
+        if Path(f"{dest}{suffix}").exists():
+            raise StoreUnavailable(f"{dest}{suffix} exists: {dest} is a store in use (or not closed cleanly); "
+                                   "back up to another file")
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    partial.unlink(missing_ok=True)
+    try:
+        await backup(source, partial)
+        report = await check_store(partial)
+        if report["ok"]:
+            partial.replace(dest)
+            _fsync_folder(dest.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {**report, "path": str(dest), "source": str(source)}
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def compact_store(path: Path) -> dict[str, object]:
@@ -94,19 +191,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
         print(f"accord store: {args.path} is empty: not an accord store (nothing was changed)", file=sys.stderr)
         return ExitCode.ERROR
+    warnings = copy_warnings(args.path) if args.action == "check" else []
     try:
-        report = asyncio.run(check_store(args.path) if args.action == "check" else compact_store(args.path))
+        if args.action == "check":
+            report = asyncio.run(check_store(args.path))
+        elif args.action == "backup":
+            report = asyncio.run(backup_store(args.path, args.dest, force=args.force))
+        else:
+            report = asyncio.run(compact_store(args.path))
     except AccordError as exc:
         print(f"accord store: {exc}", file=sys.stderr)
         return ExitCode.ERROR
+    if args.action == "check":
+        report["warnings"] = warnings
     if args.json:
         print(json.dumps(report))
-    elif args.action == "check":
+    elif args.action in ("check", "backup"):
         for name, info in report["calendars"].items():  # type: ignore[attr-defined]
             print(f"{name}: {info['rows']} rows, {info['bytes']} bytes, {info['reservations']} reservations")
         for problem in report["problems"]:  # type: ignore[attr-defined]
             print(f"problem: {problem}")
-        print("ok" if report["ok"] else "damaged: nothing was changed; restore the file from a replica or backup")
+        for warning in warnings:
+            print(f"warning: {warning}")
+        if args.action == "backup":
+            print(f"backed up {args.path} to {report['path']}; the copy passed its check" if report["ok"] else
+                  f"the copy of {args.path} failed its check: {report['path']} was not written; the source may be "
+                  "damaged: run `accord store check` on it")
+        else:
+            print("ok" if report["ok"] else "damaged: nothing was changed; restore the file from a backup "
+                  "(README: Backups and restore)")
     else:
         for name, info in report["calendars"].items():  # type: ignore[attr-defined]
             print(f"{name}: {info['rows_before']} -> {info['rows_after']} rows, "

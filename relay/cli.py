@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from accord import logs
+from accord import config_file, logs
 from accord.engine.errors import AccordError, ExitCode
 
 from .config import DEFAULT_MAX_CALENDAR_BYTES, DEFAULT_MAX_RESERVATIONS, RelayConfig
@@ -27,8 +27,11 @@ examples:
 
   # with tokens (one per line: TOKEN ROLE GLOB...) and TLS, reachable from the network
   accord relay --id front-desk --host 0.0.0.0 --tokens tokens.txt --tls-cert cert.pem --tls-key key.pem \
-      --peer wss://partner:8765 --peer-token S
-  kill -HUP <pid>    # re-read --tls-cert/--tls-key (new handshakes get the new certificate)
+      --peer 'wss://partner:8765 clinic-shared-*' --peer-token S
+  kill -HUP <pid>    # re-read --tls-cert/--tls-key and --tokens (revoked tokens' connections close)
+
+  # the same from a file (see deploy/relay.toml); a flag given here overrides the file
+  accord relay --config relay.toml --log-format json
 """
 
 
@@ -91,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unload calendars nobody used for this long (default 300)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to FILE once listening")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default=logs.LogFormat.TEXT, choices=[str(f) for f in logs.LogFormat],
+                        help="key=value text lines (default) or one JSON object per line; both stamped in RFC 3339 "
+                             "with the UTC offset, both with ids and counts only (never patient data or tokens)")
+    parser.add_argument(config_file.CONFIG_FLAG, type=Path, default=None, metavar="FILE",
+                        help="read options from a TOML file: every flag above is a key, named like the flag without "
+                             "'--' (port = 8765, home = [\"clinic-*\"], insecure-open = true); flags given here "
+                             "override the file; unknown keys and wrong types are errors (example: deploy/relay.toml)")
     return parser
 
 
@@ -131,8 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         from . import wait
 
         return wait.main(argv[1:])
+    try:
+        argv = config_file.with_config(build_parser, argv)
+    except config_file.ConfigFileError as exc:
+        print(f"accord relay: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     if not 0 <= args.port <= 65535:
         print(f"accord relay: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
         return ExitCode.USAGE

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "errors as JSON on stderr")
     group.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log detail on stderr (default WARNING); logs carry ids and counts, never patient data")
+    group.add_argument("--log-format", default=logs.LogFormat.TEXT, choices=[str(f) for f in logs.LogFormat],
+                       help="log lines as key=value text (default) or JSON objects, one per line; "
+                       "both stamped in RFC 3339 with the UTC offset")
 
     parser = _Parser(
         prog="accord terminal",
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return out.error(str(exc), ExitCode.USAGE)
     except SystemExit as exc:  # --help
         return int(exc.code or 0) if isinstance(exc.code, int | None) else ExitCode.USAGE
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     # aiosqlite's DEBUG lines quote SQL parameters, i.e. the stored updates with patient data.
     logging.getLogger("aiosqlite").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

@@ -32,7 +32,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ACCORD_STORE", "ACCORD_RELAY", "ACCORD_TOKEN", "ACCORD_CALENDAR", "ACCORD_AS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ACCORD_TZ", "UTC")  # the times these tests read back are UTC, whatever this machine's zone
-    monkeypatch.setattr(cli.logs, "configure", lambda level: None)  # in-process runs keep pytest's log handlers
+    monkeypatch.setattr(cli.logs, "configure", lambda *_args: None)  # in-process runs keep pytest's log handlers
 
 
 def book_args(store: Path, relay: str, start: str = "2099-12-01T09:00Z", end: str = "2099-12-01T09:30Z") -> list[str]:

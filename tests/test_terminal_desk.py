@@ -19,7 +19,7 @@ CAL = "clinic-1"
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ACCORD_STORE", "ACCORD_RELAY", "ACCORD_TOKEN", "ACCORD_CALENDAR", "ACCORD_AS", "ACCORD_TZ"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(cli.logs, "configure", lambda level: None)
+    monkeypatch.setattr(cli.logs, "configure", lambda *_args: None)
 
 
 class Desk:

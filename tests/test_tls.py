@@ -117,7 +117,7 @@ async def test_terminal_syncs_with_a_tls_relay_given_its_ca_file(tmp_path: Path,
 def quiet_cli_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ACCORD_STORE", "ACCORD_RELAY", "ACCORD_TOKEN", "ACCORD_CALENDAR", "ACCORD_AS", "ACCORD_CA_FILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("accord.logs.configure", lambda level: None)  # keep pytest's log handlers
+    monkeypatch.setattr("accord.logs.configure", lambda *_args, **_kw: None)  # keep pytest's log handlers
 
 
 async def test_terminal_cli_names_the_certificate_problem_and_trusts_its_ca_file(
@@ -343,7 +343,7 @@ def test_non_loopback_plaintext_listener_is_refused_before_binding(tmp_path: Pat
 def test_relay_cli_refuses_non_loopback_plaintext_with_exit_1(tmp_path: Path, tokens: Path,
                                                                 capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("accord.logs.configure", lambda level: None)
+    monkeypatch.setattr("accord.logs.configure", lambda *_args, **_kw: None)
     port = free_port()
     code = relay_cli.main(["--id", "a", "--host", "0.0.0.0", "--port", str(port), "--db", str(tmp_path / "a.sqlite"),
                            "--tokens", str(tokens)])
