@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     setting.add_argument("seconds", nargs="?", type=_hold_ttl, default=None,
                          help=f"whole seconds, {MIN_HOLD_TTL}-{MAX_HOLD_TTL}, or 'off' to remove it; "
                               "without it, print the current setting")
+    command("retry", "send the local changes the relay refused (see status) again, with this command's token",
+            "accord terminal retry --calendar clinic-1 --token desk-secret")
+    command("discard", "drop the local changes of a calendar the relay has not stored (e.g. ones it refused); "
+            "the calendar is pulled from the relay again", "accord terminal discard --calendar clinic-1")
     time_zone = command("time-zone", "show or set the zone desks and the board show the calendar in "
                         "(admin token on relays with tokens)",
                         "accord terminal time-zone Europe/Berlin --calendar clinic-1 --token admin-secret")

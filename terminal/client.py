@@ -31,6 +31,7 @@ The terminal coordinates its parts: :mod:`.store` (SQLite file, loaded calendars
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.engine.calendar import Calendar
+from accord.engine.errors import CloseCode
 from accord.engine.model import CalendarId, Reservation, ReservationId, Resource, Status, check_calendar_name, format_time
 from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode_state_vector
 from accord.engine.storage import CompactionPolicy
@@ -111,6 +113,8 @@ class Terminal:
         self._feed = ChangeFeed()
         self._running = False
         self._closed = False
+        self._holding: set[CalendarId] = set()  # calendars being put on hold (a refusal was seen)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -146,6 +150,8 @@ class Terminal:
         self._running = False
         if self.link is not None:
             await self.link.close()
+        if self._tasks:  # a hold being saved finishes first: the refusal must not be forgotten
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._feed.end()
         await self._store.close()
         self._wakeup.close()
@@ -275,7 +281,7 @@ class Terminal:
         result, saved = await self._store.write(name, lambda cal: operation(cal, self.clock()))
         if not saved.updates:
             return result
-        if self.link is not None:
+        if self.link is not None and not self._store.held(name):  # a held calendar's changes stay here
             for update in saved.updates:
                 self.link.send_update(name, update)
         self._publish(ChangeNotice(name, saved.ids, ChangeKind.LOCAL))
@@ -430,7 +436,7 @@ class Terminal:
     # ---- LinkHandler (called by the link) ----------------------------------------------------
 
     def link_calendars(self) -> list[CalendarId]:
-        return self.calendars()
+        return [name for name in self.calendars() if not self._store.held(name)]
 
     def link_state_vector(self, calendar: CalendarId) -> bytes:
         state_vector: bytes = self._store.calendars[calendar].replica.state_vector()
@@ -461,6 +467,58 @@ class Terminal:
 
     def link_event(self) -> None:
         self._wakeup.wake()
+        link = self.link
+        if link is None:
+            return
+        refused = dict(link.refused_calendars)
+        if link.state is LinkState.REFUSED and link.refused_code == CloseCode.FORBIDDEN:
+            refused.update(dict.fromkeys(self.calendars(), link.last_error))  # every write of this connection
+        for name, reason in refused.items():
+            if name in self._store.calendars and self._store.pending(name) and not self._store.held(name) \
+                    and name not in self._holding:
+                self._holding.add(name)
+                task = asyncio.create_task(self._hold(name, reason), name=f"hold:{name}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _hold(self, name: CalendarId, reason: str) -> None:
+        """The relay refused this calendar's local changes: keep them here, visibly, and stop
+        syncing the calendar, so that they never go out later under other credentials unasked."""
+        try:
+            await self._store.hold(name, reason, format_time(self.clock()))
+            log.warning("relay refused local changes; they stay on this terminal until retried or discarded",
+                        extra={"calendar": name, "pending": self._store.pending(name)})
+        finally:
+            self._holding.discard(name)
+            self._wakeup.wake()
+
+    # ---- refused local changes -------------------------------------------------------------------
+
+    def status_of(self, calendar: str) -> int:
+        """How many local changes of an open calendar the relay has not acknowledged (no I/O)."""
+        name = check_calendar_name(calendar)
+        return self._store.pending(name) if name in self._store.calendars else 0
+
+    def held(self, calendar: str) -> str:
+        """Why the relay refused the calendar's local changes, "" if it did not. A held calendar
+        is not synced: its changes stay on this terminal until :meth:`retry` or :meth:`discard`."""
+        return self._store.held(check_calendar_name(calendar))
+
+    async def retry(self, calendar: str) -> None:
+        """Sync a held calendar again: its local changes go out with this terminal's token."""
+        name = await self.open(calendar)
+        await self._store.release(name, format_time(self.clock()))
+        if self.link is not None:
+            self.link.open_calendar(name, self._store.calendars[name].replica.state_vector())
+
+    async def discard(self, calendar: str) -> int:
+        """Drop the calendar's local changes the relay has not stored (it is emptied here and
+        pulled from the relay again); returns how many were dropped."""
+        name = await self.open(calendar)
+        dropped = await self._store.discard_local(name, format_time(self.clock()))
+        if self.link is not None:
+            self.link.open_calendar(name, self._store.calendars[name].replica.state_vector())
+        return dropped
 
 
 def default_name() -> str:

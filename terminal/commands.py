@@ -122,6 +122,13 @@ async def reach_relay(ctx: Context) -> None:
     ctx.link = await t.wait_connected(ctx.timeout_s)
     if ctx.link is LinkState.REFUSED:
         raise _refused(t)
+    if ctx.calendar is not None and ctx.calendar in t.calendars() and t.held(ctx.calendar) \
+            and ctx.args.command not in ("retry", "discard"):
+        ctx.out.note(f"calendar {ctx.calendar!r} holds local changes the relay refused ({t.held(ctx.calendar)}); "
+                     "it is not synced until you run `accord terminal retry` (send them with this token) or "
+                     "`accord terminal discard` (drop them)")
+        ctx.link = LinkState.OFFLINE  # what this shows and does stays local
+        return
     if not ctx.online:
         return
     try:
@@ -468,6 +475,32 @@ async def cmd_resources(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
+async def cmd_retry(ctx: Context) -> ExitCode:
+    """Send a held calendar's refused local changes again, with this command's token."""
+    t, calendar = ctx.terminal, ctx.need_calendar()
+    if not t.held(calendar):
+        ctx.out.result(f"calendar {calendar} holds no refused changes", {"calendar": calendar, "retried": 0})
+        return ExitCode.OK
+    pending = t.status_of(calendar)
+    await t.retry(calendar)
+    await reach_relay(ctx)
+    await t.synced(ctx.timeout_s, calendars=[calendar])
+    ctx.out.result(f"sent {pending} local change(s) of {calendar}; the relay stored them",
+                   {"calendar": calendar, "retried": pending})
+    return ExitCode.OK
+
+
+async def cmd_discard(ctx: Context) -> ExitCode:
+    """Drop a calendar's local changes the relay has not stored; pull it again."""
+    t, calendar = ctx.terminal, ctx.need_calendar()
+    dropped = await t.discard(calendar)
+    await reach_relay(ctx)
+    ctx.out.result(f"dropped {dropped} local change(s) of {calendar}"
+                   + ("; pulled it from the relay again" if ctx.online else "; it is pulled again on the next sync"),
+                   {"calendar": calendar, "discarded": dropped})
+    return ExitCode.OK
+
+
 async def cmd_time_zone(ctx: Context) -> ExitCode:
     """Show or set the calendar's time zone (an admin setting)."""
     t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
@@ -519,4 +552,6 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "resources": cmd_resources,
     "hold-ttl": cmd_hold_ttl,
     "time-zone": cmd_time_zone,
+    "retry": cmd_retry,
+    "discard": cmd_discard,
 }

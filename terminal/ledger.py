@@ -53,6 +53,11 @@ class CalendarLedger:
     pending: dict[tuple[int, int], tuple[str, ...]] = field(default_factory=dict)
     last_ack_at: str = ""
     generation: int = 0  # bumped when the relay is found to hold less than it acknowledged
+    # Why the relay refused this calendar's local changes ("" = not held), and when that was
+    # decided (a hold, or its release): the later decision wins a merge. A held calendar is
+    # not synced, so its refused changes never go out under other credentials unasked.
+    held: str = ""
+    held_at: str = ""
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -98,6 +103,8 @@ class CalendarLedger:
         self.clients |= other.clients
         for key, ids in other.pending.items():
             self.pending.setdefault(key, ids)
+        if other.held_at > self.held_at:
+            self.held, self.held_at = other.held, other.held_at
         self.last_ack_at = max(self.last_ack_at, other.last_ack_at)
 
     def prune(self, keep_client: int | None) -> None:
@@ -116,6 +123,8 @@ class CalendarLedger:
                 "pending": [[c, k, list(ids)] for (c, k), ids in sorted(self.pending.items())],
                 "last_ack_at": self.last_ack_at,
                 "generation": self.generation,
+                "held": self.held,
+                "held_at": self.held_at,
             },
             separators=(",", ":"),
         )
@@ -130,6 +139,8 @@ class CalendarLedger:
             pending={(int(c), int(k)): tuple(str(i) for i in ids) for c, k, ids in data["pending"]},
             last_ack_at=str(data.get("last_ack_at", "")),
             generation=int(data.get("generation", 0)),
+            held=str(data.get("held", "")),
+            held_at=str(data.get("held_at", "")),
         )
 
 
@@ -221,6 +232,28 @@ class Ledger:
         ledger.acked = {c: min(clock, relay_clocks.get(c, 0)) for c, clock in ledger.acked.items()}
         await self.save(calendar)
         return True
+
+    async def hold(self, calendar: CalendarId, reason: str, at: str) -> None:
+        """The relay refused this calendar's local changes: stop syncing it (see :attr:`CalendarLedger.held`)."""
+        ledger = self._ledgers[calendar]
+        ledger.held, ledger.held_at = reason or "refused by the relay", max(at, ledger.held_at)
+        await self.save(calendar)
+
+    async def release(self, calendar: CalendarId, at: str) -> None:
+        """Sync the calendar again (its held changes go out with the terminal's current token)."""
+        ledger = self._ledgers[calendar]
+        ledger.held, ledger.held_at = "", max(at, ledger.held_at)
+        await self.save(calendar)
+
+    async def forget_local(self, calendar: CalendarId, at: str) -> None:
+        """The calendar's local changes were discarded: nothing is pending, and it syncs again."""
+        ledger = self._ledgers[calendar]
+        ledger.pending.clear()
+        ledger.clients.clear()
+        self._own.pop(calendar, None)
+        ledger.held, ledger.held_at = "", max(at, ledger.held_at)
+        async with self._locks[calendar]:  # not merged: the discarded entries must not come back
+            await self.store.set_meta(KEY_PREFIX + calendar, ledger.to_json())
 
     def save_soon(self, calendar: CalendarId) -> None:
         """Schedule a save; saves requested while one runs are merged into the next."""

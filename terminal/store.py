@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from accord.engine.calendar import Calendar
 from accord.engine.errors import ReservationNotFound, StorageError
 from accord.engine.model import CalendarId, Reservation, ReservationId, parse_time
-from accord.engine.protocol import decode_state_vector
+from accord.engine.protocol import EMPTY_UPDATE, decode_state_vector
 from accord.engine.replica import Change, Replica
 from accord.engine.storage import CompactionPolicy, SqliteStorage, merge_log
 
@@ -267,6 +267,31 @@ class TerminalStore:
 
     # ---- what the ledger says ------------------------------------------------------------------
 
+    def held(self, name: CalendarId) -> str:
+        """Why the relay refused this calendar's local changes ("" if it did not: see
+        :attr:`~accord.terminal.ledger.CalendarLedger.held`)."""
+        return self._require_ledger().get(name).held if name in self.calendars else ""
+
+    async def hold(self, name: CalendarId, reason: str, at: str) -> None:
+        """Stop syncing ``name``: the relay refused its local changes."""
+        await self._require_ledger().hold(name, reason, at)
+
+    async def release(self, name: CalendarId, at: str) -> None:
+        """Sync ``name`` again."""
+        await self._require_ledger().release(name, at)
+
+    async def discard_local(self, name: CalendarId, at: str) -> int:
+        """Drop every local change of ``name`` the relay has not acknowledged, by emptying the
+        calendar here; the next sync pulls it from the relay again. Returns how many were dropped."""
+        storage = self._require_storage()
+        dropped = self.pending(name)
+        async with self._write_locks.setdefault(name, asyncio.Lock()):
+            _rows, top = await storage.log_length(name)
+            await storage.compact(name, top, EMPTY_UPDATE)
+            await self._require_ledger().forget_local(name, at)
+            await self._reload_replica(name)
+        return dropped
+
     def pending(self, name: CalendarId) -> int:
         """Local changes of ``name`` the relay has not acknowledged (0 if not open)."""
         opened = self.calendars.get(name)
@@ -277,7 +302,9 @@ class TerminalStore:
     def statuses(self, pulled: Set[CalendarId], refused: Mapping[CalendarId, str]) -> tuple[CalendarStatus, ...]:
         """Each open calendar's pending count, given what the link pulled and which calendars the relay refused."""
         return tuple(
-            CalendarStatus(name=name, pending=self.pending(name), pulled=name in pulled, refused=refused.get(name, ""))
+            CalendarStatus(name=name, pending=self.pending(name), pulled=name in pulled,
+                           refused=f"{self.held(name)} (changes held here: retry or discard)" if self.held(name)
+                           else refused.get(name, ""))
             for name in sorted(self.calendars)
         )
 

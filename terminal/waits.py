@@ -102,13 +102,26 @@ async def all_synced(
 
     def done() -> bool | None:
         if link.state is LinkState.REFUSED:
+            kept = sum(store.pending(name) for name in store.calendars)
+            tail = ""
+            if link.refused_code == CloseCode.FORBIDDEN and kept:
+                tail = (f"; {kept} local change(s) stay on this terminal only and are not sent again unasked "
+                        "(`accord terminal retry` sends them with the current token, `accord terminal discard` "
+                        "drops them)")
             raise RelayRefused(
                 f"relay {relay} refused this terminal: {link.last_error}; "
-                "check the token (CLI: --token or ACCORD_TOKEN)",
+                f"check the token (CLI: --token or ACCORD_TOKEN){tail}",
                 link.refused_code or CloseCode.UNAUTHORIZED,
             )
         wanted = names if names is not None else list(store.calendars)
         for name in wanted:
+            if store.held(name):
+                raise RelayRefused(
+                    f"{store.pending(name)} local change(s) to calendar {name!r} were refused by relay {relay} "
+                    f"({store.held(name)}); they stay on this terminal only and are not sent again: "
+                    "`accord terminal retry` sends them with the current token, `accord terminal discard` drops them",
+                    CloseCode.FORBIDDEN,
+                )
             if name in link.refused_calendars:
                 raise RelayRefused(
                     f"relay {relay} refused calendar {name!r}: {link.refused_calendars[name]}; "

@@ -137,3 +137,49 @@ def test_relay_refuses_likely_typos_in_its_options(argv: list[str], fragment: st
     with pytest.raises(SystemExit) as exited:
         main(["--id", "r1", "--db", ":memory:", *argv])
     assert exited.value.code == 2 and fragment in capsys.readouterr().err
+
+
+async def test_a_write_the_relay_refuses_is_held_not_sent_later_under_another_token(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("wall-secret read-only clinic-*\ndesk-secret terminal clinic-*\n")
+    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+        env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL, ACCORD_STORE=str(tmp_path / "desk.sqlite"))
+        refused = await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end",
+                            "2099-12-01T09:30", "--patient", "P-1", "--token", "wall-secret", env=env)
+        assert refused.code == 4 and "read-only" in refused.err and "not sent again" in refused.err, refused.err
+        first = refused.out.strip() or None
+        # The next command has a write token: it must not send the refused booking on its own.
+        second = await run("book", "--resource", "room-2", "--start", "2099-12-01T10:00", "--end",
+                           "2099-12-01T10:30", "--patient", "P-2", "--token", "desk-secret", env=env)
+        assert "refused" in second.err and "retry" in second.err, second.err
+        status = await run("status", "--token", "desk-secret", "--json", env=env)
+        [calendar] = json.loads(status.out)["calendars"]
+        assert "held" in calendar["refused"] and calendar["pending"] == 2
+        assert len((await relay.calendar(CAL)).reservations) == 0  # nothing went out
+        # The user asks: retry sends both with the desk token.
+        retried = await run("retry", "--token", "desk-secret", env=env)
+        assert retried.code == 0, retried.err
+        held = await relay.calendar(CAL)
+        assert len(held.reservations) == 2 and (first is None or first in held.reservations)
+
+
+async def test_discard_drops_what_the_relay_refused_and_pulls_the_calendar_again(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("wall-secret read-only clinic-*\ndesk-secret terminal clinic-*\n")
+    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+        env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL)
+        desk = await run("book", "--resource", "room-1", "--start", "2099-12-01T08:00", "--end", "2099-12-01T08:30",
+                         "--patient", "P-0", "--token", "desk-secret", "--store", str(tmp_path / "other.sqlite"),
+                         "--wait", env=env)
+        assert desk.code == 0, desk.err
+        mine = {**env, "ACCORD_STORE": str(tmp_path / "desk.sqlite")}
+        assert (await run("list", "--token", "wall-secret", env=mine)).code == 0  # pulls the desk's booking
+        refused = await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end",
+                            "2099-12-01T09:30", "--patient", "P-1", "--token", "wall-secret", env=mine)
+        assert refused.code == 4
+        dropped = await run("discard", "--token", "desk-secret", "--json", env=mine)
+        assert dropped.code == 0 and json.loads(dropped.out)["discarded"] == 1, dropped.err
+        listed = await run("list", "--token", "desk-secret", "--json", env=mine)
+        ids = [r["id"] for r in json.loads(listed.out)["reservations"]]
+        assert ids == [desk.out.strip()]  # the relay's booking is back, the refused one is gone
+        assert len((await relay.calendar(CAL)).reservations) == 1
