@@ -770,3 +770,16 @@ async def test_a_calendar_the_relay_does_not_hold_is_named_not_opened_empty(brow
         await page.click("#create-calendar")  # a writer may start it on purpose
         await expect(page.locator("#link")).to_have_attribute("data-state", "synced")
         assert "clinic-typo" in relay.calendars.loaded
+
+
+async def test_the_board_says_when_the_calendars_zone_differs_from_the_browsers(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        page = await _open_board(await _context(browser), relay)
+        browser_zone = await page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
+        other = "Pacific/Auckland" if browser_zone != "Pacific/Auckland" else "America/New_York"
+        await relay.edit(CAL, lambda c: c.set_time_zone(other))  # what `accord terminal time-zone` sets
+        await expect(page.locator("#tz-name")).to_contain_text(f"the calendar's zone is {other}")
+        await relay.edit(CAL, lambda c: c.set_time_zone(browser_zone))
+        await expect(page.locator("#tz-name")).to_have_text(browser_zone)

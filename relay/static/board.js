@@ -253,7 +253,7 @@ function open (token, granted) {
     setLink('refused', `Refused by the relay (${code}): ${why}. Reload to reconnect.`)
   })
 
-  for (const name of ['reservations', 'resources', 'homes', 'verdicts']) doc.getMap(name).observeDeep(queueRender)
+  for (const name of ['reservations', 'resources', 'homes', 'verdicts', 'meta']) doc.getMap(name).observeDeep(queueRender)
   persistence.on('synced', queueRender)
   wireControls()
   render()
@@ -280,8 +280,19 @@ function snapshot () {
 
 // ---- rendering --------------------------------------------------------------------------------------
 
+// The board shows times in this browser's zone; a calendar may name its own (meta.time_zone, set
+// with `accord terminal time-zone`, the CLI's default). When they differ, say so next to the times.
+function showZone () {
+  const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'
+  const own = state.doc?.getMap('meta').get('time_zone')
+  $('tz-name').textContent = typeof own === 'string' && own !== browser
+    ? `${browser} (this browser; the calendar's zone is ${own})`
+    : browser
+}
+
 function render () {
   if (!state.doc) return
+  showZone()
   const day = $('day').value
   const { all, resources, decided } = snapshot()
   const from = dayStart(day)
