@@ -183,3 +183,19 @@ async def test_discard_drops_what_the_relay_refused_and_pulls_the_calendar_again
         ids = [r["id"] for r in json.loads(listed.out)["reservations"]]
         assert ids == [desk.out.strip()]  # the relay's booking is back, the refused one is gone
         assert len((await relay.calendar(CAL)).reservations) == 1
+
+
+def test_watch_names_the_fields_that_changed_never_their_values() -> None:
+    from datetime import UTC, datetime
+
+    from accord.engine.calendar import Calendar
+    from accord.terminal.commands import changed_fields
+
+    calendar = Calendar(CAL, actor="desk")
+    now = datetime(2099, 11, 1, tzinfo=UTC)
+    made = calendar.book(resource="room-1", start="2099-12-01T09:00Z", end="2099-12-01T09:30Z", patient="P-1", now=now)
+    assert changed_fields(None, made) == ["new"]
+    moved = calendar.reschedule(made.id, start="2099-12-01T10:00Z", end="2099-12-01T10:30Z", now=now)
+    assert {"start", "end"} <= set(changed_fields(made, moved)) and "patient" not in changed_fields(made, moved)
+    noted = calendar.edit(made.id, note="bring x-rays", now=now)
+    assert changed_fields(moved, noted) == ["note"]
