@@ -772,14 +772,38 @@ async def test_a_calendar_the_relay_does_not_hold_is_named_not_opened_empty(brow
         assert "clinic-typo" in relay.calendars.loaded
 
 
-async def test_the_board_says_when_the_calendars_zone_differs_from_the_browsers(browser: Any, tmp_path: Path) -> None:
+async def test_the_board_shows_times_in_the_calendars_zone_like_the_cli(browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
     async with Relay(relay_config(tmp_path, "a")) as relay:
         page = await _open_board(await _context(browser), relay)
-        browser_zone = await page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
-        other = "Pacific/Auckland" if browser_zone != "Pacific/Auckland" else "America/New_York"
-        await relay.edit(CAL, lambda c: c.set_time_zone(other))  # what `accord terminal time-zone` sets
-        await expect(page.locator("#tz-name")).to_contain_text(f"the calendar's zone is {other}")
-        await relay.edit(CAL, lambda c: c.set_time_zone(browser_zone))
-        await expect(page.locator("#tz-name")).to_have_text(browser_zone)
+        assert await page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == "UTC"  # as launched here
+        client = await _wire(relay)
+        try:
+            calendar = client.replica(CAL).calendar
+            rid = calendar.book(resource="room-2", start=f"{DAY}T10:00Z", end=f"{DAY}T10:20Z", patient="P-0002", now=NOW).id
+            await client.push(CAL)
+            row = page.locator(f'#rows tr[data-id="{rid}"]')
+            await expect(row).to_contain_text(f"10:00{DASH}10:20")
+            # What `accord terminal time-zone Pacific/Auckland` sets: 10:00Z is 23:00 there in December.
+            await relay.edit(CAL, lambda c: c.set_time_zone("Pacific/Auckland"))
+            await expect(page.locator("#tz-name")).to_contain_text("Pacific/Auckland (the calendar's zone")
+            await expect(row).to_contain_text(f"23:00{DASH}23:20")
+            # A booking typed on the board is read in that zone too.
+            await page.fill("#book-resource", "room-3")
+            await page.fill("#book-patient", "P-0003")
+            await page.fill("#book-date", DAY)
+            await page.fill("#book-start", "08:00")
+            await page.fill("#book-end", "08:30")
+            await page.click("#book-submit")
+            await client.wait_for(lambda: any(r.patient == "P-0003" for r in calendar.list()))
+            made = next(r for r in calendar.list() if r.patient == "P-0003")
+            assert made.start.isoformat() == f"{_previous(DAY)}T19:00:00+00:00"  # 08:00 in Auckland (UTC+13)
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+def _previous(day: str) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()

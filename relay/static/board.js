@@ -53,16 +53,49 @@ const state = {
 // ---- small helpers --------------------------------------------------------------------------------
 
 const pad = n => String(n).padStart(2, '0')
-const dateValue = ms => { const d = new Date(ms); return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}` }
-const timeValue = ms => { const d = new Date(ms); return `${pad(d.getHours())}:${pad(d.getMinutes())}` }
+// Times are shown and read in one zone: the calendar's (meta.time_zone, which the CLI uses too), else
+// this browser's. Intl does the zone arithmetic (formatToParts), so the board and the CLI agree.
+const BROWSER_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC'
+let zone = BROWSER_ZONE
+let zoneFormat = null
+function setZone (name) {
+  let wanted = BROWSER_ZONE
+  if (typeof name === 'string' && name) {
+    try { new Intl.DateTimeFormat('en-CA', { timeZone: name }); wanted = name } catch (_) { /* unknown here: the browser's */ }
+  }
+  if (wanted === zone && zoneFormat) return false
+  zone = wanted
+  zoneFormat = new Intl.DateTimeFormat('en-CA', {
+    timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hourCycle: 'h23'
+  })
+  return true
+}
+setZone(null)
+const parts = ms => {
+  const found = {}
+  for (const { type, value } of zoneFormat.formatToParts(new Date(ms))) found[type] = value
+  return found
+}
+const dateValue = ms => { const p = parts(ms); return `${p.year}-${p.month}-${p.day}` }
+const timeValue = ms => { const p = parts(ms); return `${p.hour}:${p.minute}` }
+const minutesOf = ms => Number(parts(ms).minute)
+const offsetAt = ms => { // the zone's offset from UTC at ms, in ms
+  const p = parts(ms)
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute) - Math.floor(ms / 60000) * 60000
+}
 const localMs = (date, time) => {
   if (!/^\d{4}-\d{2}-\d{2}$/.test(date) || !/^\d{2}:\d{2}/.test(time)) return NaN
   const [y, m, d] = date.split('-').map(Number)
   const [hh, mm] = time.split(':').map(Number)
-  return new Date(y, m - 1, d, hh, mm).getTime()
+  const wall = Date.UTC(y, m - 1, d, hh, mm)
+  const first = wall - offsetAt(wall)
+  return wall - offsetAt(first) // again at the guess: right across a DST change
 }
 const dayStart = date => localMs(date, '00:00')
-const shiftDay = (date, days) => { const d = new Date(dayStart(date)); d.setDate(d.getDate() + days); return dateValue(d.getTime()) }
+const shiftDay = (date, days) => {
+  const [y, m, d] = date.split('-').map(Number)
+  return new Date(Date.UTC(y, m - 1, d + days)).toISOString().slice(0, 10)
+}
 const span = (start, end) => (dateValue(start) === dateValue(end) ? `${timeValue(start)}–${timeValue(end)}`
   : `${dateValue(start)} ${timeValue(start)} – ${dateValue(end)} ${timeValue(end)}`)
 const el = (tag, props = {}, ...children) => {
@@ -181,7 +214,7 @@ function showLogin (problem) {
 async function start () {
   $('calendar-name').textContent = calendar
   document.title = `${calendar} · front desk · accord`
-  $('tz-name').textContent = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'
+  $('tz-name').textContent = zone
   const token = takeToken()
   let granted
   try {
@@ -280,14 +313,10 @@ function snapshot () {
 
 // ---- rendering --------------------------------------------------------------------------------------
 
-// The board shows times in this browser's zone; a calendar may name its own (meta.time_zone, set
-// with `accord terminal time-zone`, the CLI's default). When they differ, say so next to the times.
+// The calendar's zone (meta.time_zone, set with `accord terminal time-zone`) when it has one.
 function showZone () {
-  const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'
-  const own = state.doc?.getMap('meta').get('time_zone')
-  $('tz-name').textContent = typeof own === 'string' && own !== browser
-    ? `${browser} (this browser; the calendar's zone is ${own})`
-    : browser
+  setZone(state.doc?.getMap('meta').get('time_zone'))
+  $('tz-name').textContent = zone === BROWSER_ZONE ? zone : `${zone} (the calendar's zone; this browser is in ${BROWSER_ZONE})`
 }
 
 function render () {
@@ -300,7 +329,7 @@ function render () {
   const items = model.listReservations(all, decided, from, to)
   const focus = document.activeElement?.dataset?.id ? { ...document.activeElement.dataset } : null
 
-  const label = new Date(from).toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' })
+  const label = new Date(from).toLocaleDateString(undefined, { timeZone: zone, weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' })
   $('day-caption').textContent = `Reservations on ${label}: ${items.length}` + (decided.settled ? '' : ' (checking the home relay\'s signatures…)')
   $('day-table').dataset.verified = decided.settled ? 'all' : 'checking'
   $('trust').textContent = decided.uncheckable
@@ -324,7 +353,7 @@ function badge (status) {
 }
 
 /** A free piece the grid's half-hour lines do not already tell: it gets its times written out. */
-const odd = piece => piece.end - piece.start < grid.PIECE_MS || new Date(piece.start).getMinutes() % 30 !== 0
+const odd = piece => piece.end - piece.start < grid.PIECE_MS || minutesOf(piece.start) % 30 !== 0
 
 /** The day grid: time down, a column per resource, each reservation a block, free time as buttons. */
 function renderGrid (items, resources, from, to) {
@@ -347,7 +376,7 @@ function renderGrid (items, resources, from, to) {
   const half = 30 * 60 * 1000
   for (let at = layout.start; at < layout.end; at += half) {
     const row = grid.rowOf(at, layout.start)
-    const hour = new Date(at).getMinutes() === 0
+    const hour = minutesOf(at) === 0
     cells.push(place(el('div', { className: hour ? 'grid-line hour' : 'grid-line', ariaHidden: 'true' }), row, row + 6, 1, lanes + 1))
     cells.push(place(el('div', { className: 'grid-time' }, timeValue(at)), row, row + 6, 1))
   }
