@@ -45,7 +45,7 @@ from typing import Protocol
 
 from .errors import CloseCode, LocalProtocolError, TooMuchPresence
 from .model import CalendarId
-from .protocol import EMPTY_UPDATE, AwarenessEntry, decode_awareness, encode_awareness, piece_bytes
+from .protocol import EMPTY_UPDATE, PIECE_MARGIN_BYTES, AwarenessEntry, decode_awareness, encode_awareness, piece_bytes
 from .sync import (
     Acknowledged,
     AwarenessQueried,
@@ -175,7 +175,11 @@ class Session:
         self.documents = documents
         self.sync = PeerSync(calendar) if max_message_bytes is None else PeerSync(calendar, max_message_bytes=max_message_bytes)
         self.framing = Framing.MULTIPLEXED if calendar is None else Framing.SINGLE
-        self.piece_bytes = piece_bytes(self.sync.max_message_bytes)
+        # A stock y-websocket client takes messages of any size (browsers and Node's ws set no
+        # practical limit): pieces as large as this side's own limit, so most answers go whole.
+        # Terminals and peers may have an eighth of this side's limit: pieces that size.
+        self.piece_bytes = (self.sync.max_message_bytes - PIECE_MARGIN_BYTES if self.framing is Framing.SINGLE
+                            else piece_bytes(self.sync.max_message_bytes))
         self.send_acks = send_acks
         self._serving: dict[CalendarId, _Serving] = {}
         self._asked: dict[CalendarId, bytes] = {}  # STEP1s to answer once the calendar opens

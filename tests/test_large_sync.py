@@ -208,6 +208,19 @@ def test_a_local_update_larger_than_a_piece_is_sent_in_pieces() -> None:
 def test_piece_size_derives_from_the_limit() -> None:
     assert piece_bytes(DEFAULT_MAX_MESSAGE_BYTES) == 1024 * 1024 - 4096
     assert piece_bytes(1024) == 4096
+    # A stock y-websocket client takes messages of any size: its pieces use this side's whole limit,
+    # so a 4 MB answer goes in one message (splitting it would only cost time), not five.
+    from accord.engine.session import Session
+
+    class Empty:
+        def state_vector(self, calendar: str) -> bytes:
+            return b"\x00"
+
+        def diff(self, calendar: str, state_vector: bytes) -> bytes:
+            return b""
+
+    assert Session(Empty(), calendar=CALENDAR).piece_bytes == DEFAULT_MAX_MESSAGE_BYTES - 4096
+    assert Session(Empty()).piece_bytes == piece_bytes(DEFAULT_MAX_MESSAGE_BYTES)
     with pytest.raises(MalformedMessage):
         decode_framed(b"\x03abc" + bytes([103]) + b"\x02\x05\x05\x00")  # a bad announced state vector
 
