@@ -62,7 +62,7 @@ from .update_pieces import split_update
 
 __all__ = [
     "AUTHORIZATION_HEADER", "RELAY_HEADER", "ROLE_HEADER", "SYNC_PATH", "TERMINAL_HEADER",
-    "Acknowledged", "AwarenessQueried", "AwarenessReceived", "CalendarRefused", "CalendarRequested", "Documents",
+    "Acknowledged", "AnswerPending", "AwarenessQueried", "AwarenessReceived", "CalendarRefused", "CalendarRequested", "Documents",
     "Event", "Framing", "NothingNew", "RemoteState", "Session", "StatesAnnounced", "SyncCompleted",
     "UpdateReceived", "bearer", "parse_bearer",
 ]
@@ -139,8 +139,21 @@ class NothingNew:
     calendar: CalendarId
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerPending:
+    """A sync answer too large for one piece, left to the caller to cut (a session made with
+    ``cut_elsewhere``): cut ``diff`` with :func:`~accord.engine.update_pieces.split_update` into
+    pieces of :attr:`Session.piece_bytes` where it does not stall other work (a worker thread),
+    then send :meth:`Session.answer_frames` before anything queued for the connection since."""
+
+    calendar: CalendarId
+    diff: bytes
+    state_vector: bytes  # this side's, when it answered
+
+
 Event = (
     CalendarRequested
+    | AnswerPending
     | RemoteState
     | NothingNew
     | UpdateReceived
@@ -171,7 +184,7 @@ class Session:
     """
 
     def __init__(self, documents: Documents, *, calendar: str | None = None, send_acks: bool = False,
-                 max_message_bytes: int | None = None) -> None:
+                 max_message_bytes: int | None = None, cut_elsewhere: bool = False) -> None:
         self.documents = documents
         self.sync = PeerSync(calendar) if max_message_bytes is None else PeerSync(calendar, max_message_bytes=max_message_bytes)
         self.framing = Framing.MULTIPLEXED if calendar is None else Framing.SINGLE
@@ -181,6 +194,7 @@ class Session:
         self.piece_bytes = (self.sync.max_message_bytes - PIECE_MARGIN_BYTES if self.framing is Framing.SINGLE
                             else piece_bytes(self.sync.max_message_bytes))
         self.send_acks = send_acks
+        self.cut_elsewhere = cut_elsewhere  # large answers become AnswerPending events
         self._serving: dict[CalendarId, _Serving] = {}
         self._asked: dict[CalendarId, bytes] = {}  # STEP1s to answer once the calendar opens
         self._events: deque[Event] = deque()
@@ -391,8 +405,16 @@ class Session:
 
     def _answer(self, calendar: CalendarId, state_vector: bytes) -> None:
         diff = self.documents.diff(calendar, state_vector)
-        pieces = split_update(diff, self.piece_bytes)
+        if self.cut_elsewhere and len(diff) > self.piece_bytes:
+            self._events.append(AnswerPending(calendar, diff, self.documents.state_vector(calendar)))
+            return
+        self._out.extend(self.answer_frames(calendar, split_update(diff, self.piece_bytes),
+                                            self.documents.state_vector(calendar)))
+
+    def answer_frames(self, calendar: str, pieces: list[bytes], state_vector: bytes) -> list[bytes]:
+        """The messages of a sync answer cut into ``pieces`` (one STEP2 if there is one piece),
+        announcing ``state_vector``, this side's when it answered (see :class:`AnswerPending`)."""
+        name = CalendarId(calendar)
         if len(pieces) == 1:
-            self._out.append(self.sync.step2(calendar, diff))
-        else:
-            self._out.extend(self.sync.step2_parts(calendar, pieces, self.documents.state_vector(calendar)))
+            return [self.sync.step2(name, pieces[0])]
+        return self.sync.step2_parts(name, pieces, state_vector)

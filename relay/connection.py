@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from accord.engine.errors import CloseCode, RemoteProtocolError
 from accord.engine.model import CalendarId
-from accord.engine.session import Event, Framing, Session
+from accord.engine.session import AnswerPending, Event, Framing, Session
+from accord.engine.update_pieces import split_update
 from accord.transport import Outbox
 
 from .auth import Grant
@@ -72,6 +73,7 @@ class Connection:
         self.peer_id = peer_id
         self.outbox = Outbox(websocket, max_messages=outbox_messages, label=self.label)
         self._closing: asyncio.Task[None] | None = None
+        self._held: list[bytes] | None = None  # messages waiting behind a sync answer being cut
 
     @property
     def is_peer(self) -> bool:
@@ -91,8 +93,17 @@ class Connection:
         return self.session.served()
 
     def send(self, data: bytes) -> None:
-        """Queue a message for this connection; a full outbox closes it as a slow consumer."""
+        """Queue a message for this connection; a full outbox closes it as a slow consumer.
+        While a large sync answer is being cut, messages wait behind it, in order."""
         if self._closing is not None:
+            return
+        held = self._held
+        if held is not None:
+            if len(held) < self.outbox.queue.maxsize:
+                held.append(data)
+                return
+            self._held = None  # as slow as a full outbox: the same end
+            self.close_soon(CloseCode.TRY_AGAIN_LATER, "outbox full: reconnect to resync")
             return
         if self.outbox.send(data):
             self.metrics.bytes_out += len(data)
@@ -100,6 +111,22 @@ class Connection:
         self.metrics.updates_dropped["slow_consumer"] += 1
         log.warning("slow consumer disconnected", extra={"conn": self.label, "queued": self.outbox.queue.qsize()})
         self.close_soon(CloseCode.TRY_AGAIN_LATER, "outbox full: reconnect to resync")
+
+    async def _answer(self, pending: AnswerPending) -> None:
+        """Cut a large sync answer in a worker thread (pure Python over bytes: the event loop
+        keeps serving everyone else meanwhile), then send it before whatever was queued for this
+        connection in between. This connection's own reads wait (TCP back-pressure)."""
+        self.flush()  # what came before the answer goes before it
+        self._held = []
+        try:
+            pieces = await asyncio.to_thread(split_update, pending.diff, self.session.piece_bytes)
+        finally:
+            held, self._held = self._held, None
+        for frame in self.session.answer_frames(pending.calendar, pieces, pending.state_vector):
+            self.send(frame)
+        for data in held or ():
+            self.send(data)
+        self.flush()
 
     def flush(self) -> None:
         """Send what the session has queued."""
@@ -137,6 +164,9 @@ class Connection:
                 try:
                     self.session.receive(message)
                     while (event := self.session.next_event()) is not None:
+                        if isinstance(event, AnswerPending):
+                            await self._answer(event)
+                            continue
                         await handler.connection_event(self, event)
                         self.flush()
                 except RemoteProtocolError as exc:

@@ -119,7 +119,7 @@ class Hub:
                     inbound: bool = True) -> Connection:
         # ACKs go to terminals only: stock Yjs clients do not know them, relays do not read them.
         session = Session(self.calendars, calendar=calendar, send_acks=calendar is None and kind is not Kind.PEER,
-                          max_message_bytes=self.max_message_bytes)
+                          max_message_bytes=self.max_message_bytes, cut_elsewhere=True)
         return Connection(websocket, session, kind=kind, grant=grant, metrics=self.metrics, peer_id=peer_id,
                           outbox_messages=self.outbox_messages, token=token, inbound=inbound)
 
