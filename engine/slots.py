@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidReservation
 from .model import Reservation, Status
@@ -203,6 +204,17 @@ def format_exceptions(exceptions: Mapping[date, tuple[Interval, ...]]) -> str:
 def _pair(interval: Interval) -> list[str]:
     start, stop = interval
     return [start.strftime("%H:%M"), stop.strftime("%H:%M") if stop is not None else "24:00"]
+
+
+def zone_of(name: str | None) -> tzinfo:
+    """The zone opening hours are read in: the calendar's ``meta.time_zone``, UTC without one
+    (or for a name this machine's tz database lacks)."""
+    if not name or name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
 
 
 # ---- computation ---------------------------------------------------------------------------------

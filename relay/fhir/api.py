@@ -24,9 +24,8 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from accord.engine.calendar import Calendar
 from accord.engine.errors import (
@@ -38,7 +37,7 @@ from accord.engine.errors import (
 )
 from accord.engine.model import CalendarId, Reservation, check_calendar_name, parse_time
 from accord.engine.session import parse_bearer
-from accord.engine.slots import ComputedSlot, compute_slots, free_intervals, holds_on, open_intervals, split
+from accord.engine.slots import ComputedSlot, compute_slots, free_intervals, holds_on, open_intervals, split, zone_of
 
 from ..auth import Grant, TokenBook
 from ..calendars import CalendarSet
@@ -189,13 +188,10 @@ class FhirApi:
 
     # ---- reads ----------------------------------------------------------------------------
 
-    def _appointment(self, calendar: Calendar, reservation: Reservation,
+    @staticmethod
+    def _appointment(calendar: Calendar, reservation: Reservation,
                      fields: dict[str, Any] | None = None) -> dict[str, Any]:
-        if fields is None:
-            fields = json.loads(str(calendar.reservations[reservation.id]))
-        seq = calendar.decision_state(reservation.id, fields).seq
-        found = calendar.resource(reservation.slot.resource)
-        return mapping.appointment(reservation, fields, seq, found.name if found else None)
+        return mapping.appointment_of(calendar, reservation, fields)
 
     def _read_appointment(self, calendar: Calendar, rid: str) -> HttpResponse:
         try:
@@ -258,12 +254,7 @@ class FhirApi:
         resource = calendar.resource(resource_id)
         if resource is None:
             raise Problem(404, "not-found", f"no Schedule/{resource_id}: the calendar declares no such resource")
-        hours = calendar.opening_hours(resource_id)
-        entry = calendar.resources_map.get(resource_id)
-        has_hours = entry is not None and "hours" in entry  # type: ignore[operator]
-        comment = (f"capacity {resource.capacity}; " + ("opening hours set" if has_hours else "open around the clock")
-                   + (f", {len(hours.exceptions)} exception dates" if hours.exceptions else ""))
-        return mapping.schedule(resource, self._horizon(), comment)
+        return mapping.schedule_of(calendar, resource, self._horizon())
 
     def _search_schedules(self, calendar: Calendar, query: list[tuple[str, str]], base: str) -> dict[str, Any]:
         ids: set[str] | None = None
@@ -280,7 +271,7 @@ class FhirApi:
         if resource is None:
             raise Problem(400, "invalid", f"schedule: the calendar declares no resource {resource_id!r}", "schedule")
         try:
-            intervals = open_intervals(calendar.opening_hours(resource_id), _zone(calendar), lo, hi)
+            intervals = open_intervals(calendar.opening_hours(resource_id), zone_of(calendar.time_zone), lo, hi)
         except InvalidReservation as exc:
             raise Problem(400, "invalid", f"start: {exc}", "start") from None
         holds = holds_on(calendar.list(resource=resource_id, between=(lo, hi)), resource_id)
@@ -538,16 +529,6 @@ def _time_test(text: str, field: str, span: Callable[[Reservation], tuple[dateti
 
 def _page_url(base: str, kind: str, query: list[tuple[str, str]], count: int, offset: int) -> str:
     return f"{base}/{kind}?" + urllib.parse.urlencode([*query, ("_count", str(count)), ("_offset", str(offset))])
-
-
-def _zone(calendar: Calendar) -> tzinfo:
-    name = calendar.time_zone
-    if name is None or name.upper() == "UTC":
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
 
 
 __all__ = ["FhirApi", "Problem", "capability_statement", "parse_route"]

@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pycrdt import Map
+
+from accord.engine.calendar import Calendar
 from accord.engine.model import Reservation, Resource, Status, format_time
-from accord.engine.slots import ComputedSlot
+from accord.engine.slots import HOURS_KEY, ComputedSlot
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 ACTOR_TYPES = ("Location", "Practitioner", "Device", "HealthcareService", "PractitionerRole")
@@ -101,6 +104,25 @@ def appointment(reservation: Reservation, fields: dict[str, Any], verdict_seq: i
         {"actor": patient_reference(r.patient), "required": "required", "status": "accepted"},
     ]
     return out
+
+
+def appointment_of(calendar: Calendar, reservation: Reservation, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The FHIR Appointment of a reservation of ``calendar`` (its raw ``fields`` if at hand)."""
+    if fields is None:
+        fields = json.loads(str(calendar.reservations[reservation.id]))
+    seq = calendar.decision_state(reservation.id, fields).seq
+    found = calendar.resource(reservation.slot.resource)
+    return appointment(reservation, fields, seq, found.name if found else None)
+
+
+def schedule_of(calendar: Calendar, resource: Resource, horizon: tuple[datetime, datetime]) -> dict[str, Any]:
+    """The FHIR Schedule of a declared resource of ``calendar``."""
+    hours = calendar.opening_hours(resource.id)
+    entry = calendar.resources_map.get(resource.id)
+    has_hours = isinstance(entry, Map) and HOURS_KEY in entry
+    comment = (f"capacity {resource.capacity}; " + ("opening hours set" if has_hours else "open around the clock")
+               + (f", {len(hours.exceptions)} exception dates" if hours.exceptions else ""))
+    return schedule(resource, horizon, comment)
 
 
 def schedule(resource: Resource, horizon: tuple[datetime, datetime], comment: str) -> dict[str, Any]:
