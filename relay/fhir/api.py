@@ -230,7 +230,7 @@ class FhirApi:
                 count = _whole(value, "_count", 0, MAX_COUNT)
             elif key == "_offset":
                 offset = _whole(value, "_offset", 0, 10**9)
-            elif key in ("_format", "_total", "_sort"):
+            elif key in ("_format", "_total", "_totalMethod", "_sort"):
                 continue  # JSON only; totals are always counted; results are sorted by start
             else:
                 raise Problem(400, "not-supported", f"unknown search parameter {key!r}", key)
