@@ -152,7 +152,7 @@ async def test_errors_are_operation_outcomes_and_store_nothing(tmp_path: Path) -
                                   tokens_path=write_tokens(tmp_path))) as relay:
         await seed(relay)
         base = f"{relay.fhir_url}/{CAL}"
-        status, made, headers = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z"))
+        status, made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z"))
         assert status == 201
         calendar = await relay.calendar(CAL)
         await relay.wait_for(lambda: calendar.get(made["id"]).status is Status.BOOKED)
