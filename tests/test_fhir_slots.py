@@ -153,12 +153,16 @@ def test_the_update_policy_lets_only_admins_set_hours_and_only_valid_ones() -> N
 async def test_fhir_slots_find_terminal_free_and_export_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0)
     async with Relay(config) as relay:
-        await relay.edit(CAL, lambda c: (c.put_resource("room-1", capacity=1),
-                                         c.set_opening_hours("room-1", weekly=WEEK, exceptions={"2026-12-01": []})))
+        await relay.edit(CAL, lambda c: c.put_resource("room-1", capacity=1))
+        desk = ["--calendar", CAL, "--relay", relay.url, "--store", str(tmp_path / "desk.sqlite"), "--utc", "--json"]
+        hours = ["hours", "room-1", "--weekly", json.dumps(WEEK), "--exceptions", '{"2026-12-01": []}', *desk]
+        assert await asyncio.to_thread(terminal_cli.main, hours) == 0  # an open relay: every client is an admin
+        assert json.loads(capsys.readouterr().out)["exceptions"] == {"2026-12-01": []}
+        calendar = await relay.calendar(CAL)
+        await relay.wait_for(lambda: "hours_exceptions" in calendar.resources_map["room-1"])  # type: ignore[operator]
         base = f"{relay.fhir_url}/{CAL}"
         status, made, _ = await http(f"{base}/Appointment", "POST", appointment("2026-11-30T09:00:00Z", minutes=60))
         assert status == 201
-        calendar = await relay.calendar(CAL)
         await relay.wait_for(lambda: calendar.get(made["id"]).booked is not None)
         window = "start=ge2026-11-30T00:00:00Z&start=lt2026-12-02T00:00:00Z"
         status, bundle, _ = await http(f"{base}/Slot?schedule=Schedule/room-1&{window}")
@@ -179,8 +183,7 @@ async def test_fhir_slots_find_terminal_free_and_export_agree(tmp_path: Path, ca
         status, bad, _ = await http(f"{base}/Slot?schedule=room-9&{window}")
         assert status == 400 and validated(bad)["issue"][0]["expression"] == ["schedule"]
 
-        argv = ["free", "--calendar", CAL, "--resource", "room-1", "--date", "2026-11-30", "--duration", "2h",
-                "--relay", relay.url, "--store", str(tmp_path / "desk.sqlite"), "--utc", "--json"]
+        argv = ["free", "--resource", "room-1", "--date", "2026-11-30", "--duration", "2h", *desk]
         assert await asyncio.to_thread(terminal_cli.main, argv) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["free"] == [{"start": "2026-11-30T10:00:00Z", "end": "2026-11-30T12:00:00Z"},
