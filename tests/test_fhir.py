@@ -234,3 +234,54 @@ async def test_json_patch_cancels(tmp_path: Path, patch_type: str) -> None:
                                      headers={"Content-Type": patch_type})
         assert status == 200 and validated(body)["status"] == "cancelled"
         assert (await relay.calendar(CAL)).get(made["id"]).reason == "duplicate"
+
+
+async def test_with_tls_the_fhir_port_serves_https_only(tmp_path: Path) -> None:
+    from test_tls import make_pki
+
+    pki = make_pki(tmp_path / "pki", "fhir")
+    config = relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, tls_cert_path=pki.cert_file,
+                          tls_key_path=pki.key_file)
+    async with Relay(config) as relay:
+        await seed(relay)
+        assert relay.fhir_url.startswith("https://")
+        context = pki.client_context()
+
+        def post() -> tuple[int, dict[str, Any]]:
+            request = urllib.request.Request(f"{relay.fhir_url}/{CAL}/Appointment", method="POST",
+                                             data=json.dumps(appointment(f"{DAY}T09:00:00Z")).encode(),
+                                             headers={"Content-Type": "application/fhir+json"})
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return response.status, json.loads(response.read())
+
+        status, made = await asyncio.to_thread(post)
+        assert status == 201 and validated(made)["resourceType"] == "Appointment"
+        assert made["id"] in (await relay.calendar(CAL)).all_fields()
+        plain = relay.fhir_url.replace("https://", "http://")
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            await asyncio.to_thread(call, f"{plain}/metadata", token=None)
+
+
+async def test_the_fhir_port_bounds_bodies_headers_and_slow_clients(tmp_path: Path) -> None:
+    config = relay_config(tmp_path, "home", fhir_port=0, handshake_timeout_s=0.5)
+    async with Relay(config) as relay:
+        port = int(relay.fhir_url.rsplit(":", 1)[1].split("/")[0])
+
+        async def exchange(data: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(data)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()  # the server answers and closes (or just closes)
+            writer.close()
+            return answer
+
+        too_big = b"POST /fhir/clinic-1/Appointment HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+        assert (await exchange(too_big)).startswith(b"HTTP/1.1 413")
+        chunked = b"POST /fhir/clinic-1/Appointment HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert (await exchange(chunked)).startswith(b"HTTP/1.1 411")
+        huge_header = b"GET /fhir/metadata HTTP/1.1\r\nX-Pad: " + b"a" * 70000 + b"\r\n\r\n"
+        assert (await exchange(huge_header)).startswith(b"HTTP/1.1 431")
+        assert await exchange(b"GET /fhir/metadata HTTP/1.1\r\n") == b""  # never finished: closed at the deadline
+        answer = await exchange(b"GET /fhir/metadata HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and b"CapabilityStatement" in answer

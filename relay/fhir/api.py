@@ -342,9 +342,7 @@ class FhirApi:
 
     async def _create(self, request: HttpRequest, name: CalendarId, grant: Grant, base: str) -> HttpResponse:
         body = _body(request)
-        existing = self.calendars.loaded.get(name)
-        resources = existing.replica.calendar if existing is not None else None
-        booking = self._invalid(lambda: read_booking(body, resources))
+        booking = self._invalid(lambda: read_booking(body))
         now = self.clock()
 
         def book(cal: Calendar) -> str:

@@ -77,7 +77,7 @@ def participants(body: dict[str, Any]) -> tuple[tuple[str, str] | None, str | No
     return place, patient
 
 
-def read_booking(body: Any, _calendar: Calendar | None = None) -> Booking:
+def read_booking(body: Any) -> Booking:
     """A POSTed Appointment as a booking request.
 
     Raises:
