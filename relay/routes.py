@@ -1,4 +1,4 @@
-"""Plain HTTP on the relay's port: health, metrics, the board, and the connection limit.
+"""Plain HTTP on the relay's port: health, metrics, the board, FHIR reads, and the connection limit.
 
 websockets calls :meth:`Routes.process_request` for every request before the handshake; a
 response ends the request there, None lets the websocket handshake go on. Routes get what

@@ -285,3 +285,18 @@ async def test_the_fhir_port_bounds_bodies_headers_and_slow_clients(tmp_path: Pa
         assert await exchange(b"GET /fhir/metadata HTTP/1.1\r\n") == b""  # never finished: closed at the deadline
         answer = await exchange(b"GET /fhir/metadata HTTP/1.1\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200") and b"CapabilityStatement" in answer
+
+
+async def test_fhir_writes_are_judged_like_a_terminals_updates(tmp_path: Path) -> None:
+    """The relay's quota (part of the update admission) refuses a FHIR booking as it would a desk's."""
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, max_reservations=1)) as relay:
+        await seed(relay)
+        base = f"{relay.fhir_url}/{CAL}"
+        status, _made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z"))
+        assert status == 201
+        rows = await relay.calendars.storage.log_length(CAL)
+        status, body, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T10:00:00Z"))
+        assert status == 403 and "calendar is full" in validated(body)["issue"][0]["diagnostics"]
+        assert len((await relay.calendar(CAL)).all_fields()) == 1
+        assert await relay.calendars.storage.log_length(CAL) == rows
+        assert 'accord_updates_dropped_total{reason="calendar_full"} 1' in relay.render_metrics()
