@@ -35,7 +35,7 @@ from accord.engine.errors import (
     ReservationNotFound,
     StorageError,
 )
-from accord.engine.model import CalendarId, Reservation, check_calendar_name, parse_time
+from accord.engine.model import CalendarId, Reservation, check_calendar_name
 from accord.engine.session import parse_bearer
 from accord.engine.slots import ComputedSlot, compute_slots, free_intervals, holds_on, open_intervals, split, zone_of
 
@@ -43,7 +43,9 @@ from ..auth import Grant, TokenBook
 from ..calendars import CalendarSet
 from ..hub import EditRefused, Hub
 from . import mapping
+from .capability import capability_statement
 from .http import HttpRequest, HttpResponse
+from .params import Problem, among, instant, page_url, prefixed, time_test, whole
 from .writes import Invalid, apply_changes, json_patch, merge_patch, read_booking
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,6 @@ TYPES = ("Appointment", "Schedule", "Slot", "metadata", "AuditEvent", "Provenanc
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 HORIZON = timedelta(days=90)
 DEFAULT_SLOT_WINDOW = timedelta(days=7)
-
-
-class Problem(Exception):
-    """An error answer: HTTP status, issue code, diagnostics, the field it concerns."""
-
-    def __init__(self, status: int, code: str, diagnostics: str, expression: str | None = None) -> None:
-        super().__init__(diagnostics)
-        self.status, self.code, self.expression = status, code, expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,28 +202,28 @@ class FhirApi:
         tests: list[Callable[[Reservation], bool]] = []
         for key, value in query:
             if key == "date":
-                tests.append(_time_test(value, "date", lambda r: (r.slot.start, r.slot.end)))
+                tests.append(time_test(value, "date", lambda r: (r.slot.start, r.slot.end)))
             elif key == "_lastUpdated":
-                tests.append(_time_test(value, "_lastUpdated", lambda r: (r.updated_at, r.updated_at)))
+                tests.append(time_test(value, "_lastUpdated", lambda r: (r.updated_at, r.updated_at)))
             elif key == "status":
                 wanted = set(value.split(","))
                 unknown = wanted - set(mapping.FHIR_STATUS.values()) - {"proposed", "arrived", "waitlist"}
                 if unknown:
                     raise Problem(400, "invalid", f"status: unknown code {sorted(unknown)[0]!r}", "status")
-                tests.append(_among(wanted, lambda r: mapping.FHIR_STATUS[r.status]))
+                tests.append(among(wanted, lambda r: mapping.FHIR_STATUS[r.status]))
             elif key in ("actor", "location", "practitioner"):
                 ids = {v.rsplit("/", 1)[-1] for v in value.split(",")}
-                tests.append(_among(ids, lambda r: r.slot.resource, lambda r: r.resource))
+                tests.append(among(ids, lambda r: r.slot.resource, lambda r: r.resource))
             elif key == "patient":
                 ids = {v.removeprefix("Patient/") for v in value.split(",")}
-                tests.append(_among(ids, lambda r: r.patient))
+                tests.append(among(ids, lambda r: r.patient))
             elif key == "_id":
                 ids = set(value.split(","))
-                tests.append(_among(ids, lambda r: r.id))
+                tests.append(among(ids, lambda r: r.id))
             elif key == "_count":
-                count = _whole(value, "_count", 0, MAX_COUNT)
+                count = whole(value, "_count", 0, MAX_COUNT)
             elif key == "_offset":
-                offset = _whole(value, "_offset", 0, 10**9)
+                offset = whole(value, "_offset", 0, 10**9)
             elif key in ("_format", "_total", "_totalMethod", "_sort"):
                 continue  # JSON only; totals are always counted; results are sorted by start
             else:
@@ -237,11 +231,11 @@ class FhirApi:
         found = [r for r in calendar.list() if all(test(r) for test in tests)]
         page = found[offset:offset + count]
         others = [(k, v) for k, v in query if k not in ("_count", "_offset")]
-        links = {"self": _page_url(base, "Appointment", others, count, offset)}
+        links = {"self": page_url(base, "Appointment", others, count, offset)}
         if offset + count < len(found) and count:
-            links["next"] = _page_url(base, "Appointment", others, count, offset + count)
+            links["next"] = page_url(base, "Appointment", others, count, offset + count)
         if offset > 0:
-            links["previous"] = _page_url(base, "Appointment", others, count, max(0, offset - count))
+            links["previous"] = page_url(base, "Appointment", others, count, max(0, offset - count))
         every = calendar.all_fields() if page else {}
         return mapping.bundle([self._appointment(calendar, r, every[r.id]) for r in page], base=base, total=len(found),
                               links=links)
@@ -285,7 +279,7 @@ class FhirApi:
             if key == "schedule":
                 schedules += [v.rsplit("/", 1)[-1] for v in value.split(",")]
             elif key == "start":
-                prefix, when = _prefixed(value, "start")
+                prefix, when = prefixed(value, "start")
                 if prefix in ("ge", "gt", "eq", "sa"):
                     lo = when
                 elif prefix in ("lt", "le", "eb"):
@@ -329,8 +323,8 @@ class FhirApi:
         resource = (given.get("resource") or given.get("actor") or given.get("schedule") or "").rsplit("/", 1)[-1]
         if not resource:
             raise Problem(400, "required", "resource: name the resource (resource=Location/room-1)", "resource")
-        lo, hi = _instant(given["start"], "start"), _instant(given["end"], "end")
-        minutes = _whole(given.get("duration", "30"), "duration", 1, 24 * 60)
+        lo, hi = instant(given["start"], "start"), instant(given["end"], "end")
+        minutes = whole(given.get("duration", "30"), "duration", 1, 24 * 60)
         free = free_intervals(self._slots(calendar, resource, lo, hi))
         proposals = [{"resourceType": "Appointment", "status": "proposed", "start": mapping.fhir_time(s.start),
                       "end": mapping.fhir_time(s.end), "minutesDuration": minutes,
@@ -413,46 +407,6 @@ class FhirApi:
             raise Problem(503, "transient", "the write was not stored within 10 s; read it again") from None
 
 
-def capability_statement(now: datetime) -> dict[str, Any]:
-    """What this facade supports, and nothing more."""
-    def param(name: str, kind: str, doc: str) -> dict[str, str]:
-        return {"name": name, "type": kind, "documentation": doc}
-
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": mapping.fhir_time(now),
-        "kind": "instance",
-        "software": {"name": "accord relay"},
-        "implementation": {"description": "accord FHIR facade: one base per calendar, /fhir/<calendar>"},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
-        "rest": [{
-            "mode": "server",
-            "security": {"cors": False, "description": "Authorization: Bearer TOKEN (the relay's token file and roles)"},
-            "resource": [
-                {"type": "Appointment",
-                 "interaction": [{"code": c} for c in ("read", "search-type", "create", "update", "patch")],
-                 "versioning": "versioned-update", "conditionalCreate": False, "conditionalUpdate": False,
-                 "searchParam": [param("date", "date", "the shown slot overlaps (ge/gt/le/lt/eq)"),
-                                 param("status", "token", "FHIR status codes, comma separated"),
-                                 param("actor", "reference", "the resource (Location/<id>)"),
-                                 param("patient", "reference", "Patient/<id>"),
-                                 param("_id", "token", "reservation id"),
-                                 param("_lastUpdated", "date", "the reservation's updated_at")],
-                 "operation": [{"name": "find", "definition": "urn:accord:OperationDefinition/Appointment-find"}]},
-                {"type": "Schedule", "interaction": [{"code": "read"}, {"code": "search-type"}],
-                 "searchParam": [param("actor", "reference", "the resource"), param("_id", "token", "resource id")]},
-                {"type": "Slot", "interaction": [{"code": "read"}, {"code": "search-type"}],
-                 "searchParam": [param("schedule", "reference", "Schedule/<resource>"),
-                                 param("start", "date", "ge/lt bounds of the window (default: now + 7 days)"),
-                                 param("status", "token", "free | busy | busy-tentative")]},
-            ],
-        }],
-    }
-
-
 # ---- small readers ------------------------------------------------------------------------
 
 
@@ -480,53 +434,4 @@ def _parameters(request: HttpRequest) -> list[tuple[str, str]]:
     return out
 
 
-def _among(values: set[str], *reads: Callable[[Reservation], str]) -> Callable[[Reservation], bool]:
-    """A test: one of ``reads`` of a reservation is in ``values``."""
-    return lambda r: any(read(r) in values for read in reads)
-
-
-def _whole(text: str, field: str, lo: int, hi: int) -> int:
-    if not text.isdigit() or not lo <= int(text) <= hi:
-        raise Problem(400, "invalid", f"{field}: a whole number from {lo} to {hi}", field)
-    return int(text)
-
-
-def _instant(text: str, field: str) -> datetime:
-    value = text.strip()
-    if len(value) == 10:
-        value += "T00:00:00Z"
-    try:
-        return parse_time(value)
-    except InvalidReservation as exc:
-        raise Problem(400, "invalid", f"{field}: {exc}", field) from None
-
-
-def _prefixed(text: str, field: str) -> tuple[str, datetime]:
-    prefix = text[:2] if text[:2] in ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap") else "eq"
-    return prefix, _instant(text[2:] if text[:2] == prefix else text, field)
-
-
-def _time_test(text: str, field: str, span: Callable[[Reservation], tuple[datetime, datetime]]
-               ) -> Callable[[Reservation], bool]:
-    prefix, when = _prefixed(text, field)
-    day = len(text.removeprefix(prefix)) == 10
-    upper = when + timedelta(days=1) if day else when
-    tests: dict[str, Callable[[datetime, datetime], bool]] = {
-        "ge": lambda s, e: e > when if field == "date" else s >= when,
-        "gt": lambda s, e: e > upper if field == "date" else s > upper,
-        "lt": lambda s, e: s < when,
-        "le": lambda s, e: s < upper if day else s <= when,
-        "eq": lambda s, e: s < upper and e > when if day else s <= when < max(e, s + timedelta(seconds=1)),
-    }
-    if prefix not in tests:
-        raise Problem(400, "not-supported", f"{field}: prefix {prefix!r} is not supported (use ge, gt, le, lt, eq)",
-                      field)
-    test = tests[prefix]
-    return lambda r: test(*span(r))
-
-
-def _page_url(base: str, kind: str, query: list[tuple[str, str]], count: int, offset: int) -> str:
-    return f"{base}/{kind}?" + urllib.parse.urlencode([*query, ("_count", str(count)), ("_offset", str(offset))])
-
-
-__all__ = ["FhirApi", "Problem", "capability_statement", "parse_route"]
+__all__ = ["FhirApi", "Problem", "parse_route"]
