@@ -1,6 +1,8 @@
 """``accord store``: operator commands for a store file (relay or terminal).
 
-``check PATH`` verifies SQLite's pages, every row's checksum, and that every calendar's log
+``export PATH --fhir OUT.ndjson`` writes FHIR Bulk Data NDJSON (one resource per line: every
+calendar's Schedules, Appointments and the Slots of the next ``--slot-days`` days; see
+:func:`export_fhir`). ``check PATH`` verifies SQLite's pages, every row's checksum, and that every calendar's log
 decodes into a document; exit 1 and one line per problem otherwise. It also warns when the file
 looks like a copy that may lack its WAL (see :func:`copy_warnings`). ``compact PATH`` merges
 each calendar's log into one row (atomically per calendar). Neither ever deletes a corrupt row.
@@ -21,10 +23,13 @@ import json
 import os
 import sys
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from accord.engine.errors import AccordError, CorruptRecord, ExitCode, StoreUnavailable
 from accord.engine.replica import Replica
+from accord.engine.slots import compute_slots, holds_on, open_intervals, zone_of
 from accord.engine.storage import SqliteStorage, merge_log
 from accord.engine.storage.backup import backup, make_standalone
 
@@ -36,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accord store",
         description="Inspect and maintain an accord store (a relay's or a terminal's SQLite file).",
-            epilog="examples:\n  accord store check relay-a.sqlite\n  accord store compact relay-a.sqlite\n"
-        "  accord store backup relay-a.sqlite /backups/relay-a-$(date +%F).sqlite   # while the relay runs",
+        epilog="examples:\n  accord store check relay-a.sqlite\n  accord store compact relay-a.sqlite\n"
+        "  accord store backup relay-a.sqlite /backups/relay-a-$(date +%F).sqlite   # while the relay runs\n"
+        "  accord store export relay-a.sqlite --fhir clinic.ndjson",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action", required=True)
@@ -54,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("--force", action="store_true", help="replace DEST if it exists (the old file stays until the "
                       "new copy has passed its check)")
     copy.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_export_parser(sub)
     return parser
 
 
@@ -88,6 +95,70 @@ def copy_warnings(path: Path) -> list[str]:
             f"{journal.name} is beside it: a write was interrupted and SQLite rolls it back on the next open; keep "
             f"the two files together (a copy of {path.name} without it may hold half a transaction)")
     return warnings
+
+
+def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``accord store export``: its own subcommand, so other store commands stay apart."""
+    export = sub.add_parser("export", help="write FHIR Bulk Data NDJSON (Schedule, Appointment, Slot)")
+    export.add_argument("path", type=Path)
+    export.add_argument("--fhir", type=Path, required=True, metavar="OUT.ndjson", help="the NDJSON file to write")
+    export.add_argument("--calendar", action="append", default=None, help="only this calendar (repeatable)")
+    export.add_argument("--slot-days", type=int, default=30, help="days of Slots from today, 0-62 (default 30)")
+    export.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
+
+async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = None, slot_days: int = 30,
+                      now: datetime | None = None) -> dict[str, object]:
+    """Write every calendar's Schedules, Appointments and the next ``slot_days`` days of Slots
+    as NDJSON to ``out`` (atomically: a temporary file renamed at the end); return the counts.
+
+    Ids are unique within a calendar; each resource's ``meta.source`` names its calendar
+    (``urn:accord:calendar:<name>``), since two calendars may declare the same resource id.
+
+    Raises:
+        CorruptRecord: a calendar's log is damaged (nothing is written).
+    """
+    from accord.relay.fhir import mapping
+
+    if not 0 <= slot_days <= 62:
+        raise AccordError(f"--slot-days {slot_days}: use 0 to 62")
+    today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    horizon = (today, today + timedelta(days=slot_days))
+    counts = {"Schedule": 0, "Appointment": 0, "Slot": 0}
+    store = await SqliteStorage.open(path)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as sink:
+            for name in await store.calendars():
+                if calendars and name not in calendars:
+                    continue
+                replica = Replica(name, actor="store-export")
+                replica.load(await store.load(name))
+                calendar = replica.calendar
+                source = {"source": f"urn:accord:calendar:{name}"}
+
+                def emit(resource: dict[str, Any], source: dict[str, str] = source) -> None:
+                    resource["meta"] = {**resource.get("meta", {}), **source}
+                    sink.write(json.dumps(resource, separators=(",", ":")) + "\n")
+                    counts[resource["resourceType"]] += 1
+
+                every = calendar.all_fields()
+                for resource in calendar.resources():
+                    emit(mapping.schedule_of(calendar, resource, horizon))
+                for item in calendar.list():
+                    emit(mapping.appointment_of(calendar, item, every[item.id]))
+                if slot_days:
+                    for resource in calendar.resources():
+                        intervals = open_intervals(calendar.opening_hours(resource.id), zone_of(calendar.time_zone),
+                                                   *horizon)
+                        holds = holds_on(calendar.list(resource=resource.id, between=horizon), resource.id)
+                        for computed in compute_slots(resource.id, intervals, holds, resource.capacity):
+                            emit(mapping.slot(computed))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        await store.close()
+    return {"ok": True, "path": str(path), "out": str(out), "counts": counts}
 
 
 async def check_store(path: Path) -> dict[str, object]:
@@ -183,6 +254,18 @@ async def compact_store(path: Path) -> dict[str, object]:
     return {"ok": True, "path": str(path), "calendars": result}
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        report = asyncio.run(export_fhir(args.path, args.fhir, calendars=args.calendar, slot_days=args.slot_days))
+    except (AccordError, OSError) as exc:
+        print(f"accord store: {exc} (nothing was written)", file=sys.stderr)
+        return ExitCode.ERROR
+    counts: dict[str, int] = report["counts"]  # type: ignore[assignment]
+    print(json.dumps(report) if args.json else
+          f"{args.fhir}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return ExitCode.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.path.is_file():
@@ -191,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
         print(f"accord store: {args.path} is empty: not an accord store (nothing was changed)", file=sys.stderr)
         return ExitCode.ERROR
+    if args.action == "export":
+        return _export(args)
     warnings = copy_warnings(args.path) if args.action == "check" else []
     try:
         if args.action == "check":

@@ -4,7 +4,8 @@ Layout of the document (shared with stock Yjs clients and the browser board):
 
 - ``reservations``: Map reservation id -> Map of fields (one key per field, so concurrent
   edits of different fields both survive; see :mod:`engine.model` for the three key groups);
-- ``resources``: Map resource id -> Map (``name``, ``capacity``);
+- ``resources``: Map resource id -> Map (``name``, ``capacity``, opening ``hours`` and
+  ``hours_exceptions``: :mod:`engine.slots`);
 - ``meta``: calendar-level settings (``hold_ttl``, ``time_zone``);
 - ``homes``: set-once home records (who decides bookings, from which epoch; signed);
 - ``verdicts``: set-once signed decisions of the home (:mod:`engine.authority`);
@@ -52,6 +53,16 @@ from .model import (
     new_reservation_id,
     parse_time,
     reservation_from_fields,
+)
+from .slots import (
+    EXCEPTIONS_KEY,
+    HOURS_KEY,
+    OpeningHours,
+    format_exceptions,
+    format_weekly,
+    opening_hours,
+    parse_exceptions,
+    parse_weekly,
 )
 
 HOLD_TTL_KEY = "hold_ttl"
@@ -288,6 +299,13 @@ class Calendar:
         """The calendar's time zone setting (``meta.time_zone``, an IANA name), None if unset."""
         return read_time_zone(self.meta.get(TIME_ZONE_KEY))
 
+    def opening_hours(self, resource_id: str) -> OpeningHours:
+        """The resource's opening hours (:mod:`engine.slots`): open around the clock without a schedule."""
+        entry = self.resources_map.get(resource_id)
+        if not isinstance(entry, Map):
+            return opening_hours(None, None)
+        return opening_hours(entry.get(HOURS_KEY), entry.get(EXCEPTIONS_KEY))
+
     def capacity(self, resource_id: str) -> int:
         """How many booked reservations may overlap on the resource (default 1)."""
         found = self.resource(resource_id)
@@ -320,6 +338,32 @@ class Calendar:
             else:
                 self.resources_map[resource_id] = Map({"name": name or resource_id, "capacity": capacity})
         return Resource(resource_id, name or resource_id, capacity)
+
+    def set_opening_hours(self, resource_id: str, *, weekly: object = None, exceptions: object = None,
+                          clear: bool = False) -> OpeningHours:
+        """Set a declared resource's weekly schedule and/or dated exceptions (JSON-shaped data, see
+        :mod:`engine.slots`); ``clear`` removes both (open around the clock again). An admin
+        setting: relays accept it from admin tokens only.
+
+        Raises:
+            InvalidReservation: the resource is not declared, or the schedule does not parse.
+        """
+        entry = self.resources_map.get(resource_id)
+        if not isinstance(entry, Map):
+            raise InvalidReservation(f"resource {resource_id!r} is not declared; declare it first")
+        texts: dict[str, str] = {}
+        if weekly is not None:
+            texts[HOURS_KEY] = format_weekly(parse_weekly(weekly))
+        if exceptions is not None:
+            texts[EXCEPTIONS_KEY] = format_exceptions(parse_exceptions(exceptions))
+        with self.doc.transaction(origin=self.origin):
+            if clear:
+                entry.pop(HOURS_KEY, None)
+                entry.pop(EXCEPTIONS_KEY, None)
+            for key, text in texts.items():
+                if entry.get(key) != text:
+                    entry[key] = text
+        return self.opening_hours(resource_id)
 
     def set_hold_ttl(self, seconds: int | None) -> None:
         """Set (or, with None, remove) the calendar's hold TTL: pending bookings older than this

@@ -84,11 +84,15 @@ from .place_codes import (
 )
 from .placement import Placement
 from .plain_updates import PlainUpdate, read_plain
+from .slots import EXCEPTIONS_KEY, HOURS_KEY, read_exceptions, read_weekly
 from .yjs_update import ANY, DELETED, MAP_TYPE, STRING, TYPE, Struct
 
 MAX_CAPACITY = 1000
 _SETTINGS: dict[bytes, Callable[[object], object]] = {HOLD_TTL_KEY.encode(): read_hold_ttl,
                                                       TIME_ZONE_KEY.encode(): read_time_zone}
+_RESOURCE_SETTINGS: dict[bytes, Callable[[object], object]] = {HOURS_KEY.encode(): read_weekly,
+                                                               EXCEPTIONS_KEY.encode(): read_exceptions}
+"""Resource keys besides name and capacity whose values are checked (opening hours: engine.slots)."""
 FIELD_CHARS: dict[bytes, int] = {**{key.encode(): limit for key, limit in MAX_LENGTHS.items()},
                                  b"cancel_reason": MAX_LENGTHS["reason"]}
 """Longest string (characters) each reservation field holds: the engine's own table."""
@@ -362,7 +366,8 @@ class _Review:
 
     def _check_resource_value(self, struct: Struct, start: int, code: int) -> None:
         """Resource ids match model.RESOURCE_ID, a resource is a map, ``capacity`` is a whole
-        number 1-1000 and ``name`` a string of at most 128 characters."""
+        number 1-1000, ``name`` a string of at most 128 characters, and opening ``hours`` and
+        ``hours_exceptions`` read as :mod:`engine.slots` reads them."""
         ref, content = struct[3], struct[12]
         if ref == DELETED:
             return
@@ -378,6 +383,8 @@ class _Review:
         elif depth == FIELD and field == Field.NAME:
             value = _single_value(self.data, ref, content)
             valid = isinstance(value, str) and len(value) <= MAX_LENGTHS["name"]
+        elif depth == FIELD and field == Field.OTHER and struct[11] in _RESOURCE_SETTINGS:
+            valid = _RESOURCE_SETTINGS[struct[11]](_single_value(self.data, ref, content)) is not None
         if not valid:
             self.add(Category.INVALID_VALUE, code, "", struct[0], start)
 

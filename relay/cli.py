@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id", required=True, dest="relay_id", help="this relay's name (logs, peering, decisions)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one and logs it)")
+    parser.add_argument("--fhir-port", type=int, default=None, metavar="PORT",
+                        help="serve the FHIR R4 facade (reads and writes) under /fhir on this port too "
+                             "(0 picks a free one); without it only FHIR reads (GET /fhir/...) on --port")
     parser.add_argument("--db", default="accord-relay.sqlite",
                         help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk)")
     parser.add_argument("--peer", action="append", default=[], metavar="URL", type=_peer_url,
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         max_subscriptions_per_token=args.max_subscriptions_per_token,
         tls_cert_path=args.tls_cert, tls_key_path=args.tls_key, insecure_plaintext=args.insecure_plaintext,
-        peer_ca_path=args.peer_ca_file,
+        peer_ca_path=args.peer_ca_file, fhir_port=args.fhir_port,
     )
     try:
         return asyncio.run(serve_until_signalled(config, args.port_file))

@@ -43,6 +43,8 @@ class RelayConfig:
         hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
             pending bookings that first reached a relay longer ago than this; as any relay,
             stamp the requests of its clients with receipts (see :mod:`accord.engine.receipts`).
+        fhir_port: serve the FHIR facade (reads and writes) on this port as well (0: a free one;
+            None: only FHIR reads, on ``port``; see :mod:`accord.relay.fhir`).
         max_subscriptions_per_connection, max_subscriptions_per_token: calendars one client
             connection, and all connections of one token together, may open (peers are not capped).
     """
@@ -62,6 +64,7 @@ class RelayConfig:
     insecure_plaintext: bool = False
     peer_ca_path: Path | None = None
     hold_ttl_s: float | None = None
+    fhir_port: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000
     max_reservations: int = DEFAULT_MAX_RESERVATIONS

@@ -1,4 +1,4 @@
-"""Plain HTTP on the relay's port: health, metrics, the board, and the connection limit.
+"""Plain HTTP on the relay's port: health, metrics, the board, FHIR reads, and the connection limit.
 
 websockets calls :meth:`Routes.process_request` for every request before the handshake; a
 response ends the request there, None lets the websocket handshake go on. Routes get what
@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from accord.engine.model import CalendarId
@@ -20,6 +21,7 @@ from accord.engine.session import RELAY_HEADER, ROLE_HEADER, parse_bearer
 
 from . import board
 from .auth import TokenBook
+from .fhir.http import HttpRequest, HttpResponse
 from .metrics import Metrics
 from .pipeline import Health
 
@@ -57,6 +59,7 @@ class Routes:
         self.max_connections = max_connections
         self.reach = reach
         self.relay_id = relay_id
+        self.fhir: Callable[[HttpRequest], Awaitable[HttpResponse]] | None = None  # the FHIR facade (reads)
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
@@ -76,6 +79,12 @@ class Routes:
             response = respond(connection, http.HTTPStatus.OK, self.render_metrics())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
+        if (path == "/fhir" or path.startswith("/fhir/")) and self.fhir is not None:
+            # websockets hands over body-less GETs only; writes go to --fhir-port (see relay/fhir/http.py).
+            answer = await self.fhir(HttpRequest("GET", request.path, {k.lower(): v for k, v in request.headers.raw_items()}))
+            headers = Headers({"Content-Length": str(len(answer.body)), "X-Content-Type-Options": "nosniff",
+                               **answer.headers})
+            return Response(answer.status, http.HTTPStatus(answer.status).phrase, headers, answer.body)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             page = await board.respond(self.tokens, self.known_calendars, request, path, self.reach)
             if page is not None:

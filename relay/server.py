@@ -9,6 +9,8 @@ Endpoints on one port:
   (``X-Accord-Role: terminal``) and peer relays (``X-Accord-Role: peer``); token as
   ``Authorization: Bearer`` or ``?token=``.
 - ``GET /healthz`` (200 when the store answers), ``GET /metrics`` (Prometheus text), the board.
+- ``/fhir/<calendar>/...``: the FHIR R4 facade (:mod:`.fhir`): reads on this port; reads and
+  writes on ``fhir_port`` (websockets' HTTP side reads no request bodies).
 
 With a TLS certificate (``tls_cert_path``/``tls_key_path``) every endpoint is served over TLS
 on the same port (``wss://``, ``https://``) and plaintext connections fail their handshake. A
@@ -50,6 +52,8 @@ from .auth import Grant, TokenBook
 from .calendars import CalendarSet
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
+from .fhir.api import FhirApi
+from .fhir.http import HttpServer
 from .home import Home, load_relay_key
 from .hub import Hub
 from .metrics import Metrics
@@ -78,6 +82,7 @@ class _Running:
     server: Server
     links: list[PeerLink]
     unloader: asyncio.Task[None]
+    fhir: HttpServer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,14 @@ class Relay:
         return self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1) + "/"
 
     @property
+    def fhir_url(self) -> str:
+        """The FHIR facade's root (``http(s)://HOST:FHIR_PORT/fhir``; reads only on the main port
+        without ``fhir_port``). A calendar's FHIR base is this plus ``/<calendar>``."""
+        running = self._running
+        port = running.fhir.port if running is not None and running.fhir is not None else self.port
+        return f"{'https' if self.tls is not None else 'http'}://{self.config.host}:{port}/fhir"
+
+    @property
     def running(self) -> _Running:
         if self._running is None:
             raise AccordError("the relay is not running: use `async with Relay(config) as relay:`")
@@ -193,6 +206,9 @@ class Relay:
                         store_health=pipeline.health, warnings=home.warnings, render_metrics=self.render_metrics,
                         open_connections=lambda: len(hub.connections), max_connections=config.max_connections,
                         reach=reach, relay_id=config.relay_id)
+        fhir = FhirApi(tokens=lambda: self.tokens, calendars=calendars, hub=hub, clock=self.clock,
+                       scheme="https" if self.tls is not None else "http")
+        routes.fhir = fhir.handle
         # With TLS, websockets bounds the TLS handshake by open_timeout too (ssl_handshake_timeout).
         server = await serve(hub.serve, config.host, config.port, process_request=routes.process_request,
                              process_response=routes.process_response,
@@ -201,7 +217,11 @@ class Relay:
         sockets = list(server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         unloader = asyncio.create_task(self._unload_idle(calendars, pipeline), name="idle-unloader")
-        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader)
+        fhir_server = None
+        if config.fhir_port is not None:
+            fhir_server = HttpServer(fhir.handle, timeout_s=config.handshake_timeout_s)
+            await fhir_server.start(config.host, config.fhir_port, self.tls.context if self.tls is not None else None)
+        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
@@ -300,6 +320,8 @@ class Relay:
         if running is None:
             return
         running.server.close(close_connections=False)
+        if running.fhir is not None:
+            await running.fhir.close()
         running.pipeline.release_held()  # readers held by a failing store would keep their connections open
         await asyncio.gather(*(link.close() for link in running.links))
         closing = [c.close(CloseCode.GOING_AWAY, "relay shutting down") for c in list(running.hub.connections)]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
-from datetime import date
+from datetime import date, timedelta
 from typing import NoReturn
 
 from accord import logs
@@ -275,7 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "accord terminal time-zone Europe/Berlin --calendar clinic-1 --token admin-secret")
     time_zone.add_argument("name", nargs="?", default=None,
                            help="an IANA zone name, or 'off' to remove it; without it, print the current setting")
+    free = command("free", "list a resource's free intervals on one day (its opening hours less its bookings; "
+                   "pending ones count as taken)",
+                   "accord terminal free --calendar clinic-1 --resource room-1 --date 2026-12-01 --duration 30m")
+    free.add_argument("--resource", required=True, help="resource id, e.g. room-1")
+    free.add_argument("--date", type=_day, required=True, metavar="YYYY-MM-DD", help="the day (in the zone of --tz)")
+    free.add_argument("--duration", type=_duration, default=None, metavar="30m",
+                      help="only intervals at least this long (e.g. 30m, 1h, 90m)")
+    hours = command("hours", "show or set a resource's weekly opening hours and dated exceptions, in the calendar's "
+                    "time zone (admin token on relays with tokens)",
+                    "accord terminal hours room-1 --weekly '{\"mon\": [[\"08:00\", \"17:00\"]]}' "
+                    "--exceptions '{\"2026-12-25\": []}' --token admin-secret")
+    hours.add_argument("id", help="a declared resource id, e.g. room-1")
+    hours.add_argument("--weekly", type=_json_arg, default=None,
+                       help='JSON: day -> [[open, close], ...], e.g. {"mon": [["08:00", "12:00"], ["13:00", "17:00"]]}; '
+                            "days not named are closed")
+    hours.add_argument("--exceptions", type=_json_arg, default=None,
+                       help='JSON: date -> intervals, e.g. {"2026-12-25": []} (closed) or {"2026-12-24": [["08:00", "12:00"]]}')
+    hours.add_argument("--clear", action="store_true", help="remove both: open around the clock again")
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    value = text.strip().lower()
+    units = {"m": 60, "h": 3600, "min": 60}
+    number, unit = value.rstrip("minh"), value[len(value.rstrip("minh")):] or "m"
+    if not number.isdigit() or unit not in units or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write it like 30m or 1h")
+    return timedelta(seconds=int(number) * units[unit])
+
+
+def _json_arg(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not JSON") from None
 
 
 async def run(args: argparse.Namespace, out: Output) -> ExitCode:

@@ -43,6 +43,7 @@ from accord.engine.calendar import Calendar
 from accord.engine.errors import CloseCode
 from accord.engine.model import CalendarId, Reservation, ReservationId, Resource, Status, check_calendar_name, format_time
 from accord.engine.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode_state_vector
+from accord.engine.slots import ComputedSlot, OpeningHours, compute_slots, holds_on, open_intervals, zone_of
 from accord.engine.storage import CompactionPolicy
 
 from . import waits
@@ -275,6 +276,30 @@ class Terminal:
         """The calendar's declared resources, sorted by id."""
         name = await self.open(calendar)
         return self._store.calendars[name].replica.calendar.resources()
+
+    async def set_opening_hours(self, calendar: str, resource_id: str, *, weekly: object = None,
+                                exceptions: object = None, clear: bool = False) -> OpeningHours:
+        """Set a declared resource's weekly opening hours and/or dated exceptions (see
+        :mod:`accord.engine.slots`); an admin setting, like :meth:`set_hold_ttl`.
+
+        Raises:
+            InvalidReservation: the resource is not declared, or the schedule does not parse.
+        """
+        return await self._write(calendar, lambda cal, _now: cal.set_opening_hours(
+            resource_id, weekly=weekly, exceptions=exceptions, clear=clear))
+
+    async def free_slots(self, calendar: str, resource_id: str, lo: datetime, hi: datetime) -> list[ComputedSlot]:
+        """The resource's open time in ``[lo, hi)`` cut into free, busy-tentative and busy
+        stretches, as this terminal sees the calendar (see :func:`accord.engine.slots.compute_slots`).
+
+        Raises:
+            InvalidReservation: the window is longer than the search limit.
+        """
+        name = await self.open(calendar)
+        cal = self._store.calendars[name].replica.calendar
+        intervals = open_intervals(cal.opening_hours(resource_id), zone_of(cal.time_zone), lo, hi)
+        holds = holds_on(cal.list(resource=resource_id, between=(lo, hi)), resource_id)
+        return compute_slots(resource_id, intervals, holds, cal.capacity(resource_id))
 
     async def _write(self, calendar: str, operation: Callable[[Calendar, datetime], T]) -> T:
         name = await self.open(calendar)

@@ -22,6 +22,7 @@ from typing import Any
 
 from accord.engine.errors import CloseCode, ExitCode, InvalidReservation, NotFound
 from accord.engine.model import CalendarId, Reservation, Status, format_time, parse_time
+from accord.engine.slots import EXCEPTIONS_KEY, HOURS_KEY, free_intervals
 
 from . import format as fmt
 from . import zones
@@ -534,6 +535,41 @@ async def cmd_hold_ttl(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
+async def cmd_free(ctx: Context) -> ExitCode:
+    """List a resource's free intervals on one day, in the CLI's zone."""
+    t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
+    await reach_relay(ctx)
+    offline_read_note(ctx)
+    tz = ctx.zone()
+    lo = datetime.combine(a.date, time(0), tzinfo=tz)
+    hi = datetime.combine(a.date + timedelta(days=1), time(0), tzinfo=tz)
+    slots = await t.free_slots(calendar, a.resource, lo, hi)
+    free = free_intervals(slots, a.duration or timedelta(0))
+    lines = [fmt.span(s.start, s.end, tz) for s in free]
+    ctx.out.result("\n".join(lines) or f"no free time on {a.resource} that day",
+                   {"calendar": calendar, "resource": a.resource, "date": a.date.isoformat(),
+                    "free": [{"start": format_time(s.start), "end": format_time(s.end)} for s in free],
+                    "slots": [{"start": format_time(s.start), "end": format_time(s.end), "status": str(s.status)}
+                              for s in slots]})
+    return ExitCode.OK
+
+
+async def cmd_hours(ctx: Context) -> ExitCode:
+    """Show or set a resource's opening hours (an admin setting)."""
+    t, a, calendar = ctx.terminal, ctx.args, ctx.need_calendar()
+    await reach_relay(ctx)
+    if a.weekly is not None or a.exceptions is not None or a.clear:
+        await t.set_opening_hours(calendar, a.id, weekly=a.weekly, exceptions=a.exceptions, clear=a.clear)
+        await push(ctx)
+    snapshot = t.snapshot(calendar).get("resources", {}).get(a.id, {})
+    weekly, exceptions = snapshot.get(HOURS_KEY), snapshot.get(EXCEPTIONS_KEY)
+    text = f"weekly {weekly or 'open around the clock'}" + (f"\nexceptions {exceptions}" if exceptions else "")
+    ctx.out.result(text, {"calendar": calendar, "resource": a.id,
+                          "weekly": json.loads(weekly) if weekly else None,
+                          "exceptions": json.loads(exceptions) if exceptions else None})
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "book": cmd_book,
     "reschedule": cmd_reschedule,
@@ -554,4 +590,6 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[ExitCode]]] = {
     "time-zone": cmd_time_zone,
     "retry": cmd_retry,
     "discard": cmd_discard,
+    "free": cmd_free,
+    "hours": cmd_hours,
 }
