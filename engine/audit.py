@@ -250,7 +250,7 @@ class ChangeWatch:
                         touched.deleted = True
                         old = change.get("oldValue")
                         if isinstance(old, Map):
-                            touched.old = old.to_py() or {}
+                            touched.old = json.loads(str(old))
             elif len(path) == 1:
                 touched = self._touched.setdefault(str(path[0]), _Touched())
                 for key, change in event.keys.items():
@@ -271,7 +271,8 @@ class ChangeWatch:
         for rid in sorted(set(touched) - recorded):
             item = touched[rid]
             entry = self.calendar.reservations.get(rid)
-            after: dict[str, Any] = (entry.to_py() or {}) if isinstance(entry, Map) else {}
+            # Yrs' own JSON is several times cheaper than Map.to_py() (pycrdt-limits.md).
+            after: dict[str, Any] = json.loads(str(entry)) if isinstance(entry, Map) else {}
             if item.deleted and not isinstance(entry, Map):
                 op, names, before, after_fields = Op.DELETE, sorted(item.old), item.old, None
             elif item.created:

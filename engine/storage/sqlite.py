@@ -112,6 +112,7 @@ class SqliteStorage:
         self._tx_lock = asyncio.Lock()  # one aiosqlite connection: transactions must not interleave
         self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{path.name}")
         self.on_commit: list[object] = []
+        self._audit_tails: dict[str, tuple[int, str]] = {}  # calendar -> (n, hash) of its last committed audit row
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> SqliteStorage:
@@ -197,11 +198,11 @@ class SqliteStorage:
                         await self._conn.executemany("INSERT INTO updates (calendar, data, crc) VALUES (?, ?, ?)", rows)
                         await self._advance_states([row[0] for row in rows], spans)
                         audit = [record for pending in batch for record in pending.audit]
-                        if audit:
-                            await self._append_audit(audit)
+                        tails = await self._append_audit(audit) if audit else {}
                         cursor = await self._conn.execute("SELECT last_insert_rowid()")
                         last = (await cursor.fetchone() or (0,))[0]
                         await self._conn.execute("COMMIT")
+                        self._audit_tails.update(tails)  # committed: the next rows follow these
                     except BaseException:
                         await self._rollback()
                         raise
@@ -238,30 +239,30 @@ class SqliteStorage:
                 [(name, encode_state_vector(clocks[name])) for name in moved],
             )
 
-    async def _append_audit(self, records: list[AuditRecord]) -> None:
-        """Chain and insert audit rows (inside the update rows' transaction); an entry the log
-        holds already (same calendar and key) is not appended again."""
-        by_calendar: dict[str, list[AuditRecord]] = {}
+    async def _append_audit(self, records: list[AuditRecord]) -> dict[str, tuple[int, str]]:
+        """Chain and insert audit rows (inside the update rows' transaction); return the new
+        tails, for the cache once the transaction committed. Entries reach a store once (an
+        entry key is added to a document once, and loads are not reported), so a repeated key
+        in one batch is the only repeat to skip; the unique index refuses any other."""
+        by_calendar: dict[str, dict[str, AuditRecord]] = {}
         for record in records:
-            by_calendar.setdefault(record.calendar, []).append(record)
+            by_calendar.setdefault(record.calendar, {}).setdefault(record.key, record)
         rows: list[AuditRow] = []
+        tails: dict[str, tuple[int, str]] = {}
         for name, group in by_calendar.items():
-            cursor = await self._conn.execute("SELECT n, hash FROM audit WHERE calendar = ? ORDER BY n DESC LIMIT 1",
-                                              (name,))
-            last = await cursor.fetchone()
-            keys = list(dict.fromkeys(record.key for record in group))
-            cursor = await self._conn.execute(
-                f"SELECT key FROM audit WHERE calendar = ? AND key IN ({','.join('?' * len(keys))})", (name, *keys))
-            seen = {row[0] for row in await cursor.fetchall()}
-            fresh = []
-            for record in group:
-                if record.key not in seen:
-                    seen.add(record.key)
-                    fresh.append(record)
-            rows += chain(name, (int(last[0]), str(last[1])) if last else (0, GENESIS), fresh)
+            tail = self._audit_tails.get(name)
+            if tail is None:
+                cursor = await self._conn.execute(
+                    "SELECT n, hash FROM audit WHERE calendar = ? ORDER BY n DESC LIMIT 1", (name,))
+                last = await cursor.fetchone()
+                tail = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+            chained = chain(name, tail, list(group.values()))
+            rows += chained
+            tails[name] = (chained[-1].n, chained[-1].hash)
         await self._conn.executemany(
             "INSERT INTO audit (calendar, n, key, entry, prev, hash, via) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(r.calendar, r.n, r.key, r.entry, r.prev, r.hash, r.via) for r in rows])
+        return tails
 
     # ---- reads ---------------------------------------------------------------------------------
 
