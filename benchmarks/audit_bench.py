@@ -69,7 +69,7 @@ def run_apply(base: bytes, updates: list[bytes], audited: bool) -> tuple[float, 
             with audit.capture(handle, grant):
                 change = replica.apply(update)
             assert change is not None
-            change, _ = audit.record(handle, grant, change)
+            change, _reply = audit.record(handle, grant, change)
             records.append(audit.take(handle))
         else:
             change = replica.apply(update)

@@ -6,7 +6,7 @@ See :mod:`accord.engine.audit` for what an entry holds, where it lives and the t
   :meth:`Audit.record`, which writes one entry per reservation the update touched (attributed to
   the connection's token and the reservation's ``updated_by``, dated by this relay's clock) and
   returns one change holding the client's update and its entries: stored in one row, forwarded
-  as one message (to the sender too: it lacks the entries). Peers' updates are not recorded
+  as one message; the sender gets the entries alone (it lacks only them). Peers' updates are not recorded
   here: the relay that first stored them did that, and its entries travel with them.
 - Whatever the source, the entries a change brings are handed to the commit pipeline with that
   change (:meth:`Audit.take`, the pipeline's ``audit_source``), which appends them to the store's
@@ -70,16 +70,16 @@ class Audit:
         finally:
             ledger.via = ""
 
-    def record(self, handle: CalendarHandle, grant: Grant, change: Change) -> tuple[Change, bool]:
-        """``change`` with the entries for what the last :meth:`capture` touched merged in; the
-        flag is True if any were written (then echo the change to its sender)."""
+    def record(self, handle: CalendarHandle, grant: Grant, change: Change) -> tuple[Change, bytes | None]:
+        """``change`` with the entries for what the last :meth:`capture` touched merged in, and
+        the update of the entries alone (for the sender, which lacks only them; None: none written)."""
         entries = self._entries(handle, grant)
         if not entries:
-            return change, False
+            return change, None
         write_entries(handle.replica.calendar, entries, self.origin)
         written = handle.replica.take_changes()
-        merged = pycrdt.merge_updates(change.update, *(c.update for c in written))
-        return Change(merged, written[-1].state_vector), True
+        own = pycrdt.merge_updates(*(c.update for c in written)) if len(written) > 1 else written[0].update
+        return Change(pycrdt.merge_updates(change.update, own), written[-1].state_vector), own
 
     def record_local(self, handle: CalendarHandle, grant: Grant) -> Change | None:
         """After an edit made on the relay for ``grant`` inside :meth:`capture` (the FHIR facade):

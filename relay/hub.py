@@ -400,14 +400,14 @@ class Hub:
             self.pipeline.submit_local(handle)
             raise
         echo = False
+        reply: bytes | None = None
         if stamping and change is not None:
             assert receipts is not None
             change, echo = receipts.stamp(handle, change)  # the request and its receipt travel together
         if auditing and change is not None:
             assert audit is not None
-            change, recorded = audit.record(handle, connection.grant, change)  # so do a change and its entries
-            echo = echo or recorded
-        await self.pipeline.submit(handle, change, connection, echo=echo)
+            change, reply = audit.record(handle, connection.grant, change)  # so do a change and its entries
+        await self.pipeline.submit(handle, change, connection, echo=echo, reply=reply)
 
 
 def scan_prefixes(globs: list[str] | tuple[str, ...]) -> list[str] | None:

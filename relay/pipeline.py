@@ -94,6 +94,7 @@ class _Item:
     withheld: tuple[bytes, object] | None = None  # (update, origin): applied to the replica only once stored
     echo: bool = False  # forward to the origin too (it holds only part of the change)
     audit: list[AuditRecord] = field(default_factory=list)  # entries this change brought: stored with it
+    reply: bytes | None = None  # sent to the origin only: the part of the change it lacks (its audit entries)
 
     @property
     def row(self) -> bytes | None:
@@ -137,11 +138,11 @@ class CommitPipeline:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
 
     async def submit(self, handle: CalendarHandle, change: Change | None, origin: Connection | None, *,
-                     echo: bool = False) -> None:
+                     echo: bool = False, reply: bytes | None = None) -> None:
         """Queue a change (or, with ``change=None``, just an acknowledgement) for commit.
 
         ``echo``: the change holds more than ``origin`` sent (the relay's receipts): forward it
-        to ``origin`` as well.
+        to ``origin`` as well. ``reply``: send ``origin`` this update instead (the part it lacks).
 
         Waits when ``max_queue`` items are queued, and while the store is failing (writes are
         held back until a retry succeeds), which slows the submitting reader down (back-pressure).
@@ -152,7 +153,7 @@ class CommitPipeline:
         await self._room(lambda: self.hold is not None or self._queue.qsize() >= self.max_queue)
         handle.touch()
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
-        self._enqueue(_Item(handle, change, origin, state_vector, echo=echo))
+        self._enqueue(_Item(handle, change, origin, state_vector, echo=echo, reply=None if echo else reply))
 
     async def writable(self) -> None:
         """Return at once, or once a failing store took writes again (held back meanwhile).
@@ -291,6 +292,9 @@ class CommitPipeline:
             if item.change is not None:
                 handle.committed = item.change.state_vector
                 self._forward(handle, item.change.update, None if item.echo else item.origin)
+                if item.reply is not None and item.origin is not None and item.origin in handle.subscribers:
+                    item.origin.send(item.origin.session.update(handle.name, item.reply))
+                    self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
         for (connection, name), state_vector in acks.items():
