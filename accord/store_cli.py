@@ -77,6 +77,7 @@ def print_history(report: dict[str, object], as_json: bool) -> None:
         fields = ",".join(entry["fields"])  # type: ignore[arg-type]
         more = f" (+{entry['more_fields']} more)" if entry["more_fields"] else ""
         actor = f" actor={entry['actor']}" if entry["actor"] else ""
+        actor += f" via={entry['via']}" if entry.get("via") else ""
         print(f"{entry['at']} {entry['relay']} {entry['by']} ({entry['role']}){actor} {entry['op']} "
               f"{entry['reservation']} {entry['status_before'] or '-'} -> {entry['status_after'] or '-'} "
               f"fields={fields}{more}")

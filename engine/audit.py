@@ -37,6 +37,7 @@ Nothing here does I/O or reads a clock: callers pass ``now`` and entry ids.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -81,6 +82,7 @@ class AuditEntry:
     status_before: str | None
     status_after: str | None
     more_fields: int = 0  # changed fields not listed (past MAX_FIELDS)
+    via: str = ""  # how this store got it: "" (its relay wrote it, or a peer relayed it) or "client:<token>"; not encoded
 
     def encode(self) -> str:
         """The entry's stored text (compact JSON; the key is not part of it)."""
@@ -111,7 +113,7 @@ class AuditEntry:
         return {"key": self.key, "reservation": self.reservation, "relay": self.relay, "at": format_time(self.at),
                 "by": self.by, "role": self.role, "actor": self.actor, "op": self.op, "fields": list(self.fields),
                 "more_fields": self.more_fields, "status_before": self.status_before,
-                "status_after": self.status_after}
+                "status_after": self.status_after, "via": self.via}
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,5 +353,5 @@ def read_entries(rows: list[AuditRow], reservation_id: str | None = None) -> lis
     for row in rows:
         entry = AuditEntry.decode(row.key, row.entry)
         if entry is not None and (reservation_id is None or entry.reservation == reservation_id):
-            out.append(entry)
+            out.append(dataclasses.replace(entry, via=row.via) if row.via else entry)
     return out

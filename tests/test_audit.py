@@ -185,3 +185,27 @@ async def test_a_client_cannot_overwrite_an_audit_entry(tmp_path: Path) -> None:
                 await rogue.closed.wait()
             assert rogue.close_code == 4403
         assert len(await relay.audit(CAL, rid)) == 1
+
+
+async def test_a_terminal_moving_to_another_relay_carries_the_entries_marked_as_its_word(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "relay-1")) as r1, Relay(relay_config(tmp_path, "relay-2")) as r2:
+        async with WireClient(r1.url, actor="desk") as desk:  # the two relays are not peered
+            await desk.open(CAL)
+            await desk.wait_synced(CAL)
+            rid = await desk.book(CAL, patient=PATIENT)
+            await desk.wait_acked(CAL)
+            held = desk.replica(CAL)
+            await desk.wait_for(lambda: len(document_entries(held.calendar.receipts)) == 1)  # the entry came back
+        async with WireClient(r2.url, actor="desk") as moved:
+            moved.replicas[CAL] = held
+            await moved.open(CAL)
+            await moved.wait_synced(CAL)
+            await r2.wait_committed(CAL, held.state_vector())  # accepted, not refused as relay-only
+            assert not moved.closed.is_set()
+        await r2.pipeline.drain()
+        carried = await r2.audit(CAL, rid)
+        original = await r1.audit(CAL, rid)
+    assert [(e.key, e.relay, e.via) for e in carried] == [(original[0].key, "relay-1", "client:open")]
+    assert original[0].via == ""
+    report = await check_store(Path(tmp_path / "relay-2.sqlite"))
+    assert report["ok"], report["problems"]
