@@ -209,3 +209,16 @@ async def test_a_terminal_moving_to_another_relay_carries_the_entries_marked_as_
     assert original[0].via == ""
     report = await check_store(Path(tmp_path / "relay-2.sqlite"))
     assert report["ok"], report["problems"]
+
+
+async def test_a_relay_side_edit_for_a_token_is_recorded_as_that_tokens(tmp_path: Path) -> None:
+    from accord.relay.auth import Grant, Role
+
+    async with Relay(relay_config(tmp_path, "relay-1")) as relay:
+        start = NOW.replace(hour=14)
+        booked = await relay.edit(CAL, lambda cal: cal.book(resource="room-1", start=start, end=start + timedelta(minutes=20),
+                                                            patient=PATIENT, now=NOW),
+                                  by=Grant(Role.TERMINAL, ("clinic-*",), "fhir-app"))
+        await relay.edit(CAL, lambda cal: cal.edit(booked.id, note=NOTE, now=NOW))  # no token: not recorded
+        [entry] = await relay.audit(CAL, booked.id)
+    assert (entry.by, entry.role, entry.relay, entry.op) == ("fhir-app", "terminal", "relay-1", Op.CREATE)
