@@ -222,3 +222,31 @@ async def test_a_relay_side_edit_for_a_token_is_recorded_as_that_tokens(tmp_path
         await relay.edit(CAL, lambda cal: cal.edit(booked.id, note=NOTE, now=NOW))  # no token: not recorded
         [entry] = await relay.audit(CAL, booked.id)
     assert (entry.by, entry.role, entry.relay, entry.op) == ("fhir-app", "terminal", "relay-1", Op.CREATE)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_both_stores_chain_audit_rows_in_the_update_commit_and_skip_repeats(tmp_path: Path, kind: str) -> None:
+    from accord.engine.audit import AuditRecord, verify_chain
+    from accord.engine.model import CalendarId
+    from accord.engine.storage import MemoryStorage, SqliteStorage
+
+    cal = CalendarId(CAL)
+    store = MemoryStorage() if kind == "memory" else await SqliteStorage.open(tmp_path / "s.sqlite")
+    try:
+        first = [AuditRecord(CAL, "audit/r/1", '{"a":1}'), AuditRecord(CAL, "audit/r/1", '{"a":1}')]
+        await store.append_many([(cal, b"\x00\x00")], audit=first)
+        await store.append_many([(cal, b"\x00\x00")], audit=[AuditRecord(CAL, "audit/r/2", '{"a":2}', "client:x")])
+        rows = await store.audit_log(cal)
+        assert [(r.n, r.key, r.via) for r in rows] == [(1, "audit/r/1", ""), (2, "audit/r/2", "client:x")]
+        assert verify_chain(CAL, rows) == [] and rows[1].prev == rows[0].hash
+        assert await store.audit_calendars() == [cal]
+    finally:
+        await store.close()
+    if kind == "sqlite":  # reopened: the chain goes on from the stored tail
+        store = await SqliteStorage.open(tmp_path / "s.sqlite")
+        try:
+            await store.append_many([(cal, b"\x00\x00")], audit=[AuditRecord(CAL, "audit/r/3", '{"a":3}')])
+            rows = await store.audit_log(cal)
+            assert [r.n for r in rows] == [1, 2, 3] and verify_chain(CAL, rows) == []
+        finally:
+            await store.close()

@@ -19,6 +19,7 @@ class MemoryStorage:
         self._states: dict[CalendarId, dict[int, int]] = {}
         self._seq = 0
         self._audit: dict[str, list[AuditRow]] = {}
+        self._audit_keys: dict[str, set[str]] = {}
         self.commits = 0
 
     async def append(self, calendar: CalendarId, update: bytes) -> int:
@@ -28,8 +29,10 @@ class MemoryStorage:
                           audit: list[AuditRecord] | None = None) -> list[int]:
         for record in audit or ():
             rows = self._audit.setdefault(record.calendar, [])
-            if any(row.key == record.key for row in rows):
+            keys = self._audit_keys.setdefault(record.calendar, set())
+            if record.key in keys:
                 continue
+            keys.add(record.key)
             rows += chain(record.calendar, (rows[-1].n, rows[-1].hash) if rows else (0, GENESIS), [record])
         seqs = []
         for calendar, update in items:
