@@ -2,9 +2,12 @@
 
 ``export PATH --fhir OUT.ndjson`` writes FHIR Bulk Data NDJSON (one resource per line: every
 calendar's Schedules, Appointments and the Slots of the next ``--slot-days`` days; see
-:func:`export_fhir`). ``check PATH`` verifies SQLite's pages, every row's checksum, and that every calendar's log
-decodes into a document; exit 1 and one line per problem otherwise. It also warns when the file
-looks like a copy that may lack its WAL (see :func:`copy_warnings`). ``compact PATH`` merges
+:func:`export_fhir`). ``check PATH`` verifies SQLite's pages, every row's checksum, that every calendar's log
+decodes into a document, and each calendar's audit chain (:mod:`accord.engine.audit`: every
+row links to the one before, and the log holds every entry the document holds, as the document
+holds it); exit 1 and one line per problem otherwise. It also warns when the file looks like a
+copy that may lack its WAL (see :func:`copy_warnings`). ``history PATH CALENDAR [ID]`` prints the
+audit trail (who, where, when, what: field names, never values). ``compact PATH`` merges
 each calendar's log into one row (atomically per calendar). Neither ever deletes a corrupt row.
 ``backup SRC DEST`` copies a store, even one a relay or terminal is using, with SQLite's online
 backup API, runs the checks of ``check`` on the copy, and only then puts it at DEST.
@@ -27,7 +30,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from accord.engine.audit import compare_with_document, document_entries, read_entries, verify_chain
 from accord.engine.errors import AccordError, CorruptRecord, ExitCode, StoreUnavailable
+from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
 from accord.engine.slots import compute_slots, holds_on, open_intervals, zone_of
 from accord.engine.storage import SqliteStorage, merge_log
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "new copy has passed its check)")
     copy.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_export_parser(sub)
+    add_history_parser(sub)
     return parser
 
 
@@ -161,6 +167,58 @@ async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = No
     return {"ok": True, "path": str(path), "out": str(out), "counts": counts}
 
 
+def add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``accord store history PATH CALENDAR [ID]``."""
+    history = sub.add_parser(
+        "history", help="print the audit trail of a calendar (or of one reservation): who, where, when, what",
+        description="Print the audit trail as this store holds it: every relay's entries for the calendar, "
+                    "in the order this store recorded them. Entries name the fields that changed, never their values.",
+        epilog="example:\n  accord store history relay-a.sqlite clinic-1 0193f1c2-...",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    history.add_argument("path", type=Path)
+    history.add_argument("calendar", help="calendar name, e.g. clinic-1")
+    history.add_argument("reservation", nargs="?", default=None, help="only this reservation id")
+    history.add_argument("--json", action="store_true", help="print JSON lines, one entry each")
+
+
+async def store_history(path: Path, calendar: str, reservation: str | None) -> dict[str, object]:
+    """The calendar's audit entries as plain data: ``{"ok": True, "entries": [...]}``."""
+    store = await SqliteStorage.open(path)
+    try:
+        rows = await store.audit_log(CalendarId(calendar))
+    finally:
+        await store.close()
+    return {"ok": True, "path": str(path), "calendar": calendar,
+            "entries": [entry.to_json() for entry in read_entries(rows, reservation)]}
+
+
+def print_history(report: dict[str, object], as_json: bool) -> None:
+    """One line per entry (JSON lines under ``--json``)."""
+    entries: list[dict[str, object]] = report["entries"]  # type: ignore[assignment]
+    for entry in entries:
+        if as_json:
+            print(json.dumps(entry))
+            continue
+        fields = ",".join(entry["fields"])  # type: ignore[arg-type]
+        more = f" (+{entry['more_fields']} more)" if entry["more_fields"] else ""
+        actor = f" actor={entry['actor']}" if entry["actor"] else ""
+        actor += f" via={entry['via']}" if entry.get("via") else ""
+        print(f"{entry['at']} {entry['relay']} {entry['by']} ({entry['role']}){actor} {entry['op']} "
+              f"{entry['reservation']} {entry['status_before'] or '-'} -> {entry['status_after'] or '-'} "
+              f"fields={fields}{more}")
+    if not as_json and not entries:
+        print("no audit entries")
+
+
+async def audit_problems(store: SqliteStorage, name: CalendarId, replica: Replica | None) -> tuple[int, list[str]]:
+    """``(rows, problems)`` of a calendar's audit chain, checked against its document if it decoded."""
+    rows = await store.audit_log(name)
+    problems = verify_chain(name, rows)
+    if replica is not None:
+        problems += compare_with_document(name, rows, document_entries(replica.calendar.receipts))
+    return len(rows), problems
+
+
 async def check_store(path: Path) -> dict[str, object]:
     """Return a report: ``{"ok": bool, "calendars": {...}, "problems": [...]}``. A file in
     rollback-journal mode (a backup) is left in that mode."""
@@ -180,6 +238,7 @@ async def check_store(path: Path) -> dict[str, object]:
                     problems.append(str(CorruptRecord(name, seq, "checksum mismatch")))
                 else:
                     good.append(data)
+            replica: Replica | None = None
             try:
                 replica = Replica(name, actor="store-check")
                 replica.load(good)
@@ -187,7 +246,13 @@ async def check_store(path: Path) -> dict[str, object]:
             except Exception as exc:
                 problems.append(f"calendar {name!r}: log does not decode ({exc})")
                 count = -1
-            calendars[name] = {"rows": len(rows), "bytes": sum(len(r[1] or b"") for r in rows), "reservations": count}
+                replica = None
+            audit_rows, audit_found = await audit_problems(store, name, replica)
+            problems += audit_found
+            calendars[name] = {"rows": len(rows), "bytes": sum(len(r[1] or b"") for r in rows), "reservations": count,
+                               "audit_rows": audit_rows}
+        for name in set(await store.audit_calendars()) - set(calendars):  # audit rows without a log
+            problems.append(f"calendar {name!r}: audit rows but no update log")
     finally:
         await store.close()
     if standalone and is_wal_mode(path):
@@ -278,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     warnings = copy_warnings(args.path) if args.action == "check" else []
     try:
+        if args.action == "history":
+            print_history(asyncio.run(store_history(args.path, args.calendar, args.reservation)), args.json)
+            return ExitCode.OK
         if args.action == "check":
             report = asyncio.run(check_store(args.path))
         elif args.action == "backup":
@@ -293,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     elif args.action in ("check", "backup"):
         for name, info in report["calendars"].items():  # type: ignore[attr-defined]
-            print(f"{name}: {info['rows']} rows, {info['bytes']} bytes, {info['reservations']} reservations")
+            print(f"{name}: {info['rows']} rows, {info['bytes']} bytes, {info['reservations']} reservations, "
+                  f"{info['audit_rows']} audit rows")
         for problem in report["problems"]:  # type: ignore[attr-defined]
             print(f"problem: {problem}")
         for warning in warnings:

@@ -29,6 +29,7 @@ counted in ``accord_refused_connections_total``. Peers are not capped: they hold
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import Counter
@@ -57,6 +58,7 @@ from accord.engine.storage.state_vectors import differ
 
 from . import presence
 from .admission import IGNORED, RESYNC, Admission, Admitted
+from .audit import Audit
 from .auth import OPEN_PEER_GRANT, Grant, Role, TokenBook
 from .calendars import CalendarHandle, CalendarSet, matches
 from .connection import Connection, Kind
@@ -76,10 +78,11 @@ class Hub:
     def __init__(self, calendars: CalendarSet, pipeline: CommitPipeline, admission: Admission, metrics: Metrics,
                  *, notice: Notice, peer_globs: list[str], max_message_bytes: int, outbox_messages: int,
                  is_deciding: Callable[[str], bool] = lambda _calendar: False,
-                 receipts: Receipts | None = None,
+                 receipts: Receipts | None = None, audit: Audit | None = None,
                  max_subscriptions_per_connection: int = 1000, max_subscriptions_per_token: int = 10_000) -> None:
         self.is_deciding = is_deciding  # this relay decides the calendar (its recorded home)
         self.receipts = receipts
+        self.audit = audit  # records clients' changes (see relay/audit.py)
         self.first_write: Callable[[CalendarHandle], None] = lambda _handle: None  # the home takes it
         self.calendars = calendars
         self.pipeline = pipeline
@@ -390,18 +393,27 @@ class Hub:
             self.first_write(handle)  # a client's first content: the home record goes first
         receipts = self.receipts
         stamping = receipts is not None and not connection.is_peer and receipts.wanted(handle)
+        audit = self.audit
+        if audit is not None:
+            audit.watch(handle)  # before applying: a peer's update may bring its relay's entries
+        auditing = audit is not None and not connection.is_peer
         try:
-            change = handle.replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
+            with audit.capture(handle, connection.grant) if audit is not None and auditing else contextlib.nullcontext():
+                change = handle.replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
         except MalformedMessage:
             # Yrs may have integrated part of an update it then refused; that part is in the
             # document now, so store it like the relay's own writes before closing the sender.
             self.pipeline.submit_local(handle)
             raise
         echo = False
+        reply: bytes | None = None
         if stamping and change is not None:
             assert receipts is not None
             change, echo = receipts.stamp(handle, change)  # the request and its receipt travel together
-        await self.pipeline.submit(handle, change, connection, echo=echo)
+        if auditing and change is not None:
+            assert audit is not None
+            change, reply = audit.record(handle, connection.grant, change)  # so do a change and its entries
+        await self.pipeline.submit(handle, change, connection, echo=echo, reply=reply)
 
     async def client_edit(self, grant: Grant, name: CalendarId, operation: Callable[[Calendar], T], *,
                           actor: str) -> T:

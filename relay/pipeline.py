@@ -21,6 +21,8 @@ with 1011 and ``/healthz`` names the error until the operator restores the file.
 Named lifecycle points: :attr:`CommitPipeline.change_hooks` see every change as it is queued
 (the admission's key index keeps in step with the document), :attr:`CommitPipeline.batch_hooks`
 run after each batch is stored and forwarded (the home decides what just became durable).
+:attr:`CommitPipeline.audit_source` gives each queued change the audit entries it brought
+(:mod:`~accord.relay.audit`), stored in the same transaction as its row.
 :attr:`CommitPipeline.notice` fires after every batch, for anyone waiting on a condition.
 """
 
@@ -30,9 +32,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from accord.engine.audit import AuditRecord
 from accord.engine.backoff import Backoff
 from accord.engine.errors import CloseCode, StorageError, TransientStorageError
 from accord.engine.model import CalendarId
@@ -90,6 +93,8 @@ class _Item:
     state_vector: bytes
     withheld: tuple[bytes, object] | None = None  # (update, origin): applied to the replica only once stored
     echo: bool = False  # forward to the origin too (it holds only part of the change)
+    audit: list[AuditRecord] = field(default_factory=list)  # entries this change brought: stored with it
+    reply: bytes | None = None  # sent to the origin only: the part of the change it lacks (its audit entries)
 
     @property
     def row(self) -> bytes | None:
@@ -117,6 +122,7 @@ class CommitPipeline:
         self.notice = notice or Notice()
         self.change_hooks: list[Callable[[CalendarHandle, Change], None]] = []
         self.batch_hooks: list[Callable[[list[CalendarHandle]], None]] = []
+        self.audit_source: Callable[[CalendarHandle], list[AuditRecord]] | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
@@ -132,11 +138,11 @@ class CommitPipeline:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
 
     async def submit(self, handle: CalendarHandle, change: Change | None, origin: Connection | None, *,
-                     echo: bool = False) -> None:
+                     echo: bool = False, reply: bytes | None = None) -> None:
         """Queue a change (or, with ``change=None``, just an acknowledgement) for commit.
 
         ``echo``: the change holds more than ``origin`` sent (the relay's receipts): forward it
-        to ``origin`` as well.
+        to ``origin`` as well. ``reply``: send ``origin`` this update instead (the part it lacks).
 
         Waits when ``max_queue`` items are queued, and while the store is failing (writes are
         held back until a retry succeeds), which slows the submitting reader down (back-pressure).
@@ -147,7 +153,7 @@ class CommitPipeline:
         await self._room(lambda: self.hold is not None or self._queue.qsize() >= self.max_queue)
         handle.touch()
         state_vector = change.state_vector if change is not None else handle.replica.state_vector()
-        self._enqueue(_Item(handle, change, origin, state_vector, echo=echo))
+        self._enqueue(_Item(handle, change, origin, state_vector, echo=echo, reply=None if echo else reply))
 
     async def writable(self) -> None:
         """Return at once, or once a failing store took writes again (held back meanwhile).
@@ -192,6 +198,8 @@ class CommitPipeline:
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
             self._observe(item.handle, item.change)
+            if self.audit_source is not None:
+                item.audit = self.audit_source(item.handle)
         self._idle.clear()
         self.busy.add(item.handle.name)
         self._queue.put_nowait(item)
@@ -264,7 +272,8 @@ class CommitPipeline:
 
     async def _commit(self, batch: list[_Item]) -> None:
         rows = [(item.handle.name, row) for item in batch if (row := item.row) is not None]
-        seqs = await self._store(rows) if rows else []
+        audit = [record for item in batch for record in item.audit]
+        seqs = await self._store(rows, audit) if rows else []
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
         index = 0
@@ -283,6 +292,9 @@ class CommitPipeline:
             if item.change is not None:
                 handle.committed = item.change.state_vector
                 self._forward(handle, item.change.update, None if item.echo else item.origin)
+                if item.reply is not None and item.origin is not None and item.origin in handle.subscribers:
+                    item.origin.send(item.origin.session.update(handle.name, item.reply))
+                    self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
         for (connection, name), state_vector in acks.items():
@@ -294,14 +306,14 @@ class CommitPipeline:
             if self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows:
                 await self._compact(handle)
 
-    async def _store(self, rows: list[tuple[CalendarId, bytes]]) -> list[int]:
+    async def _store(self, rows: list[tuple[CalendarId, bytes]], audit: list[AuditRecord]) -> list[int]:
         """Append ``rows`` in one commit, retrying transient faults until it succeeds (writers
         are held back meanwhile); a fatal StorageError propagates."""
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                seqs = await self.storage.append_many(rows)
+                seqs = await (self.storage.append_many(rows, audit=audit) if audit else self.storage.append_many(rows))
             except TransientStorageError as exc:
                 self._held(exc, rows)
                 await asyncio.sleep(self.retry.delay_s(attempt))

@@ -39,6 +39,7 @@ from typing import TypeVar
 
 from websockets.asyncio.server import Server, serve
 
+from accord.engine.audit import AuditEntry
 from accord.engine.backoff import Backoff
 from accord.engine.calendar import Calendar
 from accord.engine.errors import AccordError, CloseCode
@@ -48,6 +49,7 @@ from accord.transport import client_tls_context
 
 from . import board
 from .admission import Admission
+from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
 from .config import MEMORY_DB, RelayConfig, utc_now
@@ -185,9 +187,11 @@ class Relay:
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
+        audit = Audit(config.relay_id, storage, clock=self.clock)
+        pipeline.audit_source = audit.take
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
-                  receipts=receipts,
+                  receipts=receipts, audit=audit,
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
         home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
@@ -196,6 +200,7 @@ class Relay:
         hub.first_write = home.first_write
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, receipts.calendar_unloading,
+                                      audit.calendar_unloading,
                                       self.admission.forget]
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
@@ -360,14 +365,33 @@ class Relay:
         """Wait until ``calendar`` is committed to the store up to ``state_vector``."""
         await self.wait_for(lambda: self.calendars.is_committed(check_calendar_name(calendar), state_vector), timeout_s)
 
-    async def edit(self, calendar: str, operation: Callable[[Calendar], T]) -> T:
+    async def edit(self, calendar: str, operation: Callable[[Calendar], T], *, by: Grant | None = None) -> T:
         """Run ``operation`` on the calendar as this relay's own write; return once it is stored
-        (and forwarded). For seeding and operators' tools; clients write over websockets."""
+        (and forwarded). For seeding and operators' tools; clients write over websockets.
+
+        ``by``: the token a request on this relay came with (the FHIR facade): the change is
+        recorded in the audit trail as that token's, like a client's (without it: not recorded)."""
         handle = await self.running.calendars.get(check_calendar_name(calendar))
-        result = operation(handle.replica.calendar)
-        self.running.pipeline.submit_local(handle)
+        audit = self.running.hub.audit
+        if by is None or audit is None:
+            result = operation(handle.replica.calendar)
+            self.running.pipeline.submit_local(handle)
+        else:
+            self.running.pipeline.submit_local(handle)  # anything pending is not this edit's
+            with audit.capture(handle, by):
+                result = operation(handle.replica.calendar)
+            change = audit.record_local(handle, by)
+            if change is not None:
+                await self.running.pipeline.submit(handle, change, None)
         await self.wait_committed(calendar, handle.replica.state_vector())
         return result
+
+    async def audit(self, calendar: str, reservation_id: str | None = None) -> list[AuditEntry]:
+        """The calendar's audit trail as stored here (every relay's entries for it, in the order
+        this relay stored them), optionally of one reservation. See :mod:`accord.engine.audit`."""
+        audit = self.running.hub.audit
+        assert audit is not None
+        return await audit.read(check_calendar_name(calendar), reservation_id)
 
     async def calendar(self, name: str) -> Calendar:
         """The relay's replica of calendar ``name`` (loaded if needed), for reading."""

@@ -161,6 +161,7 @@ class Ledger:
         self._dirty: set[CalendarId] = set()
         self._closing = False
         self._flushers: dict[CalendarId, asyncio.Task[None]] = {}
+        self._saving: set[asyncio.Task[None]] = set()  # ACK saves, which outlive a cancelled caller
 
     async def load(self, calendar: CalendarId) -> CalendarLedger:
         """Read the calendar's ledger from the store (empty if there is none yet).
@@ -215,7 +216,12 @@ class Ledger:
                 ledger.acked[client] = clock
         ledger.last_ack_at = max(ledger.last_ack_at, at)
         ledger.prune(self._own.get(calendar))
-        await self.save(calendar)
+        # The ACK is visible in memory now (a waiter in synced() may return and close the terminal,
+        # cancelling the link's task that runs this): the save must still finish before the store closes.
+        saving = asyncio.create_task(self.save(calendar), name=f"ledger-ack-save:{calendar}")
+        self._saving.add(saving)
+        saving.add_done_callback(self._saving.discard)
+        await asyncio.shield(saving)
         return {rid for key, ids in before.items() if key not in ledger.pending for rid in ids}
 
     async def regress(self, calendar: CalendarId, relay_clocks: Mapping[int, int]) -> bool:
@@ -276,6 +282,8 @@ class Ledger:
             StorageError: a background save failed.
         """
         self._closing = True
+        if self._saving:
+            await asyncio.gather(*self._saving, return_exceptions=True)
         while True:
             running = [task for task in self._flushers.values() if not task.done()]
             finished = [task for task in self._flushers.values() if task.done()]

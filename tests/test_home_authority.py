@@ -135,11 +135,11 @@ class HeldDecisions(MemoryStorage):
         self.release.set()
         self.holding = asyncio.Event()
 
-    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
+    async def append_many(self, items: list[tuple[CalendarId, bytes]], **kwargs: object) -> list[int]:
         if any(b"v1." in update for _calendar, update in items):
             self.holding.set()
             await self.release.wait()
-        return await super().append_many(items)
+        return await super().append_many(items, **kwargs)
 
 
 async def test_the_home_stores_a_decision_before_anyone_can_see_it(tmp_path: Path) -> None:

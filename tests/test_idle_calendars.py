@@ -121,7 +121,7 @@ async def test_a_store_from_before_state_vectors_is_migrated_once_on_open(tmp_pa
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)  # then the audit table (3)
 
 
 def test_states_messages_round_trip_and_refuse_garbage() -> None:

@@ -242,9 +242,9 @@ class HeldCommits:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+    async def append_many(self, items: list[tuple[str, bytes]], **kwargs: object) -> list[int]:
         await self.release.wait()
-        return await self.inner.append_many(items)  # type: ignore[attr-defined, no-any-return]
+        return await self.inner.append_many(items, **kwargs)  # type: ignore[attr-defined, no-any-return]
 
 
 async def test_a_relay_restored_from_an_older_copy_is_noticed_and_status_stays_truthful(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import pycrdt
 
+from ..audit import AuditRecord, AuditRow
 from ..model import CalendarId
 from .faults import classify_error
 from .memory import MemoryStorage
@@ -42,8 +43,20 @@ class Storage(Protocol):
         """Durably append one update; return its sequence number (increasing per store)."""
         ...
 
-    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
-        """Durably append several updates in one commit; return their sequence numbers."""
+    async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
+                          audit: list[AuditRecord] | None = None) -> list[int]:
+        """Durably append several updates in one commit; return their sequence numbers.
+
+        ``audit``: entries appended to the audit log in the same commit, chained per calendar
+        (:func:`engine.audit.chain`); an entry whose calendar and key the log holds is skipped."""
+        ...
+
+    async def audit_log(self, calendar: CalendarId) -> list[AuditRow]:
+        """The calendar's audit rows in chain order (empty if none)."""
+        ...
+
+    async def audit_calendars(self) -> list[CalendarId]:
+        """Names of the calendars with audit rows."""
         ...
 
     async def load(self, calendar: CalendarId) -> list[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..audit import GENESIS, AuditRecord, AuditRow, chain
 from ..model import CalendarId
 from ..protocol import encode_state_vector
 from .state_vectors import advance, update_spans
@@ -17,12 +18,22 @@ class MemoryStorage:
         self._meta: dict[str, str] = {}
         self._states: dict[CalendarId, dict[int, int]] = {}
         self._seq = 0
+        self._audit: dict[str, list[AuditRow]] = {}
+        self._audit_keys: dict[str, set[str]] = {}
         self.commits = 0
 
     async def append(self, calendar: CalendarId, update: bytes) -> int:
         return (await self.append_many([(calendar, update)]))[0]
 
-    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
+    async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
+                          audit: list[AuditRecord] | None = None) -> list[int]:
+        for record in audit or ():
+            rows = self._audit.setdefault(record.calendar, [])
+            keys = self._audit_keys.setdefault(record.calendar, set())
+            if record.key in keys:
+                continue
+            keys.add(record.key)
+            rows += chain(record.calendar, (rows[-1].n, rows[-1].hash) if rows else (0, GENESIS), [record])
         seqs = []
         for calendar, update in items:
             self._seq += 1
@@ -54,6 +65,12 @@ class MemoryStorage:
 
     async def calendars(self) -> list[CalendarId]:
         return sorted(name for name, rows in self._rows.items() if rows)
+
+    async def audit_log(self, calendar: CalendarId) -> list[AuditRow]:
+        return list(self._audit.get(calendar, []))
+
+    async def audit_calendars(self) -> list[CalendarId]:
+        return sorted(CalendarId(name) for name, rows in self._audit.items() if rows)
 
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)

@@ -20,6 +20,11 @@ calendars with a peer's without loading them. Schema version 1 stores (before st
 are migrated on first open: every calendar's vector is computed from its log once, in one
 transaction (a store of 100k small calendars takes tens of seconds), then ``user_version``
 becomes 2; an older accord then refuses the store ("upgrade accord").
+
+Table ``audit`` holds the audit trail (:mod:`engine.audit`): rows appended with
+``append_many(..., audit=...)`` in the same transaction as the update rows, hash-chained per
+calendar, never rewritten (compaction leaves it alone). Version 2 stores get the empty table on
+first open (schema version 3: additive, nothing else changes).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from ..audit import GENESIS, AuditRecord, AuditRow, chain
 from ..errors import CorruptRecord, StorageError, StoreUnavailable
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
@@ -42,13 +48,26 @@ from .faults import classify_error
 from .state_vectors import Spans, advance, log_state_vector, update_spans
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BIG_ROWS_BYTES = 256 * 1024  # rows past this are read for their spans off the event loop
 SQL_VARIABLES = 500  # names per IN (...) query
 STATES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS calendar_states (calendar TEXT PRIMARY KEY, state_vector BLOB NOT NULL) WITHOUT ROWID;
 """
-SCHEMA = STATES_SCHEMA + """
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    calendar TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (calendar, n)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS audit_keys ON audit (calendar, key);
+"""
+SCHEMA = STATES_SCHEMA + AUDIT_SCHEMA + """
 CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     calendar TEXT NOT NULL,
@@ -64,6 +83,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class _Pending:
     items: list[tuple[CalendarId, bytes]]
     future: asyncio.Future[list[int]]
+    audit: list[AuditRecord] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -92,6 +112,7 @@ class SqliteStorage:
         self._tx_lock = asyncio.Lock()  # one aiosqlite connection: transactions must not interleave
         self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{path.name}")
         self.on_commit: list[object] = []
+        self._audit_tails: dict[str, tuple[int, str]] = {}  # calendar -> (n, hash) of its last committed audit row
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> SqliteStorage:
@@ -113,7 +134,7 @@ class SqliteStorage:
                 )
             if version == 0:
                 tables = await (await conn.execute("SELECT name FROM sqlite_master WHERE type='table'")).fetchall()
-                foreign = {row[0] for row in tables} - {"updates", "meta", "sqlite_sequence", "calendar_states"}
+                foreign = {row[0] for row in tables} - {"updates", "meta", "sqlite_sequence", "calendar_states", "audit"}
                 if foreign:
                     raise StoreUnavailable(
                         f"{target} is a SQLite database but not an accord store (it has tables {sorted(foreign)}); "
@@ -124,8 +145,11 @@ class SqliteStorage:
             if version == 0:
                 await conn.executescript(SCHEMA)
                 await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version == 1:
-                await _migrate_to_state_vectors(conn, target)
+            else:
+                if version == 1:
+                    await _migrate_to_state_vectors(conn, target)
+                if version < SCHEMA_VERSION:
+                    await _migrate_to_audit(conn)
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise StoreUnavailable(f"cannot use store {target}: {exc} (is it an accord database?)") from exc
@@ -140,12 +164,14 @@ class SqliteStorage:
         """Durably append one update; return its sequence number."""
         return (await self.append_many([(calendar, update)]))[0]
 
-    async def append_many(self, items: list[tuple[CalendarId, bytes]]) -> list[int]:
-        """Durably append updates; they commit together with whatever else is queued."""
+    async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
+                          audit: list[AuditRecord] | None = None) -> list[int]:
+        """Durably append updates, and ``audit`` entries to the audit log (chained, in the same
+        transaction); they commit together with whatever else is queued."""
         if self._closing:
             raise StorageError(f"store {self.path} is closed")
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(items, future))
+        self._queue.append(_Pending(items, future, audit or []))
         self._wake.set()
         return await future
 
@@ -171,9 +197,12 @@ class SqliteStorage:
                     try:
                         await self._conn.executemany("INSERT INTO updates (calendar, data, crc) VALUES (?, ?, ?)", rows)
                         await self._advance_states([row[0] for row in rows], spans)
+                        audit = [record for pending in batch for record in pending.audit]
+                        tails = await self._append_audit(audit) if audit else {}
                         cursor = await self._conn.execute("SELECT last_insert_rowid()")
                         last = (await cursor.fetchone() or (0,))[0]
                         await self._conn.execute("COMMIT")
+                        self._audit_tails.update(tails)  # committed: the next rows follow these
                     except BaseException:
                         await self._rollback()
                         raise
@@ -210,7 +239,50 @@ class SqliteStorage:
                 [(name, encode_state_vector(clocks[name])) for name in moved],
             )
 
+    async def _append_audit(self, records: list[AuditRecord]) -> dict[str, tuple[int, str]]:
+        """Chain and insert audit rows (inside the update rows' transaction); return the new
+        tails, for the cache once the transaction committed. Entries reach a store once (an
+        entry key is added to a document once, and loads are not reported), so a repeated key
+        in one batch is the only repeat to skip; the unique index refuses any other."""
+        by_calendar: dict[str, dict[str, AuditRecord]] = {}
+        for record in records:
+            by_calendar.setdefault(record.calendar, {}).setdefault(record.key, record)
+        rows: list[AuditRow] = []
+        tails: dict[str, tuple[int, str]] = {}
+        for name, group in by_calendar.items():
+            tail = self._audit_tails.get(name)
+            if tail is None:
+                cursor = await self._conn.execute(
+                    "SELECT n, hash FROM audit WHERE calendar = ? ORDER BY n DESC LIMIT 1", (name,))
+                last = await cursor.fetchone()
+                tail = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+            chained = chain(name, tail, list(group.values()))
+            rows += chained
+            tails[name] = (chained[-1].n, chained[-1].hash)
+        await self._conn.executemany(
+            "INSERT INTO audit (calendar, n, key, entry, prev, hash, via) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.calendar, r.n, r.key, r.entry, r.prev, r.hash, r.via) for r in rows])
+        return tails
+
     # ---- reads ---------------------------------------------------------------------------------
+
+    async def audit_log(self, calendar: CalendarId) -> list[AuditRow]:
+        """The calendar's audit rows, in chain order (unverified: ``accord store check`` verifies)."""
+        try:
+            async with self._tx_lock:
+                cursor = await self._conn.execute(
+                    "SELECT n, key, entry, prev, hash, via FROM audit WHERE calendar = ? ORDER BY n", (calendar,))
+                found = await cursor.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"cannot read the audit log of {calendar!r} from {self.path}: {exc}") from exc
+        return [AuditRow(calendar, int(n), str(key), str(entry), str(prev), str(digest), str(via))
+                for n, key, entry, prev, digest, via in found]
+
+    async def audit_calendars(self) -> list[CalendarId]:
+        """Calendars with at least one audit row."""
+        async with self._tx_lock:
+            cursor = await self._conn.execute("SELECT DISTINCT calendar FROM audit ORDER BY calendar")
+            return [CalendarId(row[0]) for row in await cursor.fetchall()]
 
     async def state_vectors(self, calendars: Iterable[CalendarId]) -> dict[CalendarId, bytes]:
         """The stored state vector of each of ``calendars`` that has rows (others are left out)."""
@@ -364,3 +436,17 @@ async def _migrate_to_state_vectors(conn: aiosqlite.Connection, target: Path) ->
         raise
     log.info("store migrated: state vectors computed", extra={"store": str(target), "calendars": len(names),
                                                               "ms": round((time.perf_counter() - started) * 1000, 1)})
+
+
+async def _migrate_to_audit(conn: aiosqlite.Connection) -> None:
+    """Schema 2 -> 3: add the (empty) audit table; nothing else changes."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in AUDIT_SCHEMA.split(";"):
+            if statement.strip():
+                await conn.execute(statement.strip())
+        await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
