@@ -191,8 +191,14 @@ class Calendar:
             ReservationNotFound: if this replica has no such reservation (it may not have synced yet).
         """
         fields = self._fields(reservation_id)
-        return reservation_from_fields(self.name, fields, has_home=self.has_home,
-                                       decided=self.decision_state(reservation_id, fields))
+        try:
+            return reservation_from_fields(self.name, fields, has_home=self.has_home,
+                                           decided=self.decision_state(reservation_id, fields))
+        except (KeyError, InvalidReservation):  # a partly synced or hand-written entry: never crash a read
+            raise ReservationNotFound(
+                f"reservation {reservation_id!r} is only partly on this replica (a request field is missing or "
+                "unreadable: still syncing, or written by a client that is not accord); sync and try again"
+            ) from None
 
     def decision_state(self, reservation_id: str, fields: dict[str, Any]) -> DecisionState:
         """What the home has genuinely decided about this reservation (see module docstring)."""
@@ -514,6 +520,7 @@ class Calendar:
 
     def _update(self, reservation_id: str, action: Action, changes: dict[str, Any], now: datetime) -> Reservation:
         entry = self._entry(reservation_id)
+        self.get(reservation_id)  # ReservationNotFound for an entry only partly here: nothing is written
         fields = json.loads(str(entry))
         status = derive_status(fields, has_home=self.has_home, decided=self.decision_state(reservation_id, fields))
         if status not in ALLOWED_FROM[action]:

@@ -406,3 +406,23 @@ def test_a_half_written_booked_slot_reads_as_no_slot_instead_of_crashing() -> No
     replica.calendar.reservations[rid]["booked_start"] = "2026-12-01T07:00:00Z"  # a retired decision key: ignored
     assert replica.calendar.get(rid).booked is None
     assert replica.calendar.cancel(rid, now=datetime(2026, 11, 30, 9, tzinfo=UTC)).id == rid
+
+
+def test_a_reservation_missing_its_request_fields_is_not_found_and_never_crashes_a_read_or_a_write() -> None:
+    """A stock client (or a partly synced replica) may hold a reservation map without ``start``."""
+    from datetime import UTC, datetime
+
+    from pycrdt import Map
+
+    from accord.engine.calendar import Calendar
+    from accord.engine.errors import ReservationNotFound
+
+    calendar = Calendar("clinic-1", actor="desk")
+    with calendar.doc.transaction():
+        calendar.reservations["r-partial"] = Map({"id": "r-partial", "resource": "room-1"})
+    assert calendar.list() == []
+    with pytest.raises(ReservationNotFound, match="only partly"):
+        calendar.get("r-partial")
+    with pytest.raises(ReservationNotFound):
+        calendar.check_in("r-partial", now=datetime(2026, 12, 1, tzinfo=UTC))
+    assert "checked_in_at" not in calendar.reservations["r-partial"]  # nothing was written
