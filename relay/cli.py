@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the system's CA store)")
     parser.add_argument("--max-message-bytes", type=_positive_int, default=8 * 1024 * 1024, help="largest accepted message")
     parser.add_argument("--max-connections", type=_positive_int, default=1000, help="connections beyond this are refused")
+    parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+                        help="record every client change in the audit trail: who, where, when, which fields "
+                             "(default on; --no-audit saves ~0.1 ms CPU and ~270 bytes of document per change)")
     parser.add_argument("--max-reservations", type=_positive_int, default=DEFAULT_MAX_RESERVATIONS, metavar="N",
                         help=f"reservations one calendar may hold; writes that would add more are refused "
                              f"(default {DEFAULT_MAX_RESERVATIONS:,})")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
         tokens_path=args.tokens, insecure_open=args.insecure_open, hold_ttl_s=args.hold_ttl,
         max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
-        idle_unload_s=args.idle_unload, max_reservations=args.max_reservations,
+        idle_unload_s=args.idle_unload, max_reservations=args.max_reservations, audit=args.audit,
         max_calendar_bytes=args.max_calendar_mb << 20,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         max_subscriptions_per_token=args.max_subscriptions_per_token,

@@ -38,6 +38,7 @@ class RelayConfig:
             proxy on a trusted network); a warning is logged on every start.
         peer_ca_path: verify ``wss://`` peers against the CA certificates in this PEM file only
             (default: the system's CA store).
+        audit: record every client change in the audit trail (see :mod:`accord.relay.audit`).
         max_reservations, max_calendar_bytes: per-calendar quotas; a write that would pass one
             is refused (the calendar stays as it was, readable by everyone).
         hold_ttl_s: the hold TTL of calendars that set none (``meta.hold_ttl``): as home, reject
@@ -67,6 +68,7 @@ class RelayConfig:
     fhir_port: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000
+    audit: bool = True
     max_reservations: int = DEFAULT_MAX_RESERVATIONS
     max_calendar_bytes: int = DEFAULT_MAX_CALENDAR_BYTES
     max_subscriptions_per_connection: int = 1000

@@ -187,8 +187,9 @@ class Relay:
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
-        audit = Audit(config.relay_id, storage, clock=self.clock)
-        pipeline.audit_source = audit.take
+        audit = Audit(config.relay_id, storage, clock=self.clock) if config.audit else None
+        if audit is not None:
+            pipeline.audit_source = audit.take
         hub = Hub(calendars, pipeline, self.admission, self.metrics, notice=self.notice, peer_globs=config.peer_globs,
                   max_message_bytes=config.max_message_bytes, outbox_messages=config.outbox_messages,
                   receipts=receipts, audit=audit,
@@ -200,8 +201,9 @@ class Relay:
         hub.first_write = home.first_write
         calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, receipts.calendar_unloading,
-                                      audit.calendar_unloading,
                                       self.admission.forget]
+        if audit is not None:
+            calendars.unloading_hooks.append(audit.calendar_unloading)
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
         pipeline.start()
@@ -390,7 +392,8 @@ class Relay:
         """The calendar's audit trail as stored here (every relay's entries for it, in the order
         this relay stored them), optionally of one reservation. See :mod:`accord.engine.audit`."""
         audit = self.running.hub.audit
-        assert audit is not None
+        if audit is None:  # --no-audit
+            return []
         return await audit.read(check_calendar_name(calendar), reservation_id)
 
     async def calendar(self, name: str) -> Calendar:

@@ -250,3 +250,16 @@ async def test_both_stores_chain_audit_rows_in_the_update_commit_and_skip_repeat
             assert [r.n for r in rows] == [1, 2, 3] and verify_chain(CAL, rows) == []
         finally:
             await store.close()
+
+
+async def test_a_relay_started_with_no_audit_records_no_trail(tmp_path: Path) -> None:
+    from relays import Relay, relay_config
+    from wire import WireClient
+
+    async with Relay(relay_config(tmp_path, "r1", audit=False)) as relay:
+        async with WireClient(relay.url, actor="desk") as desk:
+            await desk.open("clinic-1")
+            await desk.book("clinic-1")
+            await desk.wait_acked("clinic-1")
+            assert not [key for key in desk.replica("clinic-1").calendar.receipts if key.startswith("audit/")]
+        assert await relay.audit("clinic-1") == []
