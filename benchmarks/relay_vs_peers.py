@@ -119,8 +119,9 @@ class ServerSpec:
         match self.key:
             case "accord-memory" | "accord-sqlite" | "accord-base-memory" | "accord-base-sqlite":
                 db = ":memory:" if self.key.endswith("memory") else str(work / "accord.sqlite")
+                extra = os.environ.get("ACCORD_BENCH_RELAY_ARGS", "").split()  # e.g. "--no-audit", to compare
                 return [*accord_cmd, "relay", "--id", "bench", "--port", "0", "--port-file", str(port_file),
-                        "--db", db, "--log-level", "WARNING"], port_file
+                        "--db", db, "--log-level", "WARNING", *extra], port_file
             case "pycrdt-websocket" | "pycrdt-websocket-sqlite":
                 extra = ["--sqlite", str(work / "ystore.sqlite")] if self.key.endswith("sqlite") else []
                 return [sys.executable, str(PEERS / "pycrdt_websocket_server.py"), "0", *extra], None

@@ -68,7 +68,7 @@ class RelayConfig:
     fhir_port: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections: int = 1000
-    audit: bool = True
+    audit: bool = False
     max_reservations: int = DEFAULT_MAX_RESERVATIONS
     max_calendar_bytes: int = DEFAULT_MAX_CALENDAR_BYTES
     max_subscriptions_per_connection: int = 1000

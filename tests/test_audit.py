@@ -10,12 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from relays import relay_config
+from relays import relay_config as _relay_config
 from wire import NOW, WireClient
 
 from accord.engine.audit import Op, document_entries
 from accord.engine.model import Status
-from accord.relay.server import Relay
+from accord.relay.server import Relay, RelayConfig
 from accord.store_cli import check_store
 from accord.store_cli import main as store_main
 from accord.terminal.client import Terminal
@@ -28,6 +28,11 @@ TOKENS = ("desk2-secret terminal clinic-* name=desk-2\n"
           "desk1-secret terminal clinic-* name=desk-1\n"
           "nurse-secret terminal clinic-* name=nurse-3\n"
           "peer-secret peer * name=partner\n")
+
+
+def relay_config(tmp_path: Path, relay_id: str, **kw: object) -> RelayConfig:
+    """A test relay with the audit trail on (it is off by default: see --audit)."""
+    return _relay_config(tmp_path, relay_id, **{"audit": True, **kw})
 
 
 async def trail_of(relay: Relay, rid: str, count: int) -> list[dict[str, object]]:
