@@ -452,10 +452,16 @@ class Hub:
             self.first_write(handle)
         receipts = self.receipts
         stamping = receipts is not None and receipts.wanted(handle)
-        change = replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
+        audit = self.audit
+        if audit is not None:
+            audit.watch(handle)
+        with audit.capture(handle, grant) if audit is not None else contextlib.nullcontext():
+            change = replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
         if stamping and change is not None:
             assert receipts is not None
             change, _echo = receipts.stamp(handle, change)
+        if audit is not None and change is not None:
+            change, _reply = audit.record(handle, grant, change)  # recorded as the token's, like a client's
         target = replica.state_vector()
         await self.pipeline.submit(handle, change, None)
         await self.notice.wait_for(lambda: self.calendars.is_committed(name, target), 10.0)

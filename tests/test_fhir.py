@@ -300,3 +300,28 @@ async def test_fhir_writes_are_judged_like_a_terminals_updates(tmp_path: Path) -
         assert len((await relay.calendar(CAL)).all_fields()) == 1
         assert await relay.calendars.storage.log_length(CAL) == rows
         assert 'accord_updates_dropped_total{reason="calendar_full"} 1' in relay.render_metrics()
+
+
+async def test_fhir_writes_are_audited_and_the_trail_reads_as_audit_events(tmp_path: Path) -> None:
+    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, audit=True,
+                                  tokens_path=write_tokens(tmp_path))) as relay:
+        await seed(relay)
+        base = f"{relay.fhir_url}/{CAL}"
+        status, made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z", patient="P-7781"))
+        assert status == 201, made
+        calendar = await relay.calendar(CAL)
+        await relay.wait_for(lambda: calendar.get(made["id"]).status is Status.BOOKED)
+        status, _, _ = await http(f"{base}/Appointment/{made['id']}", "PATCH",
+                                  {"status": "cancelled", "cancelationReason": {"text": "patient called"}})
+        assert status == 200
+        status, trail, _ = await http(f"{base}/AuditEvent?entity=Appointment/{made['id']}", token="viewer-secret")
+        assert status == 200
+        validated(trail)
+        events = [entry["resource"] for entry in trail["entry"]]
+        assert [e["action"] for e in events] == ["C", "U"]
+        assert {e["agent"][0]["who"]["display"] for e in events} == {"desk (terminal)"}
+        assert events[1]["entity"][0]["detail"][1]["valueString"].endswith("-> cancelled")
+        assert "P-7781" not in json.dumps(trail) and "patient called" not in json.dumps(trail)  # names, never values
+    async with Relay(relay_config(tmp_path, "plain", fhir_port=0)) as plain:  # no --audit: an empty trail
+        status, empty, _ = await http(f"{plain.fhir_url}/{CAL}/AuditEvent", token=None)
+        assert status == 200 and empty["total"] == 0

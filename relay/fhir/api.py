@@ -142,8 +142,11 @@ class FhirApi:
     async def _dispatch(self, request: HttpRequest, route: Route, grant: Grant, query: list[tuple[str, str]],
                         base: str) -> HttpResponse:
         method, kind = request.method, route.type
+        if kind == "AuditEvent" and method == "GET" and route.id is None and route.operation is None:
+            assert route.calendar is not None
+            return _json(200, await self._search_audit(route.calendar, query, base))
         if kind in ("AuditEvent", "Provenance"):
-            raise Problem(404, "not-supported", f"{kind} is not served by this relay")
+            raise Problem(404, "not-supported", f"{kind} {'read' if route.id else 'search'} is not served by this relay")
         assert route.calendar is not None
         name = route.calendar
         if kind == "Appointment" and route.operation == "$find" and method in ("GET", "POST"):
@@ -239,6 +242,27 @@ class FhirApi:
         every = calendar.all_fields() if page else {}
         return mapping.bundle([self._appointment(calendar, r, every[r.id]) for r in page], base=base, total=len(found),
                               links=links)
+
+    async def _search_audit(self, name: CalendarId, query: list[tuple[str, str]], base: str) -> dict[str, Any]:
+        """The calendar's audit trail as AuditEvents (empty on a relay without ``--audit``)."""
+        count, offset, reservation = DEFAULT_COUNT, 0, None
+        for key, value in query:
+            if key == "entity":
+                reservation = value.removeprefix("Appointment/")
+            elif key == "_count":
+                count = whole(value, "_count", 0, MAX_COUNT)
+            elif key == "_offset":
+                offset = whole(value, "_offset", 0, 10**9)
+            elif key not in ("_format", "_total"):
+                raise Problem(400, "not-supported", f"unknown search parameter {key!r}", key)
+        audit = self.hub.audit
+        entries = await audit.read(name, reservation) if audit is not None else []
+        page = entries[offset:offset + count]
+        others = [(k, v) for k, v in query if k not in ("_count", "_offset")]
+        links = {"self": page_url(base, "AuditEvent", others, count, offset)}
+        if offset + count < len(entries) and count:
+            links["next"] = page_url(base, "AuditEvent", others, count, offset + count)
+        return mapping.bundle([mapping.audit_event_of(e) for e in page], base=base, total=len(entries), links=links)
 
     def _horizon(self) -> tuple[datetime, datetime]:
         today = self.clock().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

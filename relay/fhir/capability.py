@@ -39,6 +39,11 @@ def capability_statement(now: datetime) -> dict[str, Any]:
                  "operation": [{"name": "find", "definition": "urn:accord:OperationDefinition/Appointment-find"}]},
                 {"type": "Schedule", "interaction": [{"code": "read"}, {"code": "search-type"}],
                  "searchParam": [param("actor", "reference", "the resource"), param("_id", "token", "resource id")]},
+                {"type": "AuditEvent", "interaction": [{"code": "search-type"}],
+                 "searchParam": [param("entity", "reference", "Appointment/<id>: that reservation's changes"),
+                                 param("_count", "number", "page size")],
+                 "documentation": "the relay's audit trail (accord relay --audit): who, where, when, which "
+                                  "fields; never field values"},
                 {"type": "Slot", "interaction": [{"code": "read"}, {"code": "search-type"}],
                  "searchParam": [param("schedule", "reference", "Schedule/<resource>"),
                                  param("start", "date", "ge/lt bounds of the window (default: now + 7 days)"),

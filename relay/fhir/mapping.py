@@ -27,6 +27,7 @@ from typing import Any
 
 from pycrdt import Map
 
+from accord.engine.audit import AuditEntry
 from accord.engine.calendar import Calendar
 from accord.engine.model import Reservation, Resource, Status, format_time
 from accord.engine.slots import HOURS_KEY, ComputedSlot
@@ -162,6 +163,34 @@ def outcome(code: str, diagnostics: str, *, severity: str = "error", expression:
     if expression:
         issue["expression"] = [expression]
     return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+_AUDIT_ACTIONS = {"create": "C", "update": "U", "delete": "D"}
+
+
+def audit_event_of(entry: AuditEntry) -> dict[str, Any]:
+    """An accord audit entry as a FHIR R4 AuditEvent: who (the token's name and role, and the
+    terminal's actor), where (the relay, as observer), when, which Appointment and which fields
+    changed (names only) with the status before and after."""
+    agent: dict[str, Any] = {"who": {"display": f"{entry.by} ({entry.role})"}, "requestor": True}
+    if entry.actor:
+        agent["altId"] = entry.actor
+    detail = [{"type": "fields", "valueString": ",".join(entry.fields) or "-"},
+              {"type": "status", "valueString": f"{entry.status_before or '-'} -> {entry.status_after or '-'}"}]
+    return {
+        "resourceType": "AuditEvent",
+        "id": hashlib.sha256(entry.key.encode()).hexdigest()[:40],
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+                 "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
+                     "code": "create" if entry.op == "create" else "update"}],
+        "action": _AUDIT_ACTIONS.get(entry.op, "U"),
+        "recorded": fhir_time(entry.at),
+        "outcome": "0",
+        "agent": [agent],
+        "source": {"observer": {"display": entry.relay}},
+        "entity": [{"what": {"reference": f"Appointment/{entry.reservation}"}, "detail": detail}],
+    }
 
 
 def bundle(entries: list[dict[str, Any]], *, base: str, total: int, links: dict[str, str]) -> dict[str, Any]:
