@@ -44,6 +44,7 @@ from accord.engine.calendar import Calendar
 from accord.engine.errors import AccordError, CloseCode, MalformedMessage, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.receipts import CLIENT_ORIGIN
+from accord.engine.replica import Change
 from accord.engine.session import (
     AwarenessReceived,
     CalendarRefused,
@@ -389,31 +390,42 @@ class Hub:
             # Its later updates would depend on the refused one and could never apply: close it.
             await connection.close(refusal.code, refusal.reason)
             return
-        if not connection.is_peer and update[:1] != b"\x00" and handle.is_empty():
-            self.first_write(handle)  # a client's first content: the home record goes first
-        receipts = self.receipts
-        stamping = receipts is not None and not connection.is_peer and receipts.wanted(handle)
-        audit = self.audit
-        if audit is not None:
-            audit.watch(handle)  # before applying: a peer's update may bring its relay's entries
-        auditing = audit is not None and not connection.is_peer
         try:
-            with audit.capture(handle, connection.grant) if audit is not None and auditing else contextlib.nullcontext():
-                change = handle.replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
+            change, echo, reply = self._apply_admitted(handle, update, None if connection.is_peer else connection.grant)
         except MalformedMessage:
             # Yrs may have integrated part of an update it then refused; that part is in the
             # document now, so store it like the relay's own writes before closing the sender.
             self.pipeline.submit_local(handle)
             raise
-        echo = False
-        reply: bytes | None = None
+        await self.pipeline.submit(handle, change, connection, echo=echo, reply=reply)
+
+    def _apply_admitted(self, handle: CalendarHandle, update: bytes,
+                        client: Grant | None) -> tuple[Change | None, bool, bytes | None]:
+        """Apply an update the admission let through: from a client (its ``grant``) or a peer
+        (None). A client's first content gets the home record first, its requests this relay's
+        receipts and its changes audit entries, merged into the one change that is stored and
+        forwarded. Returns (change, echo it to the sender, the entries to send the sender back).
+
+        Raises:
+            MalformedMessage: Yrs refused the update half way (see :meth:`Replica.apply`).
+        """
+        if client is not None and update[:1] != b"\x00" and handle.is_empty():
+            self.first_write(handle)  # a client's first content: the home record goes first
+        receipts, audit = self.receipts, self.audit
+        stamping = receipts is not None and client is not None and receipts.wanted(handle)
+        if audit is not None:
+            audit.watch(handle)  # before applying: a peer's update may bring its relay's entries
+        auditing = audit is not None and client is not None
+        with audit.capture(handle, client) if audit is not None and client is not None else contextlib.nullcontext():
+            change = handle.replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
+        echo, reply = False, None
         if stamping and change is not None:
             assert receipts is not None
             change, echo = receipts.stamp(handle, change)  # the request and its receipt travel together
         if auditing and change is not None:
-            assert audit is not None
-            change, reply = audit.record(handle, connection.grant, change)  # so do a change and its entries
-        await self.pipeline.submit(handle, change, connection, echo=echo, reply=reply)
+            assert audit is not None and client is not None
+            change, reply = audit.record(handle, client, change)  # so do a change and its entries
+        return change, echo, reply
 
     async def client_edit(self, grant: Grant, name: CalendarId, operation: Callable[[Calendar], T], *,
                           actor: str) -> T:
@@ -448,20 +460,7 @@ class Hub:
             self.metrics.updates_dropped[refusal.metric or "refused"] += 1
             raise EditRefused(refusal.reason)
         self.metrics.updates_in += 1
-        if handle.is_empty():
-            self.first_write(handle)
-        receipts = self.receipts
-        stamping = receipts is not None and receipts.wanted(handle)
-        audit = self.audit
-        if audit is not None:
-            audit.watch(handle)
-        with audit.capture(handle, grant) if audit is not None else contextlib.nullcontext():
-            change = replica.apply(update, origin=CLIENT_ORIGIN if stamping else None)
-        if stamping and change is not None:
-            assert receipts is not None
-            change, _echo = receipts.stamp(handle, change)
-        if audit is not None and change is not None:
-            change, _reply = audit.record(handle, grant, change)  # recorded as the token's, like a client's
+        change, _echo, _reply = self._apply_admitted(handle, update, grant)  # as a client's, by the token
         target = replica.state_vector()
         await self.pipeline.submit(handle, change, None)
         await self.notice.wait_for(lambda: self.calendars.is_committed(name, target), 10.0)
