@@ -48,7 +48,6 @@ from .model import (
     check_interval,
     check_resource_id,
     check_text,
-    derive_status,
     format_time,
     new_reservation_id,
     parse_time,
@@ -520,9 +519,7 @@ class Calendar:
 
     def _update(self, reservation_id: str, action: Action, changes: dict[str, Any], now: datetime) -> Reservation:
         entry = self._entry(reservation_id)
-        self.get(reservation_id)  # ReservationNotFound for an entry only partly here: nothing is written
-        fields = json.loads(str(entry))
-        status = derive_status(fields, has_home=self.has_home, decided=self.decision_state(reservation_id, fields))
+        status = self.get(reservation_id).status  # ReservationNotFound for an entry only partly here: nothing written
         if status not in ALLOWED_FROM[action]:
             raise InvalidTransition(
                 f"cannot {action} reservation {reservation_id} ({status}): {WHY_REFUSED[status]}"
