@@ -1,7 +1,8 @@
 """``accord store``: operator commands for a store file (relay or terminal).
 
 ``export PATH --fhir OUT.ndjson`` writes FHIR Bulk Data NDJSON (one resource per line: every
-calendar's Schedules, Appointments and the Slots of the next ``--slot-days`` days; see
+calendar's Schedules, Appointments, the Slots of the next ``--slot-days`` days and its audit trail as
+AuditEvents; see
 :func:`export_fhir`). ``check PATH`` verifies SQLite's pages, every row's checksum, that every calendar's log
 decodes into a document, and each calendar's audit chain (:mod:`accord.engine.audit`: every
 row links to the one before, and the log holds every entry the document holds, as the document
@@ -105,7 +106,7 @@ def copy_warnings(path: Path) -> list[str]:
 
 def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``accord store export``: its own subcommand, so other store commands stay apart."""
-    export = sub.add_parser("export", help="write FHIR Bulk Data NDJSON (Schedule, Appointment, Slot)")
+    export = sub.add_parser("export", help="write FHIR Bulk Data NDJSON (Schedule, Appointment, Slot, AuditEvent)")
     export.add_argument("path", type=Path)
     export.add_argument("--fhir", type=Path, required=True, metavar="OUT.ndjson", help="the NDJSON file to write")
     export.add_argument("--calendar", action="append", default=None, help="only this calendar (repeatable)")
@@ -115,8 +116,8 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = None, slot_days: int = 30,
                       now: datetime | None = None) -> dict[str, object]:
-    """Write every calendar's Schedules, Appointments and the next ``slot_days`` days of Slots
-    as NDJSON to ``out`` (atomically: a temporary file renamed at the end); return the counts.
+    """Write every calendar's Schedules, Appointments, the next ``slot_days`` days of Slots and
+    the audit trail this store holds (AuditEvents, oldest first) as NDJSON to ``out`` (atomically: a temporary file renamed at the end); return the counts.
 
     Ids are unique within a calendar; each resource's ``meta.source`` names its calendar
     (``urn:accord:calendar:<name>``), since two calendars may declare the same resource id.
@@ -130,7 +131,7 @@ async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = No
         raise AccordError(f"--slot-days {slot_days}: use 0 to 62")
     today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     horizon = (today, today + timedelta(days=slot_days))
-    counts = {"Schedule": 0, "Appointment": 0, "Slot": 0}
+    counts = {"Schedule": 0, "Appointment": 0, "Slot": 0, "AuditEvent": 0}
     store = await SqliteStorage.open(path)
     tmp = out.with_name(out.name + ".tmp")
     try:
@@ -160,6 +161,8 @@ async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = No
                         holds = holds_on(calendar.list(resource=resource.id, between=horizon), resource.id)
                         for computed in compute_slots(resource.id, intervals, holds, resource.capacity):
                             emit(mapping.slot(computed))
+                for entry in read_entries(await store.audit_log(name)):
+                    emit(mapping.audit_event_of(entry))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import AsyncFHIRClient
 from relays import Relay, relay_config
 
+from accord.cli import main as accord_main
 from accord.engine.model import Status
 from accord.terminal.client import Terminal
 from accord.terminal.link import Backoff
@@ -303,8 +304,9 @@ async def test_fhir_writes_are_judged_like_a_terminals_updates(tmp_path: Path) -
 
 
 async def test_fhir_writes_are_audited_and_the_trail_reads_as_audit_events(tmp_path: Path) -> None:
-    async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, audit=True,
-                                  tokens_path=write_tokens(tmp_path))) as relay:
+    config = relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, audit=True,
+                          tokens_path=write_tokens(tmp_path))
+    async with Relay(config) as relay:
         await seed(relay)
         base = f"{relay.fhir_url}/{CAL}"
         status, made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z", patient="P-7781"))
@@ -322,6 +324,36 @@ async def test_fhir_writes_are_audited_and_the_trail_reads_as_audit_events(tmp_p
         assert {e["agent"][0]["who"]["display"] for e in events} == {"desk (terminal)"}
         assert events[1]["entity"][0]["detail"][1]["valueString"].endswith("-> cancelled")
         assert "P-7781" not in json.dumps(trail) and "patient called" not in json.dumps(trail)  # names, never values
+
+        # The same entries as Provenance of the Appointment: searched, read one by one, revincluded.
+        status, history, _ = await http(f"{base}/Provenance?target=Appointment/{made['id']}", token="viewer-secret")
+        assert status == 200 and validated(history)["total"] == 2
+        provenances = [entry["resource"] for entry in history["entry"]]
+        assert [p["activity"]["coding"][0]["code"] for p in provenances] == ["CREATE", "UPDATE"]
+        assert {p["target"][0]["reference"] for p in provenances} == {f"Appointment/{made['id']}"}
+        assert [a["who"]["display"] for a in provenances[0]["agent"]] == ["desk (terminal), fhir:desk", "home"]
+        assert [p["recorded"] for p in provenances] == [e["recorded"] for e in events]
+        status, one, _ = await http(f"{base}/Provenance/{provenances[1]['id']}", token="viewer-secret")
+        assert status == 200 and validated(one) == provenances[1]
+        status, event, _ = await http(f"{base}/AuditEvent/{events[0]['id']}", token="viewer-secret")
+        assert status == 200 and validated(event) == events[0]
+        status, missing, _ = await http(f"{base}/Provenance/{'0' * 40}", token="viewer-secret")
+        assert status == 404 and validated(missing)["resourceType"] == "OperationOutcome"
+        status, refused, _ = await http(f"{base}/Provenance", "POST", provenances[0])
+        assert status == 405 and validated(refused)["issue"][0]["code"] == "not-supported"
+        status, found, _ = await http(f"{base}/Appointment?_id={made['id']}&_revinclude=Provenance:target",
+                                      token="viewer-secret")
+        assert status == 200 and validated(found)["total"] == 1
+        assert [(e["resource"]["resourceType"], e["search"]["mode"]) for e in found["entry"]] == [
+            ("Appointment", "match"), ("Provenance", "include"), ("Provenance", "include")]
+        status, bad, _ = await http(f"{base}/Appointment?_revinclude=AuditEvent:entity", token="viewer-secret")
+        assert status == 400 and validated(bad)["issue"][0]["expression"] == ["_revinclude"]
+    out = tmp_path / "export.ndjson"
+    assert await asyncio.to_thread(accord_main, ["store", "export", str(config.db_path), "--fhir", str(out)]) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    trail_out = [r for r in exported if r["resourceType"] == "AuditEvent"]
+    assert [get_fhir_model_class("AuditEvent").model_validate(r) and r["id"] for r in trail_out] == [e["id"] for e in events]
+    assert {r["meta"]["source"] for r in trail_out} == {f"urn:accord:calendar:{CAL}"}
     async with Relay(relay_config(tmp_path, "plain", fhir_port=0)) as plain:  # no --audit: an empty trail
         status, empty, _ = await http(f"{plain.fhir_url}/{CAL}/AuditEvent", token=None)
         assert status == 200 and empty["total"] == 0

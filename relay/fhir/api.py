@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from accord.engine.audit import AuditEntry
 from accord.engine.calendar import Calendar
 from accord.engine.errors import (
     InvalidCalendarName,
@@ -54,6 +55,8 @@ TYPES = ("Appointment", "Schedule", "Slot", "metadata", "AuditEvent", "Provenanc
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 HORIZON = timedelta(days=90)
 DEFAULT_SLOT_WINDOW = timedelta(days=7)
+AUDIT_VIEWS: dict[str, Callable[[AuditEntry], dict[str, Any]]] = {
+    "AuditEvent": mapping.audit_event_of, "Provenance": mapping.provenance_of}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +145,13 @@ class FhirApi:
     async def _dispatch(self, request: HttpRequest, route: Route, grant: Grant, query: list[tuple[str, str]],
                         base: str) -> HttpResponse:
         method, kind = request.method, route.type
-        if kind == "AuditEvent" and method == "GET" and route.id is None and route.operation is None:
+        if kind in AUDIT_VIEWS:
             assert route.calendar is not None
-            return _json(200, await self._search_audit(route.calendar, query, base))
-        if kind in ("AuditEvent", "Provenance"):
-            raise Problem(404, "not-supported", f"{kind} {'read' if route.id else 'search'} is not served by this relay")
+            if method != "GET" or route.operation is not None:
+                raise Problem(405, "not-supported", f"{kind} is read-only: the relay writes the audit trail itself")
+            if route.id is None:
+                return _json(200, await self._search_audit(kind, route.calendar, query, base))
+            return _json(200, await self._read_audit(kind, route.calendar, route.id))
         assert route.calendar is not None
         name = route.calendar
         if kind == "Appointment" and route.operation == "$find" and method in ("GET", "POST"):
@@ -157,7 +162,7 @@ class FhirApi:
         if method == "GET" and route.id is None:
             calendar = await self._calendar(name)
             if kind == "Appointment":
-                return _json(200, self._search_appointments(calendar, query, base))
+                return _json(200, await self._search_appointments(name, calendar, query, base))
             if kind == "Schedule":
                 return _json(200, self._search_schedules(calendar, query, base))
             return _json(200, self._search_slots(calendar, query, base))
@@ -200,8 +205,9 @@ class FhirApi:
         response.headers["ETag"] = f'W/"{body["meta"]["versionId"]}"'
         return response
 
-    def _search_appointments(self, calendar: Calendar, query: list[tuple[str, str]], base: str) -> dict[str, Any]:
-        count, offset = DEFAULT_COUNT, 0
+    async def _search_appointments(self, name: CalendarId, calendar: Calendar, query: list[tuple[str, str]],
+                                   base: str) -> dict[str, Any]:
+        count, offset, provenance = DEFAULT_COUNT, 0, False
         tests: list[Callable[[Reservation], bool]] = []
         for key, value in query:
             if key == "date":
@@ -227,6 +233,11 @@ class FhirApi:
                 count = whole(value, "_count", 0, MAX_COUNT)
             elif key == "_offset":
                 offset = whole(value, "_offset", 0, 10**9)
+            elif key == "_revinclude":
+                if value not in ("Provenance:target", "Provenance:target:Appointment"):
+                    raise Problem(400, "not-supported", f"_revinclude: only Provenance:target, not {value!r}",
+                                  "_revinclude")
+                provenance = True
             elif key in ("_format", "_total", "_totalMethod", "_sort"):
                 continue  # JSON only; totals are always counted; results are sorted by start
             else:
@@ -240,14 +251,33 @@ class FhirApi:
         if offset > 0:
             links["previous"] = page_url(base, "Appointment", others, count, max(0, offset - count))
         every = calendar.all_fields() if page else {}
+        included: list[dict[str, Any]] = []
+        if provenance and page:
+            shown = {r.id for r in page}
+            included = [mapping.provenance_of(e) for e in await self._audit_entries(name) if e.reservation in shown]
         return mapping.bundle([self._appointment(calendar, r, every[r.id]) for r in page], base=base, total=len(found),
-                              links=links)
+                              links=links, included=included)
 
-    async def _search_audit(self, name: CalendarId, query: list[tuple[str, str]], base: str) -> dict[str, Any]:
-        """The calendar's audit trail as AuditEvents (empty on a relay without ``--audit``)."""
+    async def _audit_entries(self, name: CalendarId, reservation: str | None = None) -> list[AuditEntry]:
+        """The calendar's stored audit entries (none on a relay without ``--audit``)."""
+        audit = self.hub.audit
+        return await audit.read(name, reservation) if audit is not None else []
+
+    async def _read_audit(self, kind: str, name: CalendarId, eid: str) -> dict[str, Any]:
+        """One AuditEvent or Provenance by id (ids are digests of the entries' keys)."""
+        for entry in await self._audit_entries(name):
+            if mapping.event_id(entry) == eid:
+                return AUDIT_VIEWS[kind](entry)
+        raise Problem(404, "not-found", f"no {kind}/{eid} in this calendar's audit trail")
+
+    async def _search_audit(self, kind: str, name: CalendarId, query: list[tuple[str, str]],
+                            base: str) -> dict[str, Any]:
+        """The calendar's audit trail as AuditEvents or Provenances, optionally of one Appointment
+        (``entity=`` for AuditEvent, ``target=`` for Provenance)."""
         count, offset, reservation = DEFAULT_COUNT, 0, None
+        by = "entity" if kind == "AuditEvent" else "target"
         for key, value in query:
-            if key == "entity":
+            if key == by:
                 reservation = value.removeprefix("Appointment/")
             elif key == "_count":
                 count = whole(value, "_count", 0, MAX_COUNT)
@@ -255,14 +285,13 @@ class FhirApi:
                 offset = whole(value, "_offset", 0, 10**9)
             elif key not in ("_format", "_total"):
                 raise Problem(400, "not-supported", f"unknown search parameter {key!r}", key)
-        audit = self.hub.audit
-        entries = await audit.read(name, reservation) if audit is not None else []
+        entries = await self._audit_entries(name, reservation)
         page = entries[offset:offset + count]
         others = [(k, v) for k, v in query if k not in ("_count", "_offset")]
-        links = {"self": page_url(base, "AuditEvent", others, count, offset)}
+        links = {"self": page_url(base, kind, others, count, offset)}
         if offset + count < len(entries) and count:
-            links["next"] = page_url(base, "AuditEvent", others, count, offset + count)
-        return mapping.bundle([mapping.audit_event_of(e) for e in page], base=base, total=len(entries), links=links)
+            links["next"] = page_url(base, kind, others, count, offset + count)
+        return mapping.bundle([AUDIT_VIEWS[kind](e) for e in page], base=base, total=len(entries), links=links)
 
     def _horizon(self) -> tuple[datetime, datetime]:
         today = self.clock().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -179,7 +180,7 @@ def audit_event_of(entry: AuditEntry) -> dict[str, Any]:
               {"type": "status", "valueString": f"{entry.status_before or '-'} -> {entry.status_after or '-'}"}]
     return {
         "resourceType": "AuditEvent",
-        "id": hashlib.sha256(entry.key.encode()).hexdigest()[:40],
+        "id": event_id(entry),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
                  "display": "RESTful Operation"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
@@ -193,13 +194,53 @@ def audit_event_of(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def bundle(entries: list[dict[str, Any]], *, base: str, total: int, links: dict[str, str]) -> dict[str, Any]:
-    """A ``searchset`` Bundle of ``entries`` (resources), with paging ``links`` (relation -> URL)."""
+_PROVENANCE_ACTIVITY = {"create": "CREATE", "update": "UPDATE", "delete": "DELETE"}
+
+
+def event_id(entry: AuditEntry) -> str:
+    """The FHIR id of an audit entry's AuditEvent and Provenance (a digest of its unique key)."""
+    return hashlib.sha256(entry.key.encode()).hexdigest()[:40]
+
+
+def provenance_of(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as a FHIR R4 Provenance of the Appointment it changed: the author (the
+    token's name and role, the terminal's actor) and the relay that recorded it (custodian), when,
+    and the activity (CREATE/UPDATE). Like the AuditEvent, it names no field values."""
+    author: dict[str, Any] = {
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                             "code": "author"}]},
+        "who": {"display": f"{entry.by} ({entry.role})" + (f", {entry.actor}" if entry.actor else "")},
+    }
+    custodian = {
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                             "code": "custodian"}]},
+        "who": {"display": entry.relay},
+    }
+    return {
+        "resourceType": "Provenance",
+        "id": event_id(entry),
+        "target": [{"reference": f"Appointment/{entry.reservation}"}],
+        "recorded": fhir_time(entry.at),
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                 "code": _PROVENANCE_ACTIVITY.get(entry.op, "UPDATE")}]},
+        "agent": [author, custodian],
+        "reason": [{"text": f"fields: {','.join(entry.fields) or '-'}; status: "
+                            f"{entry.status_before or '-'} -> {entry.status_after or '-'}"}],
+    }
+
+
+def bundle(entries: list[dict[str, Any]], *, base: str, total: int, links: dict[str, str],
+           included: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A ``searchset`` Bundle of ``entries`` (resources, search mode ``match``) and ``included``
+    ones (``_revinclude``: mode ``include``, not counted in ``total``), with paging ``links``."""
+    def entry(resource: dict[str, Any], mode: str) -> dict[str, Any]:
+        full = {"fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}"} if "id" in resource else {}
+        return full | {"resource": resource, "search": {"mode": mode}}
+
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": [{"relation": rel, "url": url} for rel, url in links.items()],
-        "entry": [({"fullUrl": f"{base}/{e['resourceType']}/{e['id']}"} if "id" in e else {})
-                  | {"resource": e, "search": {"mode": "match"}} for e in entries],
+        "entry": [entry(e, "match") for e in entries] + [entry(e, "include") for e in included],
     }
