@@ -117,7 +117,8 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = None, slot_days: int = 30,
                       now: datetime | None = None) -> dict[str, object]:
     """Write every calendar's Schedules, Appointments, the next ``slot_days`` days of Slots and
-    the audit trail this store holds (AuditEvents, oldest first) as NDJSON to ``out`` (atomically: a temporary file renamed at the end); return the counts.
+    the audit trail this store holds (AuditEvents, oldest first) as NDJSON to ``out``
+    (atomically: a temporary file renamed at the end); return the counts.
 
     Ids are unique within a calendar; each resource's ``meta.source`` names its calendar
     (``urn:accord:calendar:<name>``), since two calendars may declare the same resource id.
