@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -38,6 +39,9 @@ MAX_INTERVALS_PER_DAY = 8
 MAX_EXCEPTIONS = 400
 MAX_SEARCH = timedelta(days=62)
 """The longest window one search may cover (bounds the work per request)."""
+
+_HHMM = re.compile(r"[0-9]{2}:[0-9]{2}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # date.fromisoformat() also takes 20261225 and 2026-W52-5
 
 Interval = tuple[time, time | None]  # None: midnight at the end of the day ("24:00")
 
@@ -93,7 +97,7 @@ class Hold:
 
 
 def _clock(text: object, *, end: bool) -> time | None:
-    if not isinstance(text, str) or len(text) != 5 or text[2] != ":" or not (text[:2] + text[3:]).isdigit():
+    if not isinstance(text, str) or not _HHMM.fullmatch(text):
         raise InvalidReservation(f"opening time {text!r} is not HH:MM (e.g. 08:30)")
     if end and text == "24:00":
         return None
@@ -147,8 +151,10 @@ def parse_exceptions(data: object) -> dict[date, tuple[Interval, ...]]:
     out: dict[date, tuple[Interval, ...]] = {}
     for key, value in data.items():
         try:
+            if not isinstance(key, str) or not _DATE.fullmatch(key):
+                raise ValueError(key)
             day = date.fromisoformat(key)
-        except (TypeError, ValueError):
+        except ValueError:
             raise InvalidReservation(f"exception date {key!r} is not YYYY-MM-DD") from None
         out[day] = _intervals(value, key)
     return out

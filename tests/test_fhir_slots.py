@@ -112,9 +112,13 @@ def test_a_resource_without_hours_is_open_around_the_clock_and_bad_schedules_are
     calendar.put_resource("room-1")
     assert slots_of(calendar, "room-1", MONDAY, MONDAY + timedelta(hours=2)) == [("30 00:00", "30 02:00", "free")]
     for weekly in ({"mon": [["09:00", "08:00"]]}, {"monday": []}, {"mon": [["8:00", "9:00"]]},
-                   {"mon": [["08:00", "12:00"], ["11:00", "13:00"]]}):
+                   {"mon": [["08:00", "12:00"], ["11:00", "13:00"]]}, {"mon": [["0\u00b2:00", "12:00"]]},
+                 {"mon": [["\u0660\u0668:00", "12:00"]]}):  # superscript and Arabic-Indic digits: str.isdigit() says yes
         with pytest.raises(InvalidReservation):
             calendar.set_opening_hours("room-1", weekly=weekly)
+    for exceptions in ({"20261225": []}, {"2026-W52-5": []}, {"2026-12-25T00:00": []}):  # fromisoformat takes these
+        with pytest.raises(InvalidReservation):
+            calendar.set_opening_hours("room-1", exceptions=exceptions)
     with pytest.raises(InvalidReservation):
         calendar.set_opening_hours("room-9", weekly=WEEK)
     with pytest.raises(InvalidReservation):
@@ -147,6 +151,8 @@ def test_the_update_policy_lets_only_admins_set_hours_and_only_valid_ones() -> N
 
     assert categories_of(raw("hours", '{"mon": [["09:00", "08:00"]]}')) == {Category.ADMIN_WRITE, Category.INVALID_VALUE}
     assert categories_of(raw("hours_exceptions", "not json")) == {Category.ADMIN_WRITE, Category.INVALID_VALUE}
+    # A digit int() refuses was a ValueError out of the policy, not a refusal.
+    assert categories_of(raw("hours", '{"mon": [["0\u00b2:00", "12:00"]]}')) == {Category.ADMIN_WRITE, Category.INVALID_VALUE}
     assert categories_of(raw("hours_exceptions", '{"2026-12-25": []}')) == {Category.ADMIN_WRITE}
 
 
