@@ -697,6 +697,50 @@ async def test_the_day_grid_shows_the_free_gap_between_two_bookings_and_a_click_
             await client.__aexit__(None, None, None)
 
 
+async def test_the_grid_offers_only_open_time_and_room_left_by_capacity_and_a_click_books_it(
+        browser: Any, tmp_path: Path) -> None:
+    """Opening hours (with a dated exception) and capacity shape what the grid offers, as the FHIR
+    Slot search computes it: closed time is marked and never offered; a room for two still offers
+    the half hour it has one booking in."""
+    from playwright.async_api import expect
+
+    async with Relay(relay_config(tmp_path, "a")) as relay:
+        client = await _wire(relay)
+        try:
+            calendar = client.replica(CAL).calendar
+            calendar.put_resource("room-1")
+            calendar.put_resource("gym", capacity=2)
+            calendar.set_opening_hours("room-1", weekly={"wed": [["09:00", "12:00"], ["13:00", "19:30"]],
+                                                           "thu": [["09:00", "17:00"]]},
+                                       exceptions={"2026-11-26": []})
+            calendar.set_opening_hours("gym", weekly={"wed": [["10:00", "11:00"]]})
+            calendar.book(resource="gym", start=f"{DAY}T10:00Z", end=f"{DAY}T10:30Z", patient="P-GYM", now=NOW)
+            await client.push(CAL)
+            page = await _open_board(await _context(browser), relay)
+            grid = page.locator("#grid")
+            await expect(grid.locator(".booking", has_text="P-GYM")).to_have_count(1)
+            free = grid.get_by_role("button", name=re.compile(r"\(free\)$"))
+            names = sorted([await b.get_attribute("aria-label") or "" for b in await free.all()])
+            room1 = [n for n in names if n.startswith("Book room-1")]
+            assert room1[0] == f"Book room-1 09:00{DASH}09:30 (free)" and len(room1) == 6 + 13  # 09-12, 13-19:30
+            assert f"Book room-1 12:00{DASH}12:30 (free)" not in names  # the lunch break is closed
+            assert [n for n in names if n.startswith("Book gym")] == [
+                f"Book gym 10:00{DASH}10:30 (free)", f"Book gym 10:30{DASH}11:00 (free)"]  # one of two places taken
+            await expect(grid.locator(".closed", has_text="closed")).not_to_have_count(0)
+            assert await grid.locator(".closed[title^='room-1 closed 12:00']").count() == 1
+            await grid.get_by_role("button", name=f"Book gym 10:00{DASH}10:30 (free)").click()
+            await expect(page.locator("#book-patient")).to_be_focused()
+            await page.keyboard.type("P-GYM-2")
+            await page.keyboard.press("Enter")
+            await client.wait_for(lambda: _reservation_with(client, "P-GYM-2") is not None)
+            await expect(grid.get_by_role("button", name=f"Book gym 10:00{DASH}10:30 (free)")).to_have_count(0)  # full now
+            await page.locator("#next-day").click()  # Thursday the 26th: the exception closes room-1 all day
+            await expect(grid.get_by_role("button", name=re.compile(r"^Book room-1"))).to_have_count(0)
+            assert page.errors == []
+        finally:
+            await client.__aexit__(None, None, None)
+
+
 async def test_noshow_fulfilled_entered_in_error_and_undo_from_the_board_reach_the_python_client(
         browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -45,7 +46,9 @@ from accord.engine.authority import (
 )
 from accord.engine.calendar import Calendar
 from accord.engine.decisions import Decider
+from accord.engine.slots import DAYS, Hold, compute_slots, holds_on, open_intervals, opening_hours, zone_of
 from accord.engine.errors import InvalidReservation, InvalidTransition
+from accord.engine.calendar import read_capacity
 from accord.engine.model import (
     ALLOWED_FROM,
     DECISION_KEYS,
@@ -57,6 +60,7 @@ from accord.engine.model import (
     DecisionState,
     Status,
     derive_status,
+    format_time,
     parse_time,
     reservation_from_fields,
 )
@@ -73,6 +77,7 @@ const model = await import(process.argv[1])
 const canonical = await import(new URL('board-canonical.js', process.argv[1]))
 const authority = await import(new URL('board-authority.js', process.argv[1]))
 const grid = await import(new URL('board-grid.js', process.argv[1]))
+const hours = await import(new URL('board-hours.js', process.argv[1]))
 const cases = JSON.parse(readFileSync(0, 'utf8'))
 const run = (fn) => { try { return { ok: fn() } } catch (e) { return { error: e.message, refused: e instanceof model.Refused } } }
 const hex = bytes => bytes === null ? null : Buffer.from(bytes).toString('hex')
@@ -99,8 +104,13 @@ async function calendar (c) {
     views[rid] = viewJson(model.reservationView(rid, fields, read.hasHome, state))
   }
   const list = model.listReservations(snapshot.reservations, read, model.parseTime(c.from), model.parseTime(c.to))
+  const held = {}
+  for (const resource of [...new Set(list.flatMap(v => [v.resource, v.slot.resource]))].sort()) {
+    held[resource] = hours.holdsOn(list, resource).map(h => [model.formatTime(h.start), model.formatTime(h.end), h.tentative])
+      .sort((a, b) => JSON.stringify(a) < JSON.stringify(b) ? -1 : 1)
+  }
   return { hasHome: read.hasHome, home: read.home && [read.home.relayId, String(read.home.epoch)], states, views,
-           list: list.map(v => v.id) }
+           list: list.map(v => v.id), holds: held }
 }
 
 async function answer (c) {
@@ -129,6 +139,12 @@ async function answer (c) {
       return { start: t(out.start), end: t(out.end), columns: out.columns,
                blocks: out.blocks.map(b => [b.resource, b.lane, t(b.start), t(b.end)]),
                free: out.free.map(f => [f.resource, t(f.start), t(f.end)]) }
+    }
+    case 'slots': {
+      const open = hours.openIntervals(hours.openingHours(c.entry), c.zone, model.parseTime(c.from), model.parseTime(c.to))
+      const holds = c.holds.map(([start, end, tentative]) => ({ start: model.parseTime(start), end: model.parseTime(end), tentative }))
+      return hours.computeSlots('r', open, holds, hours.capacityOf(c.entry))
+        .map(slot => [model.formatTime(slot.start), model.formatTime(slot.end), slot.status])
     }
     case 'actions': return model.ALLOWED_FROM
     case 'decisionKeys': return model.DECISION_KEYS
@@ -189,12 +205,15 @@ def _python_answer(calendar: Calendar) -> dict[str, Any]:
     calendar = _as_read_elsewhere(calendar)
     home = calendar.home_record
     everything = calendar.all_fields()
+    listed = calendar.list(between=DAY)
     return {
         "hasHome": calendar.has_home,
         "home": [home.relay_id, str(home.epoch)] if home else None,
         "states": {rid: _state_json(calendar.decision_state(rid, fields)) for rid, fields in everything.items()},
         "views": {rid: _view_json(calendar, rid) for rid in everything},
-        "list": [r.id for r in calendar.list(between=DAY)],
+        "list": [r.id for r in listed],
+        "holds": {resource: sorted([format_time(h.start), format_time(h.end), h.tentative] for h in holds_on(listed, resource))
+                  for resource in sorted({r for item in listed for r in (item.resource, item.slot.resource)})},
     }
 
 
@@ -214,6 +233,7 @@ def _assert_same(calendars: dict[str, Calendar]) -> dict[str, dict[str, Any]]:
             assert (got["states"][rid], got["views"][rid]) == (want["states"][rid], want["views"][rid]), (name, rid)
         assert got["states"].keys() == want["states"].keys()
         assert got["list"] == want["list"], name
+        assert got["holds"] == want["holds"], name  # what the grid counts as taken: engine/slots.holds_on
     return wanted
 
 
@@ -891,3 +911,72 @@ def test_the_day_grid_offers_the_free_time_between_slots_held() -> None:
     assert room1[-3:] == [(_at("17:30"), _at("17:40")), (_at("19:10"), _at("19:30")), (_at("19:30"), _at("20:00"))]
     room2 = [(start, end) for resource, start, end in layout["free"] if resource == "room-2"]
     assert room2[0] == (_at("07:00"), _at("07:30")) and len(room2) == 26  # a cancelled slot is free again
+
+
+# ---- opening hours and free time (board-hours.js against engine/slots.py) ------------------------------
+
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Chatham",
+         "", "Not/AZone", "utc")
+# Days around this year's daylight-saving changes (EU, US, Lord Howe's half-hour ones), and plain days.
+DAYS_AROUND = ("2026-03-07", "2026-03-28", "2026-04-04", "2026-10-03", "2026-10-24", "2026-10-31", "2026-11-30",
+               "2026-12-24")
+
+
+def _hours_case(rng: random.Random) -> dict[str, Any]:
+    def hhmm(minutes: int) -> str:
+        return "24:00" if minutes == 1440 else f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+    def day_intervals() -> list[list[str]]:
+        cuts = sorted(rng.sample(range(0, 1441, rng.choice((15, 30, 60))), rng.choice((0, 2, 2, 4, 6))))
+        return [[hhmm(a), hhmm(b)] for a, b in zip(cuts[::2], cuts[1::2], strict=True) if a < b]
+
+    entry: dict[str, Any] = {}
+    if rng.random() < 0.85:
+        weekly = {day: day_intervals() for day in rng.sample(DAYS, rng.randint(0, 7))}
+        if rng.random() < 0.08:  # one that does not read: closed
+            weekly["mon"] = [["9:00", "17:00"]] if rng.random() < 0.5 else [["12:00", "11:00"]]
+        entry["hours"] = json.dumps(weekly)
+    start = datetime.fromisoformat(rng.choice(DAYS_AROUND)).replace(tzinfo=UTC) + timedelta(hours=rng.randint(-14, 14))
+    end = start + timedelta(hours=rng.choice((6, 24, 49)))
+    if rng.random() < 0.5:
+        dates = {(start + timedelta(days=d)).date().isoformat(): day_intervals() for d in range(rng.randint(1, 3))}
+        if rng.random() < 0.08:
+            dates = {"20261225": []}  # does not read: no exceptions
+        entry["hours_exceptions"] = json.dumps(dates)
+    entry["capacity"] = rng.choice((1, 1, 2, 3, 0, "2"))
+    holds = []
+    for _ in range(rng.randint(0, 8)):
+        at = start + timedelta(minutes=rng.randrange(0, int((end - start).total_seconds() // 60), 15))
+        holds.append([format_time(at), format_time(at + timedelta(minutes=rng.choice((15, 30, 90)))), rng.random() < 0.4])
+    return {"kind": "slots", "entry": entry, "zone": rng.choice(ZONES), "from": format_time(start), "to": format_time(end),
+            "holds": holds}
+
+
+def _python_slots(case: dict[str, Any]) -> list[list[str]]:
+    entry = case["entry"]
+    hours = opening_hours(entry.get("hours"), entry.get("hours_exceptions"))
+    lo, hi = parse_time(case["from"]), parse_time(case["to"])
+    intervals = open_intervals(hours, zone_of(case["zone"]), lo, hi)
+    holds = [Hold(parse_time(a), parse_time(b), tentative=t) for a, b, t in case["holds"]]
+    return [[format_time(s.start), format_time(s.end), str(s.status)]
+            for s in compute_slots("r", intervals, holds, read_capacity(entry.get("capacity", 1)))]
+
+
+def test_the_boards_free_time_is_the_engines_across_zones_daylight_saving_exceptions_and_capacity() -> None:
+    """400 generated schedules (weekly hours, exceptions, unreadable ones, capacity up to 3) in nine
+    zones, on days around daylight-saving changes (a skipped hour, a repeated one, half-hour shifts):
+    board-hours.js finds exactly engine/slots.py's free, busy-tentative and busy stretches."""
+    rng = random.Random(20261201)
+    cases = [_hours_case(rng) for _ in range(400)]
+    cases += [  # by hand: an opening inside the hour the clock skips, and inside the one it repeats
+        {"kind": "slots", "entry": {"hours": json.dumps({"sun": [["02:30", "03:30"]]})}, "zone": "Europe/Berlin",
+         "from": "2026-03-28T12:00:00Z", "to": "2026-03-30T00:00:00Z", "holds": []},
+        {"kind": "slots", "entry": {"hours": json.dumps({"sun": [["02:30", "04:00"]]})}, "zone": "Europe/Berlin",
+         "from": "2026-10-24T12:00:00Z", "to": "2026-10-26T00:00:00Z", "holds": []},
+    ]
+    answers = _run(cases)
+    assert sum(1 for a in answers if a) > 250  # most cases have open time to compare
+    for case, got in zip(cases, answers, strict=True):
+        assert got == _python_slots(case), case
+    assert answers[-2] == []  # 02:30 does not exist that night: fold=0 reads it as 01:30Z, as 03:30 CEST is
+    assert answers[-1] == [["2026-10-25T00:30:00Z", "2026-10-25T03:00:00Z", "free"]]  # the first 02:30 (CEST)

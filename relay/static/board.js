@@ -1,5 +1,5 @@
 // The live front-desk board: one calendar's day as a grid (time down, one column per resource,
-// free time bookable by a click) and as a list, with forms to book, reschedule, cancel, check in,
+// free time, inside opening hours and under capacity, bookable by a click) and as a list, with forms to book, reschedule, cancel, check in,
 // mark fulfilled, no-show or entered in error. The page is a stock Yjs client of the relay
 // (y-websocket on ws://HOST:PORT/<calendar>, token as ?token=) and keeps its copy of the calendar
 // in IndexedDB (y-indexeddb), so edits made offline are kept in the browser and reach the relay
@@ -19,6 +19,7 @@
 import { IndexeddbPersistence, WebsocketProvider, Y } from './yjs-bundle.min.js'
 import * as model from './board-model.js'
 import * as grid from './board-grid.js'
+import * as hours from './board-hours.js'
 
 const CLOSE = { UNAUTHORIZED: 4401, FORBIDDEN: 4403 } // accord.engine.errors.CloseCode
 const TOKEN_KEY = 'accord.token'
@@ -357,7 +358,14 @@ const odd = piece => piece.end - piece.start < grid.PIECE_MS || minutesOf(piece.
 
 /** The day grid: time down, a column per resource, each reservation a block, free time as buttons. */
 function renderGrid (items, resources, from, to) {
-  const layout = grid.dayLayout(items, Object.keys(resources), from, to)
+  // Opening hours are wall-clock times in the calendar's zone (UTC without one), whatever zone the board shows.
+  const hoursZone = state.doc.getMap('meta').get('time_zone')
+  const info = {}
+  for (const [id, entry] of Object.entries(resources)) {
+    const declared = entry !== null && typeof entry === 'object' && entry.hours !== undefined && entry.hours !== null
+    info[id] = { open: declared ? hours.openIntervals(hours.openingHours(entry), hoursZone, from, to) : null, capacity: hours.capacityOf(entry) }
+  }
+  const layout = grid.dayLayout(items, Object.keys(resources), from, to, info)
   const box = $('grid')
   if (!layout.columns.length) {
     box.replaceChildren(el('p', { className: 'empty' }, 'No resources on this calendar yet: book by typing a resource id below.'))
@@ -385,6 +393,11 @@ function renderGrid (items, resources, from, to) {
       1, 2, 2 + column.first, column.lanes))
   }
   const firstLane = new Map(layout.columns.map(c => [c.resource, c.first]))
+  const laneCount = new Map(layout.columns.map(c => [c.resource, c.lanes]))
+  for (const shut of layout.closed) {
+    cells.push(place(el('div', { className: 'closed', title: `${shut.resource} closed ${span(shut.start, shut.end)}` }, 'closed'),
+      grid.rowOf(shut.start, layout.start), grid.rowEnd(shut.end, layout.start), 2 + firstLane.get(shut.resource), laneCount.get(shut.resource)))
+  }
   if (state.canWrite) {
     for (const piece of layout.free) {
       const text = span(piece.start, piece.end)
@@ -392,7 +405,7 @@ function renderGrid (items, resources, from, to) {
         type: 'button', className: 'free', ariaLabel: `Book ${piece.resource} ${text} (free)`,
         dataset: { resource: piece.resource, start: String(piece.start), end: String(piece.end) }
       }, el('span', { ariaHidden: 'true' }, '+ '), 'free', odd(piece) ? ` ${text}` : '')
-      cells.push(place(button, grid.rowOf(piece.start, layout.start), grid.rowEnd(piece.end, layout.start), 2 + firstLane.get(piece.resource)))
+      cells.push(place(button, grid.rowOf(piece.start, layout.start), grid.rowEnd(piece.end, layout.start), 2 + firstLane.get(piece.resource) + piece.lane))
     }
   }
   for (const block of layout.blocks) {
