@@ -44,11 +44,9 @@ from accord.engine.authority import (
     read_home_record,
     request_digest,
 )
-from accord.engine.calendar import Calendar
+from accord.engine.calendar import Calendar, read_capacity
 from accord.engine.decisions import Decider
-from accord.engine.slots import DAYS, Hold, compute_slots, holds_on, open_intervals, opening_hours, zone_of
 from accord.engine.errors import InvalidReservation, InvalidTransition
-from accord.engine.calendar import read_capacity
 from accord.engine.model import (
     ALLOWED_FROM,
     DECISION_KEYS,
@@ -64,6 +62,7 @@ from accord.engine.model import (
     parse_time,
     reservation_from_fields,
 )
+from accord.engine.slots import DAYS, Hold, compute_slots, holds_on, open_intervals, opening_hours, zone_of
 
 STATIC = Path(__file__).resolve().parent.parent / "relay" / "static"
 MODEL, BUNDLE = STATIC / "board-model.js", STATIC / "yjs-bundle.min.js"
