@@ -141,7 +141,8 @@ async function answer (c) {
     }
     case 'slots': {
       const open = hours.openIntervals(hours.openingHours(c.entry), c.zone, model.parseTime(c.from), model.parseTime(c.to))
-      const holds = c.holds.map(([start, end, tentative]) => ({ start: model.parseTime(start), end: model.parseTime(end), tentative }))
+      const holds = c.holds.map(([start, end, tentative]) =>
+        ({ start: model.parseTime(start), end: model.parseTime(end), tentative }))
       return hours.computeSlots('r', open, holds, hours.capacityOf(c.entry))
         .map(slot => [model.formatTime(slot.start), model.formatTime(slot.end), slot.status])
     }
