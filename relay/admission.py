@@ -180,8 +180,10 @@ class Admission:
                                                 "(relay limit --max-calendar-mb)", "calendar_bytes")
         held = len(handle.replica.calendar.reservations)
         # A new reservation takes more than 16 bytes of an update: count them only when it matters.
+        # Only new entries count: a calendar already past the limit (it was lowered, or the relay's
+        # own writes passed it) still takes edits, so that reservations can be cancelled or moved.
         if held + len(update) // 16 > self.max_reservations and \
-                held + policy.new_entries(update, RESERVATIONS) > self.max_reservations:
+                (new := policy.new_entries(update, RESERVATIONS)) and held + new > self.max_reservations:
             return Refusal(CloseCode.FORBIDDEN, f"calendar is full: it may hold {self.max_reservations} reservations "
                                                 "(relay limit --max-reservations)", "calendar_full")
         return None

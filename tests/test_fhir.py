@@ -9,7 +9,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from fhirpy import AsyncFHIRClient
 from relays import Relay, relay_config
 
 from accord.cli import main as accord_main
+from accord.engine.calendar import Calendar
 from accord.engine.model import Status
 from accord.terminal.client import Terminal
 from accord.terminal.link import Backoff
@@ -293,14 +294,36 @@ async def test_fhir_writes_are_judged_like_a_terminals_updates(tmp_path: Path) -
     async with Relay(relay_config(tmp_path, "home", home_globs=["clinic-*"], fhir_port=0, max_reservations=1)) as relay:
         await seed(relay)
         base = f"{relay.fhir_url}/{CAL}"
-        status, _made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z"))
+        status, made, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T09:00:00Z"))
         assert status == 201
+        handle = await relay.calendars.get(CAL)  # the home's verdict is stored too before the log is measured
+        await relay.wait_for(lambda: handle.replica.calendar.get(made["id"]).status is Status.BOOKED
+                             and relay.calendars.is_committed(CAL, handle.replica.state_vector()))
         rows = await relay.calendars.storage.log_length(CAL)
         status, body, _ = await http(f"{base}/Appointment", "POST", appointment(f"{DAY}T10:00:00Z"))
         assert status == 403 and "calendar is full" in validated(body)["issue"][0]["diagnostics"]
         assert len((await relay.calendar(CAL)).all_fields()) == 1
         assert await relay.calendars.storage.log_length(CAL) == rows
         assert 'accord_updates_dropped_total{reason="calendar_full"} 1' in relay.render_metrics()
+
+        # The facade keeps its copy of the calendar between writes: a refused write leaves nothing
+        # in it, and what the calendar gains meanwhile from elsewhere is there for the next write.
+        def desk(c: Calendar) -> str:  # the relay's own write (an operator's): no quota applies to it
+            return c.book(resource="room-1", start=f"{DAY}T11:00:00Z", end=f"{DAY}T11:30:00Z", patient="P-9",
+                          note="from the desk", now=datetime.now(UTC)).id
+
+        status, _, _ = await http(f"{base}/Appointment/{made['id']}", "PATCH", {"comment": "kept copy"})
+        assert status == 200  # the facade's copy is kept after this write
+        other = await relay.edit(CAL, desk)
+        await relay.wait_for(lambda: handle.replica.calendar.get(other).status is Status.BOOKED)  # its ETag is final
+        status, current, headers = await http(f"{base}/Appointment/{other}")
+        assert current["comment"] == "from the desk"
+        status, patched, _ = await http(f"{base}/Appointment/{other}", "PATCH", {"status": "cancelled"},
+                                        headers={"If-Match": headers["ETag"]})
+        assert status == 200 and (patched["status"], patched["comment"]) == ("cancelled", "from the desk"), patched
+        stored = (await relay.calendar(CAL)).get(other)
+        assert (stored.status, stored.note) == (Status.CANCELLED, "from the desk")
+        assert len((await relay.calendar(CAL)).all_fields()) == 2
 
 
 async def test_fhir_writes_are_audited_and_the_trail_reads_as_audit_events(tmp_path: Path) -> None:

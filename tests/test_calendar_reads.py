@@ -1,0 +1,74 @@
+"""A large calendar keeps its parsed reservations between whole-calendar reads: every change,
+local or applied from another replica, to a reservation's fields, its verdicts or the home, must
+read exactly as a fresh reading of the same document does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from homes import decide, take_home
+from pycrdt import Map
+
+from accord.engine.calendar import READ_CACHE_MIN, Calendar
+from accord.engine.model import Decision, Reservation, Status
+from accord.engine.replica import Replica
+
+CAL = "clinic-1"
+NOW = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
+
+
+def fresh(calendar: Calendar) -> Calendar:
+    """The same document read by a replica that keeps nothing (its first read is a whole one)."""
+    other = Calendar(CAL, actor="reader")
+    other.doc.apply_update(calendar.doc.get_update())
+    other.assume_home = calendar.assume_home
+    return other
+
+
+def same(calendar: Calendar) -> list[Reservation]:
+    got = calendar.list()
+    assert got == fresh(calendar).list()
+    assert calendar.all_fields() == fresh(calendar).all_fields()
+    return got
+
+
+def test_reads_of_a_large_calendar_follow_every_kind_of_change() -> None:
+    desk = Replica(CAL, actor="desk", client_id=7)
+    calendar = desk.calendar
+    calendar.put_resource("room-1")
+    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
+                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
+            for i in range(READ_CACHE_MIN + 20)]
+    assert len(same(calendar)) == len(made) and calendar._reads is not None  # the kept reads are in use
+
+    calendar.cancel(made[0].id, reason="called", now=NOW)  # a local edit
+    assert same(calendar)[0].status is Status.CANCELLED
+
+    elsewhere = Replica(CAL, actor="kiosk", client_id=8)  # a change applied from another replica
+    elsewhere.load([calendar.doc.get_update()])
+    elsewhere.calendar.reschedule(made[1].id, start=NOW - timedelta(hours=2), end=NOW - timedelta(hours=1), now=NOW)
+    late = elsewhere.calendar.book(resource="room-1", start=NOW - timedelta(hours=5), end=NOW - timedelta(hours=4),
+                                   patient="P-late", now=NOW)
+    calendar.doc.apply_update(elsewhere.calendar.doc.get_update(calendar.doc.get_state()))
+    listed = same(calendar)
+    assert [r.id for r in listed[:2]] == [late.id, made[1].id]  # sorted by the new times
+
+    take_home(calendar)  # the home appears: every pending request reads pending under it
+    assert {r.status for r in same(calendar)} == {Status.PENDING, Status.CANCELLED}
+    decide(calendar, made[2].id, Decision.BOOKED)  # a verdict changes one status
+    assert calendar.get(made[2].id).status is Status.BOOKED
+    assert next(r for r in same(calendar) if r.id == made[2].id).status is Status.BOOKED
+
+    with calendar.doc.transaction():  # a hostile writer breaks an entry, and replaces another with a non-map
+        entry = calendar.reservations[made[3].id]
+        assert isinstance(entry, Map)
+        del entry["start"]
+        calendar.reservations[made[4].id] = "not a reservation"
+    ids = {r.id for r in same(calendar)}
+    assert made[3].id not in ids and made[4].id not in ids
+
+    calendar.assume_home = False
+    same(calendar)
+    returned = calendar.all_fields()
+    returned[made[5].id]["patient"] = "changed by the caller"  # a caller's copy: the kept reads do not change
+    assert calendar.get(made[5].id).patient == "P5" and same(calendar)
