@@ -316,6 +316,22 @@ class Verifier:
             self._cache.popitem(last=False)
         return verdict
 
+    def unchecked(self, entries: Iterable[tuple[str, str]], home: HomeRecord) -> list[tuple[str, str]]:
+        """The ``(entry key, text)`` pairs this verifier has no answer for under ``home``."""
+        return [(key, text) for key, text in entries if (key, text, home.public_key, home.epoch) not in self._cache]
+
+    def check_all(self, entries: Iterable[tuple[str, str]], home: HomeRecord) -> dict[tuple[str, str], Verdict | None]:
+        """Check ``entries`` without touching the cache, so that it may run in a worker thread
+        (PyNaCl releases the GIL inside libsodium); hand the answers to :meth:`remember`."""
+        return {(key, text): self._check(key, text, home) for key, text in entries}
+
+    def remember(self, answers: Mapping[tuple[str, str], Verdict | None], home: HomeRecord) -> None:
+        """Cache answers that :meth:`check_all` gave for ``home``."""
+        for (key, text), verdict in answers.items():
+            self._cache[(key, text, home.public_key, home.epoch)] = verdict
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+
     def _check(self, entry_key: str, text: str, home: HomeRecord) -> Verdict | None:
         opened = _open_signed(text, VERDICT_TAG)
         if opened is None:

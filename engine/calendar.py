@@ -211,6 +211,15 @@ class Calendar:
         entries = json.loads(str(self.homes)) if len(self.homes) else {}
         return home_chain(self.name, entries.values())
 
+    def unchecked_verdicts(self) -> builtins.list[tuple[str, str]]:
+        """The verdict entries whose signatures this replica has not checked yet under the current
+        home (empty without one). A caller with many may check them off the event loop:
+        ``calendar.verifier.check_all`` in a thread, then ``remember``; reads then cost no signature check."""
+        home = self.home_record
+        if home is None:
+            return []
+        return self.verifier.unchecked((e for entries in self._verdict_index().values() for e in entries), home)
+
     def verdicts_of(self, reservation_id: str) -> builtins.list[tuple[str, str]]:
         """The (entry key, stored text) of every verdict entry filed under the reservation."""
         return builtins.list(self._verdict_index().get(reservation_id, ()))

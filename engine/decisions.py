@@ -150,6 +150,7 @@ class Decider:
         self._slots: dict[str, ResourceSlots] = {}
         self._occupied: dict[str, _SlotKey] = {}  # reservation id -> the slot it holds in the index
         self._queue: list[list[str]] = []  # batches of changed reservation ids, in arrival order
+        self._built: tuple[dict[str, dict[str, Any]], dict[str, DecisionState]] | None = None  # see rebuild
         # Decisions not yet in the calendar's verdicts, by reservation: (request digest, state, entry
         # key). The calendar catches up when the verdict is applied there (at once, or after the
         # relay stored it when verdicts go to a separate sink); until then decisions read these.
@@ -210,7 +211,10 @@ class Decider:
 
     def rebuild(self) -> None:
         """Reload the index of booked slots from the document (e.g. after a bulk load)."""
-        self._load_index(self.calendar.all_fields())
+        everything = self.calendar.all_fields()
+        # Kept for a decide_all_pending right after (start-up): a second pass over a large calendar
+        # would cost as much again; any change or decision in between drops it.
+        self._built = (everything, self._load_index(everything))
 
     def decide_queued(self, now: datetime) -> list[DecisionMade]:
         """Decide every queued reservation that needs it, in arrival order; one transaction.
@@ -220,6 +224,7 @@ class Decider:
         batches, self._queue = self._queue, []
         if not batches:
             return []
+        self._built = None
         reservations = self.calendar.reservations
         made: list[DecisionMade] = []
         stamp = format_time(parse_time(now))
@@ -247,8 +252,12 @@ class Decider:
         For start-up (or after a home move): the order is ``(created_at, id)``.
         """
         self._queue.clear()
-        everything = self.calendar.all_fields()
-        states = self._load_index(everything)
+        built, self._built = self._built, None
+        if built is not None:
+            everything, states = built
+        else:
+            everything = self.calendar.all_fields()
+            states = self._load_index(everything)
         found = [(rid, fields, states[rid]) for rid, fields in everything.items() if _needs_writing(fields, states[rid])]
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]))
         if not found:
@@ -269,6 +278,7 @@ class Decider:
 
     def _on_change(self, events: list[Any]) -> None:
         # Inside a pycrdt observer: writing would raise, so only queue.
+        self._built = None
         batch: set[str] = set()
         for event in events:
             if event.transaction.origin == self.origin:
@@ -293,6 +303,7 @@ class Decider:
     def _on_verdicts(self, event: Any) -> None:
         """A verdict written elsewhere (e.g. one of ours re-pushed after a restore) may change
         what a reservation occupies: look at it again."""
+        self._built = None
         if event.transaction.origin == self.origin:  # our own verdicts arriving: the calendar has them now
             for key in event.keys:
                 rid = reservation_of(str(key))

@@ -34,7 +34,7 @@ from accord.engine.errors import NotHome
 from accord.engine.model import CalendarId
 from accord.engine.storage import Storage
 
-from .calendars import CalendarHandle, matches
+from .calendars import CalendarHandle, check_verdicts_off_loop, matches
 from .config import utc_now
 from .metrics import Metrics
 from .pipeline import CommitPipeline
@@ -99,7 +99,9 @@ class Home:
             if handle.is_empty():
                 self._waiting.add(handle.name)  # nothing to decide: no home record for a name only read
             else:
-                self._take(handle)
+                await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
+                if not handle.unloaded and handle.name not in self._deciding:
+                    self._take(handle)
 
     def _take(self, handle: CalendarHandle) -> None:
         sink: Doc[Any] = Doc()  # a fresh Yjs client per take: its clocks start where nobody has been

@@ -199,7 +199,7 @@ class Relay:
                     hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
-        calendars.loaded_hooks += [home.calendar_loaded, hub.calendar_loaded]
+        calendars.loaded_hooks += [self.admission.calendar_loaded, home.calendar_loaded, hub.calendar_loaded]
         calendars.unloading_hooks += [home.calendar_unloading, hub.calendar_unloading, receipts.calendar_unloading,
                                       self.admission.forget]
         if audit is not None:

@@ -72,3 +72,31 @@ def test_reads_of_a_large_calendar_follow_every_kind_of_change() -> None:
     returned = calendar.all_fields()
     returned[made[5].id]["patient"] = "changed by the caller"  # a caller's copy: the kept reads do not change
     assert calendar.get(made[5].id).patient == "P5" and same(calendar)
+
+
+async def test_verdicts_checked_in_a_worker_thread_read_as_checked_inline() -> None:
+    """The relay checks a large calendar's verdict signatures off the event loop as it loads it
+    (relay/calendars.check_verdicts_off_loop); what the calendar then shows is exactly what
+    checking them one by one on the loop shows, forgeries included."""
+    from homes import HOME_KEY
+
+    from accord.engine.authority import RelayKey
+    from accord.relay.calendars import OFF_LOOP_VERDICTS, check_verdicts_off_loop
+
+    calendar = Calendar(CAL, actor="desk")
+    calendar.put_resource("room-1")
+    take_home(calendar)
+    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
+                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
+            for i in range(OFF_LOOP_VERDICTS + 50)]
+    for item in made[:-1]:
+        decide(calendar, item.id, Decision.BOOKED)
+    decide(calendar, made[-1].id, Decision.BOOKED, key=RelayKey.generate())  # not the home's key: a forgery
+    loaded = fresh(calendar)
+    assert len(loaded.unchecked_verdicts()) == len(made)
+    await check_verdicts_off_loop(loaded)
+    assert loaded.unchecked_verdicts() == []
+    statuses = {r.id: r.status for r in loaded.list()}
+    assert statuses == {r.id: r.status for r in fresh(calendar).list()}  # checked inline there
+    assert statuses[made[-1].id] is Status.PENDING and statuses[made[0].id] is Status.BOOKED
+    assert HOME_KEY.public == loaded.home_record.public_key  # type: ignore[union-attr]
