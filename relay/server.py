@@ -33,7 +33,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -44,7 +43,7 @@ from accord.engine.backoff import Backoff
 from accord.engine.calendar import Calendar
 from accord.engine.errors import AccordError, CloseCode
 from accord.engine.model import check_calendar_name
-from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
+from accord.engine.storage import CompactionPolicy, MemoryStorage, Storage, open_storage
 from accord.transport import client_tls_context
 
 from . import board
@@ -181,8 +180,8 @@ class Relay:
             storage = self._storage
         elif str(config.db_path) == MEMORY_DB:
             storage = MemoryStorage()
-        else:
-            storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
+        else:  # a SQLite file, or a postgresql:// URL (a cluster's shared store)
+            storage = await open_storage(config.db_path, busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         calendars.gate = pipeline.writable

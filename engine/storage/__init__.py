@@ -125,6 +125,20 @@ def merge_log(updates: list[bytes]) -> bytes:
     return updates[0]
 
 
+def is_postgres_url(target: object) -> bool:
+    """True if ``target`` (a ``--db`` value) names a PostgreSQL database rather than a file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
 async def open_storage(target: str | Path, *, busy_timeout_ms: int = 5000) -> Storage:
     """Open the store a ``--db`` value names: a ``postgresql://`` URL (a shared PostgreSQL
     database, :class:`~engine.storage.postgres.PostgresStorage`) or a SQLite file path
@@ -133,7 +147,8 @@ async def open_storage(target: str | Path, *, busy_timeout_ms: int = 5000) -> St
     Raises:
         StoreUnavailable: the store cannot be opened, or a URL was given without asyncpg installed.
     """
-    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(target):
+        assert isinstance(target, str)
         try:
             from .postgres import PostgresStorage
         except ImportError as exc:
@@ -142,4 +157,5 @@ async def open_storage(target: str | Path, *, busy_timeout_ms: int = 5000) -> St
     return await SqliteStorage.open(Path(target), busy_timeout_ms=busy_timeout_ms)
 
 
-__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "merge_log", "open_storage"]
+__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "is_postgres_url", "merge_log",
+           "open_storage", "redact"]

@@ -57,7 +57,7 @@ from ..errors import (
 )
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
-from . import merge_log  # the package is loaded before this module (it imports it lazily)
+from . import merge_log, redact  # the package is loaded before this module (it imports it lazily)
 from .state_vectors import advance, update_spans
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,6 @@ def parse_notice(payload: str) -> CommitNotice:
         name, _, seq = line.rpartition(":")  # calendar names may hold ':'; the seq never does
         heads[CalendarId(name)] = int(seq)
     return CommitNotice(origin, heads)
-
-
-def is_postgres_url(target: object) -> bool:
-    """True if ``target`` (a ``--db`` value) names a PostgreSQL database rather than a file."""
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and error messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 TRANSIENT_SQLSTATES = {
