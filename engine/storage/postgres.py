@@ -40,7 +40,7 @@ import asyncio
 import logging
 import secrets
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,6 +232,9 @@ class PostgresStorage:
         self._wake = asyncio.Event()
         self._closing = False
         self.stats = PgStats()
+        # Called after each commit, before its appends return, with each calendar's (first, last) seq
+        # in it: a cluster member knows its own rows are in memory and need no fetching.
+        self.commit_hooks: list[Callable[[dict[CalendarId, tuple[int, int]]], None]] = []
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     @classmethod
@@ -338,6 +341,10 @@ class PostgresStorage:
                 self.stats.notifies += 1
         self.stats.commits += 1
         self.stats.rows += len(rows)
+        if rows:
+            ranges = {name: (firsts[name], next_seq[name] - 1) for name in counts}
+            for hook in self.commit_hooks:
+                hook(ranges)
         out: list[list[int]] = []
         index = 0
         for pending in batch:
