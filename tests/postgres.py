@@ -57,6 +57,7 @@ class PostgresServer:
 
     root: Path
     binaries: Path
+    fsync: bool = False  # off for tests; benchmarks turn it on
     port: int = 0
     _databases: int = field(default=0, init=False)
 
@@ -87,8 +88,9 @@ class PostgresServer:
                         "-E", "UTF8", "--no-locale", "--no-sync"], check=True, capture_output=True,
                        timeout=START_TIMEOUT_S)
         self.port = _free_port()
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                   "-c max_connections=300 -c fsync=off -c full_page_writes=off")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c max_connections=300"
+        if not self.fsync:
+            options += " -c fsync=off -c full_page_writes=off"
         started = subprocess.run([*run_as, str(self.binaries / "pg_ctl"), "-D", str(data), "-l",
                                   str(self.root / "server.log"), "-o", options, "-w", "-t", str(START_TIMEOUT_S),
                                   "start"], capture_output=True, timeout=START_TIMEOUT_S + 10)
@@ -120,8 +122,8 @@ def required() -> bool:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PostgresServer]:
-    """Start a server for the duration of the block.
+def running_server(*, fsync: bool = False) -> Iterator[PostgresServer]:
+    """Start a server for the duration of the block (``fsync``: durable settings, for benchmarks).
 
     Raises:
         PostgresMissing: no binaries on this machine.
@@ -132,7 +134,7 @@ def running_server() -> Iterator[PostgresServer]:
                               "install Debian's `postgresql` package to run these tests")
     root = Path(tempfile.mkdtemp(prefix="accord-pg-"))
     os.chmod(root, 0o755)  # the server runs as its own user: it must enter the directory
-    server = PostgresServer(root, binaries)
+    server = PostgresServer(root, binaries, fsync)
     try:
         server.start()
         yield server
