@@ -16,6 +16,8 @@ is the receiving side, one per process:
   :meth:`CommitPipeline.deliver_stored`: forwarded to this process's clients and peers like a
   peer's committed update, never stored, admitted or acknowledged again. The pipeline's batch
   hooks then run, so the home (if this process decides the calendar) decides what just arrived.
+- A calendar this process is home of (:attr:`Cluster.wants`) is loaded when another process
+  writes it, so the home decides bookings made on any process (loading decides every pending one).
 - A lost LISTEN connection (asyncpg's termination callback, or a failed heartbeat: a
   ``SELECT 1`` every ``heartbeat_s`` under a deadline, for a server that went silent) is
   reconnected with backoff; once it LISTENs again, every loaded calendar is caught up from its
@@ -31,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from accord.engine.authority import RelayKey
 from accord.engine.backoff import Backoff
 from accord.engine.errors import MalformedMessage, StorageError
 from accord.engine.model import CalendarId
@@ -57,7 +61,7 @@ class ClusterStats:
 
     notices: int = 0
     rows_applied: int = 0
-    catch_ups: dict[str, int] = field(default_factory=lambda: {"load": 0, "reconnect": 0, "poll": 0, "gap": 0})
+    catch_ups: dict[str, int] = field(default_factory=lambda: {"load": 0, "reconnect": 0, "poll": 0, "gap": 0, "home": 0})
     reconnects: int = 0
     listening: bool = False
     lag_seconds: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS_S, [0] * (len(LAG_BUCKETS_S) + 1)))
@@ -87,6 +91,8 @@ class Cluster:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_pid = 0  # the LISTEN session's server process (for operators and tests)
+        # Calendars this process must load when another process writes them (the home decides them).
+        self.wants: Callable[[CalendarId], bool] = lambda _name: False
         storage.commit_hooks.append(self._committed_here)
 
     async def start(self) -> None:
@@ -154,6 +160,8 @@ class Cluster:
         for name, seq in notice.heads.items():
             if name in self.applied and seq > self.applied[name]:
                 self._mark(name, "notice")
+            elif name not in self.applied and self.wants(name):
+                self._mark(name, "home")
 
     def _mark(self, name: CalendarId, why: str) -> None:
         if why != "notice":
@@ -173,6 +181,9 @@ class Cluster:
                 del self._due[name]
                 heard = self._heard.pop(name, None)
                 try:
+                    if name not in self.applied:  # a home calendar another process wrote: load it to decide
+                        await self.calendars.get(name)
+                        continue  # loading caught it up (calendar_loaded marks it)
                     await self._catch_up(name)
                 except StorageError as exc:  # the store is failing: try again on the next notice or poll
                     log.warning("cluster fetch failed", extra={"calendar": name, "error": str(exc)})
@@ -312,6 +323,19 @@ class Cluster:
         ]
         lines += stats.lag_seconds.render("accord_cluster_notify_lag_seconds", "From a commit notice to its rows forwarded here.")
         return "\n".join(lines) + "\n"
+
+
+async def member_key(storage: Storage, relay_id: str) -> RelayKey:
+    """This process's signing key in a shared store: kept under its own relay id
+    (``relay_key:<id>``), since the processes of a cluster start together and a single
+    ``relay_key`` entry would be made by several of them at once, each keeping its own."""
+    name = f"relay_key:{relay_id}"
+    stored = await storage.get_meta(name)
+    if stored:
+        return RelayKey.from_bytes(bytes.fromhex(stored))
+    key = RelayKey.generate()
+    await storage.set_meta(name, key.to_bytes().hex())
+    return key
 
 
 def cluster_for(storage: Storage, calendars: CalendarSet, pipeline: CommitPipeline, notice: Notice) -> Cluster | None:

@@ -51,7 +51,7 @@ from .admission import Admission
 from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
-from .cluster import Cluster, cluster_for
+from .cluster import Cluster, cluster_for, member_key
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
 from .fhir.api import FhirApi
@@ -191,6 +191,8 @@ class Relay:
             storage = await open_storage(config.db_path, busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
+        cluster = cluster_for(storage, calendars, pipeline, self.notice)
+        key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         audit = Audit(config.relay_id, storage, clock=self.clock) if config.audit else None
@@ -201,7 +203,7 @@ class Relay:
                   receipts=receipts, audit=audit,
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
-        home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
+        home = Home(config.relay_id, key, config.home_globs, pipeline, self.metrics,
                     hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
@@ -212,8 +214,8 @@ class Relay:
             calendars.unloading_hooks.append(audit.calendar_unloading)
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
-        cluster = cluster_for(storage, calendars, pipeline, self.notice)
         if cluster is not None:  # first: a calendar's applied seq is set before the home decides it
+            cluster.wants = home.is_home_of
             calendars.loaded_hooks.insert(0, cluster.calendar_loaded)
             calendars.unloading_hooks.append(cluster.calendar_unloading)
         pipeline.start()

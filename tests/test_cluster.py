@@ -131,3 +131,19 @@ async def test_a_lost_listen_connection_catches_up_from_the_last_applied_seq(tmp
         assert "accord_cluster_listen_reconnects_total 1" in rb.render_metrics()
 
 
+
+
+@pytest.mark.slow
+async def test_the_home_process_restarted_after_the_cluster_started_together_still_decides(
+        cluster: list[RelayProcess]) -> None:
+    a, b, _c = cluster  # started at once: each process keeps its own signing key, none overwrites another's
+    async with WireClient(a.url, actor="desk-a") as ta:
+        await ta.open(CAL)
+        first = await ta.book(CAL, resource="room-a")
+        await ta.wait_for(lambda: status(ta, first) == "booked")
+    await a.kill(signal.SIGTERM)
+    await a.start()
+    async with WireClient(b.url, actor="desk-b") as tb:
+        await tb.open(CAL)
+        later = await tb.book(CAL, resource="room-b")
+        await tb.wait_for(lambda: tb.replica(CAL).calendar.home == "pg-a" and status(tb, later) == "booked", timeout=20)
