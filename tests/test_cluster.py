@@ -120,7 +120,7 @@ async def test_a_lost_listen_connection_catches_up_from_the_last_applied_seq(tmp
         first = await ta.book(CAL, hour=9)
         await tb.wait_for(lambda: status(tb, first) is not None)
         admin = await asyncpg.connect(postgres_url)
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", cluster_b.listen_pid)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", cluster_b.listen_pid)
         await admin.close()
         await rb.wait_for(lambda: not cluster_b.stats.listening)
         missed = [await ta.book(CAL, hour=10 + i) for i in range(3)]  # committed while b does not listen
