@@ -13,6 +13,11 @@ each calendar's log into one row (atomically per calendar). Neither ever deletes
 ``backup SRC DEST`` copies a store, even one a relay or terminal is using, with SQLite's online
 backup API, runs the checks of ``check`` on the copy, and only then puts it at DEST.
 
+Every command but ``backup`` also takes a ``postgresql://`` URL instead of a file (a relay
+cluster's shared store, :mod:`accord.engine.storage.postgres`); ``check`` then checks each
+calendar's counter row against its rows instead of SQLite's pages. Back PostgreSQL up with its
+own tools (``pg_dump``, base backups and WAL archiving).
+
 ``compact`` is safe on a live store (a relay or terminal running on it): each calendar's
 snapshot replaces only rows it has read, in one transaction; rows committed meanwhile stay, and
 the relay's own compactions work the same way (``tests/test_store_backup.py`` compacts while a
@@ -29,18 +34,42 @@ import sys
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from accord.engine.audit import compare_with_document, document_entries, read_entries, verify_chain
 from accord.engine.errors import AccordError, CorruptRecord, ExitCode, StoreUnavailable
 from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
 from accord.engine.slots import compute_slots, holds_on, open_intervals, zone_of
-from accord.engine.storage import SqliteStorage, merge_log
+from accord.engine.storage import Storage, is_postgres_url, merge_log, open_storage, redact
 from accord.engine.storage.backup import backup, make_standalone
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 WAL_MODE = 2  # the file format version bytes (header offsets 18 and 19) of a database in WAL mode
+Target = Path | str  # a SQLite file, or a postgresql:// URL
+
+
+class CheckedStore(Storage, Protocol):
+    """What ``check`` reads beyond the Storage Protocol (SQLite and PostgreSQL stores have both)."""
+
+    async def rows(self, calendar: CalendarId) -> list[tuple[int, bytes, int]]: ...
+
+    async def integrity_check(self) -> list[str]: ...
+
+
+def store_target(value: str) -> Target:
+    """A store argument: a ``postgresql://`` URL stays a string, anything else is a file path."""
+    return value if is_postgres_url(value) else Path(value)
+
+
+def shown(target: Target) -> str:
+    """``target`` for reports and messages (a URL without its password)."""
+    return str(target) if isinstance(target, Path) else redact(target)
+
+
+async def open_checked(target: Target) -> CheckedStore:
+    """Open the SQLite file or PostgreSQL database ``target`` names."""
+    return cast(CheckedStore, await open_storage(target))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="verify pages, row checksums and that every calendar decodes")
-    check.add_argument("path", type=Path)
+    check.add_argument("path", type=store_target, help="a store file, or a postgresql:// URL")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
     compact = sub.add_parser("compact", help="merge each calendar's update log into one row (safe while a relay runs)")
-    compact.add_argument("path", type=Path)
+    compact.add_argument("path", type=store_target, help="a store file, or a postgresql:// URL")
     compact.add_argument("--json", action="store_true", help="print the result as one JSON object")
     copy = sub.add_parser("backup", help="copy a store consistently (also while a relay or terminal uses it), "
                           "check the copy, and only then write it to DEST")
-    copy.add_argument("path", type=Path, metavar="SRC", help="the store to copy")
+    copy.add_argument("path", type=store_target, metavar="SRC", help="the store to copy")
     copy.add_argument("dest", type=Path, metavar="DEST", help="the backup file to write (or a folder to write it into)")
     copy.add_argument("--force", action="store_true", help="replace DEST if it exists (the old file stays until the "
                       "new copy has passed its check)")
@@ -107,14 +136,14 @@ def copy_warnings(path: Path) -> list[str]:
 def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``accord store export``: its own subcommand, so other store commands stay apart."""
     export = sub.add_parser("export", help="write FHIR Bulk Data NDJSON (Schedule, Appointment, Slot, AuditEvent)")
-    export.add_argument("path", type=Path)
+    export.add_argument("path", type=store_target, help="a store file, or a postgresql:// URL")
     export.add_argument("--fhir", type=Path, required=True, metavar="OUT.ndjson", help="the NDJSON file to write")
     export.add_argument("--calendar", action="append", default=None, help="only this calendar (repeatable)")
     export.add_argument("--slot-days", type=int, default=30, help="days of Slots from today, 0-62 (default 30)")
     export.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
 
-async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = None, slot_days: int = 30,
+async def export_fhir(path: Target, out: Path, *, calendars: list[str] | None = None, slot_days: int = 30,
                       now: datetime | None = None) -> dict[str, object]:
     """Write every calendar's Schedules, Appointments, the next ``slot_days`` days of Slots and
     the audit trail this store holds (AuditEvents, oldest first) as NDJSON to ``out``
@@ -133,7 +162,7 @@ async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = No
     today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     horizon = (today, today + timedelta(days=slot_days))
     counts = {"Schedule": 0, "Appointment": 0, "Slot": 0, "AuditEvent": 0}
-    store = await SqliteStorage.open(path)
+    store = await open_storage(path)
     tmp = out.with_name(out.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as sink:
@@ -168,7 +197,7 @@ async def export_fhir(path: Path, out: Path, *, calendars: list[str] | None = No
     finally:
         tmp.unlink(missing_ok=True)
         await store.close()
-    return {"ok": True, "path": str(path), "out": str(out), "counts": counts}
+    return {"ok": True, "path": shown(path), "out": str(out), "counts": counts}
 
 
 def add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -179,20 +208,20 @@ def add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                     "in the order this store recorded them. Entries name the fields that changed, never their values.",
         epilog="example:\n  accord store history relay-a.sqlite clinic-1 0193f1c2-...",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    history.add_argument("path", type=Path)
+    history.add_argument("path", type=store_target, help="a store file, or a postgresql:// URL")
     history.add_argument("calendar", help="calendar name, e.g. clinic-1")
     history.add_argument("reservation", nargs="?", default=None, help="only this reservation id")
     history.add_argument("--json", action="store_true", help="print JSON lines, one entry each")
 
 
-async def store_history(path: Path, calendar: str, reservation: str | None) -> dict[str, object]:
+async def store_history(path: Target, calendar: str, reservation: str | None) -> dict[str, object]:
     """The calendar's audit entries as plain data: ``{"ok": True, "entries": [...]}``."""
-    store = await SqliteStorage.open(path)
+    store = await open_storage(path)
     try:
         rows = await store.audit_log(CalendarId(calendar))
     finally:
         await store.close()
-    return {"ok": True, "path": str(path), "calendar": calendar,
+    return {"ok": True, "path": shown(path), "calendar": calendar,
             "entries": [entry.to_json() for entry in read_entries(rows, reservation)]}
 
 
@@ -214,7 +243,7 @@ def print_history(report: dict[str, object], as_json: bool) -> None:
         print("no audit entries")
 
 
-async def audit_problems(store: SqliteStorage, name: CalendarId, replica: Replica | None) -> tuple[int, list[str]]:
+async def audit_problems(store: Storage, name: CalendarId, replica: Replica | None) -> tuple[int, list[str]]:
     """``(rows, problems)`` of a calendar's audit chain, checked against its document if it decoded."""
     rows = await store.audit_log(name)
     problems = verify_chain(name, rows)
@@ -223,17 +252,17 @@ async def audit_problems(store: SqliteStorage, name: CalendarId, replica: Replic
     return len(rows), problems
 
 
-async def check_store(path: Path) -> dict[str, object]:
+async def check_store(path: Target) -> dict[str, object]:
     """Return a report: ``{"ok": bool, "calendars": {...}, "problems": [...]}``. A file in
     rollback-journal mode (a backup) is left in that mode."""
-    standalone = not is_wal_mode(path)
-    store = await SqliteStorage.open(path)
+    standalone = isinstance(path, Path) and not is_wal_mode(path)
+    store = await open_checked(path)
     problems: list[str] = []
     calendars: dict[str, dict[str, int]] = {}
     try:
         pages = await store.integrity_check()
         if pages != ["ok"]:
-            problems.extend(f"sqlite: {line}" for line in pages)
+            problems.extend(f"{'sqlite' if isinstance(path, Path) else 'postgres'}: {line}" for line in pages)
         for name in await store.calendars():
             rows = await store.rows(name)
             good = []
@@ -259,9 +288,9 @@ async def check_store(path: Path) -> dict[str, object]:
             problems.append(f"calendar {name!r}: audit rows but no update log")
     finally:
         await store.close()
-    if standalone and is_wal_mode(path):
+    if standalone and isinstance(path, Path) and is_wal_mode(path):
         await make_standalone(path)
-    return {"ok": not problems, "path": str(path), "calendars": calendars, "problems": problems}
+    return {"ok": not problems, "path": shown(path), "calendars": calendars, "problems": problems}
 
 
 async def backup_store(source: Path, dest: Path, *, force: bool = False) -> dict[str, object]:
@@ -303,9 +332,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-async def compact_store(path: Path) -> dict[str, object]:
+async def compact_store(path: Target) -> dict[str, object]:
     """Merge every calendar's log into one row; return before/after row and byte counts."""
-    store = await SqliteStorage.open(path)
+    store = await open_storage(path)
     result: dict[str, dict[str, int]] = {}
     try:
         for name in await store.calendars():
@@ -320,7 +349,7 @@ async def compact_store(path: Path) -> dict[str, object]:
                             "bytes_after": sum(len(u) for u in await store.load(name))}
     finally:
         await store.close()
-    return {"ok": True, "path": str(path), "calendars": result}
+    return {"ok": True, "path": shown(path), "calendars": result}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -337,15 +366,20 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.path.is_file():
+    if isinstance(args.path, str):  # a PostgreSQL URL
+        if args.action == "backup":
+            print("accord store: backup copies SQLite files; back a PostgreSQL store up with pg_dump or base backups",
+                  file=sys.stderr)
+            return ExitCode.USAGE
+    elif not args.path.is_file():
         print(f"accord store: {args.path} does not exist or is not a file", file=sys.stderr)
         return ExitCode.ERROR
-    if args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
+    elif args.path.stat().st_size == 0:  # opening it would turn it into a new, empty store
         print(f"accord store: {args.path} is empty: not an accord store (nothing was changed)", file=sys.stderr)
         return ExitCode.ERROR
     if args.action == "export":
         return _export(args)
-    warnings = copy_warnings(args.path) if args.action == "check" else []
+    warnings = copy_warnings(args.path) if args.action == "check" and isinstance(args.path, Path) else []
     try:
         if args.action == "history":
             print_history(asyncio.run(store_history(args.path, args.calendar, args.reservation)), args.json)

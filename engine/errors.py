@@ -170,12 +170,14 @@ class StoreFault(enum.StrEnum):
     BUSY = "busy"  # another connection holds the database's write lock (SQLITE_BUSY, SQLITE_LOCKED)
     FULL = "full"  # no space left on the disk or in the quota (SQLITE_FULL, ENOSPC, EDQUOT)
     IO = "io"  # the operating system reported an I/O error (SQLITE_IOERR, EIO)
+    UNREACHABLE = "unreachable"  # the database server cannot be reached (PostgreSQL down, restarting, connection lost)
 
 
 FAULT_ADVICE = {
     StoreFault.BUSY: "another process holds the database's write lock; it is retried until that process lets go",
     StoreFault.FULL: "the disk is full; free space and it is retried",
     StoreFault.IO: "the disk reported an I/O error; check the disk, it is retried",
+    StoreFault.UNREACHABLE: "the database server cannot be reached; check that it runs, it is retried",
 }
 
 

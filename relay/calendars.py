@@ -123,8 +123,10 @@ class CalendarSet:
 
     async def _load(self, name: CalendarId) -> CalendarHandle:
         started = time.perf_counter()
-        updates = await self.storage.load(name)
+        # The length first: the rows loaded then cover every seq up to ``top`` (a relay cluster's
+        # other processes may append meanwhile; it fetches what comes after ``top``).
         rows, top = await self.storage.log_length(name)
+        updates = await self.storage.load(name)
         replica = Replica(name, actor="relay")
         replica.load(updates)
         handle = CalendarHandle(name, replica, rows_in_log=rows, last_seq=top, committed=replica.state_vector())

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the FHIR R4 facade (reads and writes) under /fhir on this port too "
                              "(0 picks a free one); without it only FHIR reads (GET /fhir/...) on --port")
     parser.add_argument("--db", default="accord-relay.sqlite",
-                        help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk)")
+                        help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk), or a "
+                             "postgresql://user@host/db URL: a store shared by a cluster of relay processes")
     parser.add_argument("--peer", action="append", default=[], metavar="URL", type=_peer_url,
                         help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable)")
     parser.add_argument("--peer-token", default=None, help="token presented on outbound peer links")

@@ -25,7 +25,8 @@ class RelayConfig:
     Args:
         relay_id: this relay's name, used in logs, metrics, peering and decisions.
         host, port: where to listen (``port=0`` picks a free port; read ``Relay.port``).
-        db_path: SQLite store; ``":memory:"`` keeps everything in memory (not durable).
+        db_path: SQLite store; ``":memory:"`` keeps everything in memory (not durable); a
+            ``postgresql://`` URL: a PostgreSQL database shared by a cluster of relay processes.
         peers: ``ws://`` URLs of relays to keep an outbound link to.
         peer_token: token presented on outbound peer links.
         peer_globs: calendars shared with peers (default: all).

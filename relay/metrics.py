@@ -28,6 +28,15 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def render(self, name: str, help_text: str) -> list[str]:
+        """The histogram's lines in the Prometheus text format."""
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+        return [*lines, f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.count}"]
+
 
 @dataclass(slots=True)
 class Metrics:
@@ -97,15 +106,7 @@ class Metrics:
         lines += [f'accord_home_conflicts{{calendar="{k}"}} {v}' for k, v in sorted(self.home_conflicts.items())]
         lines += ["# HELP accord_peer_link_up Outbound peer links (1 up, 0 down).", "# TYPE accord_peer_link_up gauge"]
         lines += [f'accord_peer_link_up{{peer="{url}"}} {1 if state == "up" else 0}' for url, state in sorted(peer_links.items())]
-        hist = self.commit_seconds
-        lines += ["# HELP accord_store_commit_seconds Store commit latency.", "# TYPE accord_store_commit_seconds histogram"]
-        cumulative = 0
-        for bound, count in zip(hist.buckets, hist.counts, strict=False):
-            cumulative += count
-            lines.append(f'accord_store_commit_seconds_bucket{{le="{bound}"}} {cumulative}')
-        lines.append(f'accord_store_commit_seconds_bucket{{le="+Inf"}} {hist.count}')
-        lines.append(f"accord_store_commit_seconds_sum {hist.total:.6f}")
-        lines.append(f"accord_store_commit_seconds_count {hist.count}")
+        lines += self.commit_seconds.render("accord_store_commit_seconds", "Store commit latency.")
         lines += self._render_store_faults()
         return "\n".join(lines) + "\n"
 

@@ -353,6 +353,14 @@ class CommitPipeline:
         self._space.set()  # held writers go on
         self.notice.notify()
 
+    def deliver_stored(self, handle: CalendarHandle, change: Change) -> None:
+        """Forward a change that is stored already (another process of a relay cluster stored
+        it, :mod:`~accord.relay.cluster`) to every subscriber, as a peer's committed update is:
+        observed, forwarded, never stored or acknowledged again here."""
+        handle.committed = change.state_vector
+        self._observe(handle, change)
+        self._forward(handle, change.update, None)
+
     def _observe(self, handle: CalendarHandle, change: Change) -> None:
         for hook in self.change_hooks:
             hook(handle, change)

@@ -20,9 +20,9 @@ terminates TLS). :meth:`Relay.reload` (SIGHUP) re-reads the certificate without 
 :class:`Relay` is the composition root: it builds the parts, each with one job and explicit
 inputs (:mod:`.routes` HTTP, :mod:`.admission` auth and update checks, :mod:`.hub`
 subscriptions and events, :mod:`.pipeline` commit and fan-out, :mod:`.home` decisions,
-:mod:`.peering` outbound links), wires them through named hooks, and runs their lifecycle:
-``async with Relay(config) as relay:``; on exit it stops accepting, closes peer links and
-clients with 1001, commits what is queued and closes the store.
+:mod:`.peering` outbound links, :mod:`.cluster` the other processes on a shared PostgreSQL
+store), wires them through named hooks, and runs their lifecycle: ``async with Relay(config) as
+relay:``; on exit it stops accepting, closes peer links and clients with 1001, commits what is queued and closes the store.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -44,7 +43,7 @@ from accord.engine.backoff import Backoff
 from accord.engine.calendar import Calendar
 from accord.engine.errors import AccordError, CloseCode
 from accord.engine.model import check_calendar_name
-from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage
+from accord.engine.storage import CompactionPolicy, MemoryStorage, Storage, open_storage
 from accord.transport import client_tls_context
 
 from . import board
@@ -52,6 +51,7 @@ from .admission import Admission
 from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
+from .cluster import Cluster, cluster_for, member_key
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
 from .fhir.api import FhirApi
@@ -85,6 +85,7 @@ class _Running:
     links: list[PeerLink]
     unloader: asyncio.Task[None]
     fhir: HttpServer | None = None
+    cluster: Cluster | None = None  # on a store shared with other relay processes (PostgreSQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,11 @@ class Relay:
         return self.running.calendars
 
     @property
+    def cluster(self) -> Cluster | None:
+        """This process's part in a relay cluster (on a PostgreSQL store), or None."""
+        return self.running.cluster
+
+    @property
     def pipeline(self) -> CommitPipeline:
         return self.running.pipeline
 
@@ -181,10 +187,12 @@ class Relay:
             storage = self._storage
         elif str(config.db_path) == MEMORY_DB:
             storage = MemoryStorage()
-        else:
-            storage = await SqliteStorage.open(Path(config.db_path), busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
+        else:  # a SQLite file, or a postgresql:// URL (a cluster's shared store)
+            storage = await open_storage(config.db_path, busy_timeout_ms=STORE_BUSY_TIMEOUT_MS)
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
+        cluster = cluster_for(storage, calendars, pipeline, self.notice)
+        key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         audit = Audit(config.relay_id, storage, clock=self.clock) if config.audit else None
@@ -195,7 +203,7 @@ class Relay:
                   receipts=receipts, audit=audit,
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
-        home = Home(config.relay_id, await load_relay_key(storage), config.home_globs, pipeline, self.metrics,
+        home = Home(config.relay_id, key, config.home_globs, pipeline, self.metrics,
                     hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
@@ -206,7 +214,13 @@ class Relay:
             calendars.unloading_hooks.append(audit.calendar_unloading)
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
+        if cluster is not None:  # first: a calendar's applied seq is set before the home decides it
+            cluster.wants = home.is_home_of
+            calendars.loaded_hooks.insert(0, cluster.calendar_loaded)
+            calendars.unloading_hooks.append(cluster.calendar_unloading)
         pipeline.start()
+        if cluster is not None:
+            await cluster.start()
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
@@ -228,7 +242,7 @@ class Relay:
         if config.fhir_port is not None:
             fhir_server = HttpServer(fhir.handle, timeout_s=config.handshake_timeout_s)
             await fhir_server.start(config.host, config.fhir_port, self.tls.context if self.tls is not None else None)
-        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server)
+        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
@@ -337,6 +351,8 @@ class Relay:
         running.unloader.cancel()
         await asyncio.gather(running.unloader, return_exceptions=True)
         await running.pipeline.close()
+        if running.cluster is not None:
+            await running.cluster.close()
         await running.storage.close()
         log.info("relay stopped", extra={"relay": self.config.relay_id})
 
@@ -356,7 +372,10 @@ class Relay:
         links = {link.url: link.state for link in running.links} if running else {}
         loaded = len(running.calendars.loaded) if running else 0
         loads = running.calendars.loads if running else 0
-        return self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links, calendar_loads=loads)
+        text = self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links, calendar_loads=loads)
+        if running is not None and running.cluster is not None:
+            text += running.cluster.render()
+        return text
 
     async def wait_for(self, condition: Callable[[], T], timeout_s: float = 10.0) -> T:
         """Wait until ``condition()`` is truthy; re-checked whenever a batch commits, a connection

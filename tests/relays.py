@@ -27,8 +27,8 @@ def relay_config(tmp_path: Path, relay_id: str, **kw: object) -> RelayConfig:
 class RelayProcess(_RelayProcess):
     """``accord relay`` in a child process (see :mod:`accord.relay.process`), with ``kill``."""
 
-    def __init__(self, tmp_path: Path, relay_id: str, *extra: str, port: int = 0) -> None:
-        super().__init__(tmp_path, relay_id, *extra, port=port)
+    def __init__(self, tmp_path: Path, relay_id: str, *extra: str, port: int = 0, db: str | None = None) -> None:
+        super().__init__(tmp_path, relay_id, *extra, port=port, db=db)
 
     async def kill(self, sig: int = signal.SIGKILL, timeout: float = 15.0) -> int:
         code = await self.stop(sig, timeout)

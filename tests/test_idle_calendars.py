@@ -27,7 +27,7 @@ from accord.engine.model import CalendarId
 from accord.engine.protocol import States, SyncStep1, decode_framed, decode_state_vector, encode_framed
 from accord.engine.replica import Replica
 from accord.engine.session import ROLE_HEADER, SYNC_PATH
-from accord.engine.storage import MemoryStorage, SqliteStorage
+from accord.engine.storage import SqliteStorage
 from accord.engine.storage.state_vectors import differ
 from accord.relay.hub import scan_prefixes
 
@@ -50,15 +50,6 @@ async def stored_clocks(store: Any, name: str) -> dict[int, int]:
 
 
 # ---- stored state vectors ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    opened: Any = MemoryStorage() if request.param == "memory" else await SqliteStorage.open(tmp_path / "s.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_the_stored_state_vector_follows_the_log_through_appends_and_compaction(store: Any) -> None:

@@ -14,8 +14,9 @@ CAL = "clinic-1"
 pytestmark = pytest.mark.slow
 
 
-async def test_acknowledged_updates_survive_sigkill(tmp_path: Path) -> None:
-    relay = await RelayProcess(tmp_path, "a").start()
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_acknowledged_updates_survive_sigkill(tmp_path: Path, db: str, request: pytest.FixtureRequest) -> None:
+    relay = await RelayProcess(tmp_path, "a", db=request.getfixturevalue("postgres_url") if db == "postgres" else None).start()
     try:
         async with WireClient(relay.url) as client:
             await client.open(CAL)

@@ -17,13 +17,13 @@ import pytest
 from accord.cli import main
 from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
-from accord.engine.storage import SqliteStorage
+from accord.engine.storage import open_storage
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 CALENDARS = (CalendarId("clinic-1"), CalendarId("clinic-2"))
 
 
-def build_store(path: Path, bookings: int = 5) -> dict[str, dict[str, Any]]:
+def build_store(path: Path | str, bookings: int = 5) -> dict[str, dict[str, Any]]:
     """A store with one row per change for two calendars; returns each calendar's document."""
     documents = {}
     updates: list[tuple[CalendarId, bytes]] = []
@@ -38,7 +38,7 @@ def build_store(path: Path, bookings: int = 5) -> dict[str, dict[str, Any]]:
         documents[name] = replica.calendar.to_py()
 
     async def write() -> None:
-        store = await SqliteStorage.open(path)
+        store = await open_storage(path)
         for name, update in updates:
             await store.append(name, update)
         await store.close()
@@ -47,11 +47,11 @@ def build_store(path: Path, bookings: int = 5) -> dict[str, dict[str, Any]]:
     return documents
 
 
-def stored(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
+def stored(path: Path | str) -> dict[str, tuple[int, dict[str, Any]]]:
     """Each calendar's row count and the document its rows load into."""
 
     async def read() -> dict[str, tuple[int, dict[str, Any]]]:
-        store = await SqliteStorage.open(path)
+        store = await open_storage(path)
         try:
             out = {}
             for name in await store.calendars():
@@ -173,3 +173,19 @@ def test_check_refuses_an_empty_file_and_leaves_it_empty(tmp_path: Path) -> None
     empty.write_bytes(b"")
     assert main(["store", "check", str(empty)]) == 1
     assert empty.read_bytes() == b""
+
+
+def test_store_commands_take_a_postgresql_url(postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    documents = build_store(postgres_url)
+    assert main(["store", "check", postgres_url, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    counts = report["calendars"]["clinic-1"]
+    assert report["ok"] is True and (counts["rows"], counts["reservations"], counts["audit_rows"]) == (10, 5, 0)
+    assert main(["store", "compact", postgres_url]) == 0
+    assert stored(postgres_url) == {name: (1, doc) for name, doc in documents.items()}
+    assert main(["store", "history", postgres_url, "clinic-1"]) == 0
+    assert "no audit entries" in capsys.readouterr().out
+    assert main(["store", "export", postgres_url, "--fhir", str(tmp_path / "out.ndjson")]) == 0
+    assert '"resourceType":"Appointment"' in (tmp_path / "out.ndjson").read_text()
+    assert main(["store", "backup", postgres_url, str(tmp_path / "copy.sqlite")]) == 2
+    assert "pg_dump" in capsys.readouterr().err

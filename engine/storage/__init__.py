@@ -1,6 +1,7 @@
 """Storage: an append-only log of updates per calendar, behind a small Protocol.
 
-Adapters (:class:`SqliteStorage`, :class:`MemoryStorage`) are dumb: append, load, replace a
+Adapters (:class:`SqliteStorage`, :class:`MemoryStorage`, and ``postgres.PostgresStorage`` for
+relay clusters: :func:`open_storage` picks one from a ``--db`` value) are dumb: append, load, replace a
 prefix with a snapshot, key/value metadata, and each calendar's stored state vector, kept in
 step with its log by the rules in :mod:`.state_vectors`. Policy lives here once: when to compact
 (:class:`CompactionPolicy`) and how (:func:`merge_log`, chunked because ``merge_updates`` of
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import pycrdt
 
 from ..audit import AuditRecord, AuditRow
+from ..errors import StoreUnavailable
 from ..model import CalendarId
 from .faults import classify_error
 from .memory import MemoryStorage
@@ -40,7 +43,8 @@ class Storage(Protocol):
     """
 
     async def append(self, calendar: CalendarId, update: bytes) -> int:
-        """Durably append one update; return its sequence number (increasing per store)."""
+        """Durably append one update; return its sequence number (increasing per calendar; SQLite's
+        increase across the whole store, PostgreSQL's count each calendar's rows from 1)."""
         ...
 
     async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
@@ -121,5 +125,37 @@ def merge_log(updates: list[bytes]) -> bytes:
     return updates[0]
 
 
+def is_postgres_url(target: object) -> bool:
+    """True if ``target`` (a ``--db`` value) names a PostgreSQL database rather than a file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
-__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "merge_log"]
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+async def open_storage(target: str | Path, *, busy_timeout_ms: int = 5000) -> Storage:
+    """Open the store a ``--db`` value names: a ``postgresql://`` URL (a shared PostgreSQL
+    database, :class:`~engine.storage.postgres.PostgresStorage`) or a SQLite file path
+    (``busy_timeout_ms``: see :meth:`SqliteStorage.open`).
+
+    Raises:
+        StoreUnavailable: the store cannot be opened, or a URL was given without asyncpg installed.
+    """
+    if is_postgres_url(target):
+        assert isinstance(target, str)
+        try:
+            from .postgres import PostgresStorage
+        except ImportError as exc:
+            raise StoreUnavailable("a PostgreSQL store needs asyncpg: pip install 'accord[postgres]'") from exc
+        return await PostgresStorage.open(target)
+    return await SqliteStorage.open(Path(target), busy_timeout_ms=busy_timeout_ms)
+
+
+__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "is_postgres_url", "merge_log",
+           "open_storage", "redact"]
