@@ -111,6 +111,54 @@ class _ReadCache:
     parsed: dict[str, Reservation | None] = field(default_factory=dict)  # None: does not read as a reservation
     dirty: set[str] = field(default_factory=set)  # ids whose entries changed since the last read
     listed: builtins.list[Reservation] | None = None  # every readable one, sorted; None: recompute
+    decided: dict[str, DecisionState] = field(default_factory=dict)  # decision states of the kept fields
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSnapshot:
+    """A large calendar's reservations as text, with what reading them needs (see :meth:`Calendar.read_snapshot`)."""
+
+    reservations: str  # the ``reservations`` map as JSON text
+    home: HomeRecord | None
+    has_home: bool
+    verdicts: dict[str, builtins.list[tuple[str, str]]]  # reservation id -> its verdict entries
+    state: bytes  # the document's state vector when taken
+
+
+ParsedSnapshot = tuple[dict[str, dict[str, Any]], dict[str, Reservation | None], dict[str, DecisionState]]
+"""What :meth:`Calendar.parse_snapshot` read: fields, readings and decision states by reservation id."""
+
+
+def _decision_state(reservation_id: str, fields: dict[str, Any], home: HomeRecord,
+                    entries: Iterable[tuple[str, str]] | None, verifier: Verifier) -> DecisionState:
+    """:meth:`Calendar.decision_state` over given verdict entries (see the module docstring)."""
+    if not entries:
+        return UNDECIDED
+    digest = request_digest(reservation_id, fields)
+    current: tuple[int, str, Verdict] | None = None
+    latest: tuple[int, str, Verdict] | None = None
+    for key, text in entries:
+        verdict = verifier.verify(key, text, home)
+        if verdict is None:
+            continue  # a forgery, another home's, or a copy: not a decision
+        ranked = (verdict.seq, key, verdict)
+        if verdict.request == digest and (current is None or ranked[:2] > current[:2]):
+            current = ranked
+        if latest is None or ranked[:2] > latest[:2]:
+            latest = ranked
+    if latest is None:
+        return UNDECIDED
+    last = latest[2]
+    shown = current[2] if current is not None else last
+    return DecisionState(
+        current=Decision(current[2].outcome) if current is not None else None,
+        booked=last.booked,
+        released=last.outcome == Decision.RELEASED,
+        reason=shown.reason,
+        conflict_with=shown.conflict_with,
+        decided_by=last.relay_id,
+        seq=last.seq,
+    )
 
 
 class Calendar:
@@ -167,6 +215,7 @@ class Calendar:
     def _forget_statuses(self) -> None:
         if self._reads is not None:
             self._reads.parsed.clear()  # every status may read differently under another home
+            self._reads.decided.clear()
             self._reads.listed = None
 
     def _verdicts_changed(self, event: Any) -> None:
@@ -174,7 +223,9 @@ class Calendar:
         reads = self._reads
         if reads is not None:
             for key in event.keys:
-                reads.parsed.pop(reservation_of(str(key)), None)
+                rid = reservation_of(str(key))
+                reads.parsed.pop(rid, None)
+                reads.decided.pop(rid, None)
             reads.listed = None
         index = self._index
         if index is None:
@@ -251,34 +302,52 @@ class Calendar:
         home = self.home_record
         if home is None:
             return UNDECIDED
-        entries = self._verdict_index().get(reservation_id)
-        if not entries:
-            return UNDECIDED
-        digest = request_digest(reservation_id, fields)
-        current: tuple[int, str, Verdict] | None = None
-        latest: tuple[int, str, Verdict] | None = None
-        for key, text in entries:
-            verdict = self.verifier.verify(key, text, home)
-            if verdict is None:
-                continue  # a forgery, another home's, or a copy: not a decision
-            ranked = (verdict.seq, key, verdict)
-            if verdict.request == digest and (current is None or ranked[:2] > current[:2]):
-                current = ranked
-            if latest is None or ranked[:2] > latest[:2]:
-                latest = ranked
-        if latest is None:
-            return UNDECIDED
-        last = latest[2]
-        shown = current[2] if current is not None else last
-        return DecisionState(
-            current=Decision(current[2].outcome) if current is not None else None,
-            booked=last.booked,
-            released=last.outcome == Decision.RELEASED,
-            reason=shown.reason,
-            conflict_with=shown.conflict_with,
-            decided_by=last.relay_id,
-            seq=last.seq,
-        )
+        reads = self._reads  # a large calendar keeps each state until its entry or verdicts change
+        kept = None
+        if reads is not None and reservation_id not in reads.dirty and reads.fields.get(reservation_id) == fields:
+            kept = reads.decided
+            if reservation_id in kept:
+                return kept[reservation_id]
+        state = _decision_state(reservation_id, fields, home, self._verdict_index().get(reservation_id), self.verifier)
+        if kept is not None:
+            kept[reservation_id] = state
+        return state
+
+    def read_snapshot(self) -> ReadSnapshot | None:
+        """For a large calendar not read whole yet: what :meth:`parse_snapshot` needs, taken from
+        the document now (the one costly step here is Yrs' ``to_json`` of the reservations), so
+        that the parsing can run in a worker thread. None: nothing to prepare."""
+        if self._reads is not None or len(self.reservations) < READ_CACHE_MIN:
+            return None
+        return ReadSnapshot(str(self.reservations), self.home_record, self.has_home,
+                            {rid: builtins.list(v) for rid, v in self._verdict_index().items()}, self.doc.get_state())
+
+    def parse_snapshot(self, snapshot: ReadSnapshot) -> ParsedSnapshot:
+        """Parse a :meth:`read_snapshot`: reservations' fields and readings. Touches no pycrdt
+        object (safe in a worker thread); hand the result to :meth:`install_reads`."""
+        data = json.loads(snapshot.reservations) if snapshot.reservations else {}
+        fields = {k: v for k, v in data.items() if isinstance(v, dict)}
+        parsed: dict[str, Reservation | None] = {}
+        states: dict[str, DecisionState] = {}
+        for rid, entry in fields.items():
+            decided = states[rid] = (UNDECIDED if snapshot.home is None else
+                                     _decision_state(rid, entry, snapshot.home, snapshot.verdicts.get(rid), self.verifier))
+            try:
+                parsed[rid] = reservation_from_fields(self.name, entry, has_home=snapshot.has_home, decided=decided)
+            except (KeyError, InvalidReservation):
+                parsed[rid] = None
+        return fields, parsed, states
+
+    def install_reads(self, snapshot: ReadSnapshot, parsed: ParsedSnapshot) -> bool:
+        """Keep what :meth:`parse_snapshot` read as this calendar's reads, if the document has not
+        changed since the snapshot (else the next read reads it whole, as without one). True if kept."""
+        if (self._reads is not None or self.doc.get_state() != snapshot.state
+                or self.home_record != snapshot.home or self.has_home != snapshot.has_home):
+            return False
+        fields, readings, states = parsed
+        self._reads = _ReadCache(fields, readings, decided=states)
+        self._subscriptions.append(self.reservations.observe_deep(self._reservations_changed))
+        return True
 
     def _verdict_index(self) -> dict[str, list[tuple[str, str]]]:
         if self._index is None:
@@ -371,6 +440,7 @@ class Calendar:
             else:
                 reads.fields.pop(rid, None)
             reads.parsed.pop(rid, None)
+            reads.decided.pop(rid, None)
         reads.dirty.clear()
         return reads
 

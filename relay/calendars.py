@@ -210,3 +210,15 @@ async def check_verdicts_off_loop(calendar: Calendar) -> None:
     answers = await asyncio.to_thread(calendar.verifier.check_all, pending, home)
     if calendar.home_record == home:  # the home may have moved meanwhile: then these answers are not its
         calendar.verifier.remember(answers, home)
+
+
+async def read_off_loop(calendar: Calendar) -> None:
+    """Parse a large calendar's reservations in a worker thread before its first whole read
+    (``list``: a FHIR search), so the event loop pays only Yrs' ``to_json`` of them (~0.15 s
+    at 10,000) instead of the parsing too (~0.5 s). Verdicts are checked first, off the loop
+    too. If the calendar changes meanwhile, the read that follows parses it inline as before."""
+    await check_verdicts_off_loop(calendar)
+    snapshot = calendar.read_snapshot()
+    if snapshot is None:
+        return
+    calendar.install_reads(snapshot, await asyncio.to_thread(calendar.parse_snapshot, snapshot))

@@ -34,7 +34,7 @@ from accord.engine.errors import NotHome
 from accord.engine.model import CalendarId
 from accord.engine.storage import Storage
 
-from .calendars import CalendarHandle, check_verdicts_off_loop, matches
+from .calendars import CalendarHandle, matches, read_off_loop
 from .config import utc_now
 from .metrics import Metrics
 from .pipeline import CommitPipeline
@@ -99,7 +99,7 @@ class Home:
             if handle.is_empty():
                 self._waiting.add(handle.name)  # nothing to decide: no home record for a name only read
             else:
-                await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
+                await read_off_loop(handle.replica.calendar)  # the decider reads every reservation
                 if not handle.unloaded and handle.name not in self._deciding:
                     self._take(handle)
 

@@ -100,3 +100,30 @@ async def test_verdicts_checked_in_a_worker_thread_read_as_checked_inline() -> N
     assert statuses == {r.id: r.status for r in fresh(calendar).list()}  # checked inline there
     assert statuses[made[-1].id] is Status.PENDING and statuses[made[0].id] is Status.BOOKED
     assert HOME_KEY.public == loaded.home_record.public_key  # type: ignore[union-attr]
+
+
+async def test_reads_parsed_in_a_worker_thread_are_kept_only_if_nothing_changed_meanwhile() -> None:
+    """relay/calendars.read_off_loop parses a large calendar in a thread from a snapshot; a
+    change that lands between the snapshot and the parse's end must not be lost."""
+    from accord.relay.calendars import read_off_loop
+
+    calendar = Calendar(CAL, actor="desk")
+    calendar.put_resource("room-1")
+    take_home(calendar)
+    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
+                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
+            for i in range(READ_CACHE_MIN + 10)]
+    decide(calendar, made[0].id, Decision.BOOKED)
+    loaded = fresh(calendar)
+    await read_off_loop(loaded)
+    assert loaded._reads is not None and loaded.list() == fresh(calendar).list()
+    assert loaded.get(made[0].id).status is Status.BOOKED
+
+    late = fresh(calendar)
+    snapshot = late.read_snapshot()
+    assert snapshot is not None
+    parsed = late.parse_snapshot(snapshot)
+    late.cancel(made[1].id, reason="called", now=NOW)  # lands while the thread parses
+    assert not late.install_reads(snapshot, parsed)
+    assert late.get(made[1].id).status is Status.CANCELLED
+    assert next(r for r in late.list() if r.id == made[1].id).status is Status.CANCELLED

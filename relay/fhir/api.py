@@ -41,7 +41,7 @@ from accord.engine.session import parse_bearer
 from accord.engine.slots import ComputedSlot, compute_slots, free_intervals, holds_on, open_intervals, split, zone_of
 
 from ..auth import Grant, TokenBook
-from ..calendars import CalendarSet, check_verdicts_off_loop
+from ..calendars import CalendarSet, read_off_loop
 from ..hub import EditRefused, Hub
 from . import mapping
 from .capability import capability_statement
@@ -187,7 +187,7 @@ class FhirApi:
         if name not in self.calendars.loaded and not await self.calendars.storage.state_vectors([name]):
             raise Problem(404, "not-found", f"this relay holds no calendar {name}")
         calendar = (await self.calendars.get(name)).replica.calendar
-        await check_verdicts_off_loop(calendar)
+        await read_off_loop(calendar)
         return calendar
 
     # ---- reads ----------------------------------------------------------------------------
