@@ -42,6 +42,7 @@ from accord.engine.model import CalendarId
 from accord.engine.replica import Change
 from accord.engine.session import Framing
 from accord.engine.storage import CompactionPolicy, Storage
+from accord.engine.storage.state_vectors import remember_spans
 
 from .calendars import CalendarHandle
 from .metrics import Metrics
@@ -197,6 +198,8 @@ class CommitPipeline:
 
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
+            if item.change.before_state:  # the store then need not read the update for its spans
+                remember_spans(item.change.update, item.change.before_state, item.change.state_vector)
             self._observe(item.handle, item.change)
             if self.audit_source is not None:
                 item.audit = self.audit_source(item.handle)
