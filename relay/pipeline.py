@@ -279,6 +279,7 @@ class CommitPipeline:
         seqs = await self._store(rows, audit) if rows else []
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
+        outgoing: dict[Connection, list[bytes]] = {}  # per connection, in order: one socket write per batch
         index = 0
         for item in batch:
             handle = item.handle
@@ -294,12 +295,14 @@ class CommitPipeline:
                     self._observe(handle, item.change)
             if item.change is not None:
                 handle.committed = item.change.state_vector
-                self._forward(handle, item.change.update, None if item.echo else item.origin)
+                self._forward(handle, item.change.update, None if item.echo else item.origin, outgoing)
                 if item.reply is not None and item.origin is not None and item.origin in handle.subscribers:
-                    item.origin.send(item.origin.session.update(handle.name, item.reply))
+                    outgoing.setdefault(item.origin, []).append(item.origin.session.update(handle.name, item.reply))
                     self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
+        for connection, messages in outgoing.items():
+            connection.send_all(messages)
         for (connection, name), state_vector in acks.items():
             connection.acknowledge(name, state_vector)
         handles = list(touched.values())
@@ -360,8 +363,9 @@ class CommitPipeline:
         for hook in self.change_hooks:
             hook(handle, change)
 
-    def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None) -> None:
-        """Send ``update`` to every subscriber but its origin, framed once per framing."""
+    def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None,
+                 outgoing: dict[Connection, list[bytes]]) -> None:
+        """Queue ``update`` in ``outgoing`` for every subscriber but its origin, framed once per framing."""
         framed: dict[Framing, bytes] = {}
         for connection in handle.subscribers:
             if connection is origin:
@@ -370,7 +374,7 @@ class CommitPipeline:
             data = framed.get(session.framing)
             if data is None:
                 data = framed[session.framing] = session.update(handle.name, update)
-            connection.send(data)
+            outgoing.setdefault(connection, []).append(data)
             self.metrics.updates_out += 1
 
     async def _compact(self, handle: CalendarHandle) -> None:
