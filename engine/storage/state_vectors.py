@@ -38,6 +38,7 @@ Spans = dict[int, tuple[int, int]]
 KNOWN_SPANS_MAX = 4096  # updates whose spans are remembered until a store asks (oldest forgotten)
 _known_spans: OrderedDict[bytes, Spans] = OrderedDict()
 _known_lock = threading.Lock()  # stores ask from their writer threads
+_last_after: tuple[bytes, dict[int, int]] = (b"", {})  # the last after-state remember_spans decoded
 
 
 def remember_spans(update: bytes, before_state: bytes, after_state: bytes) -> None:
@@ -48,9 +49,12 @@ def remember_spans(update: bytes, before_state: bytes, after_state: bytes) -> No
     before the transaction to its clock after (Yrs encodes it from the before-state), so the
     spans are exactly the state vectors' difference.
     """
-    before = decode_state_vector(before_state)
-    spans = {client: (before.get(client, 0), end) for client, end in decode_state_vector(after_state).items()
-             if end > before.get(client, 0)}
+    global _last_after
+    last_bytes, last_clocks = _last_after
+    before = last_clocks if before_state == last_bytes else decode_state_vector(before_state)
+    after = decode_state_vector(after_state)
+    _last_after = (after_state, after)  # a document's next transaction starts where this one ended
+    spans = {client: (before.get(client, 0), end) for client, end in after.items() if end > before.get(client, 0)}
     with _known_lock:
         _known_spans[update] = spans
         if len(_known_spans) > KNOWN_SPANS_MAX:
