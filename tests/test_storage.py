@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from accord.engine.errors import CorruptRecord, StorageError, StoreUnavailable
 from accord.engine.model import CalendarId
+from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import CompactionPolicy, MemoryStorage, SqliteStorage, Storage, merge_log
 from accord.engine.storage.state_vectors import remember_spans, update_spans
@@ -399,3 +400,22 @@ def test_spans_from_state_vectors_match_the_update_read_struct_by_struct(steps: 
             check(target)
             continue
         check(replica)
+
+
+async def test_state_vectors_stay_exact_when_another_connection_writes_between_commits(tmp_path: Path) -> None:
+    """The writer keeps the vectors it wrote, decoded; rows (and a compaction) committed by
+    another connection in between must not make it advance a stale copy."""
+    path = tmp_path / "shared.sqlite"
+    replica, updates = edits(6)
+    first, second = await SqliteStorage.open(path), await SqliteStorage.open(path)
+    try:
+        for i, update in enumerate(updates):
+            await (first if i % 3 else second).append(CAL, update)  # alternate writers, uneven
+            if i == 6:
+                await second.compact(CAL, (await second.log_length(CAL))[1], merge_log(updates[: i + 1]))
+        expected = replica.state_vector()
+        for store in (first, second):
+            assert decode_state_vector((await store.state_vectors([CAL]))[CAL]) == decode_state_vector(expected)
+    finally:
+        await first.close()
+        await second.close()

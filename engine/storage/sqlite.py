@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 SQL_VARIABLES = 500  # names per IN (...) query
 MAX_PENDING_JOBS = 10_000  # callers wait (asynchronously) while this many jobs are queued
+CACHED_CLOCKS = 4096  # decoded state vectors the writer keeps (calendars written recently)
 STATES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS calendar_states (calendar TEXT PRIMARY KEY, state_vector BLOB NOT NULL) WITHOUT ROWID;
 """
@@ -88,6 +89,7 @@ UPSERT_STATE = ("INSERT INTO calendar_states (calendar, state_vector) VALUES (?,
 INSERT_AUDIT = "INSERT INTO audit (calendar, n, key, entry, prev, hash, via) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 Query = Callable[[sqlite3.Connection], Any]
+Clocks = dict[str, tuple[bytes, dict[int, int]]]  # calendar -> (stored state vector, decoded)
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]  # (future, result, error)
 
 
@@ -135,8 +137,10 @@ class SqliteStorage:
         self._closing = False
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] | None = None
-        # Used by the writer thread only: each calendar's last committed audit row.
+        # Used by the writer thread only: each calendar's last committed audit row, and the
+        # state vectors it last wrote, decoded (checked against what is stored before use).
         self._audit_tails: dict[str, tuple[int, str]] = {}
+        self._clocks: Clocks = {}
         self._thread = threading.Thread(target=self._serve, name=f"sqlite-writer:{path.name}", daemon=True)
 
     @classmethod
@@ -246,11 +250,17 @@ class SqliteStorage:
         try:
             spans = [update_spans(update) for _, update in rows]
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_ROW, [(calendar, update, zlib.crc32(update)) for calendar, update in rows])
-            _advance_states(conn, [calendar for calendar, _ in rows], spans)
+            # Fewest statements: each one hands the GIL back and forth with the event loop.
+            if len(rows) == 1:
+                calendar, update = rows[0]
+                last = conn.execute(INSERT_ROW, (calendar, update, zlib.crc32(update))).lastrowid or 0
+            else:
+                conn.executemany(INSERT_ROW, [(calendar, update, zlib.crc32(update)) for calendar, update in rows])
+                last = (conn.execute("SELECT last_insert_rowid()").fetchone() or (0,))[0]
+            # (calendar_states and audit are WITHOUT ROWID tables: they leave last_insert_rowid alone)
+            _advance_states(conn, [calendar for calendar, _ in rows], spans, self._clocks)
             audit = [record for job in appends for record in job.audit]
             tails = self._append_audit(conn, audit) if audit else {}
-            last = (conn.execute("SELECT last_insert_rowid()").fetchone() or (0,))[0]
             conn.execute("COMMIT")
         except BaseException as exc:  # a failed commit fails every append in it, loudly
             _rollback(conn)
@@ -468,6 +478,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _state_vectors(conn: sqlite3.Connection, names: list[CalendarId]) -> dict[CalendarId, bytes]:
+    if len(names) == 1:  # a commit's usual case: one calendar
+        row = conn.execute("SELECT state_vector FROM calendar_states WHERE calendar = ?", names).fetchone()
+        return {names[0]: bytes(row[0])} if row is not None else {}
     out: dict[CalendarId, bytes] = {}
     for i in range(0, len(names), SQL_VARIABLES):
         chunk = names[i : i + SQL_VARIABLES]
@@ -478,17 +491,35 @@ def _state_vectors(conn: sqlite3.Connection, names: list[CalendarId]) -> dict[Ca
     return out
 
 
-def _advance_states(conn: sqlite3.Connection, calendars: list[CalendarId], spans: list[Spans]) -> None:
-    """Move the stored state vectors past rows just inserted (inside their transaction)."""
+def _advance_states(conn: sqlite3.Connection, calendars: list[CalendarId], spans: list[Spans],
+                    cache: Clocks | None = None) -> None:
+    """Move the stored state vectors past rows just inserted (inside their transaction).
+    ``cache``: vectors this connection wrote, decoded; an entry is used only while the stored
+    bytes are still the ones it wrote (it is updated when the transaction may still roll back:
+    the bytes check makes a stale entry harmless)."""
     names = list(dict.fromkeys(calendars))
     stored = _state_vectors(conn, names)
-    clocks = {name: decode_state_vector(stored[name]) if name in stored else {} for name in names}
+    clocks: dict[CalendarId, dict[int, int]] = {}
+    for name in names:
+        raw = stored.get(name)
+        known = cache.get(name) if cache is not None and raw is not None else None
+        clocks[name] = dict(known[1]) if known is not None and known[0] == raw else (
+            decode_state_vector(raw) if raw is not None else {})
     moved = {name for name in clocks if name not in stored}
     for name, row_spans in zip(calendars, spans, strict=True):
         if advance(clocks[name], row_spans):
             moved.add(name)
-    if moved:
-        conn.executemany(UPSERT_STATE, [(name, encode_state_vector(clocks[name])) for name in moved])
+    if not moved:
+        return
+    encoded = [(name, encode_state_vector(clocks[name])) for name in moved]
+    if len(encoded) == 1:
+        conn.execute(UPSERT_STATE, encoded[0])
+    else:
+        conn.executemany(UPSERT_STATE, encoded)
+    if cache is not None:
+        if len(cache) > CACHED_CLOCKS:
+            cache.clear()
+        cache.update((name, (raw, clocks[name])) for name, raw in encoded)
 
 
 def _compact(conn: sqlite3.Connection, calendar: CalendarId, upto_seq: int, snapshot: bytes) -> None:
