@@ -70,5 +70,3 @@ def configure(level: str = "INFO", log_format: str = LogFormat.TEXT) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
-    # aiosqlite's DEBUG lines quote SQL parameters, i.e. stored updates with patient data: never show them.
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)

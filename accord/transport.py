@@ -68,7 +68,11 @@ class Outbox:
         return True
 
     def send_all(self, messages: list[bytes]) -> bool:
-        """:meth:`send` each of ``messages`` in order; False as soon as the outbox is full."""
+        """:meth:`send` each of ``messages`` in order (with one socket write if nothing is
+        queued); False as soon as the outbox is full."""
+        if len(messages) > 1 and not self._writing and self.queue.empty() and self._write_now(messages):
+            self.bytes_out += sum(len(data) for data in messages)
+            return True
         return all(self.send(data) for data in messages)
 
     async def run(self) -> None:

@@ -167,6 +167,8 @@ def write_var_uint(value: int) -> bytes:
     """lib0 variable-length unsigned integer."""
     if value < 0x80:
         return _SMALL_UINTS[value]
+    if value < 0x4000:  # two bytes: the length of most updates
+        return bytes((0x80 | (value & 0x7F), value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append(0x80 | (value & 0x7F))
@@ -276,9 +278,14 @@ def frame_prefix(calendar: str) -> bytes:
     return write_var_string(calendar)
 
 
+@functools.lru_cache(maxsize=4096)
+def _update_head(calendar: str) -> bytes:
+    return frame_prefix(calendar) + b"\x00\x02"  # SYNC, SYNC_UPDATE
+
+
 def encode_framed_update(calendar: str, update: bytes) -> bytes:
     """``encode_framed(calendar, SyncUpdate(update))`` without the intermediate objects (hot path)."""
-    return frame_prefix(calendar) + b"\x00\x02" + write_var_uint(len(update)) + update
+    return b"".join((_update_head(calendar), write_var_uint(len(update)), update))
 
 
 def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:

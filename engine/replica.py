@@ -22,10 +22,12 @@ from .protocol import EMPTY_UPDATE, decode_state_vector
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One committed transaction: its update bytes and the document state right after it."""
+    """One committed transaction: its update bytes and the document state right after it
+    (and, for a captured transaction, right before it: empty if unknown)."""
 
     update: bytes
     state_vector: bytes
+    before_state: bytes = b""
 
 
 class Replica:
@@ -45,7 +47,7 @@ class Replica:
         self._subscription = self.doc.observe(self._capture)
 
     def _capture(self, event: TransactionEvent) -> None:
-        self._changes.append(Change(event.update, event.after_state))  # type: ignore[attr-defined]
+        self._changes.append(Change(event.update, event.after_state, event.before_state))  # type: ignore[attr-defined]
 
     def take_changes(self) -> list[Change]:
         """Changes committed since the last call (local writes and applied updates), oldest first."""

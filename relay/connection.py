@@ -108,6 +108,21 @@ class Connection:
         if self.outbox.send(data):
             self.metrics.bytes_out += len(data)
             return
+        self._slow_consumer()
+
+    def send_all(self, messages: list[bytes]) -> None:
+        """:meth:`send` each of ``messages``, in order, with one socket write when the
+        connection is keeping up (a batch of forwarded updates)."""
+        if len(messages) == 1 or self._held is not None or self._closing is not None:
+            for data in messages:
+                self.send(data)
+            return
+        if self.outbox.send_all(messages):
+            self.metrics.bytes_out += sum(len(data) for data in messages)
+            return
+        self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
         self.metrics.updates_dropped["slow_consumer"] += 1
         log.warning("slow consumer disconnected", extra={"conn": self.label, "queued": self.outbox.queue.qsize()})
         self.close_soon(CloseCode.TRY_AGAIN_LATER, "outbox full: reconnect to resync")

@@ -42,6 +42,7 @@ from accord.engine.model import CalendarId
 from accord.engine.replica import Change
 from accord.engine.session import Framing
 from accord.engine.storage import CompactionPolicy, Storage
+from accord.engine.storage.state_vectors import remember_spans
 
 from .calendars import CalendarHandle
 from .metrics import Metrics
@@ -197,6 +198,8 @@ class CommitPipeline:
 
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
+            if item.change.before_state:  # the store then need not read the update for its spans
+                remember_spans(item.change.update, item.change.before_state, item.change.state_vector)
             self._observe(item.handle, item.change)
             if self.audit_source is not None:
                 item.audit = self.audit_source(item.handle)
@@ -276,6 +279,7 @@ class CommitPipeline:
         seqs = await self._store(rows, audit) if rows else []
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
+        outgoing: dict[Connection, list[bytes]] = {}  # per connection, in order: one socket write per batch
         index = 0
         for item in batch:
             handle = item.handle
@@ -291,12 +295,14 @@ class CommitPipeline:
                     self._observe(handle, item.change)
             if item.change is not None:
                 handle.committed = item.change.state_vector
-                self._forward(handle, item.change.update, None if item.echo else item.origin)
+                self._forward(handle, item.change.update, None if item.echo else item.origin, outgoing)
                 if item.reply is not None and item.origin is not None and item.origin in handle.subscribers:
-                    item.origin.send(item.origin.session.update(handle.name, item.reply))
+                    outgoing.setdefault(item.origin, []).append(item.origin.session.update(handle.name, item.reply))
                     self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
+        for connection, messages in outgoing.items():
+            connection.send_all(messages)
         for (connection, name), state_vector in acks.items():
             connection.acknowledge(name, state_vector)
         handles = list(touched.values())
@@ -359,14 +365,18 @@ class CommitPipeline:
         observed, forwarded, never stored or acknowledged again here."""
         handle.committed = change.state_vector
         self._observe(handle, change)
-        self._forward(handle, change.update, None)
+        outgoing: dict[Connection, list[bytes]] = {}
+        self._forward(handle, change.update, None, outgoing)
+        for connection, messages in outgoing.items():
+            connection.send_all(messages)
 
     def _observe(self, handle: CalendarHandle, change: Change) -> None:
         for hook in self.change_hooks:
             hook(handle, change)
 
-    def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None) -> None:
-        """Send ``update`` to every subscriber but its origin, framed once per framing."""
+    def _forward(self, handle: CalendarHandle, update: bytes, origin: Connection | None,
+                 outgoing: dict[Connection, list[bytes]]) -> None:
+        """Queue ``update`` in ``outgoing`` for every subscriber but its origin, framed once per framing."""
         framed: dict[Framing, bytes] = {}
         for connection in handle.subscribers:
             if connection is origin:
@@ -375,7 +385,7 @@ class CommitPipeline:
             data = framed.get(session.framing)
             if data is None:
                 data = framed[session.framing] = session.update(handle.name, update)
-            connection.send(data)
+            outgoing.setdefault(connection, []).append(data)
             self.metrics.updates_out += 1
 
     async def _compact(self, handle: CalendarHandle) -> None:

@@ -36,6 +36,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
+import pycrdt
 from websockets.asyncio.server import Server, serve
 
 from accord.engine.audit import AuditEntry
@@ -182,6 +183,7 @@ class Relay:
     async def start(self) -> None:
         """Open the store, wire the parts, listen, start peer links."""
         config = self.config
+        pycrdt.Doc()  # pycrdt's first document in an event loop imports its async backend (~40 ms): not on a client's time
         storage: Storage
         if self._storage is not None:
             storage = self._storage

@@ -351,8 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0) if isinstance(exc.code, int | None) else ExitCode.USAGE
     logs.configure(args.log_level, args.log_format)
-    # aiosqlite's DEBUG lines quote SQL parameters, i.e. the stored updates with patient data.
-    logging.getLogger("aiosqlite").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return asyncio.run(run(args, out))
     except KeyboardInterrupt:

@@ -98,7 +98,7 @@ async def test_booking_reschedule_and_cancel_on_two_relays_show_three_attributed
         assert PATIENT not in stored and NOTE not in stored and "patient called" not in stored
         report = await check_store(Path(path))
         assert report["ok"], report["problems"]
-    ours = [record for record in caplog.records if record.name.startswith("accord")]  # aiosqlite's DEBUG shows SQL
+    ours = [record for record in caplog.records if record.name.startswith("accord")]
     assert ours
     logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in ours)
     assert PATIENT not in logged and NOTE not in logged

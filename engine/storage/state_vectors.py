@@ -22,6 +22,9 @@ its peers whenever anyone uses it, and only calendars nobody uses stay unexamine
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import pycrdt
 
 from ..errors import MalformedMessage
@@ -32,10 +35,41 @@ from ..yjs_update import UpdateReader
 Spans = dict[int, tuple[int, int]]
 """client -> ``(first clock, clock after the last)`` of the structs one update holds."""
 
+KNOWN_SPANS_MAX = 4096  # updates whose spans are remembered until a store asks (oldest forgotten)
+_known_spans: OrderedDict[bytes, Spans] = OrderedDict()
+_known_lock = threading.Lock()  # stores ask from their writer threads
+_last_after: tuple[bytes, dict[int, int]] = (b"", {})  # the last after-state remember_spans decoded
+
+
+def remember_spans(update: bytes, before_state: bytes, after_state: bytes) -> None:
+    """Note the spans of a transaction's ``update`` from the state vectors around it, so that
+    :func:`update_spans` need not walk its structs when a store asks (the relay's hot path).
+
+    A transaction's update holds, for every client it moved, the structs from its clock
+    before the transaction to its clock after (Yrs encodes it from the before-state), so the
+    spans are exactly the state vectors' difference.
+    """
+    global _last_after
+    last_bytes, last_clocks = _last_after
+    before = last_clocks if before_state == last_bytes else decode_state_vector(before_state)
+    after = decode_state_vector(after_state)
+    _last_after = (after_state, after)  # a document's next transaction starts where this one ended
+    spans = {client: (before.get(client, 0), end) for client, end in after.items() if end > before.get(client, 0)}
+    with _known_lock:
+        _known_spans[update] = spans
+        if len(_known_spans) > KNOWN_SPANS_MAX:
+            _known_spans.popitem(last=False)
+
 
 def update_spans(update: bytes) -> Spans:
     """The clock range each client's structs cover in ``update`` (empty for garbage or a
-    delete-only update: such a row moves no state vector)."""
+    delete-only update: such a row moves no state vector). Spans noted with
+    :func:`remember_spans` are answered (once) without reading the update."""
+    if _known_spans:
+        with _known_lock:
+            known = _known_spans.pop(update, None)
+        if known is not None:
+            return known
     try:
         sections = read_var_uint(update, 0)[0] if update else 0
         if not sections:
