@@ -61,7 +61,7 @@ from typing import Any
 
 from pycrdt import Map
 
-from .authority import RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
+from .authority import HomeRecord, RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
 from .calendar import Calendar
 from .errors import InvalidReservation, NotHome
 from .model import (
@@ -178,17 +178,10 @@ class Decider:
         lost or taken again in another order. (Verdicts the previous home signs after the
         handover record are fenced out: it is no longer home, and nothing carries them over.)"""
         previous = self.calendar.home_chain()[-2]
-        verifier = Verifier(self.calendar.name)
         with self._writing():
-            for rid, fields in self.calendar.all_fields().items():
-                if self.calendar.decision_state(rid, fields).seq:
-                    continue  # already decided in this epoch
-                found = [v for k, t in self.calendar.verdicts_of(rid) if (v := verifier.verify(k, t, previous))]
-                if not found:
-                    continue
-                last = max(found, key=lambda v: v.seq)
-                again = replace(last, relay_id=self.relay_id, epoch=self.epoch, seq=last.seq + 1)
-                self._store(rid, again, current=again.request == request_digest(rid, fields))
+            for rid, again, current in carried_over(self.calendar, previous, self.relay_id, self.epoch,
+                                                    skip_decided=True):
+                self._store(rid, again, current=current)
 
     def still_home(self) -> bool:
         """False once the calendar's records name another home (a merge with another home's
@@ -428,6 +421,25 @@ class Decider:
                 slots = self._slots[slot[0]] = ResourceSlots()
             slots.add(slot[1], slot[2], rid)
             self._occupied[rid] = slot
+
+
+def carried_over(calendar: Calendar, previous: HomeRecord, relay_id: str, epoch: int, *,
+                 skip_decided: bool) -> Iterator[tuple[str, Verdict, bool]]:
+    """The verdicts a new home (``relay_id`` at ``epoch``) signs again after a handover from
+    ``previous``: each reservation's latest verdict of ``previous``, as ``(reservation id,
+    verdict, current)`` (``current``: it decides the request as it stands). ``skip_decided``:
+    leave out reservations the calendar's current home has decided already (the calendar holds
+    the new epoch's record); without it, the caller is about to write that record itself, in
+    the same update as these verdicts (a relay cluster's takeover)."""
+    verifier = Verifier(calendar.name)
+    for rid, fields in calendar.all_fields().items():
+        if skip_decided and calendar.decision_state(rid, fields).seq:
+            continue  # already decided in this epoch
+        found = [v for k, t in calendar.verdicts_of(rid) if (v := verifier.verify(k, t, previous))]
+        if found:
+            last = max(found, key=lambda v: v.seq)
+            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1)
+            yield rid, again, again.request == request_digest(rid, fields)
 
 
 def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:

@@ -54,10 +54,12 @@ from .calendars import CalendarSet
 from .cluster import Cluster, cluster_for, member_key
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
+from .failover import HOME_LEASE, HomeFailover, cluster_home_key
 from .fhir.api import FhirApi
 from .fhir.http import HttpServer
 from .home import Home, load_relay_key
 from .hub import Hub
+from .lease import Lease
 from .metrics import Metrics
 from .notice import Notice
 from .peering import PeerLink
@@ -86,6 +88,7 @@ class _Running:
     unloader: asyncio.Task[None]
     fhir: HttpServer | None = None
     cluster: Cluster | None = None  # on a store shared with other relay processes (PostgreSQL)
+    failover: HomeFailover | None = None  # a cluster member with --home: the home lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,11 @@ class Relay:
         return self.running.cluster
 
     @property
+    def failover(self) -> HomeFailover | None:
+        """The home lease of a cluster member started with ``--home`` (None otherwise)."""
+        return self.running.failover
+
+    @property
     def pipeline(self) -> CommitPipeline:
         return self.running.pipeline
 
@@ -192,7 +200,11 @@ class Relay:
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         cluster = cluster_for(storage, calendars, pipeline, self.notice)
-        key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
+        leased = cluster is not None and bool(config.home_globs)  # every member may be --home: one decides
+        if leased:
+            key = await cluster_home_key(storage)
+        else:
+            key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         audit = Audit(config.relay_id, storage, clock=self.clock) if config.audit else None
@@ -204,7 +216,7 @@ class Relay:
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
         home = Home(config.relay_id, key, config.home_globs, pipeline, self.metrics,
-                    hold_ttl_s=config.hold_ttl_s, clock=self.clock)
+                    hold_ttl_s=config.hold_ttl_s, clock=self.clock, standby=leased)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
         calendars.loaded_hooks += [self.admission.calendar_loaded, home.calendar_loaded, hub.calendar_loaded]
@@ -214,13 +226,20 @@ class Relay:
             calendars.unloading_hooks.append(audit.calendar_unloading)
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
+        failover = None
         if cluster is not None:  # first: a calendar's applied seq is set before the home decides it
-            cluster.wants = home.is_home_of
+            cluster.wants = lambda name: home.active and home.is_home_of(name)
             calendars.loaded_hooks.insert(0, cluster.calendar_loaded)
             calendars.unloading_hooks.append(cluster.calendar_unloading)
+            if leased:
+                home.catch_up = cluster.catch_up
+                failover = HomeFailover(Lease(cluster.storage.url, HOME_LEASE, config.relay_id), home, calendars,
+                                        storage, self.metrics, self.notice)
         pipeline.start()
         if cluster is not None:
             await cluster.start()
+        if failover is not None:
+            failover.start()
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
@@ -242,7 +261,8 @@ class Relay:
         if config.fhir_port is not None:
             fhir_server = HttpServer(fhir.handle, timeout_s=config.handshake_timeout_s)
             await fhir_server.start(config.host, config.fhir_port, self.tls.context if self.tls is not None else None)
-        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster)
+        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster,
+                                 failover)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
@@ -351,6 +371,8 @@ class Relay:
         running.unloader.cancel()
         await asyncio.gather(running.unloader, return_exceptions=True)
         await running.pipeline.close()
+        if running.failover is not None:  # after the last decision is stored: another process takes over
+            await running.failover.close()
         if running.cluster is not None:
             await running.cluster.close()
         await running.storage.close()
@@ -375,6 +397,8 @@ class Relay:
         text = self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links, calendar_loads=loads)
         if running is not None and running.cluster is not None:
             text += running.cluster.render()
+        if running is not None and running.failover is not None:
+            text += running.failover.render()
         return text
 
     async def wait_for(self, condition: Callable[[], T], timeout_s: float = 10.0) -> T:

@@ -57,16 +57,25 @@ from ..errors import (
 )
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
-from . import merge_log, redact  # the package is loaded before this module (it imports it lazily)
+from . import FENCED, Fence, merge_log, redact  # the package is loaded before this module (it imports it lazily)
 from .state_vectors import advance, update_spans
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "accord_updates"
 NOTIFY_LIMIT_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 ALL_CALENDARS = "*"
 MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the schema at a time
 SESSION = {"synchronous_commit": "on", "application_name": "accord"}
+# The writer's transactions are a few statements long: one left open (its process frozen, say,
+# while it holds a fence row FOR SHARE) must not hold up a takeover for long.
+WRITER_SESSION = {**SESSION, "idle_in_transaction_session_timeout": "3000"}
+LEASES = """CREATE TABLE accord.leases (
+        name text PRIMARY KEY,              -- e.g. 'home': one per cluster (relay/lease.py)
+        epoch bigint NOT NULL DEFAULT 0,    -- fencing token, +1 on every takeover
+        holder text NOT NULL DEFAULT '',    -- relay id of the process that took it last
+        since timestamptz
+    )"""
 SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS accord",
     "CREATE TABLE accord.schema_version (version integer NOT NULL)",
@@ -96,10 +105,11 @@ SCHEMA = [
     )""",
     "CREATE TABLE accord.audit_heads (calendar text PRIMARY KEY, n bigint NOT NULL, hash text NOT NULL)",
     "CREATE TABLE accord.meta (key text PRIMARY KEY, value text NOT NULL)",
+    LEASES,
     f"INSERT INTO accord.schema_version VALUES ({SCHEMA_VERSION})",
 ]
 # Migrations from version N to N + 1, appended as the schema grows: MIGRATIONS[N - 1].
-MIGRATIONS: list[list[str]] = []
+MIGRATIONS: list[list[str]] = [[LEASES]]
 
 BUMP_HEADS = """
 INSERT INTO accord.calendars AS c (calendar, head)
@@ -111,6 +121,7 @@ INSERT_ROWS = """
 INSERT INTO accord.updates (calendar, seq, origin, data, crc)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[])
 """
+CHECK_FENCES = "SELECT name, epoch FROM accord.leases WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE"
 SET_STATES = """
 UPDATE accord.calendars AS c SET state_vector = t.sv
 FROM unnest($1::text[], $2::bytea[]) AS t(name, sv) WHERE c.calendar = t.name
@@ -197,6 +208,7 @@ class _Pending:
     items: list[tuple[CalendarId, bytes]]
     future: asyncio.Future[list[int]]
     audit: list[AuditRecord] = field(default_factory=list)
+    fences: list[Fence | None] | None = None  # one per item
 
 
 @dataclass(slots=True)
@@ -206,6 +218,7 @@ class PgStats:
     commits: int = 0
     rows: int = 0
     notifies: int = 0
+    fenced: int = 0  # rows refused: their fence was stale
 
 
 class PostgresStorage:
@@ -244,7 +257,7 @@ class PostgresStorage:
         ``readers``: connections in the pool for reads (loads, catch-up fetches, metadata)."""
         name = redact(url)
         try:
-            writer = await asyncpg.connect(url, server_settings=SESSION)
+            writer = await asyncpg.connect(url, server_settings=WRITER_SESSION)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to store {name}: {exc}; is the PostgreSQL server running and "
                                    "the URL right (postgresql://user[:password]@host[:port]/database)?") from exc
@@ -263,13 +276,21 @@ class PostgresStorage:
         return (await self.append_many([(calendar, update)]))[0]
 
     async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
-                          audit: list[AuditRecord] | None = None) -> list[int]:
+                          audit: list[AuditRecord] | None = None,
+                          fences: list[Fence | None] | None = None) -> list[int]:
         """Durably append updates, and ``audit`` entries to the audit log (chained, in the same
-        transaction); they commit together with whatever else is queued."""
+        transaction); they commit together with whatever else is queued.
+
+        ``fences``: one per item (None: unfenced). The commit reads each named lease's epoch
+        ``FOR SHARE`` (a takeover bumping it waits for this commit, and this commit sees a bump
+        committed before it); an item whose fence is stale is not stored and gets seq
+        :data:`~engine.storage.FENCED`. See :class:`~engine.storage.Fence`."""
         if self._closing:
             raise StorageError(f"store {self.name} is closed")
+        if fences is not None and len(fences) != len(items):
+            raise ValueError("append_many: one fence (or None) per item")
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(items, future, audit or []))
+        self._queue.append(_Pending(items, future, audit or [], fences if fences and any(fences) else None))
         self._wake.set()
         return await future
 
@@ -299,7 +320,7 @@ class PostgresStorage:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._writer_conn is None or self._writer_conn.is_closed():
-            self._writer_conn = await asyncpg.connect(self.url, server_settings=SESSION)
+            self._writer_conn = await asyncpg.connect(self.url, server_settings=WRITER_SESSION)
         return self._writer_conn
 
     async def _drop_writer(self) -> None:
@@ -308,14 +329,19 @@ class PostgresStorage:
             conn.terminate()  # its state is unknown after a failure: a fresh session next time
 
     async def _commit(self, batch: list[_Pending]) -> list[list[int]]:
-        rows = [(calendar, bytes(update)) for pending in batch for calendar, update in pending.items]
-        counts: dict[CalendarId, int] = {}
-        for name, _ in rows:
-            counts[name] = counts.get(name, 0) + 1
-        spans = [update_spans(data) for _, data in rows]
+        offered = [(calendar, bytes(update)) for pending in batch for calendar, update in pending.items]
+        fences = [fence for pending in batch for fence in (pending.fences or [None] * len(pending.items))]
+        offered_spans = [update_spans(data) for _, data in offered]
         audit = [record for pending in batch for record in pending.audit]
         conn = await self._connection()
         async with conn.transaction():
+            stale = await _stale_fences(conn, fences)
+            kept = [fence not in stale for fence in fences]
+            rows = [row for row, keep in zip(offered, kept, strict=True) if keep]
+            spans = [row_spans for row_spans, keep in zip(offered_spans, kept, strict=True) if keep]
+            counts: dict[CalendarId, int] = {}
+            for name, _ in rows:
+                counts[name] = counts.get(name, 0) + 1
             firsts: dict[CalendarId, int] = {}
             states: dict[CalendarId, bytes | None] = {}
             if counts:
@@ -341,14 +367,17 @@ class PostgresStorage:
                 self.stats.notifies += 1
         self.stats.commits += 1
         self.stats.rows += len(rows)
+        self.stats.fenced += len(offered) - len(rows)
         if rows:
             ranges = {name: (firsts[name], next_seq[name] - 1) for name in counts}
             for hook in self.commit_hooks:
                 hook(ranges)
+        numbered = iter(seqs)
+        every = [next(numbered) if keep else FENCED for keep in kept]
         out: list[list[int]] = []
         index = 0
         for pending in batch:
-            out.append(seqs[index : index + len(pending.items)])
+            out.append(every[index : index + len(pending.items)])
             index += len(pending.items)
         return out
 
@@ -478,6 +507,15 @@ class PostgresStorage:
         await self._fetch(f"saving {key!r}", "INSERT INTO accord.meta (key, value) VALUES ($1, $2) "
                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
 
+    async def claim_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already; return the stored one
+        (processes starting together agree on the first writer's value)."""
+        await self._fetch(f"saving {key!r}", "INSERT INTO accord.meta (key, value) VALUES ($1, $2) "
+                          "ON CONFLICT (key) DO NOTHING", key, value)
+        stored = await self.get_meta(key)
+        assert stored is not None  # meta rows are never deleted
+        return stored
+
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the connections."""
         if self._closing:
@@ -509,6 +547,16 @@ async def _merged(snapshot: bytes, replaced: list[bytes]) -> bytes:
             return bytes(snapshot)
 
     return await asyncio.to_thread(merge) if len(replaced) > 100 else merge()
+
+
+async def _stale_fences(conn: asyncpg.Connection, fences: list[Fence | None]) -> set[Fence]:
+    """The fences among ``fences`` whose lease is no longer at their epoch (read ``FOR SHARE``:
+    held until this transaction ends, so a takeover's bump is ordered before or after it)."""
+    named = {fence for fence in fences if fence is not None}
+    if not named:
+        return set()
+    epochs = {r["name"]: int(r["epoch"]) for r in await conn.fetch(CHECK_FENCES, sorted({f.name for f in named}))}
+    return {fence for fence in named if epochs.get(fence.name) != fence.epoch}
 
 
 async def _append_audit(conn: asyncpg.Connection, records: list[AuditRecord]) -> None:

@@ -1,0 +1,130 @@
+"""The home role of a relay cluster, failing over between its processes.
+
+Every process of a cluster (one PostgreSQL store, :mod:`.cluster`) may be started with the same
+``--home`` globs. One **home lease** per cluster (:class:`~accord.relay.lease.Lease` named
+``home``) says which of them decides: the holder decides every calendar matching its globs;
+the others stand by (their :class:`~accord.relay.home.Home` is in standby and decides nothing).
+One lease for the whole cluster, not one per glob or calendar: give every process the same
+globs. All of them sign with the cluster's home key (``home_key`` in the store's meta table,
+made by the first process), so any holder can hand each calendar over to itself.
+
+On taking the lease (its epoch bumped in the store, see :mod:`.lease`) the new holder loads
+every stored calendar matching its globs and claims each one (:meth:`Home.claim_soon`): caught
+up with every row stored before the takeover, a takeover record with the previous verdicts
+signed again, then every pending booking decided. Calendars written later (on any process) are
+loaded and claimed as their commit notices arrive. On losing it (a failed heartbeat, the lock
+session gone, a stalled loop) the process steps down at once; whatever it still submits is
+refused by the store (fenced).
+
+``/metrics``: the lease (held, epoch, takeovers, step-downs), the home calendars decided here,
+the decisions the store refused as fenced, and the duration of the last takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from accord.engine.authority import RelayKey
+from accord.engine.backoff import Backoff
+from accord.engine.errors import StorageError
+
+from .calendars import CalendarSet
+from .home import Home
+from .lease import Lease
+from .metrics import Metrics
+from .notice import Notice
+
+log = logging.getLogger(__name__)
+HOME_LEASE = "home"
+HOME_KEY = "home_key"
+RETRY = Backoff(initial_s=0.1, factor=2.0, max_s=2.0, jitter=0.25)
+
+
+async def cluster_home_key(storage: Any) -> RelayKey:
+    """The signing key every home of the cluster uses (made once, by whichever process is first)."""
+    stored = await storage.claim_meta(HOME_KEY, RelayKey.generate().to_bytes().hex())
+    return RelayKey.from_bytes(bytes.fromhex(stored))
+
+
+class HomeFailover:
+    """Wires a :class:`Lease` to a standby :class:`Home` (see the module docstring)."""
+
+    def __init__(self, lease: Lease, home: Home, calendars: CalendarSet, storage: Any, metrics: Metrics,
+                 notice: Notice) -> None:
+        self.lease = lease
+        self.notice = notice
+        self.home = home
+        self.calendars = calendars
+        self.storage = storage
+        self.metrics = metrics
+        self.last_takeover_s = 0.0  # from taking the lease to every home calendar loaded and claimed
+        self._task: asyncio.Task[None] | None = None
+        lease.on_acquired = self._acquired
+        lease.on_lost = self._lost
+        home.fence = lambda: lease.fence
+        home.fenced = lease.drop  # a write refused under this lease: give it up, take it again if free
+
+    def start(self) -> None:
+        self.lease.start()
+
+    async def close(self) -> None:
+        """Step down and release the lease (another process takes over at once)."""
+        self._cancel()
+        await self.lease.close()
+        self.home.close()
+
+    def _acquired(self, epoch: int) -> None:
+        self._cancel()
+        self.home.activate()
+        self._task = asyncio.create_task(self._take_over(epoch), name="home-takeover")
+        self.notice.notify()
+
+    def _lost(self) -> None:
+        self._cancel()
+        self.home.step_down()
+        self.notice.notify()
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _take_over(self, epoch: int) -> None:
+        started = time.perf_counter()
+        attempt = 0
+        while self.home.active:
+            try:
+                stored = await self.storage.calendars()
+                names = sorted(name for name in {*self.calendars.loaded, *stored} if self.home.is_home_of(name))
+                for name in names:
+                    if not self.home.active:
+                        return
+                    handle = await self.calendars.get(name)  # a calendar loaded now is claimed as it loads
+                    self.home.claim_soon(handle)
+                break
+            except StorageError as exc:
+                log.warning("home takeover: store failing; trying again", extra={"error": str(exc)})
+                await asyncio.sleep(RETRY.delay_s(attempt))
+                attempt += 1
+        self.last_takeover_s = time.perf_counter() - started
+        log.info("home takeover: calendars claimed", extra={"lease_epoch": epoch,
+                                                            "ms": round(self.last_takeover_s * 1000, 1)})
+
+    def render(self) -> str:
+        """Prometheus lines for ``/metrics``."""
+        lines = self.lease.render()
+        lines += [
+            "# HELP accord_home_calendars_deciding Home calendars this process decides now.",
+            "# TYPE accord_home_calendars_deciding gauge",
+            f"accord_home_calendars_deciding {self.home.deciding_count}",
+            "# HELP accord_home_fenced_writes_total Decisions the store refused: written under a lease epoch that had passed.",
+            "# TYPE accord_home_fenced_writes_total counter",
+            f"accord_home_fenced_writes_total {self.metrics.fenced_writes}",
+            "# HELP accord_home_last_takeover_seconds From taking the home lease to every home calendar claimed.",
+            "# TYPE accord_home_last_takeover_seconds gauge",
+            f"accord_home_last_takeover_seconds {self.last_takeover_s:.6f}",
+        ]
+        return "\n".join(lines) + "\n"
