@@ -337,16 +337,21 @@ class Cluster:
         return "\n".join(lines) + "\n"
 
 
+async def stored_member_key(storage: Storage, relay_id: str) -> RelayKey | None:
+    """The key :func:`member_key` keeps for ``relay_id``, if it ever made one (None otherwise)."""
+    stored = await storage.get_meta(f"relay_key:{relay_id}")
+    return RelayKey.from_bytes(bytes.fromhex(stored)) if stored else None
+
+
 async def member_key(storage: Storage, relay_id: str) -> RelayKey:
     """This process's signing key in a shared store: kept under its own relay id
     (``relay_key:<id>``), since the processes of a cluster start together and a single
     ``relay_key`` entry would be made by several of them at once, each keeping its own."""
-    name = f"relay_key:{relay_id}"
-    stored = await storage.get_meta(name)
-    if stored:
-        return RelayKey.from_bytes(bytes.fromhex(stored))
+    stored = await stored_member_key(storage, relay_id)
+    if stored is not None:
+        return stored
     key = RelayKey.generate()
-    await storage.set_meta(name, key.to_bytes().hex())
+    await storage.set_meta(f"relay_key:{relay_id}", key.to_bytes().hex())
     return key
 
 

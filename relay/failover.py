@@ -1,4 +1,5 @@
-"""The home role of a relay cluster, failing over between its processes.
+"""What one process of a relay cluster does for all of them, failing over: the home role
+(:class:`HomeFailover`) and the outbound peer links (:class:`PeeringFailover`).
 
 Every process of a cluster (one PostgreSQL store, :mod:`.cluster`) may be started with the same
 ``--home`` globs. One **home lease** per cluster (:class:`~accord.relay.lease.Lease` named
@@ -18,6 +19,11 @@ refused by the store (fenced).
 
 ``/metrics``: the lease (held, epoch, takeovers, step-downs), the home calendars decided here,
 the decisions the store refused as fenced, and the duration of the last takeover.
+
+**Peering** (``--peer``) is held once per cluster the same way: the holder of the ``peering``
+lease keeps the outbound links to other channels' relays; when it fails, the next holder opens
+them. No fencing is needed there: a link carries CRDT updates, which two links would only
+repeat (each side stores and forwards an update once; a redundant one changes nothing).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from accord.engine.authority import RelayKey
@@ -109,6 +116,10 @@ class HomeFailover:
                 log.warning("home takeover: store failing; trying again", extra={"error": str(exc)})
                 await asyncio.sleep(RETRY.delay_s(attempt))
                 attempt += 1
+            except Exception:  # a bug: log it and give the lease up, so that another process may do better
+                log.exception("home takeover failed; giving the lease up", extra={"lease_epoch": epoch})
+                self.lease.drop()
+                return
         self.last_takeover_s = time.perf_counter() - started
         log.info("home takeover: calendars claimed", extra={"lease_epoch": epoch,
                                                             "ms": round(self.last_takeover_s * 1000, 1)})
@@ -128,3 +139,43 @@ class HomeFailover:
             f"accord_home_last_takeover_seconds {self.last_takeover_s:.6f}",
         ]
         return "\n".join(lines) + "\n"
+
+
+class PeeringFailover:
+    """Outbound peer links held by whichever process of the cluster holds the ``peering`` lease.
+
+    ``open_links`` starts them (the relay's ``--peer`` links); ``close_links`` closes them."""
+
+    def __init__(self, lease: Lease, open_links: Callable[[], None], close_links: Callable[[], Coroutine[Any, Any, None]],
+                 notice: Notice) -> None:
+        self.lease = lease
+        self.open_links = open_links
+        self.close_links = close_links
+        self.notice = notice
+        self._closing: asyncio.Task[None] | None = None
+        lease.on_acquired = self._acquired
+        lease.on_lost = self._lost
+
+    def start(self) -> None:
+        self.lease.start()
+
+    async def close(self) -> None:
+        await self.lease.close()
+        if self._closing is not None:
+            await self._closing
+
+    def _acquired(self, epoch: int) -> None:
+        log.info("holding the cluster's peer links", extra={"lease_epoch": epoch})
+        if self._closing is not None and not self._closing.done():
+            self._closing.add_done_callback(lambda _task: self.open_links())
+        else:
+            self.open_links()
+        self.notice.notify()
+
+    def _lost(self) -> None:
+        self._closing = asyncio.create_task(self.close_links(), name="peering-step-down")
+        self.notice.notify()
+
+    def render(self) -> str:
+        """Prometheus lines for ``/metrics``."""
+        return "\n".join(self.lease.render()) + "\n"

@@ -92,6 +92,8 @@ class Home:
         self.active = not standby
         self.fence: Callable[[], Fence | None] = lambda: None
         self.catch_up: Callable[[CalendarId], Awaitable[None]] | None = None  # the cluster's: rows stored elsewhere
+        # The key a cluster member had before the shared home key (relay_key:<id>), to hand its calendars over.
+        self.member_key: Callable[[str], Awaitable[RelayKey | None]] | None = None
         self._taking: set[CalendarId] = set()  # takeover records submitted, not stored yet
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
         self.fenced: Callable[[], None] = lambda: None  # the store refused a decision: the lease moved on
@@ -222,20 +224,26 @@ class Home:
         home = handle.replica.calendar.home_record
         if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
             self._take(handle)
-        else:
-            self._take_over(handle)
+            return
+        signer = self.key
+        if home is not None and home.public_key != self.key.public:  # a home from before the shared key?
+            found = await self.member_key(home.relay_id) if self.member_key is not None else None
+            if found is None or found.public != home.public_key:
+                self._refuse(handle, NotHome(name, home.relay_id, home.epoch))
+                return  # a home outside this cluster: only it can hand the calendar over
+            signer = found
+        if not handle.unloaded and self._still_active() and handle.replica.calendar.home_record == home:
+            self._take_over(handle, signer)
 
-    def _take_over(self, handle: CalendarHandle) -> None:
+    def _take_over(self, handle: CalendarHandle, signer: RelayKey) -> None:
         """Write, fenced, the record that makes this process the calendar's home (epoch 1 if it
-        has none) and, in the same update, the previous home's verdicts signed again."""
+        has none; else signed by ``signer``, the current home's key) and, in the same update,
+        the previous home's verdicts signed again."""
         fence = self.fence()
         calendar = handle.replica.calendar
         current = calendar.home_record
         if fence is None:
             return
-        if current is not None and current.public_key != self.key.public:
-            self._refuse(handle, NotHome(handle.name, current.relay_id, current.epoch))
-            return  # a home outside this cluster (or from before its shared key): only it can hand over
         sink: Doc[Any] = Doc()
         captured: list[bytes] = []
         sink.observe(lambda event: captured.append(event.update))
@@ -245,7 +253,7 @@ class Home:
             if current is None:
                 record, encoded = first_home(handle.name, self.relay_id, self.key)
             else:
-                record, encoded = handover(current, self.key, self.relay_id, self.key.public)
+                record, encoded = handover(current, signer, self.relay_id, self.key.public)
                 for _rid, again, _current in carried_over(calendar, current, self.relay_id, record.epoch,
                                                           skip_decided=False):
                     signed = again.sign(self.key)

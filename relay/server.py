@@ -51,10 +51,10 @@ from .admission import Admission
 from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
-from .cluster import Cluster, cluster_for, member_key
+from .cluster import Cluster, cluster_for, member_key, stored_member_key
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
-from .failover import HOME_LEASE, HomeFailover, cluster_home_key
+from .failover import HOME_LEASE, HomeFailover, PeeringFailover, cluster_home_key
 from .fhir.api import FhirApi
 from .fhir.http import HttpServer
 from .home import Home, load_relay_key
@@ -89,6 +89,7 @@ class _Running:
     fhir: HttpServer | None = None
     cluster: Cluster | None = None  # on a store shared with other relay processes (PostgreSQL)
     failover: HomeFailover | None = None  # a cluster member with --home: the home lease
+    peering: PeeringFailover | None = None  # a cluster member with --peer: the links are held once per cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,7 @@ class Relay:
             calendars.unloading_hooks.append(cluster.calendar_unloading)
             if leased:
                 home.catch_up = cluster.catch_up
+                home.member_key = lambda relay_id: stored_member_key(storage, relay_id)
                 failover = HomeFailover(Lease(cluster.storage.url, HOME_LEASE, config.relay_id), home, calendars,
                                         storage, self.metrics, self.notice)
         pipeline.start()
@@ -240,6 +242,10 @@ class Relay:
             await cluster.start()
         if failover is not None:
             failover.start()
+        peering = None
+        if cluster is not None and config.peers:
+            peering = PeeringFailover(Lease(cluster.storage.url, "peering", config.relay_id), self._open_peers,
+                                      self._close_peers, self.notice)
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
@@ -262,7 +268,7 @@ class Relay:
             fhir_server = HttpServer(fhir.handle, timeout_s=config.handshake_timeout_s)
             await fhir_server.start(config.host, config.fhir_port, self.tls.context if self.tls is not None else None)
         self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster,
-                                 failover)
+                                 failover, peering)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
@@ -271,8 +277,22 @@ class Relay:
             log.warning("listening without TLS on a non-loopback address (--insecure-plaintext): tokens and patient "
                         "data cross the network in the clear unless a TLS proxy is in front of this relay",
                         extra={"relay": config.relay_id, "host": config.host})
-        for url in config.peers:
+        if peering is not None:
+            peering.start()  # the links open once this process holds the cluster's peering lease
+        else:
+            self._open_peers()
+
+    def _open_peers(self) -> None:
+        for url in self.config.peers:
             self.add_peer(url)
+
+    async def _close_peers(self) -> None:
+        running = self._running
+        if running is None:
+            return
+        links = [link for link in running.links if link.url in {spec.split()[0] for spec in self.config.peers}]
+        running.links[:] = [link for link in running.links if link not in links]
+        await asyncio.gather(*(link.close() for link in links))
 
     def add_peer(self, spec: str) -> PeerLink:
         """Keep an outbound link to a relay (as ``--peer`` does at start-up). ``spec`` is its URL,
@@ -364,6 +384,8 @@ class Relay:
         if running.fhir is not None:
             await running.fhir.close()
         running.pipeline.release_held()  # readers held by a failing store would keep their connections open
+        if running.peering is not None:
+            await running.peering.close()  # its links close just below with the others
         await asyncio.gather(*(link.close() for link in running.links))
         closing = [c.close(CloseCode.GOING_AWAY, "relay shutting down") for c in list(running.hub.connections)]
         await asyncio.gather(*closing, return_exceptions=True)
@@ -399,6 +421,8 @@ class Relay:
             text += running.cluster.render()
         if running is not None and running.failover is not None:
             text += running.failover.render()
+        if running is not None and running.peering is not None:
+            text += running.peering.render()
         return text
 
     async def wait_for(self, condition: Callable[[], T], timeout_s: float = 10.0) -> T:

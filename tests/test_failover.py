@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import signal
 import time
 import urllib.request
@@ -17,10 +18,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from relays import Relay, RelayProcess, relay_config, running
-from wire import WireClient, wait_for_any
+from wire import NOW, WireClient, wait_for_any
 
-from accord.engine.model import Status
+from accord.engine.decisions import Decider
+from accord.engine.model import CalendarId, Status
+from accord.engine.replica import Replica
 from accord.engine.storage import open_storage
+from accord.relay.cluster import member_key
 
 CAL = "clinic-1"
 TAKEOVER_TARGET_S = 5.0
@@ -104,6 +108,23 @@ async def book_clashing(clients: list[WireClient], count: int, hour: int) -> lis
     return ids
 
 
+async def fault(relay: RelayProcess, sig: int) -> None:
+    """SIGKILL ``relay`` (and wait for its exit) or send it ``sig`` (SIGSTOP: it freezes)."""
+    if sig == signal.SIGKILL:
+        await relay.kill(sig)
+    else:
+        assert relay.proc is not None
+        relay.proc.send_signal(sig)
+
+
+async def wait_taken_over(clients: list[WireClient], ids: list[str], deposed: str, history: History) -> None:
+    """Until every client holds a decision on each of ``ids`` under a home other than ``deposed``,
+    recording what they see on the way."""
+    await wait_for_any(clients, lambda: all(all_decided(c, ids) and c.replica(CAL).calendar.home != deposed
+                                            for c in clients),
+                       timeout=20, each=lambda: history.record(clients, ids))
+
+
 async def fail_over(cluster: list[RelayProcess], sig: int) -> tuple[float, list[WireClient], RelayProcess, list[str]]:
     """Book clashing slots on the two standby processes, send ``sig`` to the holder in the middle,
     and return how long it took until another process decided every request."""
@@ -119,15 +140,13 @@ async def fail_over(cluster: list[RelayProcess], sig: int) -> tuple[float, list[
         await wait_for_any(clients, lambda: all(all_decided(c, before) for c in clients), timeout=15,
                            each=lambda: history.record(clients, before))
         during = await book_clashing(clients, 4, hour=11)
-        await holder.kill(sig) if sig == signal.SIGKILL else holder.proc.send_signal(sig)  # type: ignore[union-attr]
+        await fault(holder, sig)
         killed = time.monotonic()
         after = await book_clashing(clients, 4, hour=13)
         ids = [*before, *during, *after]
         for client in clients:
             await client.wait_acked(CAL)
-        await wait_for_any(clients, lambda: all(all_decided(c, ids) and c.replica(CAL).calendar.home != holder.relay_id
-                                                for c in clients),
-                           timeout=20, each=lambda: history.record(clients, ids))
+        await wait_taken_over(clients, ids, holder.relay_id, history)
         took = time.monotonic() - killed
         assert not history.reversed, history.reversed
         for client in clients:
@@ -201,3 +220,105 @@ async def test_a_deposed_holders_decision_is_refused_by_the_store_and_never_seen
         await desk.wait_for(lambda: status(desk, late) is Status.REJECTED)
         assert failover.lease.stats.acquired == 2 and failover.lease.stats.epoch == 3
         assert status(desk, first) is Status.BOOKED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_chaos_holders_killed_and_frozen_at_random_nothing_double_booked_lost_or_undecided(
+        cluster: list[RelayProcess], seed: int) -> None:
+    """Rounds of clashing bookings from terminals on the standby processes while the current
+    holder is SIGKILLed (then restarted) or frozen (then woken), chosen by ``seed``."""
+    chaos = random.Random(seed)
+    holder = await first_holder(cluster)
+    history = History()
+    acked: list[str] = []
+    for round_no in range(3):
+        standbys = [relay for relay in cluster if relay is not holder]
+        async with WireClient(standbys[0].url, actor=f"b{round_no}") as tb, \
+                WireClient(standbys[1].url, actor=f"c{round_no}") as tc:
+            clients = [tb, tc]
+            for client in clients:
+                await client.open(CAL)
+                await client.wait_synced(CAL)
+            ids = await book_clashing(clients, chaos.randint(1, 4), hour=8 + 2 * round_no)
+            sig = chaos.choice([signal.SIGKILL, signal.SIGSTOP])
+            await fault(holder, sig)
+            ids += await book_clashing(clients, chaos.randint(1, 4), hour=9 + 2 * round_no)
+            for client in clients:
+                await client.wait_acked(CAL)
+            acked += ids
+            await wait_taken_over(clients, acked, holder.relay_id, history)
+            new_home = tb.replica(CAL).calendar.home
+        if sig == signal.SIGKILL:
+            await holder.start()
+        else:
+            holder.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        holder = next(relay for relay in cluster if relay.relay_id == new_home)
+    assert not history.reversed, history.reversed
+    views = []
+    for relay in cluster:  # every process, the restarted and woken ones too, from the store
+        async with WireClient(relay.url, actor=f"final-{relay.relay_id}") as final:
+            await final.open(CAL)
+            await final.wait_for(lambda final=final: all_decided(final, acked), timeout=15)
+            assert_invariants(final, acked, ["room-x"])
+            views.append([status(final, r) for r in acked])
+    assert views[0] == views[1] == views[2]
+
+
+async def test_a_calendar_homed_before_the_shared_key_is_handed_over_keeping_its_decisions(
+        tmp_path: Path, postgres_url: str) -> None:
+    """A cluster from before the home lease had one --home process signing with its own key
+    (relay_key:<id> in the store): the lease holder hands its calendars over with that key."""
+    store = await open_storage(postgres_url)
+    old_key = await member_key(store, "old-a")
+    replica = Replica(CalendarId(CAL), actor="old-a")
+    kept = replica.calendar.book(resource="room-1", start=NOW.replace(hour=9), end=NOW.replace(hour=9, minute=15),
+                                 patient="P-1", now=NOW)
+    decider = Decider(replica.calendar, "old-a", old_key)
+    assert [d.outcome for d in decider.decide_all_pending(NOW)] == ["booked"]
+    for change in replica.take_changes():
+        await store.append(CalendarId(CAL), change.update)
+    async with Relay(relay_config(tmp_path, "new-b", home_globs=["clinic-*"]), storage=store) as rb, \
+            WireClient(rb.url, actor="desk") as desk:
+        await desk.open(CAL)
+        await desk.wait_for(lambda: desk.replica(CAL).calendar.home == "new-b")
+        assert status(desk, kept.id) is Status.BOOKED
+        clash = await desk.book(CAL, hour=9)
+        await desk.wait_for(lambda: status(desk, clash) is Status.REJECTED)
+        assert desk.replica(CAL).calendar.home_record.epoch == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+async def test_a_cluster_peered_with_a_sqlite_relay_holds_one_link_and_keeps_it_when_its_holder_dies(
+        tmp_path: Path, postgres_url: str) -> None:
+    """The two-channel scenario with a cluster on one side: channel 2 is a plain SQLite relay;
+    channel 1 two processes on PostgreSQL, both told --peer to it. One link at a time; bookings
+    cross both ways and are decided by the cluster's home; SIGKILL of the link's holder moves it."""
+    async with Relay(relay_config(tmp_path, "channel-2")) as other:
+        def peers() -> list[str]:
+            return sorted(c.peer_id or "?" for c in other.connections if c.is_peer)
+
+        processes = [RelayProcess(tmp_path, f"pg-{n}", "--home", "clinic-*", "--peer", other.url, db=postgres_url)
+                     for n in "ab"]
+        async with running(processes) as cluster, WireClient(other.url, actor="desk-2") as far:
+            await other.wait_for(lambda: len(peers()) == 1, timeout_s=15)
+            holder = next(relay for relay in cluster if relay.relay_id == peers()[0])
+            survivor = next(relay for relay in cluster if relay is not holder)
+            await far.open(CAL)
+            async with WireClient(survivor.url, actor="desk-1") as near:
+                await near.open(CAL)
+                await near.wait_synced(CAL)
+                from_far, from_near = await far.book(CAL, hour=9), await near.book(CAL, hour=10)
+                for client in (far, near):
+                    await client.wait_for(lambda client=client: all_decided(client, [from_far, from_near]), timeout=15)
+                assert len(peers()) == 1  # still one link: the other process holds none
+                await holder.kill(signal.SIGKILL)
+                await other.wait_for(lambda: peers() == [survivor.relay_id], timeout_s=15)
+                later = await far.book(CAL, hour=11)
+                clash = await near.book(CAL, hour=11)
+                for client in (far, near):
+                    await client.wait_for(lambda client=client: all_decided(client, [later, clash]), timeout=15)
+                assert sorted(str(status(far, r)) for r in (later, clash)) == ["booked", "rejected"]
+                assert [status(far, r) for r in (later, clash)] == [status(near, r) for r in (later, clash)]
+            text = await asyncio.to_thread(metrics_of, survivor.port)
+            assert 'accord_lease_held{lease="peering"} 1' in text
