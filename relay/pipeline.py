@@ -22,7 +22,9 @@ Named lifecycle points: :attr:`CommitPipeline.change_hooks` see every change as 
 (the admission's key index keeps in step with the document), :attr:`CommitPipeline.batch_hooks`
 run after each batch is stored and forwarded (the home decides what just became durable).
 :attr:`CommitPipeline.audit_source` gives each queued change the audit entries it brought
-(:mod:`~accord.relay.audit`), stored in the same transaction as its row.
+(:mod:`~accord.relay.audit`), stored in the same transaction as its row. A relay cluster's home
+submits its decisions with a fence (:meth:`CommitPipeline.submit_withheld`); a row the store
+refuses as fenced is dropped (never applied or forwarded) and counted in ``metrics.fenced_writes``.
 :attr:`CommitPipeline.notice` fires after every batch, for anyone waiting on a condition.
 """
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from netcut import CuttableProxy
 from relays import Relay, RelayProcess, relay_config, running
 from wire import NOW, WireClient, wait_for_any
 
@@ -108,6 +109,17 @@ async def book_clashing(clients: list[WireClient], count: int, hour: int) -> lis
     return ids
 
 
+async def decided_bookings(clients: list[WireClient], count: int, hour: int, history: History) -> list[str]:
+    """Open the calendar on every client, book clashing slots, and wait until all are decided."""
+    for client in clients:
+        await client.open(CAL)
+        await client.wait_synced(CAL)
+    ids = await book_clashing(clients, count, hour)
+    await wait_for_any(clients, lambda: all(all_decided(c, ids) for c in clients), timeout=15,
+                       each=lambda: history.record(clients, ids))
+    return ids
+
+
 async def fault(relay: RelayProcess, sig: int) -> None:
     """SIGKILL ``relay`` (and wait for its exit) or send it ``sig`` (SIGSTOP: it freezes)."""
     if sig == signal.SIGKILL:
@@ -133,12 +145,7 @@ async def fail_over(cluster: list[RelayProcess], sig: int) -> tuple[float, list[
     history = History()
     async with WireClient(standbys[0].url, actor="desk-b") as tb, WireClient(standbys[1].url, actor="desk-c") as tc:
         clients = [tb, tc]
-        for client in clients:
-            await client.open(CAL)
-            await client.wait_synced(CAL)
-        before = await book_clashing(clients, 4, hour=9)
-        await wait_for_any(clients, lambda: all(all_decided(c, before) for c in clients), timeout=15,
-                           each=lambda: history.record(clients, before))
+        before = await decided_bookings(clients, 4, 9, history)
         during = await book_clashing(clients, 4, hour=11)
         await fault(holder, sig)
         killed = time.monotonic()
@@ -322,3 +329,39 @@ async def test_a_cluster_peered_with_a_sqlite_relay_holds_one_link_and_keeps_it_
                 assert [status(far, r) for r in (later, clash)] == [status(near, r) for r in (later, clash)]
             text = await asyncio.to_thread(metrics_of, survivor.port)
             assert 'accord_lease_held{lease="peering"} 1' in text
+
+
+@pytest.mark.slow
+async def test_a_holder_cut_off_from_the_database_is_replaced_and_steps_down(tmp_path: Path, postgres_url: str) -> None:
+    """A network partition between the holder and PostgreSQL (a proxy that stops carrying bytes,
+    connections left open): its lease session goes quiet, the server ends it after the lease
+    time, another process takes over; the cut-off one stopped deciding before that."""
+    base, _, database = postgres_url.rpartition("/")
+    host, _, port = base.rpartition("@")[2].partition(":")
+    async with CuttableProxy(host, int(port)) as proxy:
+        cut_off = RelayProcess(tmp_path, "pg-a", "--home", "clinic-*", db=f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}")
+        others = [RelayProcess(tmp_path, f"pg-{n}", "--home", "clinic-*", db=postgres_url) for n in "bc"]
+        async with running([cut_off]):
+            assert (await first_holder([cut_off])) is cut_off
+            async with running(others), WireClient(others[0].url, actor="desk-b") as tb, \
+                    WireClient(others[1].url, actor="desk-c") as tc:
+                clients, history = [tb, tc], History()
+                ids = await decided_bookings(clients, 3, 9, history)
+                proxy.cut()
+                cut = time.monotonic()
+                ids += await book_clashing(clients, 3, hour=11)
+                await wait_taken_over(clients, ids, cut_off.relay_id, history)
+                took = time.monotonic() - cut
+                assert took < TAKEOVER_TARGET_S, f"takeover took {took:.2f} s"
+                text = await asyncio.to_thread(metrics_of, cut_off.port)  # its HTTP side runs on
+                assert 'accord_lease_held{lease="home"} 0' in text
+                assert "accord_home_calendars_deciding 0" in text
+                proxy.restore()
+                async with WireClient(cut_off.url, actor="healed") as healed:
+                    await healed.open(CAL)
+                    await healed.wait_for(lambda: all_decided(healed, ids)
+                                          and healed.replica(CAL).calendar.home != cut_off.relay_id, timeout=20)
+                    history.record([healed, *clients], ids)
+                    assert_invariants(healed, ids, ["room-x"])
+                    assert [status(healed, r) for r in ids] == [status(tb, r) for r in ids]
+                assert not history.reversed, history.reversed

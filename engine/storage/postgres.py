@@ -21,6 +21,13 @@ both), for several relay processes sharing one database:
   per batch, never one per row. Listening is the relay's job (``relay/cluster.py``).
 - **Checked rows.** Each row carries a CRC-32 of its bytes; :meth:`load` raises
   :class:`~engine.errors.CorruptRecord` naming the calendar and row on a mismatch.
+- **Fenced writes.** ``append_many(..., fences=)`` reads each named lease's epoch in
+  ``accord.leases`` ``FOR SHARE`` inside the commit and refuses (seq :data:`~engine.storage.FENCED`)
+  the rows whose :class:`~engine.storage.Fence` is stale; the rest of the commit is stored. A relay
+  cluster's home fences its decisions with its lease epoch (``relay/lease.py``), so a deposed
+  holder's late decisions are never stored; a takeover's epoch bump waits for a commit that read
+  the old epoch. The writer session ends a transaction left idle for 3 s
+  (``idle_in_transaction_session_timeout``: a frozen process must not hold a fence row for long).
 - **Versioned schema**, in PostgreSQL schema ``accord``: created by the first relay that opens
   the database (under an advisory lock, so relays starting together do not race), migrated
   forward by a newer accord, refused by an older one ("upgrade accord").
