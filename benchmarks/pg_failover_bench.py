@@ -68,12 +68,28 @@ async def book_and_wait(relay: RelayProcess, slot: int, deposed: str | None, tim
         await client.stop()
 
 
-async def bench_failover(url: str, folder: Path, kills: int) -> str:
+async def seed(relay: RelayProcess, count: int) -> None:
+    """``count`` booked reservations (one per resource), decided before the first fault: what a
+    new home signs again when it takes the calendar over."""
+    client = await LoadClient(relay.url, "seeder", calendar="clinic-1").start()
+    try:
+        made = [client.replica.calendar.book(resource=f"seed-{i}", start=NOW, end=NOW + timedelta(minutes=15),
+                                             patient="P-1", now=NOW).id for i in range(count)]
+        await client.push()
+        await client.wait(lambda: client.replica.calendar.home is not None and all(
+            client.replica.calendar.get(r).status is Status.BOOKED for r in made[-1:]), 120)
+    finally:
+        await client.stop()
+
+
+async def bench_failover(url: str, folder: Path, kills: int, reservations: int) -> str:
     relays = [RelayProcess(folder, f"pg-{n}", "--home", "clinic-*", db=url) for n in "abc"]
     await asyncio.gather(*(relay.start() for relay in relays))
     times: dict[str, list[float]] = {"SIGKILL": [], "SIGSTOP": []}
     try:
         _took, home = await book_and_wait(relays[0], 0, None, 30)
+        if reservations:
+            await seed(relays[0], reservations)
         for n in range(kills):
             holder = next(relay for relay in relays if relay.relay_id == home)
             other = next(relay for relay in relays if relay is not holder)
@@ -97,7 +113,8 @@ async def bench_failover(url: str, folder: Path, kills: int) -> str:
             if relay.proc is not None and relay.proc.poll() is None:
                 relay.proc.send_signal(signal.SIGCONT)  # a frozen one would not see SIGTERM
             await relay.stop()
-    lines = [f"failover: {kills} faults of the lease holder among 3 processes (lease 3 s, heartbeat 0.5 s, retry 0.25 s)"]
+    lines = [f"failover: {kills} faults of the lease holder among 3 processes (lease 3 s, heartbeat 0.5 s, retry 0.25 s), "
+             f"a calendar of {reservations + kills + 1} reservations"]
     for name, values in times.items():
         if values:
             ms = [v * 1000 for v in values]
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default=None, help="a postgresql:// URL of an empty database (default: a throwaway server)")
     parser.add_argument("--kills", type=int, default=20, help="faults, alternating SIGKILL and SIGSTOP (default 20)")
+    parser.add_argument("--reservations", type=int, default=0,
+                        help="decided reservations in the calendar before the first fault (default 0)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: one fault of each kind")
     parser.add_argument("--logs", type=Path, default=None, help="keep the relays' logs in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -123,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             server = stack.enter_context(running_server(fsync=True))
             url = server.database()
             print(f"postgres: throwaway server from {server.binaries} (fsync on, synchronous_commit on)")
-        print(asyncio.run(bench_failover(url, folder, args.kills)))
+        print(asyncio.run(bench_failover(url, folder, args.kills, args.reservations)))
     return 0
 
 

@@ -179,8 +179,8 @@ class Decider:
         handover record are fenced out: it is no longer home, and nothing carries them over.)"""
         previous = self.calendar.home_chain()[-2]
         with self._writing():
-            for rid, again, current in carried_over(self.calendar, previous, self.relay_id, self.epoch,
-                                                    skip_decided=True):
+            plan = carry_over_plan(self.calendar, skip_decided=True)
+            for rid, again, current in carried_over(self.calendar.name, plan, previous, self.relay_id, self.epoch):
                 self._store(rid, again, current=current)
 
     def still_home(self) -> bool:
@@ -423,23 +423,38 @@ class Decider:
             self._occupied[rid] = slot
 
 
-def carried_over(calendar: Calendar, previous: HomeRecord, relay_id: str, epoch: int, *,
-                 skip_decided: bool) -> Iterator[tuple[str, Verdict, bool]]:
+CarryOver = list[tuple[str, dict[str, Any], list[tuple[str, str]]]]
+"""What a handover carries over: each reservation's id, fields and verdict entries."""
+
+
+def carry_over_plan(calendar: Calendar, *, skip_decided: bool) -> CarryOver:
+    """The reservations whose verdicts a new home may have to sign again (read from the document:
+    on the event loop). ``skip_decided``: leave out reservations the calendar's current home has
+    decided already (the calendar holds the new epoch's record); without it, the caller is about
+    to write that record itself, in the same update as the verdicts (a relay cluster's takeover)."""
+    plan: CarryOver = []
+    for rid, fields in calendar.all_fields().items():
+        entries = calendar.verdicts_of(rid)
+        if entries and not (skip_decided and calendar.decision_state(rid, fields).seq):
+            plan.append((rid, fields, entries))
+    return plan
+
+
+def carried_over(calendar: str, plan: CarryOver, previous: HomeRecord, relay_id: str,
+                 epoch: int) -> list[tuple[str, Verdict, bool]]:
     """The verdicts a new home (``relay_id`` at ``epoch``) signs again after a handover from
     ``previous``: each reservation's latest verdict of ``previous``, as ``(reservation id,
-    verdict, current)`` (``current``: it decides the request as it stands). ``skip_decided``:
-    leave out reservations the calendar's current home has decided already (the calendar holds
-    the new epoch's record); without it, the caller is about to write that record itself, in
-    the same update as these verdicts (a relay cluster's takeover)."""
-    verifier = Verifier(calendar.name)
-    for rid, fields in calendar.all_fields().items():
-        if skip_decided and calendar.decision_state(rid, fields).seq:
-            continue  # already decided in this epoch
-        found = [v for k, t in calendar.verdicts_of(rid) if (v := verifier.verify(k, t, previous))]
+    verdict, current)`` (``current``: it decides the request as it stands). Touches no document
+    or shared cache, so it may run in a worker thread (PyNaCl releases the GIL)."""
+    verifier = Verifier(calendar)
+    carried = []
+    for rid, fields, entries in plan:
+        found = [v for v in verifier.check_all(entries, previous).values() if v is not None]
         if found:
             last = max(found, key=lambda v: v.seq)
             again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1)
-            yield rid, again, again.request == request_digest(rid, fields)
+            carried.append((rid, again, again.request == request_digest(rid, fields)))
+    return carried
 
 
 def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:

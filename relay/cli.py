@@ -55,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk), or a "
                              "postgresql://user@host/db URL: a store shared by a cluster of relay processes")
     parser.add_argument("--peer", action="append", default=[], metavar="URL", type=_peer_url,
-                        help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable)")
+                        help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable); in a cluster on PostgreSQL "
+                             "one process at a time holds the links")
     parser.add_argument("--peer-token", default=None, help="token presented on outbound peer links")
     parser.add_argument("--peer-calendars", action="append", default=None, metavar="GLOB",
                         help="share only calendars matching GLOB with peers (repeatable; default all)")
     parser.add_argument("--home", action="append", default=[], metavar="GLOB",
-                        help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar")
+                        help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar, "
+                        "or, in a cluster on one PostgreSQL --db, the same globs on every process: the holder of "
+                        "the cluster's home lease decides, another takes over if it fails")
     parser.add_argument("--hold-ttl", type=_positive_float, default=None, metavar="SECONDS",
                         help="hold TTL for calendars that set none: as home, reject pending bookings that first "
                              "reached a relay more than SECONDS ago (by that relay's clock); as any relay, stamp "

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,9 +42,9 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from accord.engine.authority import RelayKey, first_home, handover
+from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover
 from accord.engine.backoff import Backoff
-from accord.engine.decisions import Decider, DecisionMade, carried_over
+from accord.engine.decisions import Decider, DecisionMade, carried_over, carry_over_plan
 from accord.engine.errors import NotHome, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.storage import Fence, Storage
@@ -218,12 +219,11 @@ class Home:
         if handle.is_empty():
             self._waiting.add(name)
             return
-        await check_verdicts_off_loop(handle.replica.calendar)
-        if handle.unloaded or not self._still_active() or name in self._deciding or name in self._taking:
-            return
         home = handle.replica.calendar.home_record
         if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
-            self._take(handle)
+            await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
+            if not handle.unloaded and self._still_active() and name not in self._deciding:
+                self._take(handle)
             return
         signer = self.key
         if home is not None and home.public_key != self.key.public:  # a home from before the shared key?
@@ -233,38 +233,51 @@ class Home:
                 return  # a home outside this cluster: only it can hand the calendar over
             signer = found
         if not handle.unloaded and self._still_active() and handle.replica.calendar.home_record == home:
-            self._take_over(handle, signer)
+            await self._take_over(handle, home, signer)
 
-    def _take_over(self, handle: CalendarHandle, signer: RelayKey) -> None:
+    async def _take_over(self, handle: CalendarHandle, current: HomeRecord | None, signer: RelayKey) -> None:
         """Write, fenced, the record that makes this process the calendar's home (epoch 1 if it
-        has none; else signed by ``signer``, the current home's key) and, in the same update,
-        the previous home's verdicts signed again."""
-        fence = self.fence()
+        has none; else signed by ``signer``, ``current``'s key) and, in the same update, the
+        previous home's verdicts signed again (checked and signed in a worker thread)."""
+        started = time.perf_counter()
         calendar = handle.replica.calendar
-        current = calendar.home_record
-        if fence is None:
-            return
+        if current is None:
+            record, encoded = first_home(handle.name, self.relay_id, self.key)
+            signed: list[tuple[str, str, Verdict]] = []
+        else:
+            record, encoded = handover(current, signer, self.relay_id, self.key.public)
+            signed = await asyncio.to_thread(self._sign_again, handle.name, carry_over_plan(calendar, skip_decided=False),
+                                             current, record.epoch)
+        fence = self.fence()
+        moved_on = calendar.home_record != current or handle.name in self._deciding or handle.name in self._taking
+        if fence is None or handle.unloaded or moved_on:
+            return  # stepped down, or the calendar moved on meanwhile: claimed again if need be
         sink: Doc[Any] = Doc()
         captured: list[bytes] = []
         sink.observe(lambda event: captured.append(event.update))
         homes, verdicts = sink.get("homes", type=Map), sink.get("verdicts", type=Map)
         origin = ("decider", self.relay_id)
         with sink.transaction(origin=origin):
-            if current is None:
-                record, encoded = first_home(handle.name, self.relay_id, self.key)
-            else:
-                record, encoded = handover(current, signer, self.relay_id, self.key.public)
-                for _rid, again, _current in carried_over(calendar, current, self.relay_id, record.epoch,
-                                                          skip_decided=False):
-                    signed = again.sign(self.key)
-                    verdicts[again.entry_key(signed)] = signed
+            for entry_key, text, _verdict in signed:
+                verdicts[entry_key] = text
             homes[record.entry_key(encoded)] = encoded
+        # Once the record is applied, reads of these verdicts under it need no signature check.
+        calendar.verifier.remember({(key, text): verdict for key, text, verdict in signed}, record)
         self._taking.add(handle.name)
         log.info("taking over as home", extra={"calendar": handle.name, "epoch": record.epoch,
                                                "previous": current.relay_id if current else "-",
-                                               "lease_epoch": fence.epoch})
+                                               "lease_epoch": fence.epoch, "verdicts": len(signed),
+                                               "ms": round((time.perf_counter() - started) * 1000, 1)})
         for update in captured:
             self.pipeline.submit_withheld(handle, update, origin, fence)
+
+    def _sign_again(self, calendar: str, plan: Any, previous: HomeRecord, epoch: int) -> list[tuple[str, str, Verdict]]:
+        """``(entry key, encoded, verdict)`` of every verdict carried over (in a worker thread)."""
+        out = []
+        for _rid, again, _current in carried_over(calendar, plan, previous, self.relay_id, epoch):
+            text = again.sign(self.key)
+            out.append((again.entry_key(text), text, again))
+        return out
 
     # ---- deciding --------------------------------------------------------------------------------
 

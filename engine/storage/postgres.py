@@ -26,8 +26,8 @@ both), for several relay processes sharing one database:
   the rows whose :class:`~engine.storage.Fence` is stale; the rest of the commit is stored. A relay
   cluster's home fences its decisions with its lease epoch (``relay/lease.py``), so a deposed
   holder's late decisions are never stored; a takeover's epoch bump waits for a commit that read
-  the old epoch. The writer session ends a transaction left idle for 3 s
-  (``idle_in_transaction_session_timeout``: a frozen process must not hold a fence row for long).
+  the old epoch. Sessions end a transaction left idle for 3 s (``idle_in_transaction_session_timeout``:
+  a frozen process must not hold a fence row, or a calendar's counter row, for long).
 - **Versioned schema**, in PostgreSQL schema ``accord``: created by the first relay that opens
   the database (under an advisory lock, so relays starting together do not race), migrated
   forward by a newer accord, refused by an older one ("upgrade accord").
@@ -73,10 +73,9 @@ CHANNEL = "accord_updates"
 NOTIFY_LIMIT_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 ALL_CALENDARS = "*"
 MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the schema at a time
-SESSION = {"synchronous_commit": "on", "application_name": "accord"}
-# The writer's transactions are a few statements long: one left open (its process frozen, say,
-# while it holds a fence row FOR SHARE) must not hold up a takeover for long.
-WRITER_SESSION = {**SESSION, "idle_in_transaction_session_timeout": "3000"}
+# Transactions here are a few statements long: one left open (its process frozen, say, while it
+# holds a fence row FOR SHARE or a calendar's counter row) must not hold the other processes up long.
+SESSION = {"synchronous_commit": "on", "application_name": "accord", "idle_in_transaction_session_timeout": "3000"}
 LEASES = """CREATE TABLE accord.leases (
         name text PRIMARY KEY,              -- e.g. 'home': one per cluster (relay/lease.py)
         epoch bigint NOT NULL DEFAULT 0,    -- fencing token, +1 on every takeover
@@ -264,7 +263,7 @@ class PostgresStorage:
         ``readers``: connections in the pool for reads (loads, catch-up fetches, metadata)."""
         name = redact(url)
         try:
-            writer = await asyncpg.connect(url, server_settings=WRITER_SESSION)
+            writer = await asyncpg.connect(url, server_settings=SESSION)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to store {name}: {exc}; is the PostgreSQL server running and "
                                    "the URL right (postgresql://user[:password]@host[:port]/database)?") from exc
@@ -327,7 +326,7 @@ class PostgresStorage:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._writer_conn is None or self._writer_conn.is_closed():
-            self._writer_conn = await asyncpg.connect(self.url, server_settings=WRITER_SESSION)
+            self._writer_conn = await asyncpg.connect(self.url, server_settings=SESSION)
         return self._writer_conn
 
     async def _drop_writer(self) -> None:
