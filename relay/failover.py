@@ -4,13 +4,13 @@
 Every process of a cluster (one PostgreSQL store, :mod:`.cluster`) may be started with the same
 ``--home`` globs. One **home lease** per cluster (:class:`~accord.relay.lease.Lease` named
 ``home``) says which of them decides: the holder decides every calendar matching its globs;
-the others stand by (their :class:`~accord.relay.home.Home` is in standby and decides nothing).
+the others stand by (their :class:`~accord.relay.cluster_home.ClusterHome` decides nothing).
 One lease for the whole cluster, not one per glob or calendar: give every process the same
 globs. All of them sign with the cluster's home key (``home_key`` in the store's meta table,
 made by the first process), so any holder can hand each calendar over to itself.
 
 On taking the lease (its epoch bumped in the store, see :mod:`.lease`) the new holder loads
-every stored calendar matching its globs and claims each one (:meth:`Home.claim_soon`): caught
+every stored calendar matching its globs and claims each one (:meth:`ClusterHome.claim_soon`): caught
 up with every row stored before the takeover, a takeover record with the previous verdicts
 signed again, then every pending booking decided. Calendars written later (on any process) are
 loaded and claimed as their commit notices arrive. On losing it (a failed heartbeat, the lock
@@ -39,7 +39,7 @@ from accord.engine.backoff import Backoff
 from accord.engine.errors import StorageError
 
 from .calendars import CalendarSet
-from .home import Home
+from .cluster_home import ClusterHome
 from .lease import Lease
 from .metrics import Metrics
 from .notice import Notice
@@ -57,9 +57,9 @@ async def cluster_home_key(storage: Any) -> RelayKey:
 
 
 class HomeFailover:
-    """Wires a :class:`Lease` to a standby :class:`Home` (see the module docstring)."""
+    """Wires a :class:`Lease` to a :class:`ClusterHome` (see the module docstring)."""
 
-    def __init__(self, lease: Lease, home: Home, calendars: CalendarSet, storage: Any, metrics: Metrics,
+    def __init__(self, lease: Lease, home: ClusterHome, calendars: CalendarSet, storage: Any, metrics: Metrics,
                  notice: Notice) -> None:
         self.lease = lease
         self.notice = notice

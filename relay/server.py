@@ -52,6 +52,7 @@ from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
 from .cluster import Cluster, cluster_for, member_key, stored_member_key
+from .cluster_home import ClusterHome
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
 from .failover import HOME_LEASE, HomeFailover, PeeringFailover, cluster_home_key
@@ -216,8 +217,8 @@ class Relay:
                   receipts=receipts, audit=audit,
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
-        home = Home(config.relay_id, key, config.home_globs, pipeline, self.metrics,
-                    hold_ttl_s=config.hold_ttl_s, clock=self.clock, standby=leased)
+        home = (ClusterHome if leased else Home)(config.relay_id, key, config.home_globs, pipeline, self.metrics,
+                                                 hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
         calendars.loaded_hooks += [self.admission.calendar_loaded, home.calendar_loaded, hub.calendar_loaded]
@@ -232,7 +233,7 @@ class Relay:
             cluster.wants = lambda name: home.active and home.is_home_of(name)
             calendars.loaded_hooks.insert(0, cluster.calendar_loaded)
             calendars.unloading_hooks.append(cluster.calendar_unloading)
-            if leased:
+            if isinstance(home, ClusterHome):
                 home.catch_up = cluster.catch_up
                 home.member_key = lambda relay_id: stored_member_key(storage, relay_id)
                 failover = HomeFailover(Lease(cluster.storage.url, HOME_LEASE, config.relay_id), home, calendars,
