@@ -136,6 +136,8 @@ class Lease:
                                                                      "error": str(exc)})
                 else:
                     log.debug("lease session failed", extra={"lease": self.name, "error": str(exc)})
+            except Exception:  # a bug: log it, step down, try again (never hold a lease nobody heartbeats)
+                log.exception("lease error", extra={"lease": self.name})
             finally:
                 self._step_down()
                 self._conn = None
