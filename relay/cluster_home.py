@@ -56,6 +56,12 @@ class ClusterHome(Home):
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
         self._fenced_seen = 0
 
+    def quiet(self) -> list[CalendarId]:
+        """The calendars decided here with nothing left to decide or to store: every request in
+        the rows applied here is decided and its verdict stored (for the store's decided marks)."""
+        return [name for name, deciding in self._deciding.items()
+                if deciding.decider.queued == 0 and not deciding.captured and name not in self.pipeline.busy]
+
     def first_write(self, handle: CalendarHandle) -> None:
         if self._still_active():
             super().first_write(handle)

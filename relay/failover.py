@@ -10,12 +10,16 @@ globs. All of them sign with the cluster's home key (``home_key`` in the store's
 made by the first process), so any holder can hand each calendar over to itself.
 
 On taking the lease (its epoch bumped in the store, see :mod:`.lease`) the new holder loads
-every stored calendar matching its globs and claims each one (:meth:`ClusterHome.claim_soon`): caught
-up with every row stored before the takeover, a takeover record with the previous verdicts
-signed again, then every pending booking decided. Calendars written later (on any process) are
-loaded and claimed as their commit notices arrive. On losing it (a failed heartbeat, the lock
-session gone, a stalled loop) the process steps down at once; whatever it still submits is
-refused by the store (fenced).
+every stored calendar matching its globs that may hold undecided requests and claims each one
+(:meth:`ClusterHome.claim_soon`): caught up with every row stored before the takeover, a
+takeover record with the previous verdicts signed again, then every pending booking decided.
+Calendars written later (on any process) are loaded and claimed as their commit notices arrive.
+Which calendars may hold undecided requests: while it holds the lease, the holder records every
+second, for each calendar it decides that is quiet (nothing queued to decide or to store), the
+last seq it applied (``accord.decided``, fenced like its decisions); a calendar whose head is
+past its mark (or that has none) is loaded at the next takeover, the others once someone uses
+them. On losing the lease (a failed heartbeat, the lock session gone, a stalled loop) the
+process steps down at once; whatever it still submits is refused by the store (fenced).
 
 ``/metrics``: the lease (held, epoch, takeovers, step-downs), the home calendars decided here,
 the decisions the store refused as fenced, and the duration of the last takeover.
@@ -37,6 +41,7 @@ from typing import Any
 from accord.engine.authority import RelayKey
 from accord.engine.backoff import Backoff
 from accord.engine.errors import StorageError
+from accord.engine.model import CalendarId
 
 from .calendars import CalendarSet
 from .cluster_home import ClusterHome
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 HOME_LEASE = "home"
 HOME_KEY = "home_key"
 RETRY = Backoff(initial_s=0.1, factor=2.0, max_s=2.0, jitter=0.25)
+MARK_S = 1.0  # how often the holder records which calendars it has decided up to where
 
 
 async def cluster_home_key(storage: Any) -> RelayKey:
@@ -60,15 +66,19 @@ class HomeFailover:
     """Wires a :class:`Lease` to a :class:`ClusterHome` (see the module docstring)."""
 
     def __init__(self, lease: Lease, home: ClusterHome, calendars: CalendarSet, storage: Any, metrics: Metrics,
-                 notice: Notice) -> None:
+                 notice: Notice, applied: dict[CalendarId, int]) -> None:
         self.lease = lease
+        self.applied = applied  # the cluster's: every row up to it is in this process's replica
         self.notice = notice
         self.home = home
         self.calendars = calendars
         self.storage = storage
         self.metrics = metrics
         self.last_takeover_s = 0.0  # from taking the lease to every home calendar loaded and claimed
+        self.takeovers_done = 0  # takeovers whose calendars are all loaded and claimed (for tests, tools)
+        self.marked: dict[CalendarId, int] = {}  # decided marks recorded in the current hold
         self._task: asyncio.Task[None] | None = None
+        self._marking: asyncio.Task[None] | None = None
         lease.on_acquired = self._acquired
         lease.on_lost = self._lost
         home.fence = lambda: lease.fence
@@ -87,6 +97,7 @@ class HomeFailover:
         self._cancel()
         self.home.activate()
         self._task = asyncio.create_task(self._take_over(epoch), name="home-takeover")
+        self._marking = asyncio.create_task(self._mark(epoch), name="home-marks")
         self.notice.notify()
 
     def _lost(self) -> None:
@@ -95,16 +106,17 @@ class HomeFailover:
         self.notice.notify()
 
     def _cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._marking):
+            if task is not None:
+                task.cancel()
+        self._task = self._marking = None
 
     async def _take_over(self, epoch: int) -> None:
         started = time.perf_counter()
         attempt = 0
         while self.home.active:
             try:
-                stored = await self.storage.calendars()
+                stored = await self.storage.undecided()
                 names = sorted(name for name in {*self.calendars.loaded, *stored} if self.home.is_home_of(name))
                 for name in names:
                     if not self.home.active:
@@ -121,8 +133,29 @@ class HomeFailover:
                 self.lease.drop()
                 return
         self.last_takeover_s = time.perf_counter() - started
+        self.takeovers_done += 1
+        self.notice.notify()
         log.info("home takeover: calendars claimed", extra={"lease_epoch": epoch,
                                                             "ms": round(self.last_takeover_s * 1000, 1)})
+
+    async def _mark(self, epoch: int) -> None:
+        """Record, fenced, up to where the quiet calendars are decided (see the module docstring)."""
+        written = self.marked = {}
+        while True:
+            await asyncio.sleep(MARK_S)
+            fence = self.lease.fence
+            if fence is None or fence.epoch != epoch:
+                return
+            marks = {name: self.applied[name] for name in self.home.quiet()
+                     if name in self.applied and written.get(name) != self.applied[name]}
+            if not marks:
+                continue
+            try:
+                if await self.storage.mark_decided(marks, fence):
+                    written.update(marks)
+                    self.notice.notify()
+            except StorageError as exc:  # the next round tries again
+                log.warning("decided marks not recorded", extra={"calendars": len(marks), "error": str(exc)})
 
     def render(self) -> str:
         """Prometheus lines for ``/metrics``."""

@@ -237,7 +237,7 @@ class Relay:
                 home.catch_up = cluster.catch_up
                 home.member_key = lambda relay_id: stored_member_key(storage, relay_id)
                 failover = HomeFailover(Lease(cluster.storage.url, HOME_LEASE, config.relay_id), home, calendars,
-                                        storage, self.metrics, self.notice)
+                                        storage, self.metrics, self.notice, cluster.applied)
         pipeline.start()
         if cluster is not None:
             await cluster.start()

@@ -365,3 +365,35 @@ async def test_a_holder_cut_off_from_the_database_is_replaced_and_steps_down(tmp
                     assert_invariants(healed, ids, ["room-x"])
                     assert [status(healed, r) for r in ids] == [status(tb, r) for r in ids]
                 assert not history.reversed, history.reversed
+
+
+async def test_a_takeover_loads_only_the_calendars_with_rows_past_the_last_holders_decisions(
+        tmp_path: Path, postgres_url: str) -> None:
+    stores = [await open_storage(postgres_url) for _ in range(2)]
+    async with Relay(relay_config(tmp_path, "r-c"), storage=stores[1]) as rc, WireClient(rc.url, actor="desk") as desk:
+        names = ["clinic-1", "clinic-2", "clinic-3"]
+        async with Relay(relay_config(tmp_path, "r-a", home_globs=["clinic-*"]), storage=stores[0]) as ra:
+            failover_a = ra.failover
+            assert failover_a is not None
+            await ra.wait_for(lambda: failover_a.lease.valid())
+            for name in names[:2]:
+                await desk.open(name)
+                first = await desk.book(name, hour=9)
+                await desk.wait_for(lambda name=name, first=first: desk.replica(name).calendar.home == "r-a"
+                                    and desk.replica(name).calendar.get(first).status is Status.BOOKED)
+            await ra.wait_for(lambda: set(names[:2]) <= set(failover_a.marked))
+        # No holder now: requests stored meanwhile wait for the next one.
+        await desk.open(names[2])
+        waiting = [await desk.book(names[0], hour=9), await desk.book(names[2], hour=9)]
+        await desk.wait_acked(names[0])
+        await desk.wait_acked(names[2])
+        async with Relay(relay_config(tmp_path, "r-b", home_globs=["clinic-*"]),
+                         storage=await open_storage(postgres_url)) as rb:
+            failover_b = rb.failover
+            assert failover_b is not None
+            await rb.wait_for(lambda: failover_b.takeovers_done == 1)
+            for name, rid, outcome in ((names[0], waiting[0], Status.REJECTED), (names[2], waiting[1], Status.BOOKED)):
+                await desk.wait_for(lambda name=name, rid=rid, outcome=outcome: desk.replica(name).calendar.home
+                                    == "r-b" and desk.replica(name).calendar.get(rid).status is outcome)
+            assert sorted(rb.calendars.loaded) == [names[0], names[2]]  # clinic-2 stays in the store
+            assert desk.replica(names[1]).calendar.home == "r-a"

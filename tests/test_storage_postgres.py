@@ -346,14 +346,34 @@ async def test_a_takeover_bump_waits_for_a_commit_that_checked_the_old_epoch(pos
         await store.close()
 
 
-async def test_a_version_1_store_is_migrated_to_hold_leases(postgres_url: str) -> None:
+async def test_a_version_1_store_is_migrated_to_hold_leases_and_decided_marks(postgres_url: str) -> None:
     await (await PostgresStorage.open(postgres_url)).close()
     conn = await asyncpg.connect(postgres_url)
-    await conn.execute("DROP TABLE accord.leases; UPDATE accord.schema_version SET version = 1")
+    await conn.execute("DROP TABLE accord.leases, accord.decided; UPDATE accord.schema_version SET version = 1")
     store = await PostgresStorage.open(postgres_url)
     try:
         assert await conn.fetchval("SELECT version FROM accord.schema_version") == 2
         assert await store.append_many([(CAL, b"x")], fences=[Fence("home", 1)]) == [FENCED]
+        assert await store.undecided() == []
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_decided_marks_are_fenced_and_name_the_calendars_written_past_them(postgres_url: str) -> None:
+    store = await PostgresStorage.open(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("INSERT INTO accord.leases (name, epoch) VALUES ('home', 2)")
+        await store.append_many([(CAL, b"a"), (CAL, b"b"), (OTHER, b"c")])
+        assert await store.undecided() == [CAL, OTHER]  # no marks yet
+        assert await store.mark_decided({CAL: 2, OTHER: 1}, Fence("home", 2))
+        assert await store.undecided() == []
+        assert not await store.mark_decided({CAL: 5}, Fence("home", 1))  # a deposed holder's mark
+        await store.append(CAL, b"d")
+        assert await store.undecided() == [CAL]
+        assert await store.mark_decided({CAL: 1}, Fence("home", 2))  # never moves back
+        assert await conn.fetchval("SELECT seq FROM accord.decided WHERE calendar = $1", CAL) == 2
     finally:
         await conn.close()
         await store.close()

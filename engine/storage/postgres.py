@@ -82,6 +82,10 @@ LEASES = """CREATE TABLE accord.leases (
         holder text NOT NULL DEFAULT '',    -- relay id of the process that took it last
         since timestamptz
     )"""
+DECIDED = """CREATE TABLE accord.decided (
+        calendar text PRIMARY KEY,
+        seq bigint NOT NULL                 -- a cluster's home decided every request in rows <= seq
+    )"""
 SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS accord",
     "CREATE TABLE accord.schema_version (version integer NOT NULL)",
@@ -112,10 +116,11 @@ SCHEMA = [
     "CREATE TABLE accord.audit_heads (calendar text PRIMARY KEY, n bigint NOT NULL, hash text NOT NULL)",
     "CREATE TABLE accord.meta (key text PRIMARY KEY, value text NOT NULL)",
     LEASES,
+    DECIDED,
     f"INSERT INTO accord.schema_version VALUES ({SCHEMA_VERSION})",
 ]
 # Migrations from version N to N + 1, appended as the schema grows: MIGRATIONS[N - 1].
-MIGRATIONS: list[list[str]] = [[LEASES]]
+MIGRATIONS: list[list[str]] = [[LEASES, DECIDED]]
 
 BUMP_HEADS = """
 INSERT INTO accord.calendars AS c (calendar, head)
@@ -512,6 +517,27 @@ class PostgresStorage:
     async def set_meta(self, key: str, value: str) -> None:
         await self._fetch(f"saving {key!r}", "INSERT INTO accord.meta (key, value) VALUES ($1, $2) "
                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
+    async def mark_decided(self, marks: dict[CalendarId, int], fence: Fence) -> bool:
+        """Record that the home decided every request of each calendar in its rows up to the
+        given seq, if ``fence`` is still current (False: it is not, nothing was recorded). A new
+        home loads only the calendars with rows past their mark (:meth:`undecided`)."""
+        names = sorted(marks)
+        found = await self._fetch(
+            "recording decisions",
+            "WITH ok AS (SELECT 1 FROM accord.leases WHERE name = $3 AND epoch = $4 FOR SHARE), "
+            "put AS (INSERT INTO accord.decided AS d (calendar, seq) SELECT t.name, t.seq "
+            "FROM unnest($1::text[], $2::bigint[]) AS t(name, seq), ok "
+            "ON CONFLICT (calendar) DO UPDATE SET seq = greatest(d.seq, excluded.seq) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM ok) AS fenced_ok", names, [marks[n] for n in names], fence.name, fence.epoch)
+        return bool(found[0]["fenced_ok"])
+
+    async def undecided(self) -> list[CalendarId]:
+        """Calendars with rows past their :meth:`mark_decided` mark (or without one), by name."""
+        found = await self._fetch("listing undecided calendars",
+                                  "SELECT c.calendar FROM accord.calendars c LEFT JOIN accord.decided d USING (calendar) "
+                                  'WHERE c.head > 0 AND (d.seq IS NULL OR c.head > d.seq) ORDER BY c.calendar COLLATE "C"')
+        return [CalendarId(r["calendar"]) for r in found]
 
     async def claim_meta(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless a value is there already; return the stored one
