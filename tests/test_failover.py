@@ -12,6 +12,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,13 +230,40 @@ async def test_a_deposed_holders_decision_is_refused_by_the_store_and_never_seen
         assert status(desk, first) is Status.BOOKED
 
 
+def pg_address(postgres_url: str) -> tuple[str, int, str]:
+    """(host, port, database) of a ``postgresql://user@host:port/database`` URL."""
+    base, _, database = postgres_url.rpartition("/")
+    host, _, port = base.rpartition("@")[2].partition(":")
+    return host, int(port), database
+
+
+def through(proxy: CuttableProxy, database: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+
+
+@pytest.fixture
+async def cuttable_cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[list[tuple[RelayProcess, CuttableProxy]]]:
+    """Three ``accord relay`` processes, all ``--home clinic-*``, each reaching PostgreSQL
+    through a proxy of its own that a test can cut."""
+    host, port, database = pg_address(postgres_url)
+    async with AsyncExitStack() as stack:
+        proxies = [await stack.enter_async_context(CuttableProxy(host, port)) for _ in range(3)]
+        relays = [RelayProcess(tmp_path, f"pg-{n}", "--home", "clinic-*", db=through(proxy, database))
+                  for n, proxy in zip("abc", proxies, strict=True)]
+        async with running(relays):
+            yield list(zip(relays, proxies, strict=True))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_chaos_holders_killed_and_frozen_at_random_nothing_double_booked_lost_or_undecided(
-        cluster: list[RelayProcess], seed: int) -> None:
+async def test_chaos_holders_killed_frozen_and_cut_off_at_random_nothing_double_booked_lost_or_undecided(
+        cuttable_cluster: list[tuple[RelayProcess, CuttableProxy]], seed: int) -> None:
     """Rounds of clashing bookings from terminals on the standby processes while the current
-    holder is SIGKILLed (then restarted) or frozen (then woken), chosen by ``seed``."""
+    holder is SIGKILLed (then restarted), frozen (then woken) or cut off from the database (then
+    reconnected), chosen by ``seed``."""
     chaos = random.Random(seed)
+    cluster = [relay for relay, _proxy in cuttable_cluster]
+    proxy_of = {relay.relay_id: proxy for relay, proxy in cuttable_cluster}
     holder = await first_holder(cluster)
     history = History()
     acked: list[str] = []
@@ -248,25 +276,30 @@ async def test_chaos_holders_killed_and_frozen_at_random_nothing_double_booked_l
                 await client.open(CAL)
                 await client.wait_synced(CAL)
             ids = await book_clashing(clients, chaos.randint(1, 4), hour=8 + 2 * round_no)
-            sig = chaos.choice([signal.SIGKILL, signal.SIGSTOP])
-            await fault(holder, sig)
+            how = chaos.choice(["kill", "stop", "cut"])
+            if how == "cut":
+                proxy_of[holder.relay_id].cut()
+            else:
+                await fault(holder, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
             ids += await book_clashing(clients, chaos.randint(1, 4), hour=9 + 2 * round_no)
             for client in clients:
                 await client.wait_acked(CAL)
             acked += ids
             await wait_taken_over(clients, acked, holder.relay_id, history)
             new_home = tb.replica(CAL).calendar.home
-        if sig == signal.SIGKILL:
+        if how == "kill":
             await holder.start()
-        else:
+        elif how == "stop":
             holder.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        else:
+            proxy_of[holder.relay_id].restore()
         holder = next(relay for relay in cluster if relay.relay_id == new_home)
     assert not history.reversed, history.reversed
     views = []
-    for relay in cluster:  # every process, the restarted and woken ones too, from the store
+    for relay in cluster:  # every process, the restarted, woken and reconnected ones too
         async with WireClient(relay.url, actor=f"final-{relay.relay_id}") as final:
             await final.open(CAL)
-            await final.wait_for(lambda final=final: all_decided(final, acked), timeout=15)
+            await final.wait_for(lambda final=final: all_decided(final, acked), timeout=20)
             assert_invariants(final, acked, ["room-x"])
             views.append([status(final, r) for r in acked])
     assert views[0] == views[1] == views[2]
@@ -336,10 +369,9 @@ async def test_a_holder_cut_off_from_the_database_is_replaced_and_steps_down(tmp
     """A network partition between the holder and PostgreSQL (a proxy that stops carrying bytes,
     connections left open): its lease session goes quiet, the server ends it after the lease
     time, another process takes over; the cut-off one stopped deciding before that."""
-    base, _, database = postgres_url.rpartition("/")
-    host, _, port = base.rpartition("@")[2].partition(":")
-    async with CuttableProxy(host, int(port)) as proxy:
-        cut_off = RelayProcess(tmp_path, "pg-a", "--home", "clinic-*", db=f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}")
+    host, port, database = pg_address(postgres_url)
+    async with CuttableProxy(host, port) as proxy:
+        cut_off = RelayProcess(tmp_path, "pg-a", "--home", "clinic-*", db=through(proxy, database))
         others = [RelayProcess(tmp_path, f"pg-{n}", "--home", "clinic-*", db=postgres_url) for n in "bc"]
         async with running([cut_off]):
             assert (await first_holder([cut_off])) is cut_off
