@@ -236,8 +236,8 @@ class Relay:
             if isinstance(home, ClusterHome):
                 home.catch_up = cluster.catch_up
                 home.member_key = lambda relay_id: stored_member_key(storage, relay_id)
-                failover = HomeFailover(Lease(cluster.storage.url, HOME_LEASE, config.relay_id), home, calendars,
-                                        storage, self.metrics, self.notice, cluster.applied)
+                lease = Lease.lasting(cluster.storage.url, HOME_LEASE, config.relay_id, config.lease_s)
+                failover = HomeFailover(lease, home, calendars, storage, self.metrics, self.notice, cluster.applied)
         pipeline.start()
         if cluster is not None:
             await cluster.start()
@@ -245,8 +245,8 @@ class Relay:
             failover.start()
         peering = None
         if cluster is not None and config.peers:
-            peering = PeeringFailover(Lease(cluster.storage.url, "peering", config.relay_id), self._open_peers,
-                                      self._close_peers, self.notice)
+            lease = Lease.lasting(cluster.storage.url, "peering", config.relay_id, config.lease_s)
+            peering = PeeringFailover(lease, self._open_peers, self._close_peers, self.notice)
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,

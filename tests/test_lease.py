@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+from relays import Relay, relay_config
 
+from accord.engine.storage import open_storage
 from accord.engine.storage.postgres import PostgresStorage
 from accord.relay.lease import Lease
 
@@ -88,3 +91,22 @@ async def test_a_holder_whose_last_heartbeat_is_too_old_steps_down_before_the_se
 def test_a_lease_must_outlast_its_heartbeat() -> None:
     with pytest.raises(ValueError, match="outlast"):
         Lease("postgresql://unused", "test", "a", lease_s=1.0, heartbeat_s=0.5, heartbeat_timeout_s=0.5)
+
+
+def test_a_lease_shorter_than_a_second_is_refused_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from accord.relay.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--id", "r-a", "--lease", "0.5"])
+    assert stopped.value.code == 2
+    assert "shorter than 1 s" in capsys.readouterr().err
+
+
+async def test_a_cluster_member_holds_its_leases_for_the_time_it_is_given(tmp_path: Path, url: str) -> None:
+    config = relay_config(tmp_path, "r-a", home_globs=["clinic-*"], lease_s=1.5)
+    async with Relay(config, storage=await open_storage(url)) as relay:
+        failover = relay.failover
+        assert failover is not None
+        lease = failover.lease
+        assert (lease.lease_s, lease.heartbeat_s, lease.heartbeat_timeout_s, lease.margin_s) == (1.5, 0.25, 0.5, 0.5)
+        await relay.wait_for(lambda: lease.valid())
