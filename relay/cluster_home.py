@@ -79,7 +79,8 @@ class ClusterHome(Home):
 
     def activate(self) -> None:
         """This process holds the home lease now (:attr:`fence` gives its epoch): claim home
-        calendars as they load (the caller loads those with work, :meth:`claim` each)."""
+        calendars as they load (the caller loads those that may hold work, and passes the ones
+        loaded already to :meth:`claim_soon`)."""
         self.active = True
 
     def step_down(self) -> None:
