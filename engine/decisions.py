@@ -61,7 +61,7 @@ from typing import Any
 
 from pycrdt import Map
 
-from .authority import RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
+from .authority import HomeRecord, RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
 from .calendar import Calendar
 from .errors import InvalidReservation, NotHome
 from .model import (
@@ -178,17 +178,10 @@ class Decider:
         lost or taken again in another order. (Verdicts the previous home signs after the
         handover record are fenced out: it is no longer home, and nothing carries them over.)"""
         previous = self.calendar.home_chain()[-2]
-        verifier = Verifier(self.calendar.name)
         with self._writing():
-            for rid, fields in self.calendar.all_fields().items():
-                if self.calendar.decision_state(rid, fields).seq:
-                    continue  # already decided in this epoch
-                found = [v for k, t in self.calendar.verdicts_of(rid) if (v := verifier.verify(k, t, previous))]
-                if not found:
-                    continue
-                last = max(found, key=lambda v: v.seq)
-                again = replace(last, relay_id=self.relay_id, epoch=self.epoch, seq=last.seq + 1)
-                self._store(rid, again, current=again.request == request_digest(rid, fields))
+            plan = carry_over_plan(self.calendar, skip_decided=True)
+            for rid, again, current in carried_over(self.calendar.name, plan, previous, self.relay_id, self.epoch):
+                self._store(rid, again, current=current)
 
     def still_home(self) -> bool:
         """False once the calendar's records name another home (a merge with another home's
@@ -428,6 +421,40 @@ class Decider:
                 slots = self._slots[slot[0]] = ResourceSlots()
             slots.add(slot[1], slot[2], rid)
             self._occupied[rid] = slot
+
+
+CarryOver = list[tuple[str, dict[str, Any], list[tuple[str, str]]]]
+"""What a handover carries over: each reservation's id, fields and verdict entries."""
+
+
+def carry_over_plan(calendar: Calendar, *, skip_decided: bool) -> CarryOver:
+    """The reservations whose verdicts a new home may have to sign again (read from the document:
+    on the event loop). ``skip_decided``: leave out reservations the calendar's current home has
+    decided already (the calendar holds the new epoch's record); without it, the caller is about
+    to write that record itself, in the same update as the verdicts (a relay cluster's takeover)."""
+    plan: CarryOver = []
+    for rid, fields in calendar.all_fields().items():
+        entries = calendar.verdicts_of(rid)
+        if entries and not (skip_decided and calendar.decision_state(rid, fields).seq):
+            plan.append((rid, fields, entries))
+    return plan
+
+
+def carried_over(calendar: str, plan: CarryOver, previous: HomeRecord, relay_id: str,
+                 epoch: int) -> list[tuple[str, Verdict, bool]]:
+    """The verdicts a new home (``relay_id`` at ``epoch``) signs again after a handover from
+    ``previous``: each reservation's latest verdict of ``previous``, as ``(reservation id,
+    verdict, current)`` (``current``: it decides the request as it stands). Touches no document
+    or shared cache, so it may run in a worker thread (PyNaCl releases the GIL)."""
+    verifier = Verifier(calendar)
+    carried = []
+    for rid, fields, entries in plan:
+        found = [v for v in verifier.check_all(entries, previous).values() if v is not None]
+        if found:
+            last = max(found, key=lambda v: v.seq)
+            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1)
+            carried.append((rid, again, again.request == request_digest(rid, fields)))
+    return carried
 
 
 def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:

@@ -55,12 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SQLite store (default ./accord-relay.sqlite; ':memory:' keeps nothing on disk), or a "
                              "postgresql://user@host/db URL: a store shared by a cluster of relay processes")
     parser.add_argument("--peer", action="append", default=[], metavar="URL", type=_peer_url,
-                        help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable)")
+                        help="keep a link to another relay, e.g. ws://10.0.0.2:8765 (repeatable); in a cluster on PostgreSQL "
+                             "one process at a time holds the links")
     parser.add_argument("--peer-token", default=None, help="token presented on outbound peer links")
     parser.add_argument("--peer-calendars", action="append", default=None, metavar="GLOB",
                         help="share only calendars matching GLOB with peers (repeatable; default all)")
     parser.add_argument("--home", action="append", default=[], metavar="GLOB",
-                        help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar")
+                        help="decide bookings for calendars matching GLOB (repeatable); exactly one relay per calendar, "
+                        "or, in a cluster on one PostgreSQL --db, the same globs on every process: the holder of "
+                        "the cluster's home lease decides, another takes over if it fails")
+    parser.add_argument("--lease", type=_lease_seconds, default=3.0, metavar="SECONDS",
+                        help="in a cluster on PostgreSQL: how long a frozen or cut-off holder of the home (or peering) "
+                             "lease keeps it before another process takes over (default 3; heartbeats every sixth of it; "
+                             "at least 1)")
     parser.add_argument("--hold-ttl", type=_positive_float, default=None, metavar="SECONDS",
                         help="hold TTL for calendars that set none: as home, reject pending bookings that first "
                              "reached a relay more than SECONDS ago (by that relay's clock); as any relay, stamp "
@@ -119,6 +126,13 @@ def _peer_url(text: str) -> str:
     return value
 
 
+def _lease_seconds(text: str) -> float:
+    value = _positive_float(text)
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a lease shorter than 1 s would be lost to ordinary pauses")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_token=args.peer_token, peer_globs=args.peer_calendars or ["*"], home_globs=args.home,
         tokens_path=args.tokens, insecure_open=args.insecure_open, hold_ttl_s=args.hold_ttl,
         max_message_bytes=args.max_message_bytes, max_connections=args.max_connections,
-        idle_unload_s=args.idle_unload, max_reservations=args.max_reservations, audit=args.audit,
+        idle_unload_s=args.idle_unload, lease_s=args.lease, max_reservations=args.max_reservations, audit=args.audit,
         max_calendar_bytes=args.max_calendar_mb << 20,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         max_subscriptions_per_token=args.max_subscriptions_per_token,

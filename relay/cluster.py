@@ -89,6 +89,7 @@ class Cluster:
         self._due: dict[CalendarId, str] = {}  # calendars to fetch, with why (a catch-up reason or "notice")
         self._heard: dict[CalendarId, float] = {}  # when the oldest unserved notice for it arrived
         self._wake = asyncio.Event()
+        self._fetching: dict[CalendarId, asyncio.Lock] = {}  # one catch-up per calendar at a time
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_pid = 0  # the LISTEN session's server process (for operators and tests)
         # Calendars this process must load when another process writes them (the home decides them).
@@ -120,6 +121,7 @@ class Cluster:
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
         self.applied.pop(handle.name, None)
+        self._fetching.pop(handle.name, None)
         self._own.pop(handle.name, None)
         self._due.pop(handle.name, None)
         self._heard.pop(handle.name, None)
@@ -184,7 +186,7 @@ class Cluster:
                     if name not in self.applied:  # a home calendar another process wrote: load it to decide
                         await self.calendars.get(name)
                         continue  # loading caught it up (calendar_loaded marks it)
-                    await self._catch_up(name)
+                    await self.catch_up(name)
                 except StorageError as exc:  # the store is failing: try again on the next notice or poll
                     log.warning("cluster fetch failed", extra={"calendar": name, "error": str(exc)})
                     continue
@@ -194,8 +196,18 @@ class Cluster:
                 if heard is not None:
                     self.stats.lag_seconds.observe(time.perf_counter() - heard)
 
+    async def catch_up(self, name: CalendarId) -> None:
+        """Apply and forward every row of ``name`` another process committed after ``applied``
+        (returns once this process holds every row committed before the call).
+
+        Raises:
+            StorageError: the rows could not be read.
+        """
+        lock = self._fetching.setdefault(name, asyncio.Lock())
+        async with lock:
+            await self._catch_up(name)
+
     async def _catch_up(self, name: CalendarId) -> None:
-        """Apply and forward every row of ``name`` another process committed after ``applied``."""
         while name in self.applied:
             after = self.applied[name]
             rows = await self.storage.rows_after(name, after, FETCH_ROWS)
@@ -325,16 +337,21 @@ class Cluster:
         return "\n".join(lines) + "\n"
 
 
+async def stored_member_key(storage: Storage, relay_id: str) -> RelayKey | None:
+    """The key :func:`member_key` keeps for ``relay_id``, if it ever made one (None otherwise)."""
+    stored = await storage.get_meta(f"relay_key:{relay_id}")
+    return RelayKey.from_bytes(bytes.fromhex(stored)) if stored else None
+
+
 async def member_key(storage: Storage, relay_id: str) -> RelayKey:
     """This process's signing key in a shared store: kept under its own relay id
     (``relay_key:<id>``), since the processes of a cluster start together and a single
     ``relay_key`` entry would be made by several of them at once, each keeping its own."""
-    name = f"relay_key:{relay_id}"
-    stored = await storage.get_meta(name)
-    if stored:
-        return RelayKey.from_bytes(bytes.fromhex(stored))
+    stored = await stored_member_key(storage, relay_id)
+    if stored is not None:
+        return stored
     key = RelayKey.generate()
-    await storage.set_meta(name, key.to_bytes().hex())
+    await storage.set_meta(f"relay_key:{relay_id}", key.to_bytes().hex())
     return key
 
 

@@ -49,6 +49,8 @@ class RelayConfig:
             None: only FHIR reads, on ``port``; see :mod:`accord.relay.fhir`).
         max_subscriptions_per_connection, max_subscriptions_per_token: calendars one client
             connection, and all connections of one token together, may open (peers are not capped).
+        lease_s: in a cluster on PostgreSQL, the home and peering leases' time (see
+            :mod:`accord.relay.lease`): a frozen or cut-off holder is replaced after about this long.
     """
 
     relay_id: str
@@ -76,6 +78,7 @@ class RelayConfig:
     max_subscriptions_per_token: int = 10_000
     outbox_messages: int = 4096
     idle_unload_s: float = 300.0
+    lease_s: float = 3.0
     compact_rows: int = 1000
     handshake_timeout_s: float = 10.0
     backoff_initial_s: float = 0.2

@@ -16,6 +16,9 @@ write is applied, :meth:`Home.first_write`, or once a peer's first content is st
 ``--home`` is a request, not a claim: a calendar whose records name another home is not
 decided here. The relay logs why once, counts it in /metrics and lists it in /healthz; if the
 records later name this relay (a handover), it starts deciding.
+
+In a relay cluster on PostgreSQL the home is a :class:`~accord.relay.cluster_home.ClusterHome`:
+it decides only while its process holds the cluster's home lease.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from accord.engine.authority import RelayKey
 from accord.engine.decisions import Decider, DecisionMade
 from accord.engine.errors import NotHome
 from accord.engine.model import CalendarId
-from accord.engine.storage import Storage
+from accord.engine.storage import Fence, Storage
 
 from .calendars import CalendarHandle, matches, read_off_loop
 from .config import utc_now
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class _Deciding:
+class Deciding:
     """A calendar this relay decides. Its decider writes verdicts into a document of its own
     (``sink``); what is captured there is stored before the calendar, and so any reader, gets
     it: no decision leaks uncommitted."""
@@ -60,6 +63,8 @@ class Home:
     calendar set's and the pipeline's hooks.
     """
 
+    active = True  # decides now (a cluster's home only while it holds the lease)
+
     def __init__(self, relay_id: str, key: RelayKey, globs: list[str], pipeline: CommitPipeline, metrics: Metrics, *,
                  hold_ttl_s: float | None = None, clock: Callable[[], datetime] = utc_now) -> None:
         self.clock = clock
@@ -69,13 +74,18 @@ class Home:
         self.pipeline = pipeline
         self.metrics = metrics
         self.hold_ttl = timedelta(seconds=hold_ttl_s) if hold_ttl_s else None
-        self._deciding: dict[CalendarId, _Deciding] = {}
+        self._deciding: dict[CalendarId, Deciding] = {}
         self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
         self._waiting: set[CalendarId] = set()  # --home calendars loaded empty: taken on their first write
 
     def is_home_of(self, calendar: str) -> bool:
         """True if this relay decides bookings of ``calendar``."""
         return matches(calendar, self.globs)
+
+    @property
+    def deciding_count(self) -> int:
+        """How many calendars this relay decides now."""
+        return len(self._deciding)
 
     def is_deciding(self, calendar: str) -> bool:
         """True while this relay decides ``calendar`` (it is the recorded home, and loaded)."""
@@ -103,6 +113,8 @@ class Home:
                 if not handle.unloaded and handle.name not in self._deciding:
                     self._take(handle)
 
+    # ---- deciding --------------------------------------------------------------------------------
+
     def _take(self, handle: CalendarHandle) -> None:
         sink: Doc[Any] = Doc()  # a fresh Yjs client per take: its clocks start where nobody has been
         captured: list[bytes] = []
@@ -114,7 +126,7 @@ class Home:
             self._refuse(handle, exc)
             return
         self.not_home.pop(handle.name, None)
-        deciding = self._deciding[handle.name] = _Deciding(decider, sink, captured)
+        deciding = self._deciding[handle.name] = Deciding(decider, sink, captured)
         log.info("deciding as home", extra={"calendar": handle.name, "epoch": decider.epoch})
         self._record(handle, deciding, decider.decide_all_pending(self.clock()))
 
@@ -159,7 +171,9 @@ class Home:
         """One line per --home calendar this relay does not decide (for /healthz)."""
         return [f"not home of {name}: {exc}" for name, exc in sorted(self.not_home.items())]
 
-    def _record(self, handle: CalendarHandle, deciding: _Deciding, made: list[DecisionMade]) -> None:
+    def _record(self, handle: CalendarHandle, deciding: Deciding, made: list[DecisionMade],
+                fence: Fence | None = None) -> None:
+        """Log and count ``made``, and submit what the decider wrote (fenced by ``fence``)."""
         for decision in made:
             self.metrics.decisions[str(decision.outcome)] += 1
             log.info("booking decided", extra={"calendar": handle.name, "reservation": decision.reservation_id,
@@ -168,7 +182,7 @@ class Home:
         self.pipeline.submit_local(handle)  # the home record, written to the calendar itself
         updates, deciding.captured[:] = list(deciding.captured), []
         for update in updates:  # the verdicts: stored, then applied and forwarded
-            self.pipeline.submit_withheld(handle, update, deciding.decider.origin)
+            self.pipeline.submit_withheld(handle, update, deciding.decider.origin, fence)
 
 
 async def load_relay_key(storage: Storage) -> RelayKey:

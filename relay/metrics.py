@@ -53,6 +53,7 @@ class Metrics:
     home_conflicts: Counter[str] = field(default_factory=Counter)  # calendar -> 1 while another relay is its home
     store_retries: Counter[str] = field(default_factory=Counter)  # fault -> commits retried
     store_failing: str = ""  # the fault writes are held back for now ("fatal" once they are refused), or ""
+    fenced_writes: int = 0  # a deposed cluster home's decisions the store refused (relay/lease.py)
     connections_held: int = 0  # readers waiting for the store (back-pressure): to write, or to open a calendar
     subscriptions: int = 0  # calendars open on client (not peer) connections, summed over connections
     peer_states_compared: int = 0

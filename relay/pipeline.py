@@ -22,7 +22,9 @@ Named lifecycle points: :attr:`CommitPipeline.change_hooks` see every change as 
 (the admission's key index keeps in step with the document), :attr:`CommitPipeline.batch_hooks`
 run after each batch is stored and forwarded (the home decides what just became durable).
 :attr:`CommitPipeline.audit_source` gives each queued change the audit entries it brought
-(:mod:`~accord.relay.audit`), stored in the same transaction as its row.
+(:mod:`~accord.relay.audit`), stored in the same transaction as its row. A relay cluster's home
+submits its decisions with a fence (:meth:`CommitPipeline.submit_withheld`); a row the store
+refuses as fenced is dropped (never applied or forwarded) and counted in ``metrics.fenced_writes``.
 :attr:`CommitPipeline.notice` fires after every batch, for anyone waiting on a condition.
 """
 
@@ -33,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from accord.engine.audit import AuditRecord
 from accord.engine.backoff import Backoff
@@ -41,7 +43,7 @@ from accord.engine.errors import CloseCode, StorageError, TransientStorageError
 from accord.engine.model import CalendarId
 from accord.engine.replica import Change
 from accord.engine.session import Framing
-from accord.engine.storage import CompactionPolicy, Storage
+from accord.engine.storage import FENCED, CompactionPolicy, Fence, FencedStorage, Storage
 from accord.engine.storage.state_vectors import remember_spans
 
 from .calendars import CalendarHandle
@@ -96,6 +98,7 @@ class _Item:
     echo: bool = False  # forward to the origin too (it holds only part of the change)
     audit: list[AuditRecord] = field(default_factory=list)  # entries this change brought: stored with it
     reply: bytes | None = None  # sent to the origin only: the part of the change it lacks (its audit entries)
+    fence: Fence | None = None  # stored only while this lease epoch is current (a cluster home's decisions)
 
     @property
     def row(self) -> bytes | None:
@@ -190,11 +193,13 @@ class CommitPipeline:
         for change in handle.replica.take_changes():
             self._enqueue(_Item(handle, change, None, change.state_vector))
 
-    def submit_withheld(self, handle: CalendarHandle, update: bytes, origin: object) -> None:
+    def submit_withheld(self, handle: CalendarHandle, update: bytes, origin: object, fence: Fence | None = None) -> None:
         """Queue an update the replica does not hold yet (the home's decisions): it is stored,
         then applied to the replica (tagged ``origin``) and forwarded, so nobody sees it before
-        it is durable: not a subscriber's STEP2, not a peer."""
-        self._enqueue(_Item(handle, None, None, b"", (update, origin)))
+        it is durable: not a subscriber's STEP2, not a peer. With ``fence`` (a cluster's home;
+        the store must be a :class:`FencedStorage`) it is dropped, never applied, if the store
+        refuses it because the lease moved on."""
+        self._enqueue(_Item(handle, None, None, b"", (update, origin), fence=fence))
 
     def _enqueue(self, item: _Item) -> None:
         if item.change is not None:
@@ -275,8 +280,9 @@ class CommitPipeline:
 
     async def _commit(self, batch: list[_Item]) -> None:
         rows = [(item.handle.name, row) for item in batch if (row := item.row) is not None]
+        fences = [item.fence for item in batch if item.row is not None]
         audit = [record for item in batch for record in item.audit]
-        seqs = await self._store(rows, audit) if rows else []
+        seqs = await self._store(rows, audit, fences) if rows else []
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
         outgoing: dict[Connection, list[bytes]] = {}  # per connection, in order: one socket write per batch
@@ -285,9 +291,12 @@ class CommitPipeline:
             handle = item.handle
             touched[handle.name] = handle
             if item.row is not None:
-                handle.rows_in_log += 1
-                handle.last_seq = seqs[index]
                 index += 1
+                if seqs[index - 1] == FENCED:  # a deposed home's write: never stored, never applied
+                    self.metrics.fenced_writes += 1
+                    continue
+                handle.rows_in_log += 1
+                handle.last_seq = seqs[index - 1]
             if item.withheld is not None:  # stored now: apply it (None if it brought nothing new)
                 update, origin = item.withheld
                 item.change = handle.replica.apply(update, origin=origin)
@@ -312,14 +321,19 @@ class CommitPipeline:
             if self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows:
                 await self._compact(handle)
 
-    async def _store(self, rows: list[tuple[CalendarId, bytes]], audit: list[AuditRecord]) -> list[int]:
+    async def _store(self, rows: list[tuple[CalendarId, bytes]], audit: list[AuditRecord],
+                     fences: list[Fence | None]) -> list[int]:
         """Append ``rows`` in one commit, retrying transient faults until it succeeds (writers
         are held back meanwhile); a fatal StorageError propagates."""
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                seqs = await (self.storage.append_many(rows, audit=audit) if audit else self.storage.append_many(rows))
+                if any(fences):
+                    fenced = cast(FencedStorage, self.storage)
+                    seqs = await fenced.append_many(rows, audit=audit, fences=fences)
+                else:
+                    seqs = await (self.storage.append_many(rows, audit=audit) if audit else self.storage.append_many(rows))
             except TransientStorageError as exc:
                 self._held(exc, rows)
                 await asyncio.sleep(self.retry.delay_s(attempt))

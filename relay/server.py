@@ -52,13 +52,16 @@ from .admission import Admission
 from .audit import Audit
 from .auth import Grant, TokenBook
 from .calendars import CalendarSet
-from .cluster import Cluster, cluster_for, member_key
+from .cluster import Cluster, cluster_for, member_key, stored_member_key
+from .cluster_home import ClusterHome
 from .config import MEMORY_DB, RelayConfig, utc_now
 from .connection import Connection
+from .failover import HOME_LEASE, HomeFailover, PeeringFailover, cluster_home_key
 from .fhir.api import FhirApi
 from .fhir.http import HttpServer
 from .home import Home, load_relay_key
 from .hub import Hub
+from .lease import Lease
 from .metrics import Metrics
 from .notice import Notice
 from .peering import PeerLink
@@ -87,6 +90,8 @@ class _Running:
     unloader: asyncio.Task[None]
     fhir: HttpServer | None = None
     cluster: Cluster | None = None  # on a store shared with other relay processes (PostgreSQL)
+    failover: HomeFailover | None = None  # a cluster member with --home: the home lease
+    peering: PeeringFailover | None = None  # a cluster member with --peer: the links are held once per cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,11 @@ class Relay:
         return self.running.cluster
 
     @property
+    def failover(self) -> HomeFailover | None:
+        """The home lease of a cluster member started with ``--home`` (None otherwise)."""
+        return self.running.failover
+
+    @property
     def pipeline(self) -> CommitPipeline:
         return self.running.pipeline
 
@@ -194,7 +204,11 @@ class Relay:
         calendars = CalendarSet(storage)
         pipeline = CommitPipeline(storage, self.metrics, compaction=CompactionPolicy(config.compact_rows), notice=self.notice)
         cluster = cluster_for(storage, calendars, pipeline, self.notice)
-        key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
+        leased = cluster is not None and bool(config.home_globs)  # every member may be --home: one decides
+        if leased:
+            key = await cluster_home_key(storage)
+        else:
+            key = await (member_key(storage, config.relay_id) if cluster is not None else load_relay_key(storage))
         calendars.gate = pipeline.writable
         receipts = Receipts(config.relay_id, hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         audit = Audit(config.relay_id, storage, clock=self.clock) if config.audit else None
@@ -205,8 +219,8 @@ class Relay:
                   receipts=receipts, audit=audit,
                   max_subscriptions_per_connection=config.max_subscriptions_per_connection,
                   max_subscriptions_per_token=config.max_subscriptions_per_token)
-        home = Home(config.relay_id, key, config.home_globs, pipeline, self.metrics,
-                    hold_ttl_s=config.hold_ttl_s, clock=self.clock)
+        home = (ClusterHome if leased else Home)(config.relay_id, key, config.home_globs, pipeline, self.metrics,
+                                                 hold_ttl_s=config.hold_ttl_s, clock=self.clock)
         hub.is_deciding = home.is_home_here
         hub.first_write = home.first_write
         calendars.loaded_hooks += [self.admission.calendar_loaded, home.calendar_loaded, hub.calendar_loaded]
@@ -216,13 +230,25 @@ class Relay:
             calendars.unloading_hooks.append(audit.calendar_unloading)
         pipeline.change_hooks.append(self.admission.observe)
         pipeline.batch_hooks += [home.batch_stored, hub.batch_stored]
+        failover = None
         if cluster is not None:  # first: a calendar's applied seq is set before the home decides it
-            cluster.wants = home.is_home_of
+            cluster.wants = lambda name: home.active and home.is_home_of(name)
             calendars.loaded_hooks.insert(0, cluster.calendar_loaded)
             calendars.unloading_hooks.append(cluster.calendar_unloading)
+            if isinstance(home, ClusterHome):
+                home.catch_up = cluster.catch_up
+                home.member_key = lambda relay_id: stored_member_key(storage, relay_id)
+                lease = Lease.lasting(cluster.storage.url, HOME_LEASE, config.relay_id, config.lease_s)
+                failover = HomeFailover(lease, home, calendars, storage, self.metrics, self.notice, cluster.applied)
         pipeline.start()
         if cluster is not None:
             await cluster.start()
+        if failover is not None:
+            failover.start()
+        peering = None
+        if cluster is not None and config.peers:
+            lease = Lease.lasting(cluster.storage.url, "peering", config.relay_id, config.lease_s)
+            peering = PeeringFailover(lease, self._open_peers, self._close_peers, self.notice)
         reach = board.HomeReach(config.relay_id, calendars, is_deciding=home.is_deciding, peers=self._peers,
                                 live_peers=lambda: sum(c.is_peer for c in hub.connections), clock=self.clock)
         routes = Routes(tokens=self.tokens, metrics=self.metrics, known_calendars=calendars.known,
@@ -244,7 +270,8 @@ class Relay:
         if config.fhir_port is not None:
             fhir_server = HttpServer(fhir.handle, timeout_s=config.handshake_timeout_s)
             await fhir_server.start(config.host, config.fhir_port, self.tls.context if self.tls is not None else None)
-        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster)
+        self._running = _Running(storage, calendars, pipeline, hub, routes, server, [], unloader, fhir_server, cluster,
+                                 failover, peering)
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
@@ -253,8 +280,22 @@ class Relay:
             log.warning("listening without TLS on a non-loopback address (--insecure-plaintext): tokens and patient "
                         "data cross the network in the clear unless a TLS proxy is in front of this relay",
                         extra={"relay": config.relay_id, "host": config.host})
-        for url in config.peers:
+        if peering is not None:
+            peering.start()  # the links open once this process holds the cluster's peering lease
+        else:
+            self._open_peers()
+
+    def _open_peers(self) -> None:
+        for url in self.config.peers:
             self.add_peer(url)
+
+    async def _close_peers(self) -> None:
+        running = self._running
+        if running is None:
+            return
+        links = [link for link in running.links if link.url in {spec.split()[0] for spec in self.config.peers}]
+        running.links[:] = [link for link in running.links if link not in links]
+        await asyncio.gather(*(link.close() for link in links))
 
     def add_peer(self, spec: str) -> PeerLink:
         """Keep an outbound link to a relay (as ``--peer`` does at start-up). ``spec`` is its URL,
@@ -346,6 +387,8 @@ class Relay:
         if running.fhir is not None:
             await running.fhir.close()
         running.pipeline.release_held()  # readers held by a failing store would keep their connections open
+        if running.peering is not None:
+            await running.peering.close()  # its links close just below with the others
         await asyncio.gather(*(link.close() for link in running.links))
         closing = [c.close(CloseCode.GOING_AWAY, "relay shutting down") for c in list(running.hub.connections)]
         await asyncio.gather(*closing, return_exceptions=True)
@@ -353,6 +396,8 @@ class Relay:
         running.unloader.cancel()
         await asyncio.gather(running.unloader, return_exceptions=True)
         await running.pipeline.close()
+        if running.failover is not None:  # after the last decision is stored: another process takes over
+            await running.failover.close()
         if running.cluster is not None:
             await running.cluster.close()
         await running.storage.close()
@@ -377,6 +422,10 @@ class Relay:
         text = self.metrics.render(connections=roles, calendars_loaded=loaded, peer_links=links, calendar_loads=loads)
         if running is not None and running.cluster is not None:
             text += running.cluster.render()
+        if running is not None and running.failover is not None:
+            text += running.failover.render()
+        if running is not None and running.peering is not None:
+            text += running.peering.render()
         return text
 
     async def wait_for(self, condition: Callable[[], T], timeout_s: float = 10.0) -> T:

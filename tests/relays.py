@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from accord.relay.process import RelayProcess as _RelayProcess
@@ -36,4 +39,15 @@ class RelayProcess(_RelayProcess):
         return code
 
 
-__all__ = ["Relay", "RelayConfig", "RelayProcess", "free_port", "relay_config"]
+@asynccontextmanager
+async def running(relays: list[RelayProcess]) -> AsyncIterator[list[RelayProcess]]:
+    """Start ``relays`` together; kill whatever still runs on the way out."""
+    try:
+        await asyncio.gather(*(relay.start() for relay in relays))
+        yield relays
+    finally:
+        for relay in relays:
+            relay.cleanup()
+
+
+__all__ = ["Relay", "RelayConfig", "RelayProcess", "free_port", "relay_config", "running"]

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
         ("large_calendar_bench.py", ["--quick"], "cold sync to a new terminal"),
         ("idle_calendars_bench.py", ["--quick"], "peak RSS"),
         ("pg_fanout_bench.py", ["--quick"], "cross-process latency"),
+        ("pg_failover_bench.py", ["--quick"], "decided by the new home"),
     ],
 )
 def test_benchmark_runs_at_smoke_size_and_prints_its_figures(script: str, args: list[str], expected: str) -> None:

@@ -5,14 +5,13 @@ loses nothing it acknowledged."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from relays import Relay, RelayProcess, relay_config
+from relays import Relay, RelayProcess, relay_config, running
 from test_interop_yjs import NodeEnv, node_env, run_yclient
 from wire import NOW, WireClient
 
@@ -31,14 +30,10 @@ def status(client: WireClient, reservation_id: str) -> str | None:
 @pytest.fixture
 async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[list[RelayProcess]]:
     """Three ``accord relay`` processes on one database; the first is home of clinic-*."""
-    relays = [RelayProcess(tmp_path, "pg-a", "--home", "clinic-*", db=postgres_url),
-              RelayProcess(tmp_path, "pg-b", db=postgres_url), RelayProcess(tmp_path, "pg-c", db=postgres_url)]
-    try:
-        await asyncio.gather(*(relay.start() for relay in relays))
+    async with running([RelayProcess(tmp_path, "pg-a", "--home", "clinic-*", db=postgres_url),
+                        RelayProcess(tmp_path, "pg-b", db=postgres_url),
+                        RelayProcess(tmp_path, "pg-c", db=postgres_url)]) as relays:
         yield relays
-    finally:
-        for relay in relays:
-            relay.cleanup()
 
 
 @pytest.mark.slow

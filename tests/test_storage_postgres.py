@@ -21,7 +21,7 @@ from accord.engine.audit import AuditRecord, verify_chain
 from accord.engine.errors import CorruptRecord, StoreFault, StoreUnavailable, TransientStorageError
 from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
-from accord.engine.storage import open_storage
+from accord.engine.storage import FENCED, Fence, open_storage
 from accord.engine.storage.postgres import CHANNEL, PostgresStorage, classify_pg_error, notice_payload, parse_notice
 
 CAL = CalendarId("clinic-1")
@@ -302,3 +302,78 @@ async def test_an_unreachable_server_is_unavailable_with_the_url_but_not_the_pas
     with pytest.raises(StoreUnavailable, match=r"postgresql://postgres:\*\*\*@127\.0\.0\.1") as info:
         await open_storage(f"postgresql://postgres:sekrit@127.0.0.1:{port}/no_such_database")
     assert "sekrit" not in str(info.value)
+
+
+async def test_a_row_under_a_stale_fence_is_refused_and_the_rest_of_its_commit_stored(postgres_url: str) -> None:
+    store = await PostgresStorage.open(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("INSERT INTO accord.leases (name, epoch) VALUES ('home', 2)")
+        stale, current = Fence("home", 1), Fence("home", 2)
+        seqs = await store.append_many([(CAL, b"client"), (CAL, b"late verdict"), (CAL, b"verdict")],
+                                       fences=[None, stale, current])
+        assert seqs == [1, FENCED, 2]
+        assert await store.load(CAL) == [b"client", b"verdict"]
+        assert store.stats.fenced == 1
+        assert await store.append_many([(OTHER, b"x")], fences=[Fence("never-taken", 1)]) == [FENCED]
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_a_takeover_bump_waits_for_a_commit_that_checked_the_old_epoch(postgres_url: str) -> None:
+    """The fence row is read FOR SHARE: a bump (a new holder taking the lease) waits until the
+    commit that checked the old epoch ends, so the new holder reads that commit's rows."""
+    store = await PostgresStorage.open(postgres_url)
+    holder, taker = await asyncpg.connect(postgres_url), await asyncpg.connect(postgres_url)
+    try:
+        await holder.execute("INSERT INTO accord.leases (name, epoch) VALUES ('home', 1)")
+        tx = holder.transaction()
+        await tx.start()
+        assert await holder.fetchval("SELECT epoch FROM accord.leases WHERE name = 'home' FOR SHARE") == 1
+        bump = asyncio.ensure_future(taker.fetchval("UPDATE accord.leases SET epoch = epoch + 1 WHERE name = 'home' "
+                                                    "RETURNING epoch"))
+        done, _ = await asyncio.wait([bump], timeout=0.3)
+        assert not done  # blocked by the share lock
+        await holder.execute("INSERT INTO accord.meta (key, value) VALUES ('written-under-1', 'x')")
+        await tx.commit()
+        assert await asyncio.wait_for(bump, 5) == 2
+        assert await taker.fetchval("SELECT value FROM accord.meta WHERE key = 'written-under-1'") == "x"
+        assert await store.append_many([(CAL, b"late")], fences=[Fence("home", 1)]) == [FENCED]
+    finally:
+        await holder.close()
+        await taker.close()
+        await store.close()
+
+
+async def test_a_version_1_store_is_migrated_to_hold_leases_and_decided_marks(postgres_url: str) -> None:
+    await (await PostgresStorage.open(postgres_url)).close()
+    conn = await asyncpg.connect(postgres_url)
+    await conn.execute("DROP TABLE accord.leases, accord.decided; UPDATE accord.schema_version SET version = 1")
+    store = await PostgresStorage.open(postgres_url)
+    try:
+        assert await conn.fetchval("SELECT version FROM accord.schema_version") == 2
+        assert await store.append_many([(CAL, b"x")], fences=[Fence("home", 1)]) == [FENCED]
+        assert await store.undecided() == []
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_decided_marks_are_fenced_and_name_the_calendars_written_past_them(postgres_url: str) -> None:
+    store = await PostgresStorage.open(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("INSERT INTO accord.leases (name, epoch) VALUES ('home', 2)")
+        await store.append_many([(CAL, b"a"), (CAL, b"b"), (OTHER, b"c")])
+        assert await store.undecided() == [CAL, OTHER]  # no marks yet
+        assert await store.mark_decided({CAL: 2, OTHER: 1}, Fence("home", 2))
+        assert await store.undecided() == []
+        assert not await store.mark_decided({CAL: 5}, Fence("home", 1))  # a deposed holder's mark
+        await store.append(CAL, b"d")
+        assert await store.undecided() == [CAL]
+        assert await store.mark_decided({CAL: 1}, Fence("home", 2))  # never moves back
+        assert await conn.fetchval("SELECT seq FROM accord.decided WHERE calendar = $1", CAL) == 2
+    finally:
+        await conn.close()
+        await store.close()

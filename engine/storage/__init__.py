@@ -102,6 +102,33 @@ class Storage(Protocol):
         ...
 
 
+FENCED = 0
+"""The sequence number :meth:`FencedStorage.append_many` gives a row it refused: its fence is stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A fencing token: "store this only while lease ``name`` is at ``epoch``".
+
+    The holder of a lease (a relay cluster's home, :mod:`accord.relay.lease`) bumps the lease's
+    epoch in the store when it takes over; a row written under an older epoch (a deposed holder's
+    late decision) is refused in the very transaction that would store it."""
+
+    name: str
+    epoch: int
+
+
+class FencedStorage(Storage, Protocol):
+    """A store shared by several processes that can fence writes (PostgreSQL)."""
+
+    async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
+                          audit: list[AuditRecord] | None = None,
+                          fences: list[Fence | None] | None = None) -> list[int]:
+        """As :meth:`Storage.append_many`; ``fences`` (one per item, None: unfenced): an item whose
+        fence is not the lease's current epoch is not stored and gets seq :data:`FENCED`."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CompactionPolicy:
     """Compact a calendar's log once it holds more than ``max_rows`` updates."""
@@ -157,5 +184,6 @@ async def open_storage(target: str | Path, *, busy_timeout_ms: int = 5000) -> St
     return await SqliteStorage.open(Path(target), busy_timeout_ms=busy_timeout_ms)
 
 
-__all__ = ["CompactionPolicy", "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "is_postgres_url", "merge_log",
+__all__ = ["FENCED", "CompactionPolicy", "Fence", "FencedStorage",
+           "MemoryStorage", "SqliteStorage", "Storage", "classify_error", "is_postgres_url", "merge_log",
            "open_storage", "redact"]

@@ -21,6 +21,13 @@ both), for several relay processes sharing one database:
   per batch, never one per row. Listening is the relay's job (``relay/cluster.py``).
 - **Checked rows.** Each row carries a CRC-32 of its bytes; :meth:`load` raises
   :class:`~engine.errors.CorruptRecord` naming the calendar and row on a mismatch.
+- **Fenced writes.** ``append_many(..., fences=)`` reads each named lease's epoch in
+  ``accord.leases`` ``FOR SHARE`` inside the commit and refuses (seq :data:`~engine.storage.FENCED`)
+  the rows whose :class:`~engine.storage.Fence` is stale; the rest of the commit is stored. A relay
+  cluster's home fences its decisions with its lease epoch (``relay/lease.py``), so a deposed
+  holder's late decisions are never stored; a takeover's epoch bump waits for a commit that read
+  the old epoch. Sessions end a transaction left idle for 3 s (``idle_in_transaction_session_timeout``:
+  a frozen process must not hold a fence row, or a calendar's counter row, for long).
 - **Versioned schema**, in PostgreSQL schema ``accord``: created by the first relay that opens
   the database (under an advisory lock, so relays starting together do not race), migrated
   forward by a newer accord, refused by an older one ("upgrade accord").
@@ -57,16 +64,28 @@ from ..errors import (
 )
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
-from . import merge_log, redact  # the package is loaded before this module (it imports it lazily)
+from . import FENCED, Fence, merge_log, redact  # the package is loaded before this module (it imports it lazily)
 from .state_vectors import advance, update_spans
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "accord_updates"
 NOTIFY_LIMIT_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 ALL_CALENDARS = "*"
 MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the schema at a time
-SESSION = {"synchronous_commit": "on", "application_name": "accord"}
+# Transactions here are a few statements long: one left open (its process frozen, say, while it
+# holds a fence row FOR SHARE or a calendar's counter row) must not hold the other processes up long.
+SESSION = {"synchronous_commit": "on", "application_name": "accord", "idle_in_transaction_session_timeout": "3000"}
+LEASES = """CREATE TABLE accord.leases (
+        name text PRIMARY KEY,              -- e.g. 'home': one per cluster (relay/lease.py)
+        epoch bigint NOT NULL DEFAULT 0,    -- fencing token, +1 on every takeover
+        holder text NOT NULL DEFAULT '',    -- relay id of the process that took it last
+        since timestamptz
+    )"""
+DECIDED = """CREATE TABLE accord.decided (
+        calendar text PRIMARY KEY,
+        seq bigint NOT NULL                 -- a cluster's home decided every request in rows <= seq
+    )"""
 SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS accord",
     "CREATE TABLE accord.schema_version (version integer NOT NULL)",
@@ -96,10 +115,12 @@ SCHEMA = [
     )""",
     "CREATE TABLE accord.audit_heads (calendar text PRIMARY KEY, n bigint NOT NULL, hash text NOT NULL)",
     "CREATE TABLE accord.meta (key text PRIMARY KEY, value text NOT NULL)",
+    LEASES,
+    DECIDED,
     f"INSERT INTO accord.schema_version VALUES ({SCHEMA_VERSION})",
 ]
 # Migrations from version N to N + 1, appended as the schema grows: MIGRATIONS[N - 1].
-MIGRATIONS: list[list[str]] = []
+MIGRATIONS: list[list[str]] = [[LEASES, DECIDED]]
 
 BUMP_HEADS = """
 INSERT INTO accord.calendars AS c (calendar, head)
@@ -111,6 +132,7 @@ INSERT_ROWS = """
 INSERT INTO accord.updates (calendar, seq, origin, data, crc)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[])
 """
+CHECK_FENCES = "SELECT name, epoch FROM accord.leases WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE"
 SET_STATES = """
 UPDATE accord.calendars AS c SET state_vector = t.sv
 FROM unnest($1::text[], $2::bytea[]) AS t(name, sv) WHERE c.calendar = t.name
@@ -197,6 +219,7 @@ class _Pending:
     items: list[tuple[CalendarId, bytes]]
     future: asyncio.Future[list[int]]
     audit: list[AuditRecord] = field(default_factory=list)
+    fences: list[Fence | None] | None = None  # one per item
 
 
 @dataclass(slots=True)
@@ -206,6 +229,7 @@ class PgStats:
     commits: int = 0
     rows: int = 0
     notifies: int = 0
+    fenced: int = 0  # rows refused: their fence was stale
 
 
 class PostgresStorage:
@@ -263,13 +287,21 @@ class PostgresStorage:
         return (await self.append_many([(calendar, update)]))[0]
 
     async def append_many(self, items: list[tuple[CalendarId, bytes]], *,
-                          audit: list[AuditRecord] | None = None) -> list[int]:
+                          audit: list[AuditRecord] | None = None,
+                          fences: list[Fence | None] | None = None) -> list[int]:
         """Durably append updates, and ``audit`` entries to the audit log (chained, in the same
-        transaction); they commit together with whatever else is queued."""
+        transaction); they commit together with whatever else is queued.
+
+        ``fences``: one per item (None: unfenced). The commit reads each named lease's epoch
+        ``FOR SHARE`` (a takeover bumping it waits for this commit, and this commit sees a bump
+        committed before it); an item whose fence is stale is not stored and gets seq
+        :data:`~engine.storage.FENCED`. See :class:`~engine.storage.Fence`."""
         if self._closing:
             raise StorageError(f"store {self.name} is closed")
+        if fences is not None and len(fences) != len(items):
+            raise ValueError("append_many: one fence (or None) per item")
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(items, future, audit or []))
+        self._queue.append(_Pending(items, future, audit or [], fences if fences and any(fences) else None))
         self._wake.set()
         return await future
 
@@ -308,14 +340,19 @@ class PostgresStorage:
             conn.terminate()  # its state is unknown after a failure: a fresh session next time
 
     async def _commit(self, batch: list[_Pending]) -> list[list[int]]:
-        rows = [(calendar, bytes(update)) for pending in batch for calendar, update in pending.items]
-        counts: dict[CalendarId, int] = {}
-        for name, _ in rows:
-            counts[name] = counts.get(name, 0) + 1
-        spans = [update_spans(data) for _, data in rows]
+        offered = [(calendar, bytes(update)) for pending in batch for calendar, update in pending.items]
+        fences = [fence for pending in batch for fence in (pending.fences or [None] * len(pending.items))]
+        offered_spans = [update_spans(data) for _, data in offered]
         audit = [record for pending in batch for record in pending.audit]
         conn = await self._connection()
         async with conn.transaction():
+            stale = await _stale_fences(conn, fences)
+            kept = [fence not in stale for fence in fences]
+            rows = [row for row, keep in zip(offered, kept, strict=True) if keep]
+            spans = [row_spans for row_spans, keep in zip(offered_spans, kept, strict=True) if keep]
+            counts: dict[CalendarId, int] = {}
+            for name, _ in rows:
+                counts[name] = counts.get(name, 0) + 1
             firsts: dict[CalendarId, int] = {}
             states: dict[CalendarId, bytes | None] = {}
             if counts:
@@ -341,14 +378,17 @@ class PostgresStorage:
                 self.stats.notifies += 1
         self.stats.commits += 1
         self.stats.rows += len(rows)
+        self.stats.fenced += len(offered) - len(rows)
         if rows:
             ranges = {name: (firsts[name], next_seq[name] - 1) for name in counts}
             for hook in self.commit_hooks:
                 hook(ranges)
+        numbered = iter(seqs)
+        every = [next(numbered) if keep else FENCED for keep in kept]
         out: list[list[int]] = []
         index = 0
         for pending in batch:
-            out.append(seqs[index : index + len(pending.items)])
+            out.append(every[index : index + len(pending.items)])
             index += len(pending.items)
         return out
 
@@ -478,6 +518,36 @@ class PostgresStorage:
         await self._fetch(f"saving {key!r}", "INSERT INTO accord.meta (key, value) VALUES ($1, $2) "
                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
 
+    async def mark_decided(self, marks: dict[CalendarId, int], fence: Fence) -> bool:
+        """Record that the home decided every request of each calendar in its rows up to the
+        given seq, if ``fence`` is still current (False: it is not, nothing was recorded). A new
+        home loads only the calendars with rows past their mark (:meth:`undecided`)."""
+        names = sorted(marks)
+        found = await self._fetch(
+            "recording decisions",
+            "WITH ok AS (SELECT 1 FROM accord.leases WHERE name = $3 AND epoch = $4 FOR SHARE), "
+            "put AS (INSERT INTO accord.decided AS d (calendar, seq) SELECT t.name, t.seq "
+            "FROM unnest($1::text[], $2::bigint[]) AS t(name, seq), ok "
+            "ON CONFLICT (calendar) DO UPDATE SET seq = greatest(d.seq, excluded.seq) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM ok) AS fenced_ok", names, [marks[n] for n in names], fence.name, fence.epoch)
+        return bool(found[0]["fenced_ok"])
+
+    async def undecided(self) -> list[CalendarId]:
+        """Calendars with rows past their :meth:`mark_decided` mark (or without one), by name."""
+        found = await self._fetch("listing undecided calendars",
+                                  "SELECT c.calendar FROM accord.calendars c LEFT JOIN accord.decided d USING (calendar) "
+                                  'WHERE c.head > 0 AND (d.seq IS NULL OR c.head > d.seq) ORDER BY c.calendar COLLATE "C"')
+        return [CalendarId(r["calendar"]) for r in found]
+
+    async def claim_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already; return the stored one
+        (processes starting together agree on the first writer's value)."""
+        await self._fetch(f"saving {key!r}", "INSERT INTO accord.meta (key, value) VALUES ($1, $2) "
+                          "ON CONFLICT (key) DO NOTHING", key, value)
+        stored = await self.get_meta(key)
+        assert stored is not None  # meta rows are never deleted
+        return stored
+
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the connections."""
         if self._closing:
@@ -509,6 +579,16 @@ async def _merged(snapshot: bytes, replaced: list[bytes]) -> bytes:
             return bytes(snapshot)
 
     return await asyncio.to_thread(merge) if len(replaced) > 100 else merge()
+
+
+async def _stale_fences(conn: asyncpg.Connection, fences: list[Fence | None]) -> set[Fence]:
+    """The fences among ``fences`` whose lease is no longer at their epoch (read ``FOR SHARE``:
+    held until this transaction ends, so a takeover's bump is ordered before or after it)."""
+    named = {fence for fence in fences if fence is not None}
+    if not named:
+        return set()
+    epochs = {r["name"]: int(r["epoch"]) for r in await conn.fetch(CHECK_FENCES, sorted({f.name for f in named}))}
+    return {fence for fence in named if epochs.get(fence.name) != fence.epoch}
 
 
 async def _append_audit(conn: asyncpg.Connection, records: list[AuditRecord]) -> None:

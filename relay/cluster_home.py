@@ -1,0 +1,255 @@
+"""A relay cluster's home: decides only while its process holds the cluster's home lease.
+
+Every process of a cluster (a shared PostgreSQL store, :mod:`.failover`) may be given the same
+``--home`` globs; each runs a :class:`ClusterHome`, which decides nothing until
+:meth:`ClusterHome.activate` (its process took the home lease) and stops at once on
+:meth:`ClusterHome.step_down`. All of them sign with one cluster home key kept in the store, and
+each home record names the process that wrote it, so a takeover is a handover the new holder
+signs itself: for a calendar whose record names another process (or none), the new holder
+catches the calendar up with every row stored before its takeover, then writes the next epoch's
+record together with the previous epoch's verdicts signed again (one update, so both are stored
+or neither), fenced by the lease epoch; once it is stored, the holder decides. Every decision it
+writes is fenced too: the store refuses it once another process took the lease, so a deposed
+holder's late verdicts are never stored, applied or forwarded, and every verdict that was stored
+before the takeover is carried over. A calendar homed by a member of a cluster from before the
+shared key (its own ``relay_key:<id>``, still in the store) is handed over with that key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pycrdt import Doc, Map
+
+from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover
+from accord.engine.backoff import Backoff
+from accord.engine.decisions import DecisionMade, carried_over, carry_over_plan
+from accord.engine.errors import NotHome, StorageError
+from accord.engine.model import CalendarId
+from accord.engine.storage import Fence
+
+from .calendars import CalendarHandle, check_verdicts_off_loop
+from .home import Deciding, Home
+
+log = logging.getLogger(__name__)
+CLAIM_RETRY = Backoff(initial_s=0.1, factor=2.0, max_s=2.0, jitter=0.25)
+
+
+class ClusterHome(Home):
+    """A :class:`Home` that decides only between :meth:`activate` and :meth:`step_down` (see
+    the module docstring). Set :attr:`fence` (the lease's fence now, None once it is not
+    valid), :attr:`catch_up` (the cluster's) and :attr:`fenced` (give the lease up)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = False
+        self.fence: Callable[[], Fence | None] = lambda: None
+        self.catch_up: Callable[[CalendarId], Awaitable[None]] | None = None  # rows other processes stored
+        # The key a cluster member had before the shared home key (relay_key:<id>), to hand its calendars over.
+        self.member_key: Callable[[str], Awaitable[RelayKey | None]] | None = None
+        self.fenced: Callable[[], None] = lambda: None  # the store refused a decision: the lease moved on
+        self._taking: set[CalendarId] = set()  # takeover records submitted, not stored yet
+        self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
+        self._fenced_seen = 0
+
+    def quiet(self) -> list[CalendarId]:
+        """The calendars decided here with nothing left to decide or to store: every request in
+        the rows applied here is decided and its verdict stored (for the store's decided marks)."""
+        return [name for name, deciding in self._deciding.items()
+                if deciding.decider.queued == 0 and not deciding.captured and name not in self.pipeline.busy]
+
+    def first_write(self, handle: CalendarHandle) -> None:
+        if self._still_active():
+            super().first_write(handle)
+
+    async def calendar_loaded(self, handle: CalendarHandle) -> None:
+        if self.active and self.is_home_of(handle.name):
+            if handle.is_empty():  # taken on its first write (or claimed once rows come from elsewhere)
+                self._waiting.add(handle.name)
+            else:
+                self.claim_soon(handle)
+
+    def calendar_unloading(self, handle: CalendarHandle) -> None:
+        self._taking.discard(handle.name)
+        super().calendar_unloading(handle)
+
+    def activate(self) -> None:
+        """This process holds the home lease now (:attr:`fence` gives its epoch): claim home
+        calendars as they load (the caller loads those that may hold work, and passes the ones
+        loaded already to :meth:`claim_soon`)."""
+        self.active = True
+
+    def step_down(self) -> None:
+        """The lease is lost (or in doubt): stop deciding everything at once. Whatever this
+        process submitted and has not stored yet is refused by the store if another took over."""
+        if not self.active:
+            return
+        self.active = False
+        for task in self._claims.values():
+            task.cancel()
+        self._claims.clear()
+        for name in list(self._deciding):
+            self._stop(name)
+        self._waiting.clear()
+        self._taking.clear()
+        self.not_home.clear()
+        log.warning("stepped down as the cluster's home: another process takes over", extra={"relay": self.relay_id})
+
+    def _still_active(self) -> bool:
+        """False (after stepping down) once the lease is no longer valid."""
+        if self.active and self.fence() is None:
+            self.step_down()
+        return self.active
+
+    def claim_soon(self, handle: CalendarHandle) -> None:
+        """Claim ``handle`` (see :meth:`_claim`) in a task of its own (stepping down cancels it)."""
+        if handle.name in self._claims:
+            return
+        task = asyncio.create_task(self._claim(handle), name=f"claim-{handle.name}")
+        self._claims[handle.name] = task
+        task.add_done_callback(self._claimed)
+
+    def _claimed(self, task: asyncio.Task[None]) -> None:
+        for name, claiming in list(self._claims.items()):
+            if claiming is task:
+                del self._claims[name]
+
+    async def _claim(self, handle: CalendarHandle) -> None:
+        attempt = 0
+        while self.active and not handle.unloaded:
+            try:
+                await self._claim_once(handle)
+                return
+            except StorageError as exc:  # the store is failing: its rows are needed first; try again
+                log.warning("home calendar not claimed yet", extra={"calendar": handle.name, "error": str(exc)})
+            except Exception:  # a bug: log it; the other calendars go on
+                log.exception("home claim error", extra={"calendar": handle.name})
+                return
+            await asyncio.sleep(CLAIM_RETRY.delay_s(attempt))
+            attempt += 1
+
+    def close(self) -> None:
+        """Stop claiming (the relay stops)."""
+        for task in self._claims.values():
+            task.cancel()
+        self._claims.clear()
+
+    async def _claim_once(self, handle: CalendarHandle) -> None:
+        """Decide ``handle`` as the lease holder: catch it up with every row stored before the
+        takeover (so that every verdict a replica may have counted is carried over), then take
+        it, directly (its record names this process and key) or by a takeover record."""
+        name = handle.name
+        if name in self._deciding or name in self._taking or name in self._waiting:
+            return
+        if self.catch_up is not None:
+            await self.catch_up(name)
+        if handle.unloaded or not self._still_active():
+            return
+        if handle.is_empty():
+            self._waiting.add(name)
+            return
+        home = handle.replica.calendar.home_record
+        if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
+            await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
+            if not handle.unloaded and self._still_active() and name not in self._deciding:
+                self._take(handle)
+            return
+        signer = self.key
+        if home is not None and home.public_key != self.key.public:  # a home from before the shared key?
+            found = await self.member_key(home.relay_id) if self.member_key is not None else None
+            if found is None or found.public != home.public_key:
+                self._refuse(handle, NotHome(name, home.relay_id, home.epoch))
+                return  # a home outside this cluster: only it can hand the calendar over
+            signer = found
+        if not handle.unloaded and self._still_active() and handle.replica.calendar.home_record == home:
+            await self._take_over(handle, home, signer)
+
+    async def _take_over(self, handle: CalendarHandle, current: HomeRecord | None, signer: RelayKey) -> None:
+        """Write, fenced, the record that makes this process the calendar's home (epoch 1 if it
+        has none; else signed by ``signer``, ``current``'s key) and, in the same update, the
+        previous home's verdicts signed again (checked and signed in a worker thread)."""
+        started = time.perf_counter()
+        calendar = handle.replica.calendar
+        if current is None:
+            record, encoded = first_home(handle.name, self.relay_id, self.key)
+            signed: list[tuple[str, str, Verdict]] = []
+        else:
+            record, encoded = handover(current, signer, self.relay_id, self.key.public)
+            signed = await asyncio.to_thread(self._sign_again, handle.name, carry_over_plan(calendar, skip_decided=False),
+                                             current, record.epoch)
+        fence = self.fence()
+        moved_on = calendar.home_record != current or handle.name in self._deciding or handle.name in self._taking
+        if fence is None or handle.unloaded or moved_on:
+            return  # stepped down, or the calendar moved on meanwhile: claimed again if need be
+        sink: Doc[Any] = Doc()
+        captured: list[bytes] = []
+        sink.observe(lambda event: captured.append(event.update))
+        homes, verdicts = sink.get("homes", type=Map), sink.get("verdicts", type=Map)
+        origin = ("decider", self.relay_id)
+        with sink.transaction(origin=origin):
+            for entry_key, text, _verdict in signed:
+                verdicts[entry_key] = text
+            homes[record.entry_key(encoded)] = encoded
+        # Once the record is applied, reads of these verdicts under it need no signature check.
+        calendar.verifier.remember({(key, text): verdict for key, text, verdict in signed}, record)
+        self._taking.add(handle.name)
+        log.info("taking over as home", extra={"calendar": handle.name, "epoch": record.epoch,
+                                               "previous": current.relay_id if current else "-",
+                                               "lease_epoch": fence.epoch, "verdicts": len(signed),
+                                               "ms": round((time.perf_counter() - started) * 1000, 1)})
+        for update in captured:
+            self.pipeline.submit_withheld(handle, update, origin, fence)
+
+    def _sign_again(self, calendar: str, plan: Any, previous: HomeRecord, epoch: int) -> list[tuple[str, str, Verdict]]:
+        """``(entry key, encoded, verdict)`` of every verdict carried over (in a worker thread)."""
+        out = []
+        for _rid, again, _current in carried_over(calendar, plan, previous, self.relay_id, epoch):
+            text = again.sign(self.key)
+            out.append((again.entry_key(text), text, again))
+        return out
+
+    def batch_stored(self, handles: list[CalendarHandle]) -> None:
+        """Decide what just became durable, while the lease holds (and notice a fenced write)."""
+        if self.metrics.fenced_writes != self._fenced_seen:  # another process took over the lease
+            self._fenced_seen = self.metrics.fenced_writes
+            if self.active:
+                log.warning("the store refused this home's decisions (fenced): stepping down",
+                            extra={"relay": self.relay_id, "fenced": self._fenced_seen})
+                self.step_down()
+                self.fenced()
+        if not self._still_active():
+            return
+        now = self.clock()
+        for handle in handles:
+            name = handle.name
+            if name in self._waiting:
+                if not handle.is_empty():  # content came from elsewhere: take it as any claim does
+                    self._waiting.discard(name)
+                    self.claim_soon(handle)
+                continue
+            if name in self._taking:
+                home = handle.replica.calendar.home_record
+                if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
+                    self._taking.discard(name)  # the takeover record is stored: decide from now on
+                    self._take(handle)
+                continue
+            deciding = self._deciding.get(name)
+            if deciding is None:
+                continue
+            if not deciding.decider.still_home():  # another epoch's record won (raced first records)
+                self._stop(name)
+                self.claim_soon(handle)
+                continue
+            self._record(handle, deciding, deciding.decider.decide_queued(now))
+
+    def _record(self, handle: CalendarHandle, deciding: Deciding, made: list[DecisionMade],
+                fence: Fence | None = None) -> None:
+        fence = self.fence()
+        if fence is None:
+            self.step_down()  # the lease went while deciding: these verdicts are not written
+            return
+        super()._record(handle, deciding, made, fence)
