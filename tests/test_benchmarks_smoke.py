@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
         ("idle_calendars_bench.py", ["--quick"], "peak RSS"),
         ("pg_fanout_bench.py", ["--quick"], "cross-process latency"),
         ("pg_failover_bench.py", ["--quick"], "decided by the new home"),
+        ("pg_scale_bench.py", ["--quick"], "ms/1k deliveries"),
     ],
 )
 def test_benchmark_runs_at_smoke_size_and_prints_its_figures(script: str, args: list[str], expected: str) -> None:
