@@ -288,8 +288,10 @@ class TerminalStore:
         async with self._write_locks.setdefault(name, asyncio.Lock()):
             _rows, top = await storage.log_length(name)
             await storage.compact(name, top, EMPTY_UPDATE)
-            await self._require_ledger().forget_local(name, at)
+            # Empty the replica before the hold is lifted: the link may (re)connect at any await
+            # and sync every calendar not held, from the replica as it is then.
             await self._reload_replica(name)
+            await self._require_ledger().forget_local(name, at)
         return dropped
 
     def pending(self, name: CalendarId) -> int:
