@@ -313,11 +313,17 @@ class Calendar:
             kept[reservation_id] = state
         return state
 
+    @property
+    def first_read_pending(self) -> bool:
+        """True for a large calendar (:data:`READ_CACHE_MIN`) no whole read has parsed yet: the
+        one read that costs O(n); after it, reads cost what changed (see :meth:`read_snapshot`)."""
+        return self._reads is None and len(self.reservations) >= READ_CACHE_MIN
+
     def read_snapshot(self) -> ReadSnapshot | None:
         """For a large calendar not read whole yet: what :meth:`parse_snapshot` needs, taken from
         the document now (the one costly step here is Yrs' ``to_json`` of the reservations), so
         that the parsing can run in a worker thread. None: nothing to prepare."""
-        if self._reads is not None or len(self.reservations) < READ_CACHE_MIN:
+        if not self.first_read_pending:
             return None
         return ReadSnapshot(str(self.reservations), self.home_record, self.has_home,
                             {rid: builtins.list(v) for rid, v in self._verdict_index().items()}, self.doc.get_state())
@@ -418,6 +424,20 @@ class Calendar:
         if reads is None:
             return self._read_all()
         return {rid: dict(fields) for rid, fields in reads.fields.items()}
+
+    def fields_of(self, reservation_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The raw fields of these reservations (fresh copies; ids this replica lacks are left out):
+        for a page of results, without copying the whole calendar as :meth:`all_fields` does."""
+        reads = self._read_cache()
+        out: dict[str, dict[str, Any]] = {}
+        for rid in reservation_ids:
+            if reads is not None:
+                fields = reads.fields.get(rid)
+                if fields is not None:
+                    out[rid] = dict(fields)
+            elif isinstance(self.reservations.get(rid), Map):
+                out[rid] = self._fields(rid)
+        return out
 
     def _read_all(self) -> dict[str, dict[str, Any]]:
         data = json.loads(str(self.reservations)) if len(self.reservations) else {}

@@ -216,7 +216,10 @@ async def read_off_loop(calendar: Calendar) -> None:
     """Parse a large calendar's reservations in a worker thread before its first whole read
     (``list``: a FHIR search), so the event loop pays only Yrs' ``to_json`` of them (~0.15 s
     at 10,000) instead of the parsing too (~0.5 s). Verdicts are checked first, off the loop
-    too. If the calendar changes meanwhile, the read that follows parses it inline as before."""
+    too. If the calendar changes meanwhile, the read that follows parses it inline as before.
+    Costs nothing once the calendar was read whole (every FHIR request calls it)."""
+    if not calendar.first_read_pending:
+        return
     await check_verdicts_off_loop(calendar)
     snapshot = calendar.read_snapshot()
     if snapshot is None:

@@ -28,7 +28,10 @@ def fresh(calendar: Calendar) -> Calendar:
 def same(calendar: Calendar) -> list[Reservation]:
     got = calendar.list()
     assert got == fresh(calendar).list()
-    assert calendar.all_fields() == fresh(calendar).all_fields()
+    everything = fresh(calendar).all_fields()
+    assert calendar.all_fields() == everything
+    page = [*list(everything)[:3], *list(everything)[-3:], "no-such-id"]
+    assert calendar.fields_of(page) == fresh(calendar).fields_of(page) == {k: everything[k] for k in page[:-1]}
     return got
 
 

@@ -252,7 +252,7 @@ class FhirApi:
             links["next"] = page_url(base, "Appointment", others, count, offset + count)
         if offset > 0:
             links["previous"] = page_url(base, "Appointment", others, count, max(0, offset - count))
-        every = calendar.all_fields() if page else {}
+        every = calendar.fields_of(r.id for r in page)
         included: list[dict[str, Any]] = []
         if provenance and page:
             shown = {r.id for r in page}
