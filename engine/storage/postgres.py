@@ -76,6 +76,9 @@ MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the s
 # Transactions here are a few statements long: one left open (its process frozen, say, while it
 # holds a fence row FOR SHARE or a calendar's counter row) must not hold the other processes up long.
 SESSION = {"synchronous_commit": "on", "application_name": "accord", "idle_in_transaction_session_timeout": "3000"}
+# A server that stops answering fails the call (TimeoutError: transient, the writer's session is
+# replaced and the caller may retry) instead of holding the writer, and every append behind it, forever.
+LIMITS: dict[str, float] = {"timeout": 15.0, "command_timeout": 60.0}
 LEASES = """CREATE TABLE accord.leases (
         name text PRIMARY KEY,              -- e.g. 'home': one per cluster (relay/lease.py)
         epoch bigint NOT NULL DEFAULT 0,    -- fencing token, +1 on every takeover
@@ -268,13 +271,13 @@ class PostgresStorage:
         ``readers``: connections in the pool for reads (loads, catch-up fetches, metadata)."""
         name = redact(url)
         try:
-            writer = await asyncpg.connect(url, server_settings=SESSION)
+            writer = await asyncpg.connect(url, server_settings=SESSION, **LIMITS)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to store {name}: {exc}; is the PostgreSQL server running and "
                                    "the URL right (postgresql://user[:password]@host[:port]/database)?") from exc
         try:
             await _prepare_schema(writer, name)
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=readers, server_settings=SESSION)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=readers, server_settings=SESSION, **LIMITS)
         except BaseException:
             await writer.close()
             raise
@@ -331,7 +334,7 @@ class PostgresStorage:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._writer_conn is None or self._writer_conn.is_closed():
-            self._writer_conn = await asyncpg.connect(self.url, server_settings=SESSION)
+            self._writer_conn = await asyncpg.connect(self.url, server_settings=SESSION, **LIMITS)
         return self._writer_conn
 
     async def _drop_writer(self) -> None:
