@@ -42,7 +42,7 @@ from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
 from accord.engine.slots import compute_slots, holds_on, open_intervals, zone_of
 from accord.engine.storage import Storage, is_postgres_url, merge_log, open_storage, redact
-from accord.engine.storage.backup import backup, make_standalone
+from accord.engine.storage.backup import backup, fsync_path, make_standalone
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 WAL_MODE = 2  # the file format version bytes (header offsets 18 and 19) of a database in WAL mode
@@ -318,18 +318,10 @@ async def backup_store(source: Path, dest: Path, *, force: bool = False) -> dict
         report = await check_store(partial)
         if report["ok"]:
             partial.replace(dest)
-            _fsync_folder(dest.parent)
+            fsync_path(dest.parent)  # the rename itself is durable
     finally:
         partial.unlink(missing_ok=True)
     return {**report, "path": str(dest), "source": str(source)}
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def compact_store(path: Target) -> dict[str, object]:

@@ -60,7 +60,7 @@ def _backup(source: Path, dest: Path) -> None:
         raise StoreUnavailable(f"cannot back up {source}: {exc} (is it an accord store?)") from exc
     finally:
         src.close()
-    _fsync(dest)
+    fsync_path(dest)
 
 
 def _make_standalone(path: Path) -> None:
@@ -71,10 +71,11 @@ def _make_standalone(path: Path) -> None:
         raise StoreUnavailable(f"cannot switch {path} to rollback-journal mode: {exc}") from exc
     finally:
         conn.close()
-    _fsync(path)
+    fsync_path(path)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's: its entries') data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
