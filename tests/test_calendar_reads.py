@@ -25,6 +25,21 @@ def fresh(calendar: Calendar) -> Calendar:
     return other
 
 
+def book_many(calendar: Calendar, count: int) -> list[Reservation]:
+    """``count`` back-to-back half-hour bookings of room-1 (declared here)."""
+    calendar.put_resource("room-1")
+    return [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
+                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
+            for i in range(count)]
+
+
+def homed_calendar(count: int) -> tuple[Calendar, list[Reservation]]:
+    """A calendar with a home (tests/homes.py) and ``count`` requests, none decided yet."""
+    calendar = Calendar(CAL, actor="desk")
+    take_home(calendar)
+    return calendar, book_many(calendar, count)
+
+
 def same(calendar: Calendar) -> list[Reservation]:
     got = calendar.list()
     assert got == fresh(calendar).list()
@@ -38,10 +53,7 @@ def same(calendar: Calendar) -> list[Reservation]:
 def test_reads_of_a_large_calendar_follow_every_kind_of_change() -> None:
     desk = Replica(CAL, actor="desk", client_id=7)
     calendar = desk.calendar
-    calendar.put_resource("room-1")
-    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
-                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
-            for i in range(READ_CACHE_MIN + 20)]
+    made = book_many(calendar, READ_CACHE_MIN + 20)
     assert len(same(calendar)) == len(made) and calendar._reads is not None  # the kept reads are in use
 
     calendar.cancel(made[0].id, reason="called", now=NOW)  # a local edit
@@ -86,12 +98,7 @@ async def test_verdicts_checked_in_a_worker_thread_read_as_checked_inline() -> N
     from accord.engine.authority import RelayKey
     from accord.relay.calendars import OFF_LOOP_VERDICTS, check_verdicts_off_loop
 
-    calendar = Calendar(CAL, actor="desk")
-    calendar.put_resource("room-1")
-    take_home(calendar)
-    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
-                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
-            for i in range(OFF_LOOP_VERDICTS + 50)]
+    calendar, made = homed_calendar(OFF_LOOP_VERDICTS + 50)
     for item in made[:-1]:
         decide(calendar, item.id, Decision.BOOKED)
     decide(calendar, made[-1].id, Decision.BOOKED, key=RelayKey.generate())  # not the home's key: a forgery
@@ -110,12 +117,7 @@ async def test_reads_parsed_in_a_worker_thread_are_kept_only_if_nothing_changed_
     change that lands between the snapshot and the parse's end must not be lost."""
     from accord.relay.calendars import read_off_loop
 
-    calendar = Calendar(CAL, actor="desk")
-    calendar.put_resource("room-1")
-    take_home(calendar)
-    made = [calendar.book(resource="room-1", start=NOW + timedelta(minutes=30 * i),
-                          end=NOW + timedelta(minutes=30 * i + 30), patient=f"P{i}", now=NOW)
-            for i in range(READ_CACHE_MIN + 10)]
+    calendar, made = homed_calendar(READ_CACHE_MIN + 10)
     decide(calendar, made[0].id, Decision.BOOKED)
     loaded = fresh(calendar)
     await read_off_loop(loaded)
