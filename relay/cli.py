@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from accord import config_file, logs
+from accord import config_file, event_loop, logs
 from accord.engine.errors import AccordError, ExitCode
 
 from .config import DEFAULT_MAX_CALENDAR_BYTES, DEFAULT_MAX_RESERVATIONS, RelayConfig
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default=logs.LogFormat.TEXT, choices=[str(f) for f in logs.LogFormat],
                         help="key=value text lines (default) or one JSON object per line; both stamped in RFC 3339 "
                              "with the UTC offset, both with ids and counts only (never patient data or tokens)")
+    event_loop.add_flag(parser)
     parser.add_argument(config_file.CONFIG_FLAG, type=Path, default=None, metavar="FILE",
                         help="read options from a TOML file: every flag above is a key, named like the flag without "
                              "'--' (port = 8765, home = [\"clinic-*\"], insecure-open = true); flags given here "
@@ -186,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         peer_ca_path=args.peer_ca_file, fhir_port=args.fhir_port,
     )
     try:
-        return asyncio.run(serve_until_signalled(config, args.port_file))
+        loop = event_loop.resolve(args.loop)
+    except event_loop.LoopUnavailable as exc:
+        print(f"accord relay: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return event_loop.run(serve_until_signalled(config, args.port_file), loop)
     except AccordError as exc:
         print(f"accord relay: {exc}", file=sys.stderr)
         return ExitCode.ERROR

@@ -39,6 +39,7 @@ from typing import TypeVar
 import pycrdt
 from websockets.asyncio.server import Server, serve
 
+from accord import event_loop
 from accord.engine.audit import AuditEntry
 from accord.engine.backoff import Backoff
 from accord.engine.calendar import Calendar
@@ -275,7 +276,8 @@ class Relay:
         log.info("relay listening", extra={"relay": config.relay_id, "url": self.url, "board": self.board_url,
                                            "home": ",".join(config.home_globs) or "-",
                                            "auth": "open" if self.tokens.is_open else "tokens",
-                                           "tls": self.tls.fingerprint if self.tls is not None else "off"})
+                                           "tls": self.tls.fingerprint if self.tls is not None else "off",
+                                           "loop": event_loop.running_loop_name()})
         if self.tls is None and config.host not in LOOPBACK:
             log.warning("listening without TLS on a non-loopback address (--insecure-plaintext): tokens and patient "
                         "data cross the network in the clear unless a TLS proxy is in front of this relay",
