@@ -194,6 +194,12 @@ class UpdatePolicy:
             return []
         return self.judge(update, first_only=first_only)
 
+    def entries_in(self, root: int) -> int:
+        """How many keys the root map with code ``root`` holds (one of the roots whose entries
+        are written once and never deleted, e.g. reservations): what ``len()`` of that map says,
+        without asking the document (a pycrdt transaction per call, on every update's quota check)."""
+        return len(self.index.keys.get(root, ()))
+
     def new_entries(self, update: bytes, root: int) -> int:
         """How many entries ``update`` would add to the root map with code ``root`` (for quotas).
 

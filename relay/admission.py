@@ -199,7 +199,7 @@ class Admission:
         if self._bytes[handle.name] + len(update) > self.max_calendar_bytes:
             return Refusal(CloseCode.FORBIDDEN, f"calendar is full: it may hold {self.max_calendar_bytes >> 20} MiB "
                                                 "(relay limit --max-calendar-mb)", "calendar_bytes")
-        held = len(handle.replica.calendar.reservations)
+        held = policy.entries_in(RESERVATIONS)
         # A new reservation takes more than 16 bytes of an update: count them only when it matters.
         # Only new entries count: a calendar already past the limit (it was lowered, or the relay's
         # own writes passed it) still takes edits, so that reservations can be cancelled or moved.

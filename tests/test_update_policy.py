@@ -19,7 +19,7 @@ from accord.engine.errors import InvalidTransition, MalformedMessage
 from accord.engine.item_places import PlaceIndex
 from accord.engine.lib0 import read_any, read_var_uint
 from accord.engine.map_order import last_item
-from accord.engine.place_codes import Field
+from accord.engine.place_codes import RESERVATIONS, Field
 from accord.engine.protocol import decode_state_vector, write_var_uint
 from accord.engine.replica import Replica
 from accord.engine.update_policy import Category, UpdatePolicy, Violation
@@ -179,6 +179,21 @@ def applied(relay: Relay, forged: bytes) -> Doc[Any]:
     copy.apply_update(relay.replica.full_state())
     copy.apply_update(forged)
     return copy
+
+
+def test_the_policy_counts_reservations_as_the_document_does() -> None:
+    """The relay's quota check counts reservations from the policy's index, not the document."""
+    relay = Relay.start(1)
+    desk, rid = booked(relay)
+    for start in ("10:00", "11:00", "12:00"):
+        book(desk, start, f"{start[:2]}:30")
+    desk.calendar.edit(rid, note="bring x-rays", now=NOW)
+    desk.calendar.cancel(rid, now=NOW, reason="moved away")
+    for change in pushed(desk):
+        assert relay.receive(change) == []
+    assert relay.policy.entries_in(RESERVATIONS) == len(relay.replica.calendar.reservations) == 4
+    reloaded = Relay.start(2, relay.replica.full_state())
+    assert reloaded.policy.entries_in(RESERVATIONS) == 4
 
 
 # ---- rule 1: reservation entries are never deleted or overwritten --------------------------------
