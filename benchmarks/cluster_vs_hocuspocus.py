@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -255,8 +256,9 @@ async def run_scenario(cluster: Cluster, sc: Scenario, rep: int, args: argparse.
 def describe(row: dict[str, Any]) -> str:
     if not row.get("ok"):
         return f"FAIL {row.get('error')}"
-    return (f"{row['deliveries_per_s']:,.0f} deliveries/s, cross-instance p50 {row['lat_cross_p50_ms']} ms "
-            f"p99 {row['lat_cross_p99_ms']} ms, instances {row['servers_cpu_ms_per_1k']} ms/1k, "
+    return (f"{row['deliveries_per_s']:,.0f} deliveries/s, cross-instance p50 {row.get('lat_cross_p50_ms')} ms "
+            f"p99 {row.get('lat_cross_p99_ms')} ms (all: {row['lat_p50_ms']}, {row['lat_p99_ms']} ms), "
+            f"instances {row['servers_cpu_ms_per_1k']} ms/1k, "
             f"backend {row['backend_cpu_ms_per_1k']} ms/1k, drivers {row['driver_cpu_pct']} %")
 
 
@@ -266,8 +268,8 @@ def describe(row: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """One markdown line per (instances, scenario, system): medians over the ok runs."""
     lines = ["| instances | scenario | system | runs ok | deliveries/s | cross-instance p50 ms | p99 ms "
-             "| instances' CPU ms/1k deliv. | backend CPU ms/1k | total ms/1k | driver CPU % |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| all p50 / p99 ms | instances' CPU ms/1k deliv. | backend CPU ms/1k | total ms/1k | driver CPU % |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["instances"], row["scenario"], row["system"]), []).append(row)
@@ -280,9 +282,32 @@ def table(rows: list[dict[str, Any]]) -> str:
         total = median(r["servers_cpu_ms_per_1k"] + r["backend_cpu_ms_per_1k"] for r in ok)
         lines.append(f"| {instances} | {scenario} | {system} | {len(ok)}/{len(runs)} | {cell('deliveries_per_s')} "
                      f"| {cell('lat_cross_p50_ms', 1)} | {cell('lat_cross_p99_ms', 1)} "
+                     f"| {cell('lat_p50_ms', 1)} / {cell('lat_p99_ms', 1)} "
                      f"| {cell('servers_cpu_ms_per_1k', 1)} | {cell('backend_cpu_ms_per_1k', 1)} "
                      f"| {fmt(total, 1)} | {cell('driver_cpu_pct')} |")
     return "\n".join(lines)
+
+
+class MachineShare:
+    """How much CPU the rest of the machine used while this benchmark ran (other work skews every number)."""
+
+    def __init__(self, servers_cpu_s: Callable[[], float]) -> None:
+        self.servers_cpu_s = servers_cpu_s  # this benchmark's processes that are not its children
+        self.started = time.monotonic()
+        self.busy0, self.own0 = self.busy_s(), self.own_s()
+
+    @staticmethod
+    def busy_s() -> float:
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def own_s(self) -> float:
+        mine = os.times()  # this process and its reaped children: the drivers and the stopped instances
+        return mine.user + mine.system + mine.children_user + mine.children_system + self.servers_cpu_s()
+
+    def others_pct(self) -> int:
+        others = (self.busy_s() - self.busy0) - (self.own_s() - self.own0)
+        return round(100 * others / ((time.monotonic() - self.started) * (os.cpu_count() or 1)))
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -398,16 +423,20 @@ def main(argv: list[str] | None = None) -> int:
               f"on) vs @hocuspocus/server {meta['hocuspocus']} + extension-redis {meta['extension_redis']} (ioredis "
               f"{meta['ioredis']}) on redis-server {redis.version} (no persistence); driver {meta['driver']}, "
               f"{args.drivers} processes; {args.clients} clients, client i on instance i mod n", flush=True)
+        own = MachineShare(lambda: tree_cpu_s(postmaster_pid(pg)) + redis.cpu_s())
         try:
             rows = asyncio.run(run(args, pg, redis, work, started))
         except KeyboardInterrupt:
             print("cluster_vs_hocuspocus: interrupted; stopped everything it started", file=sys.stderr)
             return 130
+        meta["others_cpu_pct"], meta["load_average"] = own.others_pct(), " ".join(f"{x:.1f}" for x in os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in [{"meta": meta}, *rows]))
     print(table(rows))
     print(f"rows in {args.out}; cells are medians over {args.repeat} run(s); CPU per 1k deliveries covers each "
           "scenario whole (connects, updates, settle until idle)")
+    print(f"conditions: processes other than this benchmark's used {meta['others_cpu_pct']} % of the machine's "
+          f"{os.cpu_count()} cores during the run; load average at the end {meta['load_average']}")
     return 0 if all(r.get("ok") for r in rows) else 1
 
 
