@@ -2,16 +2,18 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/cluster_vs_hocuspocus.py             # 2 and 3 instances, 12 clients
+    .venv/bin/python benchmarks/cluster_vs_hocuspocus.py             # 1, 2 and 3 instances, 12 clients
     .venv/bin/python benchmarks/cluster_vs_hocuspocus.py --repeat 2  # medians over 2 interleaved runs
     .venv/bin/python benchmarks/cluster_vs_hocuspocus.py --quick     # a smoke run (< 1 min)
 
 Both clusters get the same workload from the same driver (``benchmarks/peers/load.mjs``, the one
 ``relay_vs_peers.py`` uses: stock Yjs clients, one nested ``Y.Map`` per reservation, inserts and
 edits): ``--clients`` clients on one document, client i on instance i mod n, so most updates cross
-instances. Two scenarios: **paced** (``--rate`` updates/s over all clients for ``--seconds``) and
-**tight loop** (``--burst`` updates per client as fast as the drivers go). Every client receives
-every other client's updates: ``clients * updates * (clients - 1)`` deliveries.
+instances (1 instance is the reference: nothing crosses). Scenarios: **paced**, one per ``--rate``
+value (updates/s over all clients for ``--seconds``; default 120/s, well below what the machine can
+carry, and 600/s, near it) and **tight loop** (``--burst`` updates per client as fast as the drivers
+go). Every client receives every other client's updates: ``clients * updates * (clients - 1)``
+deliveries.
 
 - **accord**: n ``accord relay`` processes on one throwaway PostgreSQL server (tests/postgres.py,
   fsync on). Every update is committed (``synchronous_commit=on``) before it is forwarded; the
@@ -25,7 +27,8 @@ cross-instance latency p50/p99 (writer's stamp to a receiver on another instance
 reads one clock), CPU per 1000 deliveries of the instances (summed) and of the backend (the
 PostgreSQL server with all its backends, or the Redis process), over the whole scenario including
 connects and a settle until all of them are idle; the drivers' CPU. Results also go to
-``--out`` (JSON lines). Scenarios run interleaved (run -> instances -> scenario -> cluster).
+``--out`` (JSON lines). Scenarios run interleaved (instances -> run -> scenario -> cluster; which
+cluster goes first alternates by run).
 
 Needs: node 20+ and npm (the pinned Node packages, ``benchmarks/peers/package-lock.json``, are
 installed into ``.cache/bench-node`` on first use, as for relay_vs_peers.py), ``redis-server``
@@ -314,10 +317,13 @@ class MachineShare:
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    per_client = max(1, round(args.rate * args.seconds / args.clients))
-    return [Scenario("paced", f"paced {args.clients}x{per_client} @{args.rate:g}/s", "paced", args.clients,
-                     per_client, rate=args.rate),
-            Scenario("tight", f"tight loop {args.clients}x{args.burst}", "fanout", args.clients, args.burst)]
+    """One paced scenario per ``--rate`` (updates/s over all clients for ``--seconds``), then the tight loop."""
+    paced = []
+    for rate in args.rate:
+        per_client = max(1, round(rate * args.seconds / args.clients))
+        paced.append(Scenario(f"paced-{rate:g}", f"paced {args.clients}x{per_client} @{rate:g}/s", "paced",
+                              args.clients, per_client, rate=rate))
+    return [*paced, Scenario("tight", f"tight loop {args.clients}x{args.burst}", "fanout", args.clients, args.burst)]
 
 
 def missing_prerequisites(args: argparse.Namespace) -> list[str]:
@@ -339,11 +345,12 @@ def missing_prerequisites(args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--instances", type=lambda t: [int(p) for p in t.split(",")], default=[2, 3],
-                        help="instance counts, comma separated (default 2,3)")
+    parser.add_argument("--instances", type=lambda t: [int(p) for p in t.split(",")], default=[1, 2, 3],
+                        help="instance counts, comma separated (default 1,2,3)")
     parser.add_argument("--clients", type=int, default=12, help="clients on the one document (default 12)")
-    parser.add_argument("--rate", type=float, default=600.0,
-                        help="paced: updates/s over all clients (default 600: 50/s each for 12)")
+    parser.add_argument("--rate", type=lambda t: [float(r) for r in t.split(",")], default=[120.0, 600.0],
+                        help="paced: updates/s over all clients, one scenario per value, comma separated "
+                             "(default 120,600: 10/s and 50/s each for 12 clients)")
     parser.add_argument("--seconds", type=float, default=5.0, help="paced: how long it sends (default 5)")
     parser.add_argument("--burst", type=int, default=200, help="tight loop: updates per client (default 200)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of everything, interleaved; medians (default 1)")
@@ -358,7 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a smoke run: 2 instances, 4 clients, 1 s paced at 80/s, bursts of 20, one driver")
     args = parser.parse_args(argv)
     if args.quick:
-        args.instances, args.clients, args.rate, args.seconds, args.burst, args.drivers = [2], 4, 80.0, 1.0, 20, 1
+        args.instances, args.clients, args.rate, args.seconds, args.burst, args.drivers = [2], 4, [80.0], 1.0, 20, 1
     if args.clients < 2 or args.repeat < 1 or args.drivers < 1 or min(args.instances) < 1:
         parser.error("--clients must be at least 2; --repeat, --drivers and --instances at least 1")
     return args
