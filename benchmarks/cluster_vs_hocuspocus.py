@@ -395,6 +395,14 @@ async def run(args: argparse.Namespace, pg: PostgresServer, redis: RedisServer, 
     return rows
 
 
+def kill_leftovers(servers: list[RunningServer]) -> None:
+    """Last resort (the clusters' own ``finally`` normally stopped them): kill any instance still running."""
+    for server in servers:
+        if server.proc is not None and server.alive():
+            server.proc.kill()
+            server.proc.wait(timeout=5)
+
+
 def interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: every finally and context manager below stops what it started
 
@@ -411,14 +419,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster_vs_hocuspocus: cannot run: @hocuspocus/extension-redis is missing from {NODE_HOME}; "
               "delete .cache/bench-node/.installed and run again (npm ci)", file=sys.stderr)
         return MISSING
-    signal.signal(signal.SIGTERM, interrupted)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind the same way (asyncio.run's own SIGINT cancel is not used)
+        signal.signal(signum, interrupted)
     started: list[RunningServer] = []
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cluster-bench-")))
         pg = stack.enter_context(running_server(fsync=True))
         redis = stack.enter_context(running_redis(args.redis_server, work))
-        # last resort (asyncio.run's own cleanup normally stopped them): kill any instance still running
-        stack.callback(lambda: [server.proc.kill() for server in started if server.alive() and server.proc])
+        stack.callback(kill_leftovers, started)
         meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **machine_description(),
                 "accord": accord_version(), "postgresql": postgres_version(pg), "redis": redis.version,
                 "hocuspocus": node_version("@hocuspocus/server"),
