@@ -407,20 +407,8 @@ def interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: every finally and context manager below stops what it started
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    missing = missing_prerequisites(args)
-    if missing:
-        print("cluster_vs_hocuspocus: cannot run: " + "; ".join(missing), file=sys.stderr)
-        return MISSING
-    LOGS.mkdir(parents=True, exist_ok=True)
-    ensure_node_modules(LOGS / "npm.log")
-    if node_version("@hocuspocus/extension-redis") == "?":
-        print(f"cluster_vs_hocuspocus: cannot run: @hocuspocus/extension-redis is missing from {NODE_HOME}; "
-              "delete .cache/bench-node/.installed and run again (npm ci)", file=sys.stderr)
-        return MISSING
-    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind the same way (asyncio.run's own SIGINT cancel is not used)
-        signal.signal(signum, interrupted)
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start PostgreSQL and Redis, run every cluster and scenario, stop everything; (meta, rows)."""
     started: list[RunningServer] = []
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cluster-bench-")))
@@ -439,12 +427,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{meta['ioredis']}) on redis-server {redis.version} (no persistence); driver {meta['driver']}, "
               f"{args.drivers} processes; {args.clients} clients, client i on instance i mod n", flush=True)
         own = MachineShare(lambda: tree_cpu_s(postmaster_pid(pg)) + redis.cpu_s())
-        try:
-            rows = asyncio.run(run(args, pg, redis, work, started))
-        except KeyboardInterrupt:
-            print("cluster_vs_hocuspocus: interrupted; stopped everything it started", file=sys.stderr)
-            return 130
+        rows = asyncio.run(run(args, pg, redis, work, started))
         meta["others_cpu_pct"], meta["load_average"] = own.others_pct(), " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return meta, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_prerequisites(args)
+    if missing:
+        print("cluster_vs_hocuspocus: cannot run: " + "; ".join(missing), file=sys.stderr)
+        return MISSING
+    LOGS.mkdir(parents=True, exist_ok=True)
+    ensure_node_modules(LOGS / "npm.log")
+    if node_version("@hocuspocus/extension-redis") == "?":
+        print(f"cluster_vs_hocuspocus: cannot run: @hocuspocus/extension-redis is missing from {NODE_HOME}; "
+              "delete .cache/bench-node/.installed and run again (npm ci)", file=sys.stderr)
+        return MISSING
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind the same way (asyncio.run's own SIGINT cancel is not used)
+        signal.signal(signum, interrupted)
+    try:
+        meta, rows = measure(args)
+    except KeyboardInterrupt:
+        print("cluster_vs_hocuspocus: interrupted; stopped everything it started", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError) as exc:  # a server that did not start: the message names its log
+        print(f"cluster_vs_hocuspocus: {exc}", file=sys.stderr)
+        return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in [{"meta": meta}, *rows]))
     print(table(rows))

@@ -192,7 +192,9 @@ def ensure_node_modules(log: Path) -> None:
         (NODE_HOME / ".installed").write_text(lockfile_digest())
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     for script in ("load.mjs", "y_websocket_server.js", "hocuspocus_server.js"):
-        shutil.copy(PEERS / script, BENCH_DIR / script)
+        target = BENCH_DIR / script  # rewritten only when it changed: another run may be starting it right now
+        if not target.exists() or target.read_bytes() != (PEERS / script).read_bytes():
+            shutil.copy(PEERS / script, target)
 
 
 def node_version(package: str) -> str:
