@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := .cache/node
 NODE_STAMP := $(NODE_DIR)/.installed
 
-.PHONY: demo test lint bench bench-quick clean node browser screenshot board-check
+.PHONY: demo test lint bench bench-quick bench-cluster clean node browser screenshot board-check
 
 # Installer output goes to $(INSTALL_LOG), printed only if an install fails: `make demo` starts with the demo.
 PIP := $(BIN)/python -m pip
@@ -70,6 +70,11 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/decisions_bench.py --n 2000
 	$(BIN)/python benchmarks/system_bench.py --quick
 	$(BIN)/python benchmarks/relay_vs_peers.py --quick
+
+# An accord relay cluster on PostgreSQL against Hocuspocus with extension-redis on Redis, 1-3 instances
+# (benchmarks/CLUSTER.md). Needs redis-server and PostgreSQL's server binaries; starts and stops its own.
+bench-cluster: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/cluster_vs_hocuspocus.py --repeat 2
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,7 @@ PEERS = ROOT / "benchmarks" / "peers"
 NODE_HOME = ROOT / ".cache" / "bench-node"
 BENCH_DIR = NODE_HOME / "bench"  # the scripts run from here: ES modules resolve packages next to them
 NODE_PACKAGES = ["yjs", "y-protocols", "lib0", "ws", "@y/websocket-server", "@hocuspocus/server",
-                 "@hocuspocus/extension-sqlite", "better-sqlite3"]
+                 "@hocuspocus/extension-sqlite", "better-sqlite3", "@hocuspocus/extension-redis", "ioredis"]
 
 sys.path.insert(0, str(PEERS))
 import profiling  # noqa: E402  (benchmarks/peers/profiling.py: py-spy around the accord relay)
@@ -160,12 +161,20 @@ def baseline_servers(checkout: Path, commit: str) -> list[ServerSpec]:
 # ---- setup -------------------------------------------------------------------------------------
 
 
+def lockfile_digest() -> str:
+    return hashlib.sha256((PEERS / "package-lock.json").read_bytes() + (PEERS / "package.json").read_bytes()).hexdigest()
+
+
+def node_modules_installed() -> bool:
+    """True if .cache/bench-node holds the packages of the current lockfile."""
+    stamp = NODE_HOME / ".installed"
+    return stamp.exists() and stamp.read_text().strip() == lockfile_digest()
+
+
 def ensure_node_modules(log: Path) -> None:
     """``npm ci`` the pinned packages into .cache/bench-node once (again when the lockfile changes)."""
     lock = PEERS / "package-lock.json"
-    digest = hashlib.sha256(lock.read_bytes() + (PEERS / "package.json").read_bytes()).hexdigest()
-    stamp = NODE_HOME / ".installed"
-    if not (stamp.exists() and stamp.read_text().strip() == digest):
+    if not node_modules_installed():
         if shutil.which("npm") is None or shutil.which("node") is None:
             sys.exit("relay_vs_peers: node and npm are needed (Node 20+); install them and run again")
         NODE_HOME.mkdir(parents=True, exist_ok=True)
@@ -180,10 +189,12 @@ def ensure_node_modules(log: Path) -> None:
                                   stderr=subprocess.STDOUT, timeout=1800, check=False)
         if done.returncode != 0:
             sys.exit(f"relay_vs_peers: npm ci failed in {NODE_HOME}; see {log}")
-        stamp.write_text(digest)
+        (NODE_HOME / ".installed").write_text(lockfile_digest())
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     for script in ("load.mjs", "y_websocket_server.js", "hocuspocus_server.js"):
-        shutil.copy(PEERS / script, BENCH_DIR / script)
+        target = BENCH_DIR / script  # rewritten only when it changed: another run may be starting it right now
+        if not target.exists() or target.read_bytes() != (PEERS / script).read_bytes():
+            shutil.copy(PEERS / script, target)
 
 
 def node_version(package: str) -> str:
@@ -356,16 +367,7 @@ class RunningServer:
 
     async def settle(self, min_s: float, max_s: float = 8.0) -> None:
         """Wait until the server is idle (no CPU used for 0.3 s), at least ``min_s``, at most ``max_s``."""
-        started = time.monotonic()
-        last, quiet_since = self.cpu_s(), time.monotonic()
-        while time.monotonic() - started < max_s:
-            await asyncio.sleep(0.1)
-            now_cpu = self.cpu_s()
-            if now_cpu - last > 0.003:
-                quiet_since = time.monotonic()
-            last = now_cpu
-            if time.monotonic() - quiet_since >= 0.3 and time.monotonic() - started >= min_s:
-                return
+        await settle(self.cpu_s, min_s, max_s)
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -377,6 +379,21 @@ class RunningServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+async def settle(cpu_s: Callable[[], float], min_s: float, max_s: float = 8.0) -> None:
+    """Wait until ``cpu_s`` (CPU seconds of some processes) stops growing for 0.3 s, after at least
+    ``min_s`` and at most ``max_s``."""
+    started = time.monotonic()
+    last, quiet_since = cpu_s(), time.monotonic()
+    while time.monotonic() - started < max_s:
+        await asyncio.sleep(0.1)
+        now_cpu = cpu_s()
+        if now_cpu - last > 0.003:
+            quiet_since = time.monotonic()
+        last = now_cpu
+        if time.monotonic() - quiet_since >= 0.3 and time.monotonic() - started >= min_s:
+            return
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
@@ -437,11 +454,21 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[index]
 
 
-async def run_fanout(server: RunningServer, sc: Scenario, args: argparse.Namespace, doc: str,
-                     driver_log: Path) -> dict[str, Any]:
+async def run_fanout(url: str, protocol: str, meters: dict[str, Callable[[], float]], sc: Scenario,
+                     args: argparse.Namespace, doc: str, driver_log: Path) -> dict[str, Any]:
+    """One fan-out or paced scenario over ``args.drivers`` driver processes.
+
+    Args:
+        url: the server's ``ws://`` URL, or several servers of one cluster, comma separated (client i
+            connects to the (i mod n)-th; the result then has ``lat_cross_p50_ms``/``lat_cross_p99_ms``:
+            updates whose writer is on another server than the receiver).
+        protocol: ``y-websocket`` or ``hocuspocus``.
+        meters: name -> CPU seconds so far; each becomes ``<name>_cpu_window_s``, its growth from the
+            start signal until every driver converged.
+    """
     result: dict[str, Any] = {"clients": sc.clients, "updates": sc.updates, "rate": sc.rate or None,
                               "deliveries": sc.deliveries}
-    base_args = ["--scenario", "fanout", "--url", server.url, "--protocol", server.spec.protocol, "--doc", doc,
+    base_args = ["--scenario", "fanout", "--url", url, "--protocol", protocol, "--doc", doc,
                  "--clients", str(sc.clients), "--updates", str(sc.updates), "--rate", str(sc.rate),
                  "--timeout", str(args.timeout), "--connect-timeout", "20"]
     drivers: list[Driver] = []
@@ -458,11 +485,11 @@ async def run_fanout(server: RunningServer, sc: Scenario, args: argparse.Namespa
         if failed:
             return {**result, "ok": False, "error": f"connect: {failed[0]}"}
         t0_ms = time.time() * 1000 + 300  # every driver starts at this instant (one clock on one machine)
-        cpu_go = server.cpu_s()
+        cpu_go = {name: cpu_s() for name, cpu_s in meters.items()}
         await asyncio.gather(*(d.say(f"go {t0_ms:.3f}") for d in drivers))
         ends = await asyncio.gather(*(d.read(args.timeout + 30) for d in drivers))
-        cpu_converged = server.cpu_s()
-        result["server_cpu_window_s"] = round(cpu_converged - cpu_go, 3)
+        for name, cpu_s in meters.items():
+            result[f"{name}_cpu_window_s"] = round(cpu_s() - cpu_go[name], 3)
         result["bytes_rx"] = sum(e.get("bytes_rx", 0) for e in ends)
         result["bytes_tx"] = sum(e.get("bytes_tx", 0) for e in ends)
         errors = [x for e in ends for x in e.get("errors", [])] + [e["error"] for e in ends if e.get("error")]
@@ -473,6 +500,10 @@ async def run_fanout(server: RunningServer, sc: Scenario, args: argparse.Namespa
                              + (f"; {errors[0]}" if errors else "")}
         converge_s = (max(e["t_converged"] for e in ends) - t0_ms) / 1000
         latencies = sorted(x for e in ends for x in e["latencies_ms"])
+        if any("latencies_cross_ms" in e for e in ends):
+            cross = sorted(x for e in ends for x in e.get("latencies_cross_ms", []))
+            result.update(lat_cross_p50_ms=percentile(cross, 50), lat_cross_p99_ms=percentile(cross, 99),
+                          lat_cross_samples=len(cross))
         driver_cpu_ms = [e["driver_cpu_ms"] for e in ends]
         await asyncio.gather(*(d.say("check") for d in drivers))
         states = await asyncio.gather(*(d.read(15) for d in drivers))
@@ -541,7 +572,7 @@ async def run_scenario(server: RunningServer, sc: Scenario, rep: int, args: argp
     if sc.kind == "coldsync":
         body = await run_coldsync(server, sc, args, doc, driver_log)
     else:
-        body = await run_fanout(server, sc, args, doc, driver_log)
+        body = await run_fanout(server.url, server.spec.protocol, {"server": server.cpu_s}, sc, args, doc, driver_log)
     await server.settle(server.spec.settle_min_s)
     cpu_s = server.cpu_s() - cpu_before
     row = {**head, **body, "server_cpu_s": round(cpu_s, 3), "server_rss_mb": round(server.rss_mb(), 1),

@@ -7,6 +7,9 @@
 // Fan-out (one worker of several; the orchestrator talks to it over stdin/stdout, one JSON line each):
 //   node load.mjs --scenario fanout --url ws://127.0.0.1:PORT --protocol y-websocket|hocuspocus
 //                 --doc NAME --clients N --first I --count K --updates M [--rate R] [--edit-ratio 0.2]
+//   --url may list several servers of one cluster, comma separated: client i connects to the
+//   (i mod n)-th, and the "converged" line adds latencies_cross_ms, the samples whose origin client
+//   is on another server than the receiver (benchmarks/cluster_vs_hocuspocus.py).
 //   -> {"event":"ready"}          after clients I..I+K-1 connected and synced
 //   <- go T0                      start making updates at epoch ms T0 (all workers share the clock)
 //   -> {"event":"converged",...}  every local client has seen every other client's last update
@@ -89,7 +92,10 @@ class Client {
     this.error = null
     this.onMessageHook = null
     this._syncWaiters = []
-    const wsUrl = protocol === 'hocuspocus' ? url : `${url.replace(/\/$/, '')}/${encodeURIComponent(doc)}`
+    const urls = url.split(',')
+    this.server = idx % urls.length
+    const base = urls[this.server]
+    const wsUrl = protocol === 'hocuspocus' ? base : `${base.replace(/\/$/, '')}/${encodeURIComponent(doc)}`
     this.ws = new WebSocket(wsUrl, { perMessageDeflate: false })
     this.ws.binaryType = 'nodebuffer'
     this.ws.on('open', () => this._onOpen())
@@ -297,6 +303,8 @@ async function fanoutWorker () {
     // convergence: maxSeen[receiver][origin] = highest seq observed (Yjs integrates one client's operations
     // in clock order, so seeing an origin's last seq means all of its updates have arrived)
     const latencies = []
+    const servers = opts.url.split(',').length
+    const crossLatencies = [] // origin on another server of the cluster (servers > 1 only)
     let remaining = K * (N - 1)
     let tConverged = null
     let resolveConverged
@@ -307,7 +315,11 @@ async function fanoutWorker () {
         if (typeof rev !== 'string') return
         const [o, s] = rev.split(':').map(Number)
         if (o === c.idx) return
-        if (ts) latencies.push(tRecv - parseFloat(ts))
+        if (ts) {
+          const ms = tRecv - parseFloat(ts)
+          latencies.push(ms)
+          if (o % servers !== c.server) crossLatencies.push(ms)
+        }
         if (s > c.maxSeen[o]) {
           const before = c.maxSeen[o]
           c.maxSeen[o] = s
@@ -375,7 +387,9 @@ async function fanoutWorker () {
       emit({ event: 'timeout', remaining, pairs: K * (N - 1), ...common })
     } else {
       // latencies rounded to 10 µs keep the line short
-      emit({ event: 'converged', t_converged: tConverged, ...common, latencies_ms: latencies.map(x => Math.round(x * 100) / 100) })
+      const round = xs => xs.map(x => Math.round(x * 100) / 100)
+      const cross = servers > 1 ? { latencies_cross_ms: round(crossLatencies) } : {}
+      emit({ event: 'converged', t_converged: tConverged, ...common, latencies_ms: round(latencies), ...cross })
     }
     for (;;) {
       const cmd = await stdinLines.next()
