@@ -130,6 +130,9 @@ class Decider:
             passes the ``verdicts`` map of a separate document, stores what it captures there and
             only then applies it to the calendar, so that no decision is seen before it is durable
             (apply it with origin :attr:`origin`).
+        last_serial: ``(epoch, serial)`` of the last verdict the caller's process signed for this
+            calendar, if it knows (a relay keeps :attr:`serial` across Deciders): the next verdict
+            of that epoch gets the next serial. Otherwise the next after the highest in the calendar.
 
     Creating a Decider takes the calendar (writes the epoch-1 home record) if it has no home
     yet, loads the index and starts queuing changes. Then, after applying updates, the relay
@@ -141,7 +144,7 @@ class Decider:
     """
 
     def __init__(self, calendar: Calendar, relay_id: str, key: RelayKey, hold_ttl: timedelta | None = None,
-                 *, sink: Map[Any] | None = None) -> None:
+                 *, sink: Map[Any] | None = None, last_serial: tuple[int, int] | None = None) -> None:
         self.calendar = calendar
         self.relay_id = check_text("actor", relay_id, required=True)
         self.key = key
@@ -159,8 +162,14 @@ class Decider:
         if calendar.home_record is None:
             calendar.add_home_record(*first_home(calendar.name, self.relay_id, key))
         self.epoch = self._check_home()
-        if self.epoch > 1:
-            self._carry_over()
+        # Serials number this home's verdicts of its epoch in signing order, never twice: what
+        # a takeover may adopt (engine/authority.py). The relay signs, stores and fences in that order.
+        if last_serial is not None and last_serial[0] == self.epoch:
+            self.serial = last_serial[1]
+        else:
+            self.serial = max((v.serial for v in calendar.genuine_verdicts() if v.epoch == self.epoch), default=0)
+        if self.epoch > 1 and calendar.home_record.adopts is None:  # type: ignore[union-attr]
+            self._carry_over()  # (a record that adopts keeps every genuine verdict of the previous epoch)
         self.receipts = ReceiptIndex(calendar.receipts)
         self.rebuild()
         self._subscriptions = (calendar.reservations.observe_deep(self._on_change),
@@ -395,8 +404,10 @@ class Decider:
         self._store(rid, verdict, current=True)
 
     def _store(self, rid: str, verdict: Verdict, *, current: bool) -> None:
-        """Sign ``verdict``, write it to the sink, and remember it until the calendar has it
-        (``current``: it decides the reservation's request as it stands now)."""
+        """Sign ``verdict`` (numbered with the next serial), write it to the sink, and remember it
+        until the calendar has it (``current``: it decides the reservation's request as it stands now)."""
+        self.serial += 1
+        verdict = replace(verdict, serial=self.serial)
         encoded = verdict.sign(self.key)
         entry_key = verdict.entry_key(encoded)
         self.sink[entry_key] = encoded
@@ -443,18 +454,36 @@ def carry_over_plan(calendar: Calendar, *, skip_decided: bool) -> CarryOver:
 def carried_over(calendar: str, plan: CarryOver, previous: HomeRecord, relay_id: str,
                  epoch: int) -> list[tuple[str, Verdict, bool]]:
     """The verdicts a new home (``relay_id`` at ``epoch``) signs again after a handover from
-    ``previous``: each reservation's latest verdict of ``previous``, as ``(reservation id,
-    verdict, current)`` (``current``: it decides the request as it stands). Touches no document
-    or shared cache, so it may run in a worker thread (PyNaCl releases the GIL)."""
+    ``previous``: each reservation's latest verdict genuine under ``previous``, as ``(reservation
+    id, verdict, current)`` (``current``: it decides the request as it stands; serial 0: the
+    signer numbers them). Touches no document or shared cache, so it may run in a worker thread
+    (PyNaCl releases the GIL)."""
     verifier = Verifier(calendar)
     carried = []
     for rid, fields, entries in plan:
-        found = [v for v in verifier.check_all(entries, previous).values() if v is not None]
+        found = [v for v, _signer, valid in verifier.check_all(entries, previous).values() if v is not None and valid]
         if found:
             last = max(found, key=lambda v: v.seq)
-            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1)
+            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1, serial=0)
             carried.append((rid, again, again.request == request_digest(rid, fields)))
     return carried
+
+
+def adoption_point(calendar: Calendar) -> int | None:
+    """Up to which serial the next epoch's record may adopt the current home's verdicts
+    (:func:`~accord.engine.authority.handover`'s ``adopts``): the highest serial among the
+    genuine verdicts of the current epoch, when every serial from 1 up to it is there. None when
+    one is missing or a verdict has no serial: the new home must sign them again instead.
+
+    The caller must hold every verdict the current home stored (a relay cluster's new holder,
+    caught up after its lease epoch fenced the old one out); check signatures off the loop
+    first (they are read here)."""
+    home = calendar.home_record
+    if home is None:
+        return None
+    serials = {v.serial for v in calendar.genuine_verdicts() if v.epoch == home.epoch}
+    highest = max(serials, default=0)
+    return highest if 0 not in serials and len(serials) == highest else None
 
 
 def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:

@@ -207,9 +207,7 @@ async def check_verdicts_off_loop(calendar: Calendar) -> None:
     pending = calendar.unchecked_verdicts()
     if home is None or len(pending) < OFF_LOOP_VERDICTS:
         return
-    answers = await asyncio.to_thread(calendar.verifier.check_all, pending, home)
-    if calendar.home_record == home:  # the home may have moved meanwhile: then these answers are not its
-        calendar.verifier.remember(answers, home)
+    calendar.verifier.remember(await asyncio.to_thread(calendar.verifier.check_all, pending, home))
 
 
 async def read_off_loop(calendar: Calendar) -> None:

@@ -5,14 +5,26 @@ Every process of a cluster (a shared PostgreSQL store, :mod:`.failover`) may be 
 :meth:`ClusterHome.activate` (its process took the home lease) and stops at once on
 :meth:`ClusterHome.step_down`. All of them sign with one cluster home key kept in the store, and
 each home record names the process that wrote it, so a takeover is a handover the new holder
-signs itself: for a calendar whose record names another process (or none), the new holder
-catches the calendar up with every row stored before its takeover, then writes the next epoch's
-record together with the previous epoch's verdicts signed again (one update, so both are stored
-or neither), fenced by the lease epoch; once it is stored, the holder decides. Every decision it
-writes is fenced too: the store refuses it once another process took the lease, so a deposed
-holder's late verdicts are never stored, applied or forwarded, and every verdict that was stored
-before the takeover is carried over. A calendar homed by a member of a cluster from before the
-shared key (its own ``relay_key:<id>``, still in the store) is handed over with that key.
+signs itself: for a calendar whose record was not written by this very process (another
+process, an earlier run of this one, or none), the new holder catches the calendar up with
+every row stored before its takeover, then writes the next epoch's record, fenced by the lease
+epoch; once it is stored, the holder decides. Every decision it writes is fenced too: the store
+refuses it once another process took the lease, so a deposed holder's late verdicts are never
+stored, applied or forwarded.
+
+The record **adopts** the previous epoch's verdicts (``adopts = K``, :mod:`accord.engine.authority`):
+one small record, whatever the calendar's history, instead of every verdict signed again. That
+is safe because one epoch is decided by one run of one process (a record is only taken directly
+by the run that wrote it), which numbers its verdicts 1, 2, 3, ... and submits them in that
+order through one commit pipeline that retries a failing batch until it is stored or fenced; a
+fenced write fences every later one. So the verdicts of an epoch that were ever stored are
+exactly serials 1..K, and everything a deposed holder signs or signed and never stored has a
+higher serial: it counts nowhere, whoever receives it by whatever path. The new holder checks
+that it holds serials 1..K, every one signed (:func:`~accord.engine.decisions.adoption_point`);
+if one is missing, or verdicts predate serials, it signs the previous epoch's verdicts again in
+the same update as the record instead (both stored or neither), as before. A calendar homed by a
+member of a cluster from before the shared key (its own ``relay_key:<id>``, still in the store)
+is handed over with that key, its verdicts signed again.
 """
 
 from __future__ import annotations
@@ -21,13 +33,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from pycrdt import Doc, Map
 
 from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover
 from accord.engine.backoff import Backoff
-from accord.engine.decisions import DecisionMade, carried_over, carry_over_plan
+from accord.engine.decisions import DecisionMade, adoption_point, carried_over, carry_over_plan
 from accord.engine.errors import NotHome, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.storage import Fence
@@ -52,7 +65,8 @@ class ClusterHome(Home):
         # The key a cluster member had before the shared home key (relay_key:<id>), to hand its calendars over.
         self.member_key: Callable[[str], Awaitable[RelayKey | None]] | None = None
         self.fenced: Callable[[], None] = lambda: None  # the store refused a decision: the lease moved on
-        self._taking: set[CalendarId] = set()  # takeover records submitted, not stored yet
+        self._taking: dict[CalendarId, int] = {}  # takeover records submitted, not stored yet (their epochs)
+        self._written: dict[CalendarId, int] = {}  # the epoch of the last home record this run wrote, per calendar
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
         self._fenced_seen = 0
 
@@ -74,8 +88,14 @@ class ClusterHome(Home):
                 self.claim_soon(handle)
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
-        self._taking.discard(handle.name)
+        self._taking.pop(handle.name, None)
         super().calendar_unloading(handle)
+
+    def _take(self, handle: CalendarHandle) -> None:
+        super()._take(handle)
+        deciding = self._deciding.get(handle.name)
+        if deciding is not None:  # its record: written by this run (a first record, or a takeover)
+            self._written[handle.name] = deciding.decider.epoch
 
     def activate(self) -> None:
         """This process holds the home lease now (:attr:`fence` gives its epoch): claim home
@@ -153,7 +173,7 @@ class ClusterHome(Home):
             self._waiting.add(name)
             return
         home = handle.replica.calendar.home_record
-        if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
+        if home is not None and self._wrote(home, name):
             await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
             if not handle.unloaded and self._still_active() and name not in self._deciding:
                 self._take(handle)
@@ -168,19 +188,28 @@ class ClusterHome(Home):
         if not handle.unloaded and self._still_active() and handle.replica.calendar.home_record == home:
             await self._take_over(handle, home, signer)
 
+    def _wrote(self, home: HomeRecord, name: CalendarId) -> bool:
+        """True if ``home`` is a record this run of this process wrote (so it may decide under it)."""
+        return (home.relay_id == self.relay_id and home.public_key == self.key.public
+                and self._written.get(name) == home.epoch)
+
     async def _take_over(self, handle: CalendarHandle, current: HomeRecord | None, signer: RelayKey) -> None:
         """Write, fenced, the record that makes this process the calendar's home (epoch 1 if it
-        has none; else signed by ``signer``, ``current``'s key) and, in the same update, the
-        previous home's verdicts signed again (checked and signed in a worker thread)."""
+        has none; else signed by ``signer``, ``current``'s key), adopting the previous home's
+        verdicts, or with them signed again in the same update where it cannot (checked and
+        signed in a worker thread; see the module docstring)."""
         started = time.perf_counter()
         calendar = handle.replica.calendar
+        signed: list[tuple[str, str, Verdict]] = []
         if current is None:
             record, encoded = first_home(handle.name, self.relay_id, self.key)
-            signed: list[tuple[str, str, Verdict]] = []
         else:
-            record, encoded = handover(current, signer, self.relay_id, self.key.public)
-            signed = await asyncio.to_thread(self._sign_again, handle.name, carry_over_plan(calendar, skip_decided=False),
-                                             current, record.epoch)
+            await check_verdicts_off_loop(calendar)  # adoption_point reads every one
+            upto = adoption_point(calendar) if signer is self.key and calendar.home_record == current else None
+            record, encoded = handover(current, signer, self.relay_id, self.key.public, adopts=upto)
+            if upto is None:
+                signed = await asyncio.to_thread(self._sign_again, handle.name,
+                                                 carry_over_plan(calendar, skip_decided=False), current, record.epoch)
         fence = self.fence()
         moved_on = calendar.home_record != current or handle.name in self._deciding or handle.name in self._taking
         if fence is None or handle.unloaded or moved_on:
@@ -195,19 +224,23 @@ class ClusterHome(Home):
                 verdicts[entry_key] = text
             homes[record.entry_key(encoded)] = encoded
         # Once the record is applied, reads of these verdicts under it need no signature check.
-        calendar.verifier.remember({(key, text): verdict for key, text, verdict in signed}, record)
-        self._taking.add(handle.name)
+        calendar.verifier.remember({(key, text): (verdict, self.key.public, True) for key, text, verdict in signed})
+        self._taking[handle.name] = record.epoch
+        self._serials[handle.name] = (record.epoch, len(signed))  # the holder's next verdict: serial len + 1
         log.info("taking over as home", extra={"calendar": handle.name, "epoch": record.epoch,
                                                "previous": current.relay_id if current else "-",
-                                               "lease_epoch": fence.epoch, "verdicts": len(signed),
+                                               "lease_epoch": fence.epoch, "adopted": record.adopts,
+                                               "signed_again": len(signed), "bytes": sum(map(len, captured)),
                                                "ms": round((time.perf_counter() - started) * 1000, 1)})
         for update in captured:
             self.pipeline.submit_withheld(handle, update, origin, fence)
 
     def _sign_again(self, calendar: str, plan: Any, previous: HomeRecord, epoch: int) -> list[tuple[str, str, Verdict]]:
-        """``(entry key, encoded, verdict)`` of every verdict carried over (in a worker thread)."""
+        """``(entry key, encoded, verdict)`` of every verdict carried over, numbered 1, 2, ... (in
+        a worker thread)."""
         out = []
-        for _rid, again, _current in carried_over(calendar, plan, previous, self.relay_id, epoch):
+        for serial, (_rid, carried, _current) in enumerate(carried_over(calendar, plan, previous, self.relay_id, epoch), 1):
+            again = replace(carried, serial=serial)
             text = again.sign(self.key)
             out.append((again.entry_key(text), text, again))
         return out
@@ -233,8 +266,9 @@ class ClusterHome(Home):
                 continue
             if name in self._taking:
                 home = handle.replica.calendar.home_record
-                if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
-                    self._taking.discard(name)  # the takeover record is stored: decide from now on
+                if (home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public
+                        and home.epoch == self._taking[name]):
+                    del self._taking[name]  # the takeover record is stored: decide from now on
                     self._take(handle)
                 continue
             deciding = self._deciding.get(name)
