@@ -200,14 +200,16 @@ def matches(name: str, globs: list[str] | tuple[str, ...]) -> bool:
 OFF_LOOP_VERDICTS = 200  # fewer unchecked verdicts than this are checked inline by the read
 
 
-async def check_verdicts_off_loop(calendar: Calendar) -> None:
+async def check_verdicts_off_loop(calendar: Calendar) -> int:
     """Check the signatures of a calendar's verdicts that no read has checked yet in a worker
-    thread (~55 µs each: 10,000 verdicts would hold the event loop for half a second)."""
+    thread (~55 µs each: 10,000 verdicts would hold the event loop for half a second). Returns
+    how many it checked (none when fewer than :data:`OFF_LOOP_VERDICTS`: reads check those)."""
     home = calendar.home_record
     pending = calendar.unchecked_verdicts()
     if home is None or len(pending) < OFF_LOOP_VERDICTS:
-        return
+        return 0
     calendar.verifier.remember(await asyncio.to_thread(calendar.verifier.check_all, pending, home))
+    return len(pending)
 
 
 async def read_off_loop(calendar: Calendar) -> None:

@@ -83,6 +83,7 @@ class HomeFailover:
         lease.on_lost = self._lost
         home.fence = lambda: lease.fence
         home.fenced = lease.drop  # a write refused under this lease: give it up, take it again if free
+        home.checked = notice.notify
 
     def start(self) -> None:
         self.lease.start()
@@ -170,6 +171,9 @@ class HomeFailover:
             "# HELP accord_home_last_takeover_seconds From taking the home lease to every home calendar claimed.",
             "# TYPE accord_home_last_takeover_seconds gauge",
             f"accord_home_last_takeover_seconds {self.last_takeover_s:.6f}",
+            "# HELP accord_home_verdicts_checked_ahead_total Verdicts checked as a standby, ahead of a takeover.",
+            "# TYPE accord_home_verdicts_checked_ahead_total counter",
+            f"accord_home_verdicts_checked_ahead_total {self.home.checked_ahead}",
         ]
         return "\n".join(lines) + "\n"
 

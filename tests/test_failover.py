@@ -450,6 +450,10 @@ async def test_a_takeover_writes_one_small_record_whatever_the_calendars_history
         ids = [await desk.book(CAL, resource=f"room-{i}") for i in range(200)]
         await desk.wait_for(lambda: all_decided(desk, ids) and desk.replica(CAL).calendar.home == "r-a", timeout=30)
         head = (await stores[1].heads([CalendarId(CAL)]))[CalendarId(CAL)]
+        # The standby checked the arriving verdicts' signatures ahead: nothing left for its takeover.
+        standby = rb.calendars.loaded[CalendarId(CAL)].replica.calendar
+        await rb.wait_for(lambda: not standby.unchecked_verdicts(), timeout_s=10)
+        assert "accord_home_verdicts_checked_ahead_total 200" in await asyncio.to_thread(metrics_of, rb.port)
         await first.aclose()  # r-a stops and releases the lease: r-b takes over at once
         failover_b = rb.failover
         assert failover_b is not None
