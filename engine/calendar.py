@@ -209,8 +209,23 @@ class Calendar:
         self._forget_statuses()
 
     def _homes_changed(self, _event: object) -> None:
+        before = None if self._home_stale else self._home
         self._home_stale = True
-        self._forget_statuses()
+        if self._reads is not None and (before is None or not self._keeps_every_verdict_of(before)):
+            self._forget_statuses()
+
+    def _keeps_every_verdict_of(self, before: HomeRecord) -> bool:
+        """True if the current home is the next epoch after ``before`` and adopts every verdict
+        that counted under it (a relay cluster's takeover): every status reads as it did, so a
+        large calendar keeps its reads."""
+        chain = self.home_chain()
+        if len(chain) < 2 or chain[-2] != before or chain[-1].adopts is None:
+            return False
+        verify = self.verifier.verify
+        highest = max((verdict.serial for entries in self._verdict_index().values() for key, text in entries
+                       if (verdict := verify(key, text, before)) is not None and verdict.epoch == before.epoch),
+                      default=0)
+        return chain[-1].adopts >= highest
 
     def _forget_statuses(self) -> None:
         if self._reads is not None:

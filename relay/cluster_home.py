@@ -45,7 +45,7 @@ from accord.engine.errors import NotHome, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.storage import Fence
 
-from .calendars import CalendarHandle, check_verdicts_off_loop
+from .calendars import CalendarHandle, check_verdicts_off_loop, read_off_loop
 from .home import Deciding, Home
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class ClusterHome(Home):
                 self._waiting.add(handle.name)
             else:
                 self.claim_soon(handle)
+        elif not handle.is_empty():
+            self._keep_warm([handle])
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
         self._taking.pop(handle.name, None)
@@ -159,7 +161,9 @@ class ClusterHome(Home):
     def _keep_warm(self, handles: list[CalendarHandle]) -> None:
         """On a standby: check the signatures of the verdicts that arrived in ``handles``' home
         calendars, off the loop and at most every :data:`WARM_S` per calendar, so that a takeover
-        finds them checked (:func:`adoption_point` reads every one; ~55 µs each otherwise)."""
+        finds them checked (:func:`adoption_point` reads every one; ~55 µs each otherwise), and
+        read a large one whole once (off the loop too), so that the decider's first pass over it
+        finds every reservation's fields and decision read (a takeover that adopts keeps them)."""
         for handle in handles:
             name = handle.name
             if name not in self._warming and self.is_home_of(name):
@@ -168,9 +172,13 @@ class ClusterHome(Home):
     async def _warm(self, handle: CalendarHandle) -> None:
         try:
             await asyncio.sleep(WARM_S)
-            if not handle.unloaded and (count := await check_verdicts_off_loop(handle.replica.calendar)):
+            if handle.unloaded:
+                return
+            calendar = handle.replica.calendar
+            if count := await check_verdicts_off_loop(calendar):
                 self.checked_ahead += count
                 self.checked()
+            await read_off_loop(calendar)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: log it; the takeover checks what is left itself
