@@ -18,11 +18,14 @@ home that has since handed over) is simply not a decision, and every replica der
 status from the same bytes, so convergence is untouched.
 
 Adoption. Each verdict carries its home's running **serial** in its epoch (1, 2, 3, ... in the
-order the home signed them). A handover record may say ``adopts = K``: the previous epoch's
-verdicts with serials 1..K stay genuine under it (and so does whatever the previous record
-adopted in turn). A new home that saw every verdict the previous one stored, serials 1..K with
-none missing, can so keep them all with one small record instead of signing each again (a
-relay cluster's takeover: :mod:`accord.relay.cluster_home`). Whatever the previous home signs
+order the home signed them) and the digest of the verdict it signed just before
+(:func:`verdict_digest`; none for serial 1), so an epoch's verdicts form a hash chain. A
+handover record may say ``adopts = K``: the previous epoch's verdicts with serials 1..K stay
+genuine under it (and so does whatever the previous record adopted in turn). A new home that
+holds every verdict the previous one stored, serials 1..K with none missing, can so keep them
+all with one small record instead of signing each again (a relay cluster's takeover:
+:mod:`accord.relay.cluster_home`); the chain lets it check that with one signature check (the
+top's) and a digest per verdict instead of a signature check each. Whatever the previous home signs
 later, or signed and never stored, has a higher serial (a home signs, stores and fences its
 verdicts in serial order), so it does not count anywhere, as before. A record without
 ``adopts`` adopts nothing (the new home signs again what it keeps; verdicts without a serial,
@@ -298,7 +301,8 @@ class Verdict:
     the slot of an earlier booking a rejected reschedule keeps, or None. ``seq`` orders one
     reservation's verdicts (the latest holds its slot), whatever the clocks say. ``serial``
     numbers the home's verdicts in its epoch, in signing order (0: from before serials; such a
-    verdict is never adopted, see the module docstring).
+    verdict is never adopted, see the module docstring); ``previous`` is the
+    :func:`verdict_digest` of the verdict with the serial before (empty for serial 1).
     """
 
     calendar: str
@@ -313,6 +317,7 @@ class Verdict:
     decided_at: str
     seq: int = 1  # 1 for a reservation's first verdict, then one more than the latest before it
     serial: int = 0  # the home's count of verdicts signed in this epoch, this one included
+    previous: str = ""  # verdict_digest of the home's verdict of serial - 1 in this epoch
 
     def payload(self) -> bytes:
         fields: dict[str, Any] = {"c": self.calendar, "r": self.reservation, "q": self.request, "o": self.outcome,
@@ -321,6 +326,8 @@ class Verdict:
                                   "n": self.seq}
         if self.serial:
             fields["k"] = self.serial
+        if self.previous:
+            fields["p"] = self.previous
         return _canonical(fields)
 
     def entry_key(self, encoded: str) -> str:
@@ -340,7 +347,7 @@ def _read_verdict(payload: dict[str, Any]) -> Verdict | None:
             return None
         verdict = Verdict(str(payload["c"]), str(payload["r"]), str(payload["q"]), str(payload["o"]), slot,
                           str(payload["why"]), str(payload["w"]), str(payload["h"]), int(payload["e"]),
-                          str(payload["t"]), int(payload["n"]), int(payload.get("k", 0)))
+                          str(payload["t"]), int(payload["n"]), int(payload.get("k", 0)), str(payload.get("p", "")))
     except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
     return verdict if verdict.outcome in OUTCOMES and 0 <= verdict.serial <= MAX_SERIAL else None
@@ -358,6 +365,11 @@ class _Opened:
 Answers = Mapping[tuple[str, str], tuple[Verdict | None, str, bool]]
 """What :meth:`Verifier.check_all` found: per ``(entry key, text)``, the well-formed verdict
 (or None), the public key its signature was checked against ("": none) and whether it verified."""
+
+
+def verdict_digest(encoded: str) -> str:
+    """What the next verdict of an epoch names as ``previous``: a digest of this one's whole text."""
+    return _b64(hashlib.sha256(encoded.encode()).digest()[:16])
 
 
 class Verifier:
@@ -378,15 +390,9 @@ class Verifier:
         epoch's home within what the chain adopted (:attr:`HomeRecord.earlier`). Else None."""
         if home is None or not isinstance(text, str):
             return None
-        cache_key = (entry_key, text)
-        opened = self._cache.get(cache_key)
-        if opened is None:
-            opened = self._cache[cache_key] = _Opened(self._open(entry_key, text), {})
-            if len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(cache_key)
-        verdict = opened.verdict
+        verdict = self.opened(entry_key, text)
+        opened = self._cache[(entry_key, text)]
+        self._cache.move_to_end((entry_key, text))
         signer = self._signer(verdict, home) if verdict is not None else None
         if signer is None:
             return None
@@ -394,6 +400,24 @@ class Verifier:
         if valid is None:
             valid = opened.signed_by[signer] = self._signed(text, signer)
         return verdict if valid else None
+
+    def opened(self, entry_key: str, text: str) -> Verdict | None:
+        """The verdict in ``text`` if it is well-formed, for this calendar and stored under its own
+        key, whoever signed it (signature not checked). Cached like :meth:`verify`."""
+        cache_key = (entry_key, text)
+        opened = self._cache.get(cache_key)
+        if opened is None:
+            opened = self._cache[cache_key] = _Opened(self._open(entry_key, text), {})
+            if len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return opened.verdict
+
+    def vouch(self, entries: Iterable[tuple[str, str]], public_key: str) -> None:
+        """Remember ``entries`` as signed by ``public_key`` without checking each: their text is
+        covered, digest by digest, by a verdict whose signature was checked (:func:`verdict_digest`)."""
+        for entry_key, text in entries:
+            self.opened(entry_key, text)
+            self._cache[(entry_key, text)].signed_by[public_key] = True
 
     def unchecked(self, entries: Iterable[tuple[str, str]], home: HomeRecord) -> list[tuple[str, str]]:
         """The ``(entry key, text)`` pairs whose reading under ``home`` would cost a signature check."""

@@ -286,16 +286,20 @@ class Calendar:
             return []
         return self.verifier.unchecked((e for entries in self._verdict_index().values() for e in entries), home)
 
-    def genuine_verdicts(self) -> builtins.list[Verdict]:
-        """Every verdict that counts under the current home (empty without one), of every
-        reservation. Signatures are checked as reads check them (cached; see
+    def genuine_verdicts(self) -> builtins.list[tuple[str, Verdict]]:
+        """``(text, verdict)`` of every verdict that counts under the current home (empty without
+        one), of every reservation. Signatures are checked as reads check them (cached; see
         :meth:`unchecked_verdicts` to check many off the event loop first)."""
         home = self.home_record
         if home is None:
             return []
         verify = self.verifier.verify
-        return [verdict for entries in self._verdict_index().values() for key, text in entries
+        return [(text, verdict) for key, text in self.verdict_entries()
                 if (verdict := verify(key, text, home)) is not None]
+
+    def verdict_entries(self) -> builtins.list[tuple[str, str]]:
+        """The ``(entry key, stored text)`` of every verdict entry, genuine or not."""
+        return [entry for entries in self._verdict_index().values() for entry in entries]
 
     def verdicts_of(self, reservation_id: str) -> builtins.list[tuple[str, str]]:
         """The (entry key, stored text) of every verdict entry filed under the reservation."""

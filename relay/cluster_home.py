@@ -20,8 +20,10 @@ order through one commit pipeline that retries a failing batch until it is store
 fenced write fences every later one. So the verdicts of an epoch that were ever stored are
 exactly serials 1..K, and everything a deposed holder signs or signed and never stored has a
 higher serial: it counts nowhere, whoever receives it by whatever path. The new holder checks
-that it holds serials 1..K, every one signed (:func:`~accord.engine.decisions.adoption_point`);
-if one is missing, or verdicts predate serials, it signs the previous epoch's verdicts again in
+that it holds serials 1..K, each naming the digest of the one before, down from the top one,
+whose signature it checks (:func:`~accord.engine.decisions.adoption_point`: no signature check
+per verdict, so a standby that never read the calendar takes it as fast as a warm one); if one
+is missing, or verdicts predate serials, it signs the previous epoch's verdicts again in
 the same update as the record instead (both stored or neither), as before. A calendar homed by a
 member of a cluster from before the shared key (its own ``relay_key:<id>``, still in the store)
 is handed over with that key, its verdicts signed again.
@@ -38,7 +40,7 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover
+from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover, verdict_digest
 from accord.engine.backoff import Backoff
 from accord.engine.decisions import DecisionMade, adoption_point, carried_over, carry_over_plan
 from accord.engine.errors import NotHome, StorageError
@@ -230,8 +232,7 @@ class ClusterHome(Home):
         if current is None:
             record, encoded = first_home(handle.name, self.relay_id, self.key)
         else:
-            await check_verdicts_off_loop(calendar)  # adoption_point reads every one
-            upto = adoption_point(calendar) if signer is self.key and calendar.home_record == current else None
+            upto = adoption_point(calendar) if signer is self.key else None
             record, encoded = handover(current, signer, self.relay_id, self.key.public, adopts=upto)
             if upto is None:
                 signed = await asyncio.to_thread(self._sign_again, handle.name,
@@ -252,7 +253,8 @@ class ClusterHome(Home):
         # Once the record is applied, reads of these verdicts under it need no signature check.
         calendar.verifier.remember({(key, text): (verdict, self.key.public, True) for key, text, verdict in signed})
         self._taking[handle.name] = record.epoch
-        self._serials[handle.name] = (record.epoch, len(signed))  # the holder's next verdict: serial len + 1
+        # The holder's next verdict: serial len + 1, chained to the last one signed again.
+        self._serials[handle.name] = (record.epoch, len(signed), verdict_digest(signed[-1][1]) if signed else "")
         log.info("taking over as home", extra={"calendar": handle.name, "epoch": record.epoch,
                                                "previous": current.relay_id if current else "-",
                                                "lease_epoch": fence.epoch, "adopted": record.adopts,
@@ -264,9 +266,9 @@ class ClusterHome(Home):
     def _sign_again(self, calendar: str, plan: Any, previous: HomeRecord, epoch: int) -> list[tuple[str, str, Verdict]]:
         """``(entry key, encoded, verdict)`` of every verdict carried over, numbered 1, 2, ... (in
         a worker thread)."""
-        out = []
+        out: list[tuple[str, str, Verdict]] = []
         for serial, (_rid, carried, _current) in enumerate(carried_over(calendar, plan, previous, self.relay_id, epoch), 1):
-            again = replace(carried, serial=serial)
+            again = replace(carried, serial=serial, previous=verdict_digest(out[-1][1]) if out else "")
             text = again.sign(self.key)
             out.append((again.entry_key(text), text, again))
         return out

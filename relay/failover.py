@@ -12,7 +12,7 @@ made by the first process), so any holder can hand each calendar over to itself.
 On taking the lease (its epoch bumped in the store, see :mod:`.lease`) the new holder loads
 every stored calendar matching its globs that may hold undecided requests and claims each one
 (:meth:`ClusterHome.claim_soon`): caught up with every row stored before the takeover, a
-takeover record with the previous verdicts signed again, then every pending booking decided.
+takeover record adopting the previous holder's verdicts, then every pending booking decided.
 Calendars written later (on any process) are loaded and claimed as their commit notices arrive.
 Which calendars may hold undecided requests: while it holds the lease, the holder records every
 second, for each calendar it decides that is quiet (nothing queued to decide or to store), the

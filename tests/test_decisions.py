@@ -583,6 +583,12 @@ def test_a_takeover_adopts_nothing_when_a_serial_is_missing_or_verdicts_predate_
     with gapped.doc.transaction():
         del gapped.calendar.verdicts[middle]  # serial 2 never stored (a bug upstream): adopt nothing
     assert adoption_point(gapped.calendar) is None
+    forged = replace(a.calendar.verifier.verify(middle, a.calendar.verdicts[middle], home),  # type: ignore[arg-type]
+                     decided_at="2026-11-30T08:00:09Z")
+    forged_text = forged.sign(RelayKey.generate())  # the gap filled by someone without the home's key
+    with gapped.doc.transaction():
+        gapped.calendar.verdicts[forged.entry_key(forged_text)] = forged_text
+    assert adoption_point(gapped.calendar) is None
     legacy = Replica("clinic-1", actor="old", client_id=4)
     legacy.calendar.book(resource="room-1", start=at("09:00"), end=at("09:15"), patient="p", now=NOW)
     Decider(legacy.calendar, "old", HOME_KEY).decide_all_pending(NOW)
@@ -590,9 +596,30 @@ def test_a_takeover_adopts_nothing_when_a_serial_is_missing_or_verdicts_predate_
         text = legacy.calendar.verdicts[key]
         verdict = legacy.calendar.verifier.verify(key, text, legacy.calendar.home_record)
         assert verdict is not None
-        old = replace(verdict, serial=0)
+        old = replace(verdict, serial=0, previous="")
         encoded = old.sign(HOME_KEY)
         with legacy.doc.transaction():
             del legacy.calendar.verdicts[key]
             legacy.calendar.verdicts[old.entry_key(encoded)] = encoded
     assert adoption_point(legacy.calendar) is None
+
+
+def test_adopting_checks_one_signature_per_epoch_and_leaves_none_for_the_new_homes_first_pass() -> None:
+    """A cold new holder (nothing checked yet) links each epoch's verdicts by digest from the
+    top one: afterwards no verdict of the calendar waits for a signature check."""
+    a = Replica("clinic-1", actor="pg-a", client_id=1)
+    for i in range(5):
+        a.calendar.book(resource=f"room-{i}", start=at("09:00"), end=at("09:15"), patient="p", now=NOW)
+    Decider(a.calendar, "pg-a", HOME_KEY).decide_all_pending(NOW)
+    home = a.calendar.home_record
+    assert home is not None
+    a.calendar.add_home_record(*handover(home, HOME_KEY, "pg-b", HOME_KEY.public, adopts=adoption_point(a.calendar)))
+    for i in range(3):
+        a.calendar.book(resource=f"room-{i}", start=at("10:00"), end=at("10:15"), patient="p", now=NOW)
+    Decider(a.calendar, "pg-b", HOME_KEY).decide_all_pending(NOW)  # epoch 2: serials 1..3
+    cold = Replica("clinic-1", actor="pg-c", client_id=5)
+    cold.apply(a.full_state())
+    assert len(cold.calendar.unchecked_verdicts()) == 8
+    assert adoption_point(cold.calendar) == 3
+    assert cold.calendar.unchecked_verdicts() == []
+    assert [r.status for r in cold.calendar.list()] == [Status.BOOKED] * 8

@@ -216,10 +216,11 @@ export async function resolveHome (calendar, entries, signatures = new Signature
   return resolveHomeFrom(await Promise.all([...entries].map(text => readHomeRecord(text, calendar, signatures))))
 }
 
-/** Verdict.payload(): the keys and types Python signs (`k` only when the verdict has a serial). */
+/** Verdict.payload(): the keys and types Python signs (`k` and `p` only when the verdict has them). */
 const verdictPayload = v => ({
   c: v.calendar, r: v.reservation, q: v.request, o: v.outcome, b: v.booked, why: v.reason, w: v.conflictWith,
-  h: v.relayId, e: v.epoch, t: v.decidedAt, n: v.seq, ...(v.serial === 0n ? {} : { k: v.serial })
+  h: v.relayId, e: v.epoch, t: v.decidedAt, n: v.seq, ...(v.serial === 0n ? {} : { k: v.serial }),
+  ...(v.previous === '' ? {} : { p: v.previous })
 })
 
 /** authority._read_verdict, with exact types (anything else fails Python's canonical comparison). */
@@ -230,10 +231,11 @@ function readVerdict (payload) {
     : Array.isArray(booked) && booked.length === 3 && booked.every(part => typeof part === 'string') ? booked : undefined
   if (slot === undefined || !OUTCOMES.includes(payload.o)) return null
   const serial = hasOwn(payload, 'k') ? payload.k : 0n
-  if (typeof serial !== 'bigint' || serial < 0n || serial > MAX_SERIAL) return null
+  const previous = hasOwn(payload, 'p') ? payload.p : ''
+  if (typeof serial !== 'bigint' || serial < 0n || serial > MAX_SERIAL || typeof previous !== 'string') return null
   return Object.freeze({
     calendar: payload.c, reservation: payload.r, request: payload.q, outcome: payload.o, booked: slot, reason: payload.why,
-    conflictWith: payload.w, relayId: payload.h, epoch: payload.e, decidedAt: payload.t, seq: payload.n, serial
+    conflictWith: payload.w, relayId: payload.h, epoch: payload.e, decidedAt: payload.t, seq: payload.n, serial, previous
   })
 }
 
