@@ -212,6 +212,15 @@ async def check_verdicts_off_loop(calendar: Calendar) -> int:
     return len(pending)
 
 
+async def open_verdicts_off_loop(calendar: Calendar) -> None:
+    """Read (not check) a calendar's verdicts that its verifier has not read yet, in a worker
+    thread (~30 µs each), for :func:`~accord.engine.decisions.adoption_point`, which reads every one."""
+    verifier = calendar.verifier
+    pending = verifier.unopened(calendar.verdict_entries())
+    if len(pending) >= OFF_LOOP_VERDICTS:
+        verifier.remember_opened(await asyncio.to_thread(verifier.open_all, pending))
+
+
 async def read_off_loop(calendar: Calendar) -> None:
     """Parse a large calendar's reservations in a worker thread before its first whole read
     (``list``: a FHIR search), so the event loop pays only Yrs' ``to_json`` of them (~0.15 s

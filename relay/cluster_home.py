@@ -47,7 +47,7 @@ from accord.engine.errors import NotHome, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.storage import Fence
 
-from .calendars import CalendarHandle, check_verdicts_off_loop, read_off_loop
+from .calendars import CalendarHandle, check_verdicts_off_loop, open_verdicts_off_loop, read_off_loop
 from .home import Deciding, Home
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,8 @@ class ClusterHome(Home):
         if current is None:
             record, encoded = first_home(handle.name, self.relay_id, self.key)
         else:
-            upto = adoption_point(calendar) if signer is self.key else None
+            await open_verdicts_off_loop(calendar)  # adoption_point reads every one
+            upto = adoption_point(calendar) if signer is self.key and calendar.home_record == current else None
             record, encoded = handover(current, signer, self.relay_id, self.key.public, adopts=upto)
             if upto is None:
                 signed = await asyncio.to_thread(self._sign_again, handle.name,
