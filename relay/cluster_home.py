@@ -5,8 +5,8 @@ Every process of a cluster (a shared PostgreSQL store, :mod:`.failover`) may be 
 :meth:`ClusterHome.activate` (its process took the home lease) and stops at once on
 :meth:`ClusterHome.step_down`. All of them sign with one cluster home key kept in the store, and
 each home record names the process that wrote it, so a takeover is a handover the new holder
-signs itself: for a calendar whose record was not written by this very process (another
-process, an earlier run of this one, or none), the new holder catches the calendar up with
+signs itself: for a calendar whose record was not written during this very hold of the lease
+(by another process, an earlier run or hold of this one, or none), the new holder catches the calendar up with
 every row stored before its takeover, then writes the next epoch's record, fenced by the lease
 epoch; once it is stored, the holder decides. Every decision it writes is fenced too: the store
 refuses it once another process took the lease, so a deposed holder's late verdicts are never
@@ -14,15 +14,15 @@ stored, applied or forwarded.
 
 The record **adopts** the previous epoch's verdicts (``adopts = K``, :mod:`accord.engine.authority`):
 one small record, whatever the calendar's history, instead of every verdict signed again. That
-is safe because one epoch is decided by one run of one process (a record is only taken directly
-by the run that wrote it), which numbers its verdicts 1, 2, 3, ... and submits them in that
+is safe because one epoch is decided within one hold of the lease by one process (a record is
+only taken directly during the hold that wrote it), which numbers its verdicts 1, 2, 3, ... and submits them in that
 order through one commit pipeline that retries a failing batch until it is stored or fenced; a
 fenced write fences every later one. So the verdicts of an epoch that were ever stored are
 exactly serials 1..K, and everything a deposed holder signs or signed and never stored has a
 higher serial: it counts nowhere, whoever receives it by whatever path. The new holder checks
 that it holds serials 1..K, each naming the digest of the one before, down from the top one,
-whose signature it checks (:func:`~accord.engine.decisions.adoption_point`: no signature check
-per verdict, so a standby that never read the calendar takes it as fast as a warm one); if one
+whose signature it checks (:func:`~accord.engine.decisions.adoption_point`: one signature check
+per epoch, not one per verdict); if one
 is missing, or verdicts predate serials, it signs the previous epoch's verdicts again in
 the same update as the record instead (both stored or neither), as before. A calendar homed by a
 member of a cluster from before the shared key (its own ``relay_key:<id>``, still in the store)
@@ -71,7 +71,7 @@ class ClusterHome(Home):
         self.checked: Callable[[], None] = lambda: None  # a standby checked verdicts ahead of a takeover
         self.checked_ahead = 0  # verdicts whose signatures this process checked as a standby (for /metrics)
         self._taking: dict[CalendarId, int] = {}  # takeover records submitted, not stored yet (their epochs)
-        self._written: dict[CalendarId, int] = {}  # the epoch of the last home record this run wrote, per calendar
+        self._written: dict[CalendarId, int] = {}  # the epoch of the home record written in this hold, per calendar
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
         self._warming: dict[CalendarId, asyncio.Task[None]] = {}  # standby signature checks due (_keep_warm)
         self._fenced_seen = 0
@@ -124,6 +124,9 @@ class ClusterHome(Home):
             self._stop(name)
         self._waiting.clear()
         self._taking.clear()
+        # A verdict submitted in this hold may be refused yet leave a serial behind: the next hold
+        # writes the next epoch, whose record adopts only what was stored.
+        self._written.clear()
         self.not_home.clear()
         log.warning("stepped down as the cluster's home: another process takes over", extra={"relay": self.relay_id})
 
@@ -217,7 +220,7 @@ class ClusterHome(Home):
             await self._take_over(handle, home, signer)
 
     def _wrote(self, home: HomeRecord, name: CalendarId) -> bool:
-        """True if ``home`` is a record this run of this process wrote (so it may decide under it)."""
+        """True if ``home`` is a record written during this hold of the lease (so it may decide under it)."""
         return (home.relay_id == self.relay_id and home.public_key == self.key.public
                 and self._written.get(name) == home.epoch)
 

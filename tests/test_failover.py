@@ -224,10 +224,14 @@ async def test_a_deposed_holders_decision_is_refused_by_the_store_and_never_seen
         late = await desk.book(CAL, hour=9)  # clashes with the first: a late verdict would reject it
         await ra.wait_for(lambda: ra.metrics.fenced_writes >= 1)
         assert status(desk, late) is Status.PENDING
-        # It gave the lease up, took it again under a new epoch, and decided under that one.
+        # It gave the lease up, took it again under a new epoch, and decided under that one,
+        # under a new home record too: it adopts the stored verdict (serial 1), not the refused
+        # one (serial 2), which would count nowhere if it ever got out.
         await desk.wait_for(lambda: status(desk, late) is Status.REJECTED)
         assert failover.lease.stats.acquired == 2 and failover.lease.stats.epoch == 3
         assert status(desk, first) is Status.BOOKED
+        record = desk.replica(CAL).calendar.home_record
+        assert record is not None and (record.relay_id, record.epoch, record.adopts) == ("r-a", 2, 1)
 
 
 def pg_address(postgres_url: str) -> tuple[str, int, str]:
