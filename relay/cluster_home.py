@@ -74,6 +74,7 @@ class ClusterHome(Home):
         self._written: dict[CalendarId, int] = {}  # the epoch of the home record written in this hold, per calendar
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
         self._warming: dict[CalendarId, asyncio.Task[None]] = {}  # standby signature checks due (_keep_warm)
+        self._rewarm: set[CalendarId] = set()  # verdicts arrived while that calendar's check ran: another round
         self._fenced_seen = 0
 
     def quiet(self) -> list[CalendarId]:
@@ -162,6 +163,7 @@ class ClusterHome(Home):
             task.cancel()
         self._claims.clear()
         self._warming.clear()
+        self._rewarm.clear()
 
     def _keep_warm(self, handles: list[CalendarHandle]) -> None:
         """On a standby: check the signatures of the verdicts that arrived in ``handles``' home
@@ -171,19 +173,29 @@ class ClusterHome(Home):
         finds every reservation's fields and decision read (a takeover that adopts keeps them)."""
         for handle in handles:
             name = handle.name
-            if name not in self._warming and self.is_home_of(name):
+            if not self.is_home_of(name):
+                continue
+            warming = self._warming.get(name)
+            if warming is not None and not warming.done():
+                self._rewarm.add(name)
+            else:
                 _run_in(self._warming, name, self._warm(handle), f"warm-{name}")
 
     async def _warm(self, handle: CalendarHandle) -> None:
+        name = handle.name
         try:
-            await asyncio.sleep(WARM_S)
-            if handle.unloaded:
-                return
-            calendar = handle.replica.calendar
-            if count := await check_verdicts_off_loop(calendar):
-                self.checked_ahead += count
-                self.checked()
-            await read_off_loop(calendar)
+            while True:
+                self._rewarm.discard(name)
+                await asyncio.sleep(WARM_S)
+                if handle.unloaded:
+                    return
+                calendar = handle.replica.calendar
+                if count := await check_verdicts_off_loop(calendar):
+                    self.checked_ahead += count
+                    self.checked()
+                await read_off_loop(calendar)
+                if name not in self._rewarm:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: log it; the takeover checks what is left itself
