@@ -10,8 +10,9 @@ home lease and decides). Then, ``--kills`` times, alternating:
 
 Right after the fault a terminal on another process books a slot; the clock stops when that
 terminal holds the booking decided by a new home. So each figure is fault -> lease released
--> taken (retry every 0.25 s) -> calendar handed over (its verdicts signed again) -> the request
-decided -> forwarded to the terminal.
+-> taken (retry every 0.25 s) -> calendar handed over (one record adopting the previous holder's
+verdicts) -> the request decided -> forwarded to the terminal. With ``--reservations`` the
+calendar holds that many decided bookings first (a takeover's cost used to grow with them).
 
 Measure and print; nothing here is a pass/fail threshold. Example:
   python benchmarks/pg_failover_bench.py             # 20 faults (10 of each)
@@ -69,8 +70,8 @@ async def book_and_wait(relay: RelayProcess, slot: int, deposed: str | None, tim
 
 
 async def seed(relay: RelayProcess, count: int) -> None:
-    """``count`` booked reservations (one per resource), decided before the first fault: what a
-    new home signs again when it takes the calendar over."""
+    """``count`` booked reservations (one per resource), decided before the first fault: the
+    history a new home must keep when it takes the calendar over."""
     client = await LoadClient(relay.url, "seeder", calendar="clinic-1").start()
     try:
         made = [client.replica.calendar.book(resource=f"seed-{i}", start=NOW, end=NOW + timedelta(minutes=15),

@@ -209,8 +209,23 @@ class Calendar:
         self._forget_statuses()
 
     def _homes_changed(self, _event: object) -> None:
+        before = None if self._home_stale else self._home
         self._home_stale = True
-        self._forget_statuses()
+        if self._reads is not None and (before is None or not self._keeps_every_verdict_of(before)):
+            self._forget_statuses()
+
+    def _keeps_every_verdict_of(self, before: HomeRecord) -> bool:
+        """True if the current home is the next epoch after ``before`` and adopts every verdict
+        that counted under it (a relay cluster's takeover): every status reads as it did, so a
+        large calendar keeps its reads."""
+        chain = self.home_chain()
+        if len(chain) < 2 or chain[-2] != before or chain[-1].adopts is None:
+            return False
+        verify = self.verifier.verify
+        highest = max((verdict.serial for entries in self._verdict_index().values() for key, text in entries
+                       if (verdict := verify(key, text, before)) is not None and verdict.epoch == before.epoch),
+                      default=0)
+        return chain[-1].adopts >= highest
 
     def _forget_statuses(self) -> None:
         if self._reads is not None:
@@ -270,6 +285,21 @@ class Calendar:
         if home is None:
             return []
         return self.verifier.unchecked((e for entries in self._verdict_index().values() for e in entries), home)
+
+    def genuine_verdicts(self) -> builtins.list[tuple[str, Verdict]]:
+        """``(text, verdict)`` of every verdict that counts under the current home (empty without
+        one), of every reservation. Signatures are checked as reads check them (cached; see
+        :meth:`unchecked_verdicts` to check many off the event loop first)."""
+        home = self.home_record
+        if home is None:
+            return []
+        verify = self.verifier.verify
+        return [(text, verdict) for key, text in self.verdict_entries()
+                if (verdict := verify(key, text, home)) is not None]
+
+    def verdict_entries(self) -> builtins.list[tuple[str, str]]:
+        """The ``(entry key, stored text)`` of every verdict entry, genuine or not."""
+        return [entry for entries in self._verdict_index().values() for entry in entries]
 
     def verdicts_of(self, reservation_id: str) -> builtins.list[tuple[str, str]]:
         """The (entry key, stored text) of every verdict entry filed under the reservation."""

@@ -61,7 +61,16 @@ from typing import Any
 
 from pycrdt import Map
 
-from .authority import HomeRecord, RelayKey, Verdict, Verifier, first_home, request_digest, reservation_of
+from .authority import (
+    HomeRecord,
+    RelayKey,
+    Verdict,
+    Verifier,
+    first_home,
+    request_digest,
+    reservation_of,
+    verdict_digest,
+)
 from .calendar import Calendar
 from .errors import InvalidReservation, NotHome
 from .model import (
@@ -130,6 +139,10 @@ class Decider:
             passes the ``verdicts`` map of a separate document, stores what it captures there and
             only then applies it to the calendar, so that no decision is seen before it is durable
             (apply it with origin :attr:`origin`).
+        last_signed: ``(epoch, serial, digest)`` of the last verdict the caller's process signed
+            for this calendar, if it knows (a relay keeps :attr:`last_signed` across Deciders): the
+            next verdict of that epoch gets the next serial and names it as ``previous``.
+            Otherwise the next after the highest in the calendar.
 
     Creating a Decider takes the calendar (writes the epoch-1 home record) if it has no home
     yet, loads the index and starts queuing changes. Then, after applying updates, the relay
@@ -141,7 +154,7 @@ class Decider:
     """
 
     def __init__(self, calendar: Calendar, relay_id: str, key: RelayKey, hold_ttl: timedelta | None = None,
-                 *, sink: Map[Any] | None = None) -> None:
+                 *, sink: Map[Any] | None = None, last_signed: tuple[int, int, str] | None = None) -> None:
         self.calendar = calendar
         self.relay_id = check_text("actor", relay_id, required=True)
         self.key = key
@@ -159,8 +172,15 @@ class Decider:
         if calendar.home_record is None:
             calendar.add_home_record(*first_home(calendar.name, self.relay_id, key))
         self.epoch = self._check_home()
-        if self.epoch > 1:
-            self._carry_over()
+        # Serials number this home's verdicts of its epoch in signing order, never twice: what
+        # a takeover may adopt (engine/authority.py). The relay signs, stores and fences in that order.
+        if last_signed is not None and last_signed[0] == self.epoch:
+            _epoch, self.serial, self.previous = last_signed
+        else:
+            self.serial, self.previous = max(((v.serial, verdict_digest(text)) for text, v in calendar.genuine_verdicts()
+                                              if v.epoch == self.epoch), default=(0, ""))
+        if self.epoch > 1 and calendar.home_record.adopts is None:  # type: ignore[union-attr]
+            self._carry_over()  # (a record that adopts keeps every genuine verdict of the previous epoch)
         self.receipts = ReceiptIndex(calendar.receipts)
         self.rebuild()
         self._subscriptions = (calendar.reservations.observe_deep(self._on_change),
@@ -182,6 +202,11 @@ class Decider:
             plan = carry_over_plan(self.calendar, skip_decided=True)
             for rid, again, current in carried_over(self.calendar.name, plan, previous, self.relay_id, self.epoch):
                 self._store(rid, again, current=current)
+
+    @property
+    def last_signed(self) -> tuple[int, int, str]:
+        """``(epoch, serial, digest)`` of this Decider's last verdict (see the constructor)."""
+        return self.epoch, self.serial, self.previous
 
     def still_home(self) -> bool:
         """False once the calendar's records name another home (a merge with another home's
@@ -395,9 +420,12 @@ class Decider:
         self._store(rid, verdict, current=True)
 
     def _store(self, rid: str, verdict: Verdict, *, current: bool) -> None:
-        """Sign ``verdict``, write it to the sink, and remember it until the calendar has it
-        (``current``: it decides the reservation's request as it stands now)."""
+        """Sign ``verdict`` (numbered with the next serial), write it to the sink, and remember it
+        until the calendar has it (``current``: it decides the reservation's request as it stands now)."""
+        self.serial += 1
+        verdict = replace(verdict, serial=self.serial, previous=self.previous)
         encoded = verdict.sign(self.key)
+        self.previous = verdict_digest(encoded)
         entry_key = verdict.entry_key(encoded)
         self.sink[entry_key] = encoded
         self._fresh[rid] = (verdict.request, DecisionState(
@@ -443,18 +471,83 @@ def carry_over_plan(calendar: Calendar, *, skip_decided: bool) -> CarryOver:
 def carried_over(calendar: str, plan: CarryOver, previous: HomeRecord, relay_id: str,
                  epoch: int) -> list[tuple[str, Verdict, bool]]:
     """The verdicts a new home (``relay_id`` at ``epoch``) signs again after a handover from
-    ``previous``: each reservation's latest verdict of ``previous``, as ``(reservation id,
-    verdict, current)`` (``current``: it decides the request as it stands). Touches no document
-    or shared cache, so it may run in a worker thread (PyNaCl releases the GIL)."""
+    ``previous``: each reservation's latest verdict genuine under ``previous``, as ``(reservation
+    id, verdict, current)`` (``current``: it decides the request as it stands; serial 0: the
+    signer numbers them). Touches no document or shared cache, so it may run in a worker thread
+    (PyNaCl releases the GIL)."""
     verifier = Verifier(calendar)
     carried = []
     for rid, fields, entries in plan:
-        found = [v for v in verifier.check_all(entries, previous).values() if v is not None]
+        found = [v for v, _signer, valid in verifier.check_all(entries, previous).values() if v is not None and valid]
         if found:
             last = max(found, key=lambda v: v.seq)
-            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1)
+            again = replace(last, relay_id=relay_id, epoch=epoch, seq=last.seq + 1, serial=0, previous="")
             carried.append((rid, again, again.request == request_digest(rid, fields)))
     return carried
+
+
+_Entries = dict[int, list[tuple[str, str, Verdict]]]  # one epoch's opened verdict entries, by serial
+
+
+def adoption_point(calendar: Calendar) -> int | None:
+    """Up to which serial the next epoch's record may adopt the current home's verdicts
+    (:func:`~accord.engine.authority.handover`'s ``adopts``): the highest serial among the
+    genuine verdicts of the current epoch, when every serial from 1 up to it is there, linked by
+    digest (:func:`~accord.engine.authority.verdict_digest`) down from the highest one, whose
+    signature is checked. None when one is missing or a genuine verdict has no serial: the new
+    home must sign them again instead. Forged entries cost one signature check each and fill no gap.
+
+    The verdicts so linked need no signature check of their own: the calendar's verifier
+    remembers them as checked, and those of the earlier epochs the current home adopted too
+    (one check per epoch), so the new home's first pass over the calendar checks nothing.
+
+    The caller must hold every verdict the current home stored (a relay cluster's new holder,
+    caught up after its lease epoch fenced the old one out)."""
+    home = calendar.home_record
+    if home is None:
+        return None
+    verifier = calendar.verifier
+    by_epoch: dict[int, _Entries] = {}
+    for key, text in calendar.verdict_entries():
+        verdict = verifier.opened(key, text)
+        if verdict is not None:
+            by_epoch.setdefault(verdict.epoch, {}).setdefault(verdict.serial, []).append((key, text, verdict))
+    for adopted in home.earlier:
+        linked = _chain(calendar, by_epoch.get(adopted.epoch, {}), adopted.upto)
+        if linked:
+            verifier.vouch(linked, adopted.public_key)
+    current = by_epoch.get(home.epoch, {})
+    if any(verifier.verify(key, text, home) is not None for key, text, _verdict in current.get(0, ())):
+        return None  # from before serials
+    highest = max(current, default=0)
+    if highest == 0:
+        return 0
+    linked = _chain(calendar, current, highest)
+    if linked is None:
+        return None
+    verifier.vouch(linked, home.public_key)
+    return len(linked)
+
+
+def _chain(calendar: Calendar, entries: _Entries, upto: int) -> list[tuple[str, str]] | None:
+    """The ``(key, text)`` of one epoch's verdicts 1..n linked by digest down from its highest
+    genuine one (serial n <= ``upto``), or None if a link is missing."""
+    home = calendar.home_record
+    verify = calendar.verifier.verify
+    top = next((entry for serial in sorted(entries, reverse=True) if 0 < serial <= upto for entry in entries[serial]
+                if verify(entry[0], entry[1], home) is not None), None)
+    if top is None:
+        return None
+    chain = [top]
+    for serial in range(top[2].serial - 1, 0, -1):
+        wanted = chain[-1][2].previous
+        link = next((entry for entry in entries.get(serial, ()) if verdict_digest(entry[1]) == wanted), None)
+        if link is None:
+            return None
+        chain.append(link)
+    if chain[-1][2].previous:
+        return None  # serial 1 names no predecessor
+    return [(key, text) for key, text, _verdict in chain]
 
 
 def _needs_writing(fields: Mapping[str, Any], decided: DecisionState) -> bool:

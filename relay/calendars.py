@@ -200,16 +200,25 @@ def matches(name: str, globs: list[str] | tuple[str, ...]) -> bool:
 OFF_LOOP_VERDICTS = 200  # fewer unchecked verdicts than this are checked inline by the read
 
 
-async def check_verdicts_off_loop(calendar: Calendar) -> None:
+async def check_verdicts_off_loop(calendar: Calendar) -> int:
     """Check the signatures of a calendar's verdicts that no read has checked yet in a worker
-    thread (~55 µs each: 10,000 verdicts would hold the event loop for half a second)."""
+    thread (~55 µs each: 10,000 verdicts would hold the event loop for half a second). Returns
+    how many it checked (none when fewer than :data:`OFF_LOOP_VERDICTS`: reads check those)."""
     home = calendar.home_record
     pending = calendar.unchecked_verdicts()
     if home is None or len(pending) < OFF_LOOP_VERDICTS:
-        return
-    answers = await asyncio.to_thread(calendar.verifier.check_all, pending, home)
-    if calendar.home_record == home:  # the home may have moved meanwhile: then these answers are not its
-        calendar.verifier.remember(answers, home)
+        return 0
+    calendar.verifier.remember(await asyncio.to_thread(calendar.verifier.check_all, pending, home))
+    return len(pending)
+
+
+async def open_verdicts_off_loop(calendar: Calendar) -> None:
+    """Read (not check) a calendar's verdicts that its verifier has not read yet, in a worker
+    thread (~30 µs each), for :func:`~accord.engine.decisions.adoption_point`, which reads every one."""
+    verifier = calendar.verifier
+    pending = verifier.unopened(calendar.verdict_entries())
+    if len(pending) >= OFF_LOOP_VERDICTS:
+        verifier.remember_opened(await asyncio.to_thread(verifier.open_all, pending))
 
 
 async def read_off_loop(calendar: Calendar) -> None:

@@ -5,14 +5,28 @@ Every process of a cluster (a shared PostgreSQL store, :mod:`.failover`) may be 
 :meth:`ClusterHome.activate` (its process took the home lease) and stops at once on
 :meth:`ClusterHome.step_down`. All of them sign with one cluster home key kept in the store, and
 each home record names the process that wrote it, so a takeover is a handover the new holder
-signs itself: for a calendar whose record names another process (or none), the new holder
-catches the calendar up with every row stored before its takeover, then writes the next epoch's
-record together with the previous epoch's verdicts signed again (one update, so both are stored
-or neither), fenced by the lease epoch; once it is stored, the holder decides. Every decision it
-writes is fenced too: the store refuses it once another process took the lease, so a deposed
-holder's late verdicts are never stored, applied or forwarded, and every verdict that was stored
-before the takeover is carried over. A calendar homed by a member of a cluster from before the
-shared key (its own ``relay_key:<id>``, still in the store) is handed over with that key.
+signs itself: for a calendar whose record was not written during this very hold of the lease
+(by another process, an earlier run or hold of this one, or none), the new holder catches the calendar up with
+every row stored before its takeover, then writes the next epoch's record, fenced by the lease
+epoch; once it is stored, the holder decides. Every decision it writes is fenced too: the store
+refuses it once another process took the lease, so a deposed holder's late verdicts are never
+stored, applied or forwarded.
+
+The record **adopts** the previous epoch's verdicts (``adopts = K``, :mod:`accord.engine.authority`):
+one small record, whatever the calendar's history, instead of every verdict signed again. That
+is safe because one epoch is decided within one hold of the lease by one process (a record is
+only taken directly during the hold that wrote it), which numbers its verdicts 1, 2, 3, ... and submits them in that
+order through one commit pipeline that retries a failing batch until it is stored or fenced; a
+fenced write fences every later one. So the verdicts of an epoch that were ever stored are
+exactly serials 1..K, and everything a deposed holder signs or signed and never stored has a
+higher serial: it counts nowhere, whoever receives it by whatever path. The new holder checks
+that it holds serials 1..K, each naming the digest of the one before, down from the top one,
+whose signature it checks (:func:`~accord.engine.decisions.adoption_point`: one signature check
+per epoch, not one per verdict); if one
+is missing, or verdicts predate serials, it signs the previous epoch's verdicts again in
+the same update as the record instead (both stored or neither), as before. A calendar homed by a
+member of a cluster from before the shared key (its own ``relay_key:<id>``, still in the store)
+is handed over with that key, its verdicts signed again.
 """
 
 from __future__ import annotations
@@ -20,23 +34,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from pycrdt import Doc, Map
 
-from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover
+from accord.engine.authority import HomeRecord, RelayKey, Verdict, first_home, handover, verdict_digest
 from accord.engine.backoff import Backoff
-from accord.engine.decisions import DecisionMade, carried_over, carry_over_plan
+from accord.engine.decisions import DecisionMade, adoption_point, carried_over, carry_over_plan
 from accord.engine.errors import NotHome, StorageError
 from accord.engine.model import CalendarId
 from accord.engine.storage import Fence
 
-from .calendars import CalendarHandle, check_verdicts_off_loop
+from .calendars import CalendarHandle, check_verdicts_off_loop, open_verdicts_off_loop, read_off_loop
 from .home import Deciding, Home
 
 log = logging.getLogger(__name__)
 CLAIM_RETRY = Backoff(initial_s=0.1, factor=2.0, max_s=2.0, jitter=0.25)
+WARM_S = 1.0  # a standby checks the signatures of verdicts that arrived at most this often per calendar
 
 
 class ClusterHome(Home):
@@ -52,8 +68,13 @@ class ClusterHome(Home):
         # The key a cluster member had before the shared home key (relay_key:<id>), to hand its calendars over.
         self.member_key: Callable[[str], Awaitable[RelayKey | None]] | None = None
         self.fenced: Callable[[], None] = lambda: None  # the store refused a decision: the lease moved on
-        self._taking: set[CalendarId] = set()  # takeover records submitted, not stored yet
+        self.checked: Callable[[], None] = lambda: None  # a standby checked verdicts ahead of a takeover
+        self.checked_ahead = 0  # verdicts whose signatures this process checked as a standby (for /metrics)
+        self._taking: dict[CalendarId, int] = {}  # takeover records submitted, not stored yet (their epochs)
+        self._written: dict[CalendarId, int] = {}  # the epoch of the home record written in this hold, per calendar
         self._claims: dict[CalendarId, asyncio.Task[None]] = {}  # claims under way (claim_soon)
+        self._warming: dict[CalendarId, asyncio.Task[None]] = {}  # standby signature checks due (_keep_warm)
+        self._rewarm: set[CalendarId] = set()  # verdicts arrived while that calendar's check ran: another round
         self._fenced_seen = 0
 
     def quiet(self) -> list[CalendarId]:
@@ -72,10 +93,18 @@ class ClusterHome(Home):
                 self._waiting.add(handle.name)
             else:
                 self.claim_soon(handle)
+        elif not handle.is_empty():
+            self._keep_warm([handle])
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
-        self._taking.discard(handle.name)
+        self._taking.pop(handle.name, None)
         super().calendar_unloading(handle)
+
+    def _take(self, handle: CalendarHandle) -> None:
+        super()._take(handle)
+        deciding = self._deciding.get(handle.name)
+        if deciding is not None:  # its record: written by this run (a first record, or a takeover)
+            self._written[handle.name] = deciding.decider.epoch
 
     def activate(self) -> None:
         """This process holds the home lease now (:attr:`fence` gives its epoch): claim home
@@ -96,6 +125,9 @@ class ClusterHome(Home):
             self._stop(name)
         self._waiting.clear()
         self._taking.clear()
+        # A verdict submitted in this hold may be refused yet leave a serial behind: the next hold
+        # writes the next epoch, whose record adopts only what was stored.
+        self._written.clear()
         self.not_home.clear()
         log.warning("stepped down as the cluster's home: another process takes over", extra={"relay": self.relay_id})
 
@@ -109,14 +141,7 @@ class ClusterHome(Home):
         """Claim ``handle`` (see :meth:`_claim`) in a task of its own (stepping down cancels it)."""
         if handle.name in self._claims:
             return
-        task = asyncio.create_task(self._claim(handle), name=f"claim-{handle.name}")
-        self._claims[handle.name] = task
-        task.add_done_callback(self._claimed)
-
-    def _claimed(self, task: asyncio.Task[None]) -> None:
-        for name, claiming in list(self._claims.items()):
-            if claiming is task:
-                del self._claims[name]
+        _run_in(self._claims, handle.name, self._claim(handle), f"claim-{handle.name}")
 
     async def _claim(self, handle: CalendarHandle) -> None:
         attempt = 0
@@ -133,10 +158,48 @@ class ClusterHome(Home):
             attempt += 1
 
     def close(self) -> None:
-        """Stop claiming (the relay stops)."""
-        for task in self._claims.values():
+        """Stop claiming and checking (the relay stops)."""
+        for task in [*self._claims.values(), *self._warming.values()]:
             task.cancel()
         self._claims.clear()
+        self._warming.clear()
+        self._rewarm.clear()
+
+    def _keep_warm(self, handles: list[CalendarHandle]) -> None:
+        """On a standby: check the signatures of the verdicts that arrived in ``handles``' home
+        calendars, off the loop and at most every :data:`WARM_S` per calendar, so that a takeover
+        finds them checked (:func:`adoption_point` reads every one; ~55 µs each otherwise), and
+        read a large one whole once (off the loop too), so that the decider's first pass over it
+        finds every reservation's fields and decision read (a takeover that adopts keeps them)."""
+        for handle in handles:
+            name = handle.name
+            if not self.is_home_of(name):
+                continue
+            warming = self._warming.get(name)
+            if warming is not None and not warming.done():
+                self._rewarm.add(name)
+            else:
+                _run_in(self._warming, name, self._warm(handle), f"warm-{name}")
+
+    async def _warm(self, handle: CalendarHandle) -> None:
+        name = handle.name
+        try:
+            while True:
+                self._rewarm.discard(name)
+                await asyncio.sleep(WARM_S)
+                if handle.unloaded:
+                    return
+                calendar = handle.replica.calendar
+                if count := await check_verdicts_off_loop(calendar):
+                    self.checked_ahead += count
+                    self.checked()
+                await read_off_loop(calendar)
+                if name not in self._rewarm:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: log it; the takeover checks what is left itself
+            log.exception("standby signature check error", extra={"calendar": handle.name})
 
     async def _claim_once(self, handle: CalendarHandle) -> None:
         """Decide ``handle`` as the lease holder: catch it up with every row stored before the
@@ -153,7 +216,7 @@ class ClusterHome(Home):
             self._waiting.add(name)
             return
         home = handle.replica.calendar.home_record
-        if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
+        if home is not None and self._wrote(home, name):
             await check_verdicts_off_loop(handle.replica.calendar)  # the decider reads every one
             if not handle.unloaded and self._still_active() and name not in self._deciding:
                 self._take(handle)
@@ -168,19 +231,28 @@ class ClusterHome(Home):
         if not handle.unloaded and self._still_active() and handle.replica.calendar.home_record == home:
             await self._take_over(handle, home, signer)
 
+    def _wrote(self, home: HomeRecord, name: CalendarId) -> bool:
+        """True if ``home`` is a record written during this hold of the lease (so it may decide under it)."""
+        return (home.relay_id == self.relay_id and home.public_key == self.key.public
+                and self._written.get(name) == home.epoch)
+
     async def _take_over(self, handle: CalendarHandle, current: HomeRecord | None, signer: RelayKey) -> None:
         """Write, fenced, the record that makes this process the calendar's home (epoch 1 if it
-        has none; else signed by ``signer``, ``current``'s key) and, in the same update, the
-        previous home's verdicts signed again (checked and signed in a worker thread)."""
+        has none; else signed by ``signer``, ``current``'s key), adopting the previous home's
+        verdicts, or with them signed again in the same update where it cannot (checked and
+        signed in a worker thread; see the module docstring)."""
         started = time.perf_counter()
         calendar = handle.replica.calendar
+        signed: list[tuple[str, str, Verdict]] = []
         if current is None:
             record, encoded = first_home(handle.name, self.relay_id, self.key)
-            signed: list[tuple[str, str, Verdict]] = []
         else:
-            record, encoded = handover(current, signer, self.relay_id, self.key.public)
-            signed = await asyncio.to_thread(self._sign_again, handle.name, carry_over_plan(calendar, skip_decided=False),
-                                             current, record.epoch)
+            await open_verdicts_off_loop(calendar)  # adoption_point reads every one
+            upto = adoption_point(calendar) if signer is self.key and calendar.home_record == current else None
+            record, encoded = handover(current, signer, self.relay_id, self.key.public, adopts=upto)
+            if upto is None:
+                signed = await asyncio.to_thread(self._sign_again, handle.name,
+                                                 carry_over_plan(calendar, skip_decided=False), current, record.epoch)
         fence = self.fence()
         moved_on = calendar.home_record != current or handle.name in self._deciding or handle.name in self._taking
         if fence is None or handle.unloaded or moved_on:
@@ -195,19 +267,24 @@ class ClusterHome(Home):
                 verdicts[entry_key] = text
             homes[record.entry_key(encoded)] = encoded
         # Once the record is applied, reads of these verdicts under it need no signature check.
-        calendar.verifier.remember({(key, text): verdict for key, text, verdict in signed}, record)
-        self._taking.add(handle.name)
+        calendar.verifier.remember({(key, text): (verdict, self.key.public, True) for key, text, verdict in signed})
+        self._taking[handle.name] = record.epoch
+        # The holder's next verdict: serial len + 1, chained to the last one signed again.
+        self._serials[handle.name] = (record.epoch, len(signed), verdict_digest(signed[-1][1]) if signed else "")
         log.info("taking over as home", extra={"calendar": handle.name, "epoch": record.epoch,
                                                "previous": current.relay_id if current else "-",
-                                               "lease_epoch": fence.epoch, "verdicts": len(signed),
+                                               "lease_epoch": fence.epoch, "adopted": record.adopts,
+                                               "signed_again": len(signed), "bytes": sum(map(len, captured)),
                                                "ms": round((time.perf_counter() - started) * 1000, 1)})
         for update in captured:
             self.pipeline.submit_withheld(handle, update, origin, fence)
 
     def _sign_again(self, calendar: str, plan: Any, previous: HomeRecord, epoch: int) -> list[tuple[str, str, Verdict]]:
-        """``(entry key, encoded, verdict)`` of every verdict carried over (in a worker thread)."""
-        out = []
-        for _rid, again, _current in carried_over(calendar, plan, previous, self.relay_id, epoch):
+        """``(entry key, encoded, verdict)`` of every verdict carried over, numbered 1, 2, ... (in
+        a worker thread)."""
+        out: list[tuple[str, str, Verdict]] = []
+        for serial, (_rid, carried, _current) in enumerate(carried_over(calendar, plan, previous, self.relay_id, epoch), 1):
+            again = replace(carried, serial=serial, previous=verdict_digest(out[-1][1]) if out else "")
             text = again.sign(self.key)
             out.append((again.entry_key(text), text, again))
         return out
@@ -222,6 +299,7 @@ class ClusterHome(Home):
                 self.step_down()
                 self.fenced()
         if not self._still_active():
+            self._keep_warm(handles)
             return
         now = self.clock()
         for handle in handles:
@@ -233,8 +311,9 @@ class ClusterHome(Home):
                 continue
             if name in self._taking:
                 home = handle.replica.calendar.home_record
-                if home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public:
-                    self._taking.discard(name)  # the takeover record is stored: decide from now on
+                if (home is not None and home.relay_id == self.relay_id and home.public_key == self.key.public
+                        and home.epoch == self._taking[name]):
+                    del self._taking[name]  # the takeover record is stored: decide from now on
                     self._take(handle)
                 continue
             deciding = self._deciding.get(name)
@@ -253,3 +332,16 @@ class ClusterHome(Home):
             self.step_down()  # the lease went while deciding: these verdicts are not written
             return
         super()._record(handle, deciding, made, fence)
+
+
+def _run_in(tasks: dict[CalendarId, asyncio.Task[None]], name: CalendarId, work: Coroutine[Any, Any, None],
+            label: str) -> None:
+    """Run ``work`` in a task kept in ``tasks[name]`` until it ends."""
+    task = asyncio.create_task(work, name=label)
+    tasks[name] = task
+
+    def done(finished: asyncio.Task[None]) -> None:
+        if tasks.get(name) is finished:
+            del tasks[name]
+
+    task.add_done_callback(done)

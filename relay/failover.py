@@ -12,7 +12,7 @@ made by the first process), so any holder can hand each calendar over to itself.
 On taking the lease (its epoch bumped in the store, see :mod:`.lease`) the new holder loads
 every stored calendar matching its globs that may hold undecided requests and claims each one
 (:meth:`ClusterHome.claim_soon`): caught up with every row stored before the takeover, a
-takeover record with the previous verdicts signed again, then every pending booking decided.
+takeover record adopting the previous holder's verdicts, then every pending booking decided.
 Calendars written later (on any process) are loaded and claimed as their commit notices arrive.
 Which calendars may hold undecided requests: while it holds the lease, the holder records every
 second, for each calendar it decides that is quiet (nothing queued to decide or to store), the
@@ -83,6 +83,7 @@ class HomeFailover:
         lease.on_lost = self._lost
         home.fence = lambda: lease.fence
         home.fenced = lease.drop  # a write refused under this lease: give it up, take it again if free
+        home.checked = notice.notify
 
     def start(self) -> None:
         self.lease.start()
@@ -170,6 +171,9 @@ class HomeFailover:
             "# HELP accord_home_last_takeover_seconds From taking the home lease to every home calendar claimed.",
             "# TYPE accord_home_last_takeover_seconds gauge",
             f"accord_home_last_takeover_seconds {self.last_takeover_s:.6f}",
+            "# HELP accord_home_verdicts_checked_ahead_total Verdicts checked as a standby, ahead of a takeover.",
+            "# TYPE accord_home_verdicts_checked_ahead_total counter",
+            f"accord_home_verdicts_checked_ahead_total {self.home.checked_ahead}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -77,6 +77,9 @@ class Home:
         self._deciding: dict[CalendarId, Deciding] = {}
         self.not_home: dict[CalendarId, NotHome] = {}  # --home calendars another relay decides
         self._waiting: set[CalendarId] = set()  # --home calendars loaded empty: taken on their first write
+        # (epoch, serial) of the last verdict signed here per calendar, kept across Deciders: a
+        # serial is never signed twice in an epoch (what a takeover adopts relies on it).
+        self._serials: dict[CalendarId, tuple[int, int, str]] = {}
 
     def is_home_of(self, calendar: str) -> bool:
         """True if this relay decides bookings of ``calendar``."""
@@ -121,7 +124,7 @@ class Home:
         sink.observe(lambda event: captured.append(event.update))
         try:
             decider = Decider(handle.replica.calendar, self.relay_id, self.key, self.hold_ttl,
-                              sink=sink.get("verdicts", type=Map))
+                              sink=sink.get("verdicts", type=Map), last_signed=self._serials.get(handle.name))
         except NotHome as exc:
             self._refuse(handle, exc)
             return
@@ -141,6 +144,7 @@ class Home:
         deciding = self._deciding.pop(name, None)
         if deciding is not None:
             deciding.decider.close()
+            self._serials[name] = deciding.decider.last_signed
 
     def calendar_unloading(self, handle: CalendarHandle) -> None:
         self._waiting.discard(handle.name)

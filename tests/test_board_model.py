@@ -980,3 +980,35 @@ def test_the_boards_free_time_is_the_engines_across_zones_daylight_saving_except
         assert got == _python_slots(case), case
     assert answers[-2] == []  # 02:30 does not exist that night: fold=0 reads it as 01:30Z, as 03:30 CEST is
     assert answers[-1] == [["2026-10-25T00:30:00Z", "2026-10-25T03:00:00Z", "free"]]  # the first 02:30 (CEST)
+
+
+def test_a_takeover_that_adopts_keeps_decisions_on_the_board_and_a_deposed_homes_late_ones_count_nowhere() -> None:
+    """A relay cluster's takeover (one key): epoch 2 adopts epoch 1's serials 1..2; epoch 1's
+    serial 3 (signed after the takeover, or never stored) is no decision, nor is anything a
+    forged or tampered adoption would bring; the board reads every one as Python does."""
+    old = Desk(relay_id="pg-a")
+    cal = old.calendar
+    first, second = old.book("P-1", "09:00", "09:30"), old.book("P-2", "10:00", "10:30")
+    old.decide()  # serials 1 and 2
+    home = cal.home_record
+    assert home is not None
+    record, text = handover(home, old.key, "pg-b", old.key.public, adopts=2)
+    cal.add_home_record(record, text)
+    late = old.book("P-3", "11:00", "11:30")
+    assert old.decide()  # pg-a has not noticed yet: it signs serial 3 at epoch 1
+    stranger = RelayKey.generate()  # epoch 3 adopting everything, signed by someone else
+    forged = HomeRecord(cal.name, 3, "pg-c", stranger.public, stranger.public, adopts=10**6)
+    forged_text = stranger.sign(HOME_TAG, forged.payload())
+    cal.homes[forged.entry_key(forged_text)] = forged_text
+    _tag, payload, signature = text.split(".")  # the genuine record, its adoption raised: a forgery
+    raised = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    raised["a"], raised["h"] = 10**6, "pg-z"
+    tampered = "h1." + _b64(json.dumps(raised, sort_keys=True, separators=(",", ":")).encode()) + "." + signature
+    cal.homes[f"2/pg-z/{signature[:22]}"] = tampered
+    want = _assert_same({"adopted": cal})["adopted"]
+    assert want["home"] == ["pg-b", "2"]
+    assert [want["views"][rid]["status"] for rid in (first, second, late)] == ["booked", "booked", "pending"]
+    successor = Decider(cal, "pg-b", old.key)
+    assert [d.reservation_id for d in successor.decide_all_pending(old.clock)] == [late]
+    after = _assert_same({"adopted": cal})["adopted"]
+    assert [after["views"][rid]["status"] for rid in (first, second, late)] == ["booked", "booked", "booked"]

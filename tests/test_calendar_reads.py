@@ -132,3 +132,42 @@ async def test_reads_parsed_in_a_worker_thread_are_kept_only_if_nothing_changed_
     assert not late.install_reads(snapshot, parsed)
     assert late.get(made[1].id).status is Status.CANCELLED
     assert next(r for r in late.list() if r.id == made[1].id).status is Status.CANCELLED
+
+
+def test_reads_kept_through_a_takeover_that_adopts_read_as_fresh_ones() -> None:
+    """A record adopting every verdict of the previous epoch keeps a large calendar's reads (a
+    cluster's takeover); one adopting fewer must not: the verdicts past it no longer count."""
+    from homes import HOME_KEY
+
+    from accord.engine.authority import handover
+    from accord.engine.decisions import Decider
+
+    calendar, made = homed_calendar(READ_CACHE_MIN + 10)
+    Decider(calendar, "relay-a", HOME_KEY).decide_all_pending(NOW)  # serials 1..n
+    whole = fresh(calendar)
+    assert {r.status for r in same(calendar)} == {r.status for r in same(whole)} == {Status.BOOKED}
+    home = whole.home_record
+    assert home is not None
+    whole.add_home_record(*handover(home, HOME_KEY, "relay-b", HOME_KEY.public, adopts=len(made)))
+    assert whole._reads is not None and len(whole._reads.decided) == len(made)  # kept
+    assert {r.status for r in same(whole)} == {Status.BOOKED} and whole.home == "relay-b"
+    calendar.add_home_record(*handover(home, HOME_KEY, "relay-b", HOME_KEY.public, adopts=len(made) - 1))
+    statuses = [r.status for r in same(calendar)]
+    assert statuses.count(Status.PENDING) == 1 and statuses.count(Status.BOOKED) == len(made) - 1
+
+
+async def test_verdicts_read_in_a_worker_thread_adopt_as_read_inline() -> None:
+    """A cluster's new holder reads a large calendar's verdicts off the event loop before it
+    works out what its record adopts (relay/calendars.open_verdicts_off_loop): the same answer."""
+    from homes import HOME_KEY
+
+    from accord.engine.decisions import Decider, adoption_point
+    from accord.relay.calendars import OFF_LOOP_VERDICTS, open_verdicts_off_loop
+
+    calendar, made = homed_calendar(OFF_LOOP_VERDICTS + 20)
+    Decider(calendar, "relay-a", HOME_KEY).decide_all_pending(NOW)
+    loaded = fresh(calendar)
+    await open_verdicts_off_loop(loaded)
+    assert loaded.verifier.unopened(loaded.verdict_entries()) == []
+    assert adoption_point(loaded) == adoption_point(fresh(calendar)) == len(made)
+    assert loaded.unchecked_verdicts() == []

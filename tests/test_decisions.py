@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Map, merge_updates
 
-from accord.engine.authority import RelayKey
-from accord.engine.decisions import Decider, DecisionMade, RejectReason, needs_decision
+from accord.engine.authority import RelayKey, handover
+from accord.engine.decisions import Decider, DecisionMade, RejectReason, adoption_point, needs_decision
 from accord.engine.errors import InvalidReservation, InvalidTransition
 from accord.engine.model import Decision, Slot, Status, parse_time
 from accord.engine.receipts import CLIENT_ORIGIN, Stamper
@@ -526,3 +527,99 @@ def test_a_bad_capacity_value_counts_as_one_and_never_stops_decisions(capacity: 
     assert clinic.status(elsewhere) is Status.BOOKED
     restarted = Decider(clinic.home.calendar, "relay-a", HOME_KEY)  # and the calendar still loads
     assert restarted.decide_all_pending(NOW) == []
+
+
+def test_a_takeover_that_adopts_keeps_every_stored_decision_and_a_deposed_homes_late_ones_count_nowhere() -> None:
+    """A relay cluster's takeover in memory: process a decides (epoch 1), process b writes the
+    epoch-2 record adopting a's stored verdicts (one key, as in a cluster), and a, not knowing
+    yet, decides once more. Its late verdict, delivered by any path, is no decision anywhere;
+    what a decided before stays decided, and b decides the late request itself."""
+    a = Replica("clinic-1", actor="pg-a", client_id=1)
+    terminal = Replica("clinic-1", actor="desk", client_id=2)
+    first = terminal.calendar.book(resource="room-1", start=at("09:00"), end=at("09:15"), patient="p", now=NOW).id
+    for change in terminal.take_changes():
+        a.apply(change.update)
+    deposed = Decider(a.calendar, "pg-a", HOME_KEY)
+    assert [d.outcome for d in deposed.decide_all_pending(NOW)] == [Decision.BOOKED]
+    stored = a.full_state()  # everything a stored before b's lease epoch fenced it out
+    b = Replica("clinic-1", actor="pg-b", client_id=3)
+    b.apply(stored)
+    upto = adoption_point(b.calendar)
+    assert upto == 1
+    current = b.calendar.home_record
+    assert current is not None
+    b.calendar.add_home_record(*handover(current, HOME_KEY, "pg-b", HOME_KEY.public, adopts=upto))
+    # a's late decision: a clashing request it books (it never saw the first one's successor record)
+    late = terminal.calendar.book(resource="room-2", start=at("10:00"), end=at("10:15"), patient="q", now=NOW).id
+    for change in terminal.take_changes():
+        a.apply(change.update)
+        b.apply(change.update)
+    assert [d.outcome for d in deposed.decide_queued(NOW)] == [Decision.BOOKED]
+    leaked = a.full_state()  # serial 2 of epoch 1: never stored, yet handed to b and the terminal
+    for replica in (b, terminal):
+        replica.apply(b.full_state())
+        replica.apply(leaked)
+        assert replica.calendar.home == "pg-b"
+        assert replica.calendar.get(first).status is Status.BOOKED  # adopted: decided, never reversed
+        assert replica.calendar.get(late).status is Status.PENDING  # the late verdict is no decision
+    successor = Decider(b.calendar, "pg-b", HOME_KEY)
+    assert [(d.reservation_id, d.outcome) for d in successor.decide_all_pending(NOW)] == [(late, Decision.BOOKED)]
+    assert successor.serial == 1  # its own count starts in its own epoch
+    assert b.calendar.get(late).status is Status.BOOKED and b.calendar.get(first).status is Status.BOOKED
+
+
+def test_a_takeover_adopts_nothing_when_a_serial_is_missing_or_verdicts_predate_serials() -> None:
+    a = Replica("clinic-1", actor="pg-a", client_id=1)
+    for i in range(3):
+        a.calendar.book(resource=f"room-{i}", start=at("09:00"), end=at("09:15"), patient="p", now=NOW)
+    decider = Decider(a.calendar, "pg-a", HOME_KEY)
+    decider.decide_all_pending(NOW)
+    assert adoption_point(a.calendar) == 3
+    home = a.calendar.home_record
+    middle = next(key for key, text in a.calendar.verdicts.items()
+                  if (v := a.calendar.verifier.verify(key, text, home)) is not None and v.serial == 2)
+    gapped = Replica("clinic-1", actor="pg-b", client_id=3)
+    gapped.apply(a.full_state())
+    with gapped.doc.transaction():
+        del gapped.calendar.verdicts[middle]  # serial 2 never stored (a bug upstream): adopt nothing
+    assert adoption_point(gapped.calendar) is None
+    forged = replace(a.calendar.verifier.verify(middle, a.calendar.verdicts[middle], home),  # type: ignore[arg-type]
+                     decided_at="2026-11-30T08:00:09Z")
+    forged_text = forged.sign(RelayKey.generate())  # the gap filled by someone without the home's key
+    with gapped.doc.transaction():
+        gapped.calendar.verdicts[forged.entry_key(forged_text)] = forged_text
+    assert adoption_point(gapped.calendar) is None
+    legacy = Replica("clinic-1", actor="old", client_id=4)
+    legacy.calendar.book(resource="room-1", start=at("09:00"), end=at("09:15"), patient="p", now=NOW)
+    Decider(legacy.calendar, "old", HOME_KEY).decide_all_pending(NOW)
+    for key in list(legacy.calendar.verdicts.keys()):  # what a relay from before serials wrote
+        text = legacy.calendar.verdicts[key]
+        verdict = legacy.calendar.verifier.verify(key, text, legacy.calendar.home_record)
+        assert verdict is not None
+        old = replace(verdict, serial=0, previous="")
+        encoded = old.sign(HOME_KEY)
+        with legacy.doc.transaction():
+            del legacy.calendar.verdicts[key]
+            legacy.calendar.verdicts[old.entry_key(encoded)] = encoded
+    assert adoption_point(legacy.calendar) is None
+
+
+def test_adopting_checks_one_signature_per_epoch_and_leaves_none_for_the_new_homes_first_pass() -> None:
+    """A cold new holder (nothing checked yet) links each epoch's verdicts by digest from the
+    top one: afterwards no verdict of the calendar waits for a signature check."""
+    a = Replica("clinic-1", actor="pg-a", client_id=1)
+    for i in range(5):
+        a.calendar.book(resource=f"room-{i}", start=at("09:00"), end=at("09:15"), patient="p", now=NOW)
+    Decider(a.calendar, "pg-a", HOME_KEY).decide_all_pending(NOW)
+    home = a.calendar.home_record
+    assert home is not None
+    a.calendar.add_home_record(*handover(home, HOME_KEY, "pg-b", HOME_KEY.public, adopts=adoption_point(a.calendar)))
+    for i in range(3):
+        a.calendar.book(resource=f"room-{i}", start=at("10:00"), end=at("10:15"), patient="p", now=NOW)
+    Decider(a.calendar, "pg-b", HOME_KEY).decide_all_pending(NOW)  # epoch 2: serials 1..3
+    cold = Replica("clinic-1", actor="pg-c", client_id=5)
+    cold.apply(a.full_state())
+    assert len(cold.calendar.unchecked_verdicts()) == 8
+    assert adoption_point(cold.calendar) == 3
+    assert cold.calendar.unchecked_verdicts() == []
+    assert [r.status for r in cold.calendar.list()] == [Status.BOOKED] * 8

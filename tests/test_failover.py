@@ -224,10 +224,14 @@ async def test_a_deposed_holders_decision_is_refused_by_the_store_and_never_seen
         late = await desk.book(CAL, hour=9)  # clashes with the first: a late verdict would reject it
         await ra.wait_for(lambda: ra.metrics.fenced_writes >= 1)
         assert status(desk, late) is Status.PENDING
-        # It gave the lease up, took it again under a new epoch, and decided under that one.
+        # It gave the lease up, took it again under a new epoch, and decided under that one,
+        # under a new home record too: it adopts the stored verdict (serial 1), not the refused
+        # one (serial 2), which would count nowhere if it ever got out.
         await desk.wait_for(lambda: status(desk, late) is Status.REJECTED)
         assert failover.lease.stats.acquired == 2 and failover.lease.stats.epoch == 3
         assert status(desk, first) is Status.BOOKED
+        record = desk.replica(CAL).calendar.home_record
+        assert record is not None and (record.relay_id, record.epoch, record.adopts) == ("r-a", 2, 1)
 
 
 def pg_address(postgres_url: str) -> tuple[str, int, str]:
@@ -429,3 +433,40 @@ async def test_a_takeover_loads_only_the_calendars_with_rows_past_the_last_holde
                                     == "r-b" and desk.replica(name).calendar.get(rid).status is outcome)
             assert sorted(rb.calendars.loaded) == [names[0], names[2]]  # clinic-2 stays in the store
             assert desk.replica(names[1]).calendar.home == "r-a"
+
+
+async def test_a_takeover_writes_one_small_record_whatever_the_calendars_history(tmp_path: Path,
+                                                                                 postgres_url: str) -> None:
+    """The new holder adopts the previous holder's decisions with its record instead of signing
+    each again: what it stores does not grow with the calendar (200 decisions signed again would
+    be ~90 kB), every earlier decision stays, and the next request is decided against them."""
+    stores = [await open_storage(postgres_url) for _ in range(2)]
+    async with AsyncExitStack() as first, AsyncExitStack() as second:
+        ra = await first.enter_async_context(Relay(relay_config(tmp_path, "r-a", home_globs=["clinic-*"]),
+                                                   storage=stores[0]))
+        failover_a = ra.failover
+        assert failover_a is not None
+        await ra.wait_for(lambda: failover_a.lease.valid())
+        rb = await second.enter_async_context(Relay(relay_config(tmp_path, "r-b", home_globs=["clinic-*"]),
+                                                    storage=stores[1]))
+        desk = await second.enter_async_context(WireClient(rb.url, actor="desk"))
+        await desk.open(CAL)
+        ids = [await desk.book(CAL, resource=f"room-{i}") for i in range(200)]
+        await desk.wait_for(lambda: all_decided(desk, ids) and desk.replica(CAL).calendar.home == "r-a", timeout=30)
+        head = (await stores[1].heads([CalendarId(CAL)]))[CalendarId(CAL)]
+        # The standby checked the arriving verdicts' signatures ahead: nothing left for its takeover.
+        standby = rb.calendars.loaded[CalendarId(CAL)].replica.calendar
+        await rb.wait_for(lambda: not standby.unchecked_verdicts(), timeout_s=10)
+        assert "accord_home_verdicts_checked_ahead_total 200" in await asyncio.to_thread(metrics_of, rb.port)
+        await first.aclose()  # r-a stops and releases the lease: r-b takes over at once
+        failover_b = rb.failover
+        assert failover_b is not None
+        await desk.wait_for(lambda: desk.replica(CAL).calendar.home == "r-b" and failover_b.home.is_deciding(CAL),
+                            timeout=15)
+        written = await stores[1].rows_after(CalendarId(CAL), head)
+        assert written and sum(len(row.data) for row in written) < 2048, [len(row.data) for row in written]
+        assert all(status(desk, rid) is Status.BOOKED for rid in ids)
+        clash = await desk.book(CAL, resource="room-7")
+        await desk.wait_for(lambda: status(desk, clash) is Status.REJECTED)
+        record = desk.replica(CAL).calendar.home_record
+        assert record is not None and record.epoch == 2 and record.adopts == 200

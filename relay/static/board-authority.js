@@ -9,7 +9,9 @@
 // exactly (board-canonical.js: canonical JSON, lenient base64url, str() of stored values, string
 // order) and libsodium's Ed25519 rules, which refuse small-order keys and R points that WebCrypto
 // alone accepts (with those anyone could "sign" anything). Checking is asynchronous (WebCrypto);
-// board-decisions.js caches the answers and says what is known so far.
+// board-decisions.js caches the answers and says what is known so far. A verdict of an earlier
+// epoch counts when the chain adopted it (a record's `a`: the previous epoch's verdicts with serials
+// 1..a, each verdict's `k`), as engine/authority.py explains.
 
 import { b64, canonicalJson, comparePy, fieldStr, parseJson, pyLen, unb64 } from './board-canonical.js'
 
@@ -18,6 +20,7 @@ export const HOME_TAG = 'h1'
 export const MAX_ENCODED = 4096 // engine/authority.py: anything longer is not ours
 export const CACHE_SIZE = 200_000
 export const OUTCOMES = Object.freeze(['booked', 'rejected', 'released'])
+export const MAX_SERIAL = 2n ** 53n // authority.MAX_SERIAL
 
 const hasOwn = (object, key) => Object.prototype.hasOwnProperty.call(object, key)
 
@@ -144,8 +147,10 @@ export function openSigned (text, tag) {
 const strings = (payload, keys) => keys.every(key => hasOwn(payload, key) && typeof payload[key] === 'string')
 const integer = (payload, key) => hasOwn(payload, key) && typeof payload[key] === 'bigint'
 
-/** The home record's payload as Python writes it (HomeRecord.payload). */
-const homePayload = r => ({ c: r.calendar, e: r.epoch, h: r.relayId, k: r.publicKey, s: r.signer })
+/** The home record's payload as Python writes it (HomeRecord.payload): `a` only when it adopts. */
+const homePayload = r => ({
+  c: r.calendar, e: r.epoch, h: r.relayId, k: r.publicKey, s: r.signer, ...(r.adopts === null ? {} : { a: r.adopts })
+})
 
 /** authority.is_public_key: `text` decodes (leniently) to the 32 bytes of an Ed25519 public key. */
 export function isPublicKey (text) {
@@ -160,16 +165,30 @@ export async function readHomeRecord (text, calendar, signatures) {
   const { payload, raw, rawBytes, signature } = opened
   // Python converts with str() and int(), then demands the canonical bytes back: only exact types pass.
   if (!strings(payload, ['c', 'h', 'k', 's']) || !integer(payload, 'e')) return null
-  const record = { calendar: payload.c, epoch: payload.e, relayId: payload.h, publicKey: payload.k, signer: payload.s }
+  const adopts = hasOwn(payload, 'a') ? payload.a : null
+  if (adopts !== null && (typeof adopts !== 'bigint' || adopts < 0n || adopts > MAX_SERIAL)) return null
+  const record = {
+    calendar: payload.c, epoch: payload.e, relayId: payload.h, publicKey: payload.k, signer: payload.s, adopts, earlier: []
+  }
   if (record.calendar !== calendar || record.epoch < 1n || raw !== canonicalJson(homePayload(record))) return null
+  if (record.epoch === 1n && adopts !== null) return null // there is no earlier epoch to adopt
   if ((record.epoch === 1n && record.signer !== record.publicKey) || !isPublicKey(record.publicKey)) return null
   return (await signatures.verifies(record.signer, HOME_TAG, rawBytes, signature)) ? Object.freeze(record) : null
+}
+
+/** home_chain's order among one epoch's candidates: relay id, key, then adopting first, fewest adopted. */
+function compareCandidates (a, b) {
+  const order = comparePy(a.relayId, b.relayId) || comparePy(a.publicKey, b.publicKey)
+  if (order !== 0) return order
+  if ((a.adopts === null) !== (b.adopts === null)) return a.adopts === null ? 1 : -1
+  return a.adopts === b.adopts ? 0 : (a.adopts ?? 0n) < (b.adopts ?? 0n) ? -1 : 1
 }
 
 /**
  * authority.resolve_home over already-read records (nulls skipped): epoch 1 is the lowest relay id
  * among self-signed records; each next epoch the lowest relay id among records signed by the previous
- * epoch's key.
+ * epoch's key. The home returned carries `earlier` (HomeRecord.earlier: the earlier epochs whose
+ * verdicts still count, as { epoch, relayId, publicKey, upto }).
  */
 export function resolveHomeFrom (records) {
   const byEpoch = new Map()
@@ -184,9 +203,10 @@ export function resolveHomeFrom (records) {
     const signer = current === null ? null : current.publicKey
     const candidates = (byEpoch.get(String(epoch)) ?? []).filter(r => signer === null || r.signer === signer)
     if (candidates.length === 0) return current
-    current = candidates.reduce((best, r) => {
-      const order = comparePy(r.relayId, best.relayId) || comparePy(r.publicKey, best.publicKey)
-      return order < 0 ? r : best
+    const chosen = candidates.reduce((best, r) => compareCandidates(r, best) < 0 ? r : best)
+    current = current === null || chosen.adopts === null ? chosen : Object.freeze({
+      ...chosen,
+      earlier: [...current.earlier, { epoch: current.epoch, relayId: current.relayId, publicKey: current.publicKey, upto: chosen.adopts }]
     })
   }
 }
@@ -196,10 +216,11 @@ export async function resolveHome (calendar, entries, signatures = new Signature
   return resolveHomeFrom(await Promise.all([...entries].map(text => readHomeRecord(text, calendar, signatures))))
 }
 
-/** Verdict.payload(): the keys and types Python signs. */
+/** Verdict.payload(): the keys and types Python signs (`k` and `p` only when the verdict has them). */
 const verdictPayload = v => ({
   c: v.calendar, r: v.reservation, q: v.request, o: v.outcome, b: v.booked, why: v.reason, w: v.conflictWith,
-  h: v.relayId, e: v.epoch, t: v.decidedAt, n: v.seq
+  h: v.relayId, e: v.epoch, t: v.decidedAt, n: v.seq, ...(v.serial === 0n ? {} : { k: v.serial }),
+  ...(v.previous === '' ? {} : { p: v.previous })
 })
 
 /** authority._read_verdict, with exact types (anything else fails Python's canonical comparison). */
@@ -209,64 +230,98 @@ function readVerdict (payload) {
   const slot = booked === null ? null
     : Array.isArray(booked) && booked.length === 3 && booked.every(part => typeof part === 'string') ? booked : undefined
   if (slot === undefined || !OUTCOMES.includes(payload.o)) return null
+  const serial = hasOwn(payload, 'k') ? payload.k : 0n
+  const previous = hasOwn(payload, 'p') ? payload.p : ''
+  if (typeof serial !== 'bigint' || serial < 0n || serial > MAX_SERIAL || typeof previous !== 'string') return null
   return Object.freeze({
     calendar: payload.c, reservation: payload.r, request: payload.q, outcome: payload.o, booked: slot, reason: payload.why,
-    conflictWith: payload.w, relayId: payload.h, epoch: payload.e, decidedAt: payload.t, seq: payload.n
+    conflictWith: payload.w, relayId: payload.h, epoch: payload.e, decidedAt: payload.t, seq: payload.n, serial, previous
   })
 }
 
 /** Verdict.entry_key: where a verdict lives in `verdicts` (its reservation, request and signature). */
 export const verdictEntryKey = (verdict, text) => `${verdict.reservation}/${verdict.request}/${text.slice(text.lastIndexOf('.') + 1).slice(0, 22)}`
 
-/** authority.Verifier: checks verdicts against a calendar's current home, caching results (bounded LRU). */
+/**
+ * The public key whose signature makes `verdict` genuine under `home` (authority._signer_in), or null:
+ * the home's own at its epoch, else an earlier epoch's within what the chain adopted.
+ */
+function signerIn (verdict, home) {
+  if (verdict.epoch === home.epoch) return verdict.relayId === home.relayId ? home.publicKey : null
+  const adopted = home.earlier.find(item => item.epoch === verdict.epoch)
+  if (adopted === undefined || verdict.relayId !== adopted.relayId || verdict.serial < 1n || verdict.serial > adopted.upto) {
+    return null
+  }
+  return adopted.publicKey
+}
+
+/**
+ * authority.Verifier: checks verdicts against a calendar's home chain, caching per entry what it is
+ * and which keys its signature was checked against (bounded LRU), whatever the current epoch.
+ */
 export class Verifier {
   constructor (calendar, { signatures = new Signatures(), maxCached = CACHE_SIZE } = {}) {
     this.calendar = calendar
     this.signatures = signatures
     this.maxCached = maxCached
-    this.cache = new Map() // cache key -> Verdict | null | Promise (being checked)
-  }
-
-  static cacheKey (entryKey, text, home) {
-    return JSON.stringify([entryKey, text, home.publicKey, String(home.epoch)])
+    this.cache = new Map() // [entry key, text] -> { verdict: Verdict | null, signedBy: Map key -> boolean | Promise }
   }
 
   /** What verify() found, if it has finished: a verdict, null (not genuine), or undefined (not known yet). */
   known (entryKey, text, home) {
     if (home === null || typeof text !== 'string') return null
-    const found = this.cache.get(Verifier.cacheKey(entryKey, text, home))
-    return found instanceof Promise ? undefined : found
+    const entry = this._entry(entryKey, text)
+    const signer = entry.verdict === null ? null : signerIn(entry.verdict, home)
+    if (signer === null) return null
+    const valid = entry.signedBy.get(signer)
+    if (valid === undefined || valid instanceof Promise) return undefined
+    return valid ? entry.verdict : null
   }
 
   /** The verdict stored under `entryKey` if it is genuine (Verifier.verify), else null. */
   verify (entryKey, text, home) {
     if (home === null || typeof text !== 'string') return Promise.resolve(null)
-    const key = Verifier.cacheKey(entryKey, text, home)
-    if (this.cache.has(key)) {
-      const found = this.cache.get(key)
-      this.cache.delete(key)
-      this.cache.set(key, found)
-      return Promise.resolve(found)
+    const entry = this._entry(entryKey, text)
+    const signer = entry.verdict === null ? null : signerIn(entry.verdict, home)
+    if (signer === null) return Promise.resolve(null)
+    let valid = entry.signedBy.get(signer)
+    if (valid === undefined) {
+      const opened = openSigned(text, VERDICT_TAG)
+      const checking = this.signatures.verifies(signer, VERDICT_TAG, opened.rawBytes, opened.signature).catch(() => false)
+        .then(found => {
+          if (entry.signedBy.get(signer) === checking) entry.signedBy.set(signer, found)
+          return found
+        })
+      entry.signedBy.set(signer, checking)
+      valid = checking
     }
-    const checking = this._check(entryKey, text, home).catch(() => null).then(verdict => {
-      if (this.cache.get(key) === checking) this.cache.set(key, verdict)
-      return verdict
-    })
-    this.cache.set(key, checking)
-    if (this.cache.size > this.maxCached) this.cache.delete(this.cache.keys().next().value)
-    return checking
+    return Promise.resolve(valid).then(found => found ? entry.verdict : null)
   }
 
-  async _check (entryKey, text, home) {
+  /** The cached opening of one stored entry (made, cheaply and synchronously, on first sight). */
+  _entry (entryKey, text) {
+    const key = JSON.stringify([entryKey, text])
+    let entry = this.cache.get(key)
+    if (entry === undefined) {
+      entry = { verdict: this._open(entryKey, text), signedBy: new Map() }
+      if (this.cache.size >= this.maxCached) this.cache.delete(this.cache.keys().next().value)
+    } else {
+      this.cache.delete(key)
+    }
+    this.cache.set(key, entry)
+    return entry
+  }
+
+  /** authority.Verifier._open: the verdict if well-formed, for this calendar and stored under its own key. */
+  _open (entryKey, text) {
     const opened = openSigned(text, VERDICT_TAG)
     if (opened === null) return null
     const verdict = readVerdict(opened.payload)
-    if (verdict === null || verdict.calendar !== this.calendar || verdict.epoch !== home.epoch ||
-        verdict.relayId !== home.relayId || verdictEntryKey(verdict, text) !== entryKey ||
+    if (verdict === null || verdict.calendar !== this.calendar || verdictEntryKey(verdict, text) !== entryKey ||
         opened.raw !== canonicalJson(verdictPayload(verdict))) {
-      return null // the cheap checks first, as in Python
+      return null
     }
-    return (await this.signatures.verifies(home.publicKey, VERDICT_TAG, opened.rawBytes, opened.signature)) ? verdict : null
+    return verdict
   }
 }
 
