@@ -16,12 +16,14 @@ from collections import Counter
 
 import asyncpg
 import pytest
+from test_storage import edits
 
 from accord.engine.audit import AuditRecord, verify_chain
 from accord.engine.errors import CorruptRecord, StoreFault, StoreUnavailable, TransientStorageError
 from accord.engine.model import CalendarId
+from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
-from accord.engine.storage import FENCED, Fence, open_storage
+from accord.engine.storage import FENCED, Fence, merge_log, open_storage
 from accord.engine.storage.postgres import CHANNEL, PostgresStorage, classify_pg_error, notice_payload, parse_notice
 
 CAL = CalendarId("clinic-1")
@@ -153,6 +155,27 @@ async def test_two_stores_on_one_database_interleave_without_holes(postgres_url:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_state_vectors_stay_exact_when_another_process_writes_between_one_statement_commits(
+        postgres_url: str) -> None:
+    """A commit is one statement once the store knows a calendar's stored vector; rows (and a
+    compaction) another process committed in between move that vector, and a commit must then
+    read it again rather than write one advanced from a stale copy."""
+    replica, updates = edits(8)
+    first, second = await PostgresStorage.open(postgres_url), await PostgresStorage.open(postgres_url)
+    try:
+        for i, update in enumerate(updates):
+            await (first if i % 3 else second).append(CAL, update)  # alternate writers, unevenly
+            if i == 6:
+                await second.compact(CAL, (await second.log_length(CAL))[1], merge_log(updates[: i + 1]))
+        expected = decode_state_vector(replica.state_vector())
+        assert decode_state_vector((await first.state_vectors([CAL]))[CAL]) == expected
+        assert first.stats.one_statement >= 5  # its runs of appends: one statement each
+        assert first.stats.vector_moved > 0 and second.stats.vector_moved > 0
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_each_commit_notifies_once_with_each_calendars_last_seq(postgres_url: str) -> None:

@@ -65,7 +65,7 @@ from ..errors import (
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
 from . import FENCED, Fence, merge_log, redact  # the package is loaded before this module (it imports it lazily)
-from .state_vectors import advance, update_spans
+from .state_vectors import Spans, advance, update_spans
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -134,6 +134,35 @@ RETURNING calendar, head, state_vector
 INSERT_ROWS = """
 INSERT INTO accord.updates (calendar, seq, origin, data, crc)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[])
+"""
+# The common commit (no fences, no audit, every calendar's stored vector known): one statement,
+# so one round trip in PostgreSQL's own implicit transaction. Each calendar's counter row is
+# locked in name order (as by BUMP_HEADS) and bumped, with the new state vector, only if its
+# stored vector is still the one this process computed that vector from ($4); the rows of the
+# calendars bumped are numbered from their heads; one NOTIFY names each bumped calendar's head
+# (``*`` past NOTIFY_LIMIT_BYTES). A calendar not bumped (another process moved its vector) is
+# left untouched, its rows not stored: they are committed again statement by statement.
+COMMIT_ONE = f"""
+WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) AS t(name, n, sv, known)),
+bumped AS (
+    INSERT INTO accord.calendars AS c (calendar, head, state_vector)
+    SELECT name, n, sv FROM t ORDER BY name
+    ON CONFLICT (calendar) DO UPDATE SET head = c.head + excluded.head, state_vector = excluded.state_vector
+    WHERE c.state_vector = (SELECT known FROM t WHERE t.name = c.calendar)
+    RETURNING calendar, head
+),
+stored AS (
+    INSERT INTO accord.updates (calendar, seq, origin, data, crc)
+    SELECT r.name, b.head - t.n + r.nth, $5, r.data, r.crc
+    FROM unnest($6::text[], $7::bigint[], $8::bytea[], $9::bigint[]) AS r(name, nth, data, crc)
+    JOIN bumped b ON b.calendar = r.name JOIN t ON t.name = r.name
+),
+notified AS (
+    SELECT pg_notify('{CHANNEL}', CASE WHEN octet_length(p.text) > {NOTIFY_LIMIT_BYTES} THEN $5 || E'\\n{ALL_CALENDARS}'
+                                      ELSE p.text END)
+    FROM (SELECT $5 || E'\\n' || string_agg(calendar || ':' || head, E'\\n') AS text FROM bumped) AS p
+)
+SELECT b.calendar, b.head FROM bumped b, notified
 """
 CHECK_FENCES = "SELECT name, epoch FROM accord.leases WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE"
 SET_STATES = """
@@ -233,6 +262,8 @@ class PgStats:
     rows: int = 0
     notifies: int = 0
     fenced: int = 0  # rows refused: their fence was stale
+    one_statement: int = 0  # commits in one statement, one round trip (the common case)
+    vector_moved: int = 0  # calendars such a commit left to the next (another process had moved their vector)
 
 
 class PostgresStorage:
@@ -256,6 +287,9 @@ class PostgresStorage:
         self._writer_conn: asyncpg.Connection | None = writer
         self._readers = readers
         self._queue: list[_Pending] = []
+        # Each calendar's state vector as this process last stored it: what a one-statement
+        # commit advances (and checks against the stored one).
+        self._vectors: dict[CalendarId, bytes] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self.stats = PgStats()
@@ -321,6 +355,7 @@ class PostgresStorage:
             try:
                 seqs = await self._commit(batch)
             except Exception as exc:  # a failed commit fails every append in it, loudly
+                self._vectors.clear()  # its outcome may be unknown: read the stored vectors again
                 error = classify_pg_error(exc, self.name, "commit")
                 if isinstance(error, TransientStorageError):
                     await self._drop_writer()
@@ -348,6 +383,75 @@ class PostgresStorage:
         offered_spans = [update_spans(data) for _, data in offered]
         audit = [record for pending in batch for record in pending.audit]
         conn = await self._connection()
+        if offered and not audit and not any(fences) and all(name in self._vectors for name, _ in offered):
+            kept = [True] * len(offered)
+            seqs, ranges = await self._commit_one(conn, offered, offered_spans)
+            left = [i for i, seq in enumerate(seqs) if seq is None]
+            if left:  # another process moved these calendars' vectors: commit them the long way
+                _, left_seqs, left_ranges = await self._commit_in_transaction(
+                    conn, [offered[i] for i in left], [offered_spans[i] for i in left], [None] * len(left), [])
+                for i, seq in zip(left, left_seqs, strict=True):
+                    seqs[i] = seq
+                ranges.update(left_ranges)
+            stored = [seq for seq in seqs if seq is not None]
+        else:
+            kept, stored, ranges = await self._commit_in_transaction(conn, offered, offered_spans, fences, audit)
+        self.stats.commits += 1
+        self.stats.rows += len(stored)
+        self.stats.fenced += len(offered) - len(stored)
+        if ranges:
+            for hook in self.commit_hooks:
+                hook(ranges)
+        numbered = iter(stored)
+        every = [next(numbered) if keep else FENCED for keep in kept]
+        out: list[list[int]] = []
+        index = 0
+        for pending in batch:
+            out.append(every[index : index + len(pending.items)])
+            index += len(pending.items)
+        return out
+
+    async def _commit_one(self, conn: asyncpg.Connection, rows: list[tuple[CalendarId, bytes]],
+                          spans: list[Spans]) -> tuple[list[int | None], dict[CalendarId, tuple[int, int]]]:
+        """The common commit in one statement (:data:`COMMIT_ONE`): one round trip. Each
+        calendar's new state vector is the one this process stored last, advanced over its rows;
+        a calendar whose stored vector another process moved meanwhile is not committed (its
+        rows' seqs are None), since a vector advanced from a stale one could lose a row."""
+        counts: dict[CalendarId, int] = {}
+        nth: list[int] = []
+        for name, _ in rows:
+            counts[name] = counts.get(name, 0) + 1
+            nth.append(counts[name])
+        names = sorted(counts)
+        known = {name: self._vectors[name] for name in names}
+        clocks = {name: decode_state_vector(known[name]) for name in names}
+        for (name, _), row_spans in zip(rows, spans, strict=True):
+            advance(clocks[name], row_spans)
+        new = {name: encode_state_vector(clocks[name]) for name in names}
+        found = await conn.fetch(COMMIT_ONE, names, [counts[n] for n in names], [new[n] for n in names],
+                                 [known[n] for n in names], self.instance, [n for n, _ in rows], nth,
+                                 [d for _, d in rows], [zlib.crc32(d) for _, d in rows])
+        ranges: dict[CalendarId, tuple[int, int]] = {}
+        for record in found:
+            name = CalendarId(record["calendar"])
+            ranges[name] = (int(record["head"]) - counts[name] + 1, int(record["head"]))
+            self._vectors[name] = new[name]
+        for name in names:
+            if name not in ranges:
+                del self._vectors[name]
+                self.stats.vector_moved += 1
+        if ranges:
+            self.stats.notifies += 1
+            self.stats.one_statement += 1
+        return [ranges[name][0] + i - 1 if name in ranges else None for (name, _), i in zip(rows, nth, strict=True)], ranges
+
+    async def _commit_in_transaction(
+        self, conn: asyncpg.Connection, offered: list[tuple[CalendarId, bytes]], offered_spans: list[Spans],
+        fences: list[Fence | None], audit: list[AuditRecord],
+    ) -> tuple[list[bool], list[int], dict[CalendarId, tuple[int, int]]]:
+        """A commit with fences or audit entries, or of a calendar whose stored vector this
+        process does not know (or knows stale): statement by statement, in one transaction."""
+        vectors: dict[CalendarId, bytes] = {}
         async with conn.transaction():
             stale = await _stale_fences(conn, fences)
             kept = [fence not in stale for fence in fences]
@@ -372,40 +476,15 @@ class PostgresStorage:
             if rows:
                 await conn.execute(INSERT_ROWS, [n for n, _ in rows], seqs, [self.instance] * len(rows),
                                    [d for _, d in rows], [zlib.crc32(d) for _, d in rows])
-                await self._advance_states(conn, states, rows, spans)
+                vectors = await _advance_states(conn, states, rows, spans)
             if audit:
                 await _append_audit(conn, audit)
             if rows:
                 heads = {name: next_seq[name] - 1 for name in counts}
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice_payload(self.instance, heads))
                 self.stats.notifies += 1
-        self.stats.commits += 1
-        self.stats.rows += len(rows)
-        self.stats.fenced += len(offered) - len(rows)
-        if rows:
-            ranges = {name: (firsts[name], next_seq[name] - 1) for name in counts}
-            for hook in self.commit_hooks:
-                hook(ranges)
-        numbered = iter(seqs)
-        every = [next(numbered) if keep else FENCED for keep in kept]
-        out: list[list[int]] = []
-        index = 0
-        for pending in batch:
-            out.append(every[index : index + len(pending.items)])
-            index += len(pending.items)
-        return out
-
-    @staticmethod
-    async def _advance_states(conn: asyncpg.Connection, stored: dict[CalendarId, bytes | None],
-                              rows: list[tuple[CalendarId, bytes]], spans: list[dict[int, tuple[int, int]]]) -> None:
-        clocks = {name: decode_state_vector(sv) if sv else {} for name, sv in stored.items()}
-        moved = {name for name, sv in stored.items() if sv is None}
-        for (name, _), row_spans in zip(rows, spans, strict=True):
-            if advance(clocks[name], row_spans):
-                moved.add(name)
-        if moved:
-            names = sorted(moved)
-            await conn.execute(SET_STATES, names, [encode_state_vector(clocks[n]) for n in names])
+        self._vectors.update(vectors)  # committed: what the next commit of these calendars starts from
+        return kept, seqs, {name: (firsts[name], next_seq[name] - 1) for name in counts}
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -480,10 +559,11 @@ class PostgresStorage:
                                    calendar, upto_seq, self.instance, merged, zlib.crc32(merged))
                 clocks = decode_state_vector(state) if state else {}
                 advance(clocks, update_spans(merged))
-                await conn.execute("UPDATE accord.calendars SET state_vector = $2 WHERE calendar = $1", calendar,
-                                   encode_state_vector(clocks))
+                vector = encode_state_vector(clocks)
+                await conn.execute("UPDATE accord.calendars SET state_vector = $2 WHERE calendar = $1", calendar, vector)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise classify_pg_error(exc, self.name, f"compacting {calendar!r}") from exc
+        self._vectors[calendar] = vector  # a hint only: a commit checks it against the stored one
 
     async def calendars(self) -> list[CalendarId]:
         found = await self._fetch("listing calendars", "SELECT calendar FROM accord.calendars WHERE head > 0 "
@@ -582,6 +662,22 @@ async def _merged(snapshot: bytes, replaced: list[bytes]) -> bytes:
             return bytes(snapshot)
 
     return await asyncio.to_thread(merge) if len(replaced) > 100 else merge()
+
+
+async def _advance_states(conn: asyncpg.Connection, stored: dict[CalendarId, bytes | None],
+                          rows: list[tuple[CalendarId, bytes]], spans: list[Spans]) -> dict[CalendarId, bytes]:
+    """Advance each calendar's stored vector (``stored``, read in this transaction) over ``rows``
+    and write the ones that moved; return every calendar's vector as stored now."""
+    clocks = {name: decode_state_vector(sv) if sv else {} for name, sv in stored.items()}
+    moved = {name for name, sv in stored.items() if sv is None}
+    for (name, _), row_spans in zip(rows, spans, strict=True):
+        if advance(clocks[name], row_spans):
+            moved.add(name)
+    vectors = {name: encode_state_vector(clocks[name]) if name in moved else bytes(sv or b"") for name, sv in stored.items()}
+    if moved:
+        names = sorted(moved)
+        await conn.execute(SET_STATES, names, [vectors[n] for n in names])
+    return vectors
 
 
 async def _stale_fences(conn: asyncpg.Connection, fences: list[Fence | None]) -> set[Fence]:
