@@ -24,7 +24,14 @@ from accord.engine.model import CalendarId
 from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import FENCED, Fence, merge_log, open_storage
-from accord.engine.storage.postgres import CHANNEL, PostgresStorage, classify_pg_error, notice_payload, parse_notice
+from accord.engine.storage.postgres import (
+    CHANNEL,
+    SNAPSHOT_ORIGIN,
+    PostgresStorage,
+    classify_pg_error,
+    notice_payload,
+    parse_notice,
+)
 
 CAL = CalendarId("clinic-1")
 OTHER = CalendarId("clinic-2")
@@ -238,6 +245,8 @@ async def test_compaction_by_a_lagging_process_keeps_rows_its_snapshot_lacks(pos
         reader.load(await a.load(CAL))
         assert len(reader.calendar.reservations) == 3
         assert await a.log_length(CAL) == (1, top)
+        # The stored snapshot holds a's rows, which b lacks: b's catch-up must not take it for its own row.
+        assert [row.origin for row in await b.rows_after(CAL, 0)] == [SNAPSHOT_ORIGIN]
     finally:
         await a.close()
         await b.close()

@@ -72,6 +72,7 @@ SCHEMA_VERSION = 2
 CHANNEL = "accord_updates"
 NOTIFY_LIMIT_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 ALL_CALENDARS = "*"
+SNAPSHOT_ORIGIN = "snapshot"  # a compaction's row: never any process's instance (hex), so every process applies it
 MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the schema at a time
 # Transactions here are a few statements long: one left open (its process frozen, say, while it
 # holds a fence row FOR SHARE or a calendar's counter row) must not hold the other processes up long.
@@ -542,12 +543,15 @@ class PostgresStorage:
 
         The rows replaced are merged into ``snapshot`` first: in a cluster, the process that
         compacts may not have applied every row another process committed below ``upto_seq``,
-        and a snapshot missing one must not delete it."""
+        and a snapshot missing one must not delete it. Rows this store appended itself are not
+        read: ``snapshot`` holds them (the relay compacts its replica, which applied each before
+        storing it). The snapshot row's origin is :data:`SNAPSHOT_ORIGIN`, not this process's:
+        it may hold rows this process has not applied, so a catch-up must not skip it."""
         try:
             async with self._readers.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT 1 FROM accord.calendars WHERE calendar = $1 FOR UPDATE", calendar)
                 found = await conn.fetch("SELECT seq, data, crc FROM accord.updates WHERE calendar = $1 AND seq <= $2 "
-                                         "ORDER BY seq", calendar, upto_seq)
+                                         "AND origin <> $3 ORDER BY seq", calendar, upto_seq, self.instance)
                 replaced = [_checked(calendar, r["seq"], r["data"], r["crc"]) for r in found]
                 merged = await _merged(snapshot, replaced)
                 state = await conn.fetchval("SELECT state_vector FROM accord.calendars WHERE calendar = $1", calendar)
@@ -556,7 +560,7 @@ class PostgresStorage:
                                    "ON CONFLICT (calendar) DO UPDATE SET head = greatest(accord.calendars.head, $2)",
                                    calendar, upto_seq)
                 await conn.execute("INSERT INTO accord.updates (calendar, seq, origin, data, crc) VALUES ($1, $2, $3, $4, $5)",
-                                   calendar, upto_seq, self.instance, merged, zlib.crc32(merged))
+                                   calendar, upto_seq, SNAPSHOT_ORIGIN, merged, zlib.crc32(merged))
                 clocks = decode_state_vector(state) if state else {}
                 advance(clocks, update_spans(merged))
                 vector = encode_state_vector(clocks)
