@@ -185,7 +185,7 @@ async def test_state_vectors_stay_exact_when_another_process_writes_between_one_
         await second.close()
 
 
-async def test_each_commit_notifies_once_with_each_calendars_last_seq(postgres_url: str) -> None:
+async def test_each_commit_notifies_once_with_each_calendars_last_seq_and_its_rows_if_they_fit(postgres_url: str) -> None:
     store = await PostgresStorage.open(postgres_url)
     listener = await asyncpg.connect(postgres_url)
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -193,21 +193,30 @@ async def test_each_commit_notifies_once_with_each_calendars_last_seq(postgres_u
     try:
         await store.append(CAL, b"x")
         await store.append_many([(CAL, b"y"), (OTHER, b"z"), (CAL, b"w")])
+        await store.append_many([(CAL, b"v"), (OTHER, b"u"), (CAL, b"t")])  # both known now: one statement
+        await store.append(CAL, bytes(7000))  # too large to carry: the heads only
         async with asyncio.timeout(5):
-            first, second = parse_notice(await heard.get()), parse_notice(await heard.get())
-        assert first.origin == second.origin == store.instance
-        assert (first.heads, second.heads) == ({CAL: 1}, {CAL: 3, OTHER: 1})
-        assert heard.empty() and store.stats.notifies == 2
+            notices = [parse_notice(await heard.get()) for _ in range(4)]
+        assert {notice.origin for notice in notices} == {store.instance}
+        assert [notice.heads for notice in notices] == [{CAL: 1}, {CAL: 3, OTHER: 1}, {CAL: 5, OTHER: 2}, {CAL: 6}]
+        assert [notice.rows for notice in notices] == [{CAL: [b"x"]}, {CAL: [b"y", b"w"], OTHER: [b"z"]},
+                                                       {CAL: [b"v", b"t"], OTHER: [b"u"]}, {}]
+        assert heard.empty() and store.stats.notifies == 4 and store.stats.one_statement == 2
     finally:
         await listener.close()
         await store.close()
 
 
-def test_a_notice_naming_too_many_calendars_says_check_them_all() -> None:
+def test_a_notice_carries_the_rows_that_fit_and_says_check_them_all_when_even_the_names_do_not() -> None:
     heads = {CalendarId(f"clinic-{i:05d}"): i for i in range(1000)}
     payload = notice_payload("me", heads)
     assert len(payload.encode()) < 8000 and parse_notice(payload).heads is None
     assert parse_notice(notice_payload("me", {CalendarId("a:b"): 7})).heads == {"a:b": 7}
+    assert parse_notice(notice_payload("me", {CAL: 2}, {CAL: [b"x", b"\xff\x00"]})).rows == {CAL: [b"x", b"\xff\x00"]}
+    too_large = parse_notice(notice_payload("me", {CAL: 1, OTHER: 1}, {CAL: [bytes(3000)], OTHER: [bytes(3000)]}))
+    assert (too_large.heads, too_large.rows) == ({CAL: 1, OTHER: 1}, {})
+    with pytest.raises(ValueError):
+        parse_notice("me\nclinic-1:1 not*base64")
 
 
 async def test_audit_rows_from_two_stores_form_one_chain_and_repeats_are_skipped(postgres_url: str) -> None:

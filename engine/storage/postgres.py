@@ -16,9 +16,11 @@ both), for several relay processes sharing one database:
 - **One NOTIFY per commit** on channel :data:`CHANNEL`, sent by the same transaction (so it is
   delivered only if and after it commits), payload :func:`notice_payload`: the writing process's
   :attr:`PostgresStorage.instance` and ``calendar:seq`` of the last row of each calendar in the
-  commit (``*`` instead when that would pass PostgreSQL's 8000-byte limit: listeners then check
-  the heads of every calendar they hold). Notifying commits serialize cluster-wide, hence one
-  per batch, never one per row. Listening is the relay's job (``relay/cluster.py``).
+  commit, followed by the commit's rows themselves when they fit (base64, so a listener that
+  holds everything before them needs no query), ``*`` instead when even the heads would pass
+  PostgreSQL's 8000-byte limit (listeners then check the heads of every calendar they hold).
+  Notifying commits serialize cluster-wide, hence one per batch, never one per row. Listening
+  is the relay's job (``relay/cluster.py``).
 - **Checked rows.** Each row carries a CRC-32 of its bytes; :meth:`load` raises
   :class:`~engine.errors.CorruptRecord` naming the calendar and row on a mismatch.
 - **Fenced writes.** ``append_many(..., fences=)`` reads each named lease's epoch in
@@ -44,6 +46,8 @@ twice changes nothing) and never an acknowledgement of rows that were not stored
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import secrets
 import zlib
@@ -141,10 +145,11 @@ SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigi
 # locked in name order (as by BUMP_HEADS) and bumped, with the new state vector, only if its
 # stored vector is still the one this process computed that vector from ($4); the rows of the
 # calendars bumped are numbered from their heads; one NOTIFY names each bumped calendar's head
-# (``*`` past NOTIFY_LIMIT_BYTES). A calendar not bumped (another process moved its vector) is
+# with its rows ($10: base64, comma-separated; '' when they do not fit), just the heads past
+# NOTIFY_LIMIT_BYTES, ``*`` past it even so. A calendar not bumped (another process moved its vector) is
 # left untouched, its rows not stored: they are committed again statement by statement.
 COMMIT_ONE = f"""
-WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) AS t(name, n, sv, known)),
+WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $10::text[]) AS t(name, n, sv, known, rows)),
 bumped AS (
     INSERT INTO accord.calendars AS c (calendar, head, state_vector)
     SELECT name, n, sv FROM t ORDER BY name
@@ -159,9 +164,13 @@ stored AS (
     JOIN bumped b ON b.calendar = r.name JOIN t ON t.name = r.name
 ),
 notified AS (
-    SELECT pg_notify('{CHANNEL}', CASE WHEN octet_length(p.text) > {NOTIFY_LIMIT_BYTES} THEN $5 || E'\\n{ALL_CALENDARS}'
-                                      ELSE p.text END)
-    FROM (SELECT $5 || E'\\n' || string_agg(calendar || ':' || head, E'\\n') AS text FROM bumped) AS p
+    SELECT pg_notify('{CHANNEL}', CASE WHEN octet_length(p.full) <= {NOTIFY_LIMIT_BYTES} THEN p.full
+                                      WHEN octet_length(p.heads) <= {NOTIFY_LIMIT_BYTES} THEN p.heads
+                                      ELSE $5 || E'\\n{ALL_CALENDARS}' END)
+    FROM (SELECT $5 || E'\\n' || string_agg(b.calendar || ':' || b.head || CASE WHEN t.rows = '' THEN '' ELSE ' ' || t.rows END,
+                                            E'\\n') AS full,
+                 $5 || E'\\n' || string_agg(b.calendar || ':' || b.head, E'\\n') AS heads
+          FROM bumped b JOIN t ON t.name = b.calendar) AS p
 )
 SELECT b.calendar, b.head FROM bumped b, notified
 """
@@ -185,14 +194,33 @@ class StoredRow:
 @dataclass(frozen=True, slots=True)
 class CommitNotice:
     """What a NOTIFY on :data:`CHANNEL` says: who committed, and each calendar's new last seq
-    (``heads`` is None when the payload named too many calendars: check them all)."""
+    (``heads`` is None when the payload named too many calendars: check them all). ``rows``
+    holds, for the calendars whose rows fitted, the commit's rows of it in seq order: the last
+    is row ``heads[name]``."""
 
     origin: str
     heads: dict[CalendarId, int] | None
+    rows: dict[CalendarId, list[bytes]] = field(default_factory=dict)
 
 
-def notice_payload(origin: str, heads: dict[CalendarId, int]) -> str:
-    """The NOTIFY payload for one commit (always under PostgreSQL's 8000-byte limit)."""
+def encoded_rows(rows: list[bytes]) -> str:
+    """One calendar's rows as a notice carries them (see :func:`notice_payload`)."""
+    return ",".join(base64.b64encode(row).decode() for row in rows)
+
+
+def rows_budget(origin: str, rows: dict[CalendarId, str]) -> bool:
+    """True if a notice can carry these encoded rows (with room for every calendar's head)."""
+    return len(origin) + sum(len(name) + len(text) + 22 for name, text in rows.items()) <= NOTIFY_LIMIT_BYTES
+
+
+def notice_payload(origin: str, heads: dict[CalendarId, int], rows: dict[CalendarId, list[bytes]] | None = None) -> str:
+    """The NOTIFY payload for one commit (always under PostgreSQL's 8000-byte limit): a line
+    per calendar, ``name:seq`` and, when they fit, a space and the commit's rows of it."""
+    encoded = {name: encoded_rows(rows[name]) for name in heads} if rows else {}
+    if encoded and rows_budget(origin, encoded):
+        payload = "\n".join([origin, *(f"{name}:{seq} {encoded[name]}" for name, seq in heads.items())])
+        if len(payload.encode()) <= NOTIFY_LIMIT_BYTES:
+            return payload
     payload = "\n".join([origin, *(f"{name}:{seq}" for name, seq in heads.items())])
     if len(payload.encode()) > NOTIFY_LIMIT_BYTES:
         return f"{origin}\n{ALL_CALENDARS}"
@@ -205,10 +233,17 @@ def parse_notice(payload: str) -> CommitNotice:
     if lines == [ALL_CALENDARS]:
         return CommitNotice(origin, None)
     heads: dict[CalendarId, int] = {}
+    rows: dict[CalendarId, list[bytes]] = {}
     for line in lines:
-        name, _, seq = line.rpartition(":")  # calendar names may hold ':'; the seq never does
+        head, _, carried = line.partition(" ")  # calendar names never hold a space
+        name, _, seq = head.rpartition(":")  # calendar names may hold ':'; the seq never does
         heads[CalendarId(name)] = int(seq)
-    return CommitNotice(origin, heads)
+        if carried:
+            try:
+                rows[CalendarId(name)] = [base64.b64decode(part, validate=True) for part in carried.split(",")]
+            except binascii.Error as exc:
+                raise ValueError(f"unreadable rows in a notice: {exc}") from exc
+    return CommitNotice(origin, heads, rows)
 
 
 TRANSIENT_SQLSTATES = {
@@ -429,9 +464,12 @@ class PostgresStorage:
         for (name, _), row_spans in zip(rows, spans, strict=True):
             advance(clocks[name], row_spans)
         new = {name: encode_state_vector(clocks[name]) for name in names}
+        carried = {name: encoded_rows([d for n, d in rows if n == name]) for name in names}
+        if not rows_budget(self.instance, carried):
+            carried = dict.fromkeys(names, "")
         found = await conn.fetch(COMMIT_ONE, names, [counts[n] for n in names], [new[n] for n in names],
                                  [known[n] for n in names], self.instance, [n for n, _ in rows], nth,
-                                 [d for _, d in rows], [zlib.crc32(d) for _, d in rows])
+                                 [d for _, d in rows], [zlib.crc32(d) for _, d in rows], [carried[n] for n in names])
         ranges: dict[CalendarId, tuple[int, int]] = {}
         for record in found:
             name = CalendarId(record["calendar"])
@@ -482,7 +520,10 @@ class PostgresStorage:
                 await _append_audit(conn, audit)
             if rows:
                 heads = {name: next_seq[name] - 1 for name in counts}
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice_payload(self.instance, heads))
+                by_calendar: dict[CalendarId, list[bytes]] = {}
+                for name, data in rows:
+                    by_calendar.setdefault(name, []).append(data)
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice_payload(self.instance, heads, by_calendar))
                 self.stats.notifies += 1
         self._vectors.update(vectors)  # committed: what the next commit of these calendars starts from
         return kept, seqs, {name: (firsts[name], next_seq[name] - 1) for name in counts}
