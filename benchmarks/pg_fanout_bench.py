@@ -24,16 +24,22 @@ import argparse
 import asyncio
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pycrdt
 from system_bench import LoadClient, pct
+from websockets.exceptions import ConnectionClosed
 
+from accord.engine.errors import CloseCode
 from accord.engine.model import CalendarId
+from accord.engine.session import Acknowledged, CalendarRequested, UpdateReceived
 from accord.engine.storage.postgres import PostgresStorage
 from accord.relay.process import RelayProcess
 
@@ -41,83 +47,142 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from postgres import running_server  # the tests' throwaway server
 
 NOW = datetime(2026, 12, 1, 8, tzinfo=UTC)
+SENT = re.compile(rb"t(\d{19})")  # a timed edit's note: its send time in ns, as a Yjs string in the frame
+
+
+def yjs_updates(count: int) -> list[bytes]:
+    """``count`` distinct Yjs updates of about 300 bytes (the store reads each one's state-vector
+    span: random bytes would cost it a failed parse each, nothing a relay ever stores)."""
+    doc = pycrdt.Doc()
+    entries = doc.get("entries", type=pycrdt.Map)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        entries[f"e{i}"] = "x" * 280
+    return updates
 
 
 async def bench_appends(url: str, count: int) -> str:
     store = await PostgresStorage.open(url)
     try:
-        payload = os.urandom(300)
         per_task = max(1, count // 100)
+        updates = yjs_updates(per_task * 100)
         started = time.perf_counter()
 
         async def writer(worker: int) -> None:
-            for _ in range(per_task):
-                await store.append(CalendarId(f"append-{worker % 10}"), payload)
+            for i in range(per_task):
+                await store.append(CalendarId(f"append-{worker % 10}"), updates[worker * per_task + i])
 
         await asyncio.gather(*(writer(w) for w in range(100)))
         elapsed = time.perf_counter() - started
         rows = per_task * 100
-        return (f"appends: {rows} rows of 300 B from 100 tasks in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s "
+        return (f"appends: {rows} Yjs updates of ~300 B from 100 tasks in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s "
                 f"({store.stats.commits} commits, {rows / max(1, store.stats.commits):.0f} rows/commit)")
     finally:
         await store.close()
 
 
+class Reader(LoadClient):
+    """A terminal-like client that notes when each timed edit's frame reaches its socket (the
+    edit carries its send time, ``perf_counter_ns`` of this process), before it applies it to
+    its replica: what is timed is the cluster, not this driver's own work on earlier frames."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url, name)
+        self.arrived: list[float] = []  # ms from send to this client's socket
+        self.applied_ms: list[float] = []  # the same, once applied to the replica
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                assert isinstance(message, bytes)
+                now = time.perf_counter_ns()
+                sent = [int(m.group(1)) for m in SENT.finditer(message)]
+                self.session.receive(message)
+                while (event := self.session.next_event()) is not None:
+                    if isinstance(event, CalendarRequested):
+                        self.session.refuse(event.calendar, CloseCode.NOT_FOUND, "not open on this client")
+                    elif isinstance(event, UpdateReceived):
+                        self.replica.apply(event.update)
+                    elif isinstance(event, Acknowledged):
+                        self.acked = event.clocks
+                done = time.perf_counter_ns()
+                self.arrived += [(now - t) / 1e6 for t in sent]
+                self.applied_ms += [(done - t) / 1e6 for t in sent]
+                await self._flush()
+                self.changed.set()
+        except ConnectionClosed:
+            pass
+
+
+def relay_metric(relay: RelayProcess, name: str) -> float:
+    """One unlabelled value of a relay's /metrics (0 if absent)."""
+    with urllib.request.urlopen(relay.url.replace("ws://", "http://") + "/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
 async def bench_fanout(url: str, folder: Path, rate: int, seconds: float) -> str:
     relays = [RelayProcess(folder, name, db=url) for name in ("pg-a", "pg-b", "pg-c")]
     await asyncio.gather(*(relay.start() for relay in relays))
-    sent: dict[str, float] = {}
-    arrived: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-
-    def reader(tag: str, reservation: list[str]) -> LoadClient:
-        def seen(client: LoadClient) -> None:
-            if not reservation:
-                return
-            entry = client.replica.calendar.reservations.get(reservation[0])
-            note = entry.get("note") if entry is not None else None
-            if note in sent:
-                arrived[tag].append(time.perf_counter() - sent[note])
-        return LoadClient(relays["abc".index(tag)].url, f"reader-{tag}", on_update=seen)
-
-    target: list[str] = []
-    writer = await LoadClient(relays[0].url, "writer").start()
-    readers = [await reader(tag, target).start() for tag in "abc"]
+    writer = await Reader(relays[0].url, "writer").start()
+    readers = [await Reader(relay.url, f"reader-{tag}").start() for tag, relay in zip("abc", relays, strict=True)]
+    acks: list[float] = []
+    ack_tasks: set[asyncio.Task[None]] = set()
     try:
         made = writer.replica.calendar.book(resource="room-1", start=NOW, end=NOW + timedelta(minutes=30),
                                             patient="P-1", now=NOW)
         await writer.push()
         for client in readers:
             await client.wait(lambda client=client: made.id in client.replica.calendar.reservations, 20)
-        target.append(made.id)
+            client.arrived.clear()
+            client.applied_ms.clear()
         total = int(rate * seconds)
         interval = 1.0 / rate
+        me = writer.replica.doc.client_id
         started = time.perf_counter()
         for i in range(total):
             due = started + i * interval
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            note = f"n{i}"
-            writer.replica.calendar.edit(made.id, note=note, now=NOW)
-            sent[note] = time.perf_counter()
+            writer.replica.calendar.edit(made.id, note=f"t{time.perf_counter_ns():019d}", now=NOW)
+            sent = time.perf_counter()
             await writer.push()
+            if i % 10 == 0:  # every tenth: the ACK (durable in PostgreSQL) back at the writer
+                clock = writer.replica.clocks().get(me, 0)
+                ack_tasks.add(asyncio.create_task(ack_time(writer, me, clock, sent, acks)))
         send_s = time.perf_counter() - started
-        last = f"n{total - 1}"
         for client in readers:
-            await client.wait(lambda client=client: (client.replica.calendar.reservations.get(made.id) or {})
-                              .get("note") == last, 60)
+            await client.wait(lambda client=client: len(client.arrived) >= total, 60)
+        await asyncio.gather(*ack_tasks)
+        carried = [relay_metric(relay, "accord_cluster_notices_carried_total") for relay in relays[1:]]
+        notices = [relay_metric(relay, "accord_cluster_notices_total") for relay in relays[1:]]
     finally:
         for client in [writer, *readers]:
             await client.stop()
         for relay in relays:
             await relay.stop()
-    lines = [f"fan-out: {total} edits at {total / send_s:,.0f}/s offered ({rate}/s asked) from a terminal on relay A"]
-    for tag, values in arrived.items():
-        ms = [v * 1000 for v in values]
+    lines = [f"fan-out: {total} edits at {total / send_s:,.0f}/s offered ({rate}/s asked) from a terminal on relay A",
+             f"  writer's ACK (stored in PostgreSQL, every 10th edit): p50 {pct(acks, 0.5):.2f} ms, "
+             f"p99 {pct(acks, 0.99):.2f} ms"]
+    for tag, client in zip("abc", readers, strict=True):
+        ms = client.arrived
         where = "same process (baseline: commit + forward)" if tag == "a" else "cross-process"
         lines.append(f"  {where} latency A -> {tag.upper()}: p50 {pct(ms, 0.5):.2f} ms, p99 {pct(ms, 0.99):.2f} ms, "
-                     f"max {max(ms):.2f} ms ({len(ms)} of {total} edits timed)")
+                     f"max {max(ms):.2f} ms; applied by the terminal p50 {pct(client.applied_ms, 0.5):.2f} ms, "
+                     f"p99 {pct(client.applied_ms, 0.99):.2f} ms ({len(ms)} of {total} edits)")
+    lines.append(f"  notices whose rows B and C took from the notice itself: {sum(carried):.0f} of {sum(notices):.0f}")
     return "\n".join(lines)
+
+
+async def ack_time(writer: LoadClient, me: int, clock: int, sent: float, out: list[float]) -> None:
+    """Note when the writer's edit up to ``clock`` is acknowledged (the relay stored it)."""
+    await writer.wait(lambda: writer.acked.get(me, 0) >= clock, 30)
+    out.append((time.perf_counter() - sent) * 1000)
 
 
 async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
