@@ -151,13 +151,13 @@ class Cluster:
     def _heard_notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         from accord.engine.storage.postgres import parse_notice
 
+        self.stats.notices += 1
+        if payload.startswith(self.storage.instance + "\n"):
+            return  # this process's own commit (its rows are in memory): not worth decoding
         try:
             notice = parse_notice(payload)
         except ValueError:
             log.warning("unreadable cluster notice ignored", extra={"bytes": len(payload)})
-            return
-        self.stats.notices += 1
-        if notice.origin == self.storage.instance:
             return
         if notice.heads is None:  # too many calendars to name: check every loaded one
             for name in self.applied:
