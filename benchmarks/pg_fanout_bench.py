@@ -33,6 +33,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pycrdt
 from system_bench import LoadClient, pct
 from websockets.exceptions import ConnectionClosed
@@ -143,6 +144,8 @@ async def bench_fanout(url: str, folder: Path, rate: int, seconds: float) -> str
         total = int(rate * seconds)
         interval = 1.0 / rate
         me = writer.replica.doc.client_id
+        processes = [psutil.Process(relay.pid) for relay in relays] + [psutil.Process()]
+        cpu_before = [cpu_seconds(process) for process in processes]
         started = time.perf_counter()
         for i in range(total):
             due = started + i * interval
@@ -159,6 +162,7 @@ async def bench_fanout(url: str, folder: Path, rate: int, seconds: float) -> str
         for client in readers:
             await client.wait(lambda client=client: len(client.arrived) >= total, 60)
         await asyncio.gather(*ack_tasks)
+        cpu_ms = [(cpu_seconds(process) - before) * 1000 / total for process, before in zip(processes, cpu_before, strict=True)]
         carried = [relay_metric(relay, "accord_cluster_notices_carried_total") for relay in relays[1:]]
         notices = [relay_metric(relay, "accord_cluster_notices_total") for relay in relays[1:]]
     finally:
@@ -176,7 +180,14 @@ async def bench_fanout(url: str, folder: Path, rate: int, seconds: float) -> str
                      f"max {max(ms):.2f} ms; applied by the terminal p50 {pct(client.applied_ms, 0.5):.2f} ms, "
                      f"p99 {pct(client.applied_ms, 0.99):.2f} ms ({len(ms)} of {total} edits)")
     lines.append(f"  notices whose rows B and C took from the notice itself: {sum(carried):.0f} of {sum(notices):.0f}")
+    lines.append("  CPU per edit: relay A {:.2f} ms, B {:.2f} ms, C {:.2f} ms, this driver (4 clients) {:.2f} ms; "
+                 "load average {:.1f} at the end".format(*cpu_ms, os.getloadavg()[0]))
     return "\n".join(lines)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 async def ack_time(writer: LoadClient, me: int, clock: int, sent: float, out: list[float]) -> None:
