@@ -16,14 +16,14 @@ from collections import Counter
 
 import asyncpg
 import pytest
-from test_storage import edits
+from test_storage import edits, write_alternately
 
 from accord.engine.audit import AuditRecord, verify_chain
 from accord.engine.errors import CorruptRecord, StoreFault, StoreUnavailable, TransientStorageError
 from accord.engine.model import CalendarId
 from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
-from accord.engine.storage import FENCED, Fence, merge_log, open_storage
+from accord.engine.storage import FENCED, Fence, open_storage
 from accord.engine.storage.postgres import (
     CHANNEL,
     SNAPSHOT_ORIGIN,
@@ -172,10 +172,7 @@ async def test_state_vectors_stay_exact_when_another_process_writes_between_one_
     replica, updates = edits(8)
     first, second = await PostgresStorage.open(postgres_url), await PostgresStorage.open(postgres_url)
     try:
-        for i, update in enumerate(updates):
-            await (first if i % 3 else second).append(CAL, update)  # alternate writers, unevenly
-            if i == 6:
-                await second.compact(CAL, (await second.log_length(CAL))[1], merge_log(updates[: i + 1]))
+        await write_alternately(first, second, updates)
         expected = decode_state_vector(replica.state_vector())
         assert decode_state_vector((await first.state_vectors([CAL]))[CAL]) == expected
         assert first.stats.one_statement >= 5  # its runs of appends: one statement each
