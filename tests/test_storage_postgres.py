@@ -171,13 +171,21 @@ async def test_state_vectors_stay_exact_when_another_process_writes_between_one_
     read it again rather than write one advanced from a stale copy."""
     replica, updates = edits(8)
     first, second = await PostgresStorage.open(postgres_url), await PostgresStorage.open(postgres_url)
+    listener = await asyncpg.connect(postgres_url)
+    heard: list[str] = []
+    await listener.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: heard.append(payload))
     try:
         await write_alternately(first, second, updates)
         expected = decode_state_vector(replica.state_vector())
         assert decode_state_vector((await first.state_vectors([CAL]))[CAL]) == expected
+        await listener.fetchval("SELECT 1")  # delivers every notice committed before it
+        # One notice per commit, naming the calendar: none from the one-statement attempts that stored nothing.
+        assert len(heard) == first.stats.notifies + second.stats.notifies == len(updates)
+        assert all(parse_notice(payload).heads == {CAL: seq} for seq, payload in enumerate(heard, 1))
         assert first.stats.one_statement >= 5  # its runs of appends: one statement each
         assert first.stats.vector_moved > 0 and second.stats.vector_moved > 0
     finally:
+        await listener.close()
         await first.close()
         await second.close()
 

@@ -171,6 +171,7 @@ notified AS (
                                             E'\\n') AS full,
                  $5 || E'\\n' || string_agg(b.calendar || ':' || b.head, E'\\n') AS heads
           FROM bumped b JOIN t ON t.name = b.calendar) AS p
+    WHERE p.heads IS NOT NULL  -- nothing bumped: nothing to say
 )
 SELECT b.calendar, b.head FROM bumped b, notified
 """
