@@ -27,7 +27,8 @@ is the receiving side, one per process:
   ``applied`` seq (notices sent while it was away are lost; the log is not). A poll every
   ``poll_s`` compares the stored heads with ``applied`` as a last line of defence.
 
-``/metrics`` (:meth:`Cluster.render`): notices received, rows applied from other processes,
+``/metrics`` (:meth:`Cluster.render`): notices received (and how many carried rows applied
+from the notice itself), rows applied from other processes,
 catch-ups (and why), the lag from a notice to its rows being forwarded, LISTEN reconnects.
 """
 
