@@ -10,9 +10,12 @@ is the receiving side, one per process:
   calendars this process has not loaded, are ignored.
 - For each loaded calendar the cluster keeps ``applied``: every row up to it is in this
   process's replica. Own commits move it directly (the store's commit hook, before the append
-  returns); for another process's commit the cluster fetches ``seq > applied`` in seq order
-  (the store's per-calendar counter makes that exact: no holes, commit order), skips its own
-  rows among them, applies the rest to the replica and hands each change to
+  returns). Another process's commit usually carries its rows in the notice: when they start
+  right after ``applied`` (and no fetch of the calendar is under way) they are applied at once,
+  with no query. Otherwise (rows too large for a notice, a notice missed, a gap) the cluster
+  fetches ``seq > applied`` in seq order (the store's per-calendar counter makes that exact: no
+  holes, commit order), skips its own rows among them, applies the rest to the replica. Either
+  way each change goes to
   :meth:`CommitPipeline.deliver_stored`: forwarded to this process's clients and peers like a
   peer's committed update, never stored, admitted or acknowledged again. The pipeline's batch
   hooks then run, so the home (if this process decides the calendar) decides what just arrived.
@@ -24,7 +27,8 @@ is the receiving side, one per process:
   ``applied`` seq (notices sent while it was away are lost; the log is not). A poll every
   ``poll_s`` compares the stored heads with ``applied`` as a last line of defence.
 
-``/metrics`` (:meth:`Cluster.render`): notices received, rows applied from other processes,
+``/metrics`` (:meth:`Cluster.render`): notices received (and how many carried rows applied
+from the notice itself), rows applied from other processes,
 catch-ups (and why), the lag from a notice to its rows being forwarded, LISTEN reconnects.
 """
 
@@ -60,6 +64,7 @@ class ClusterStats:
     """What ``/metrics`` shows about the fan-out (counts only)."""
 
     notices: int = 0
+    carried: int = 0  # notices whose rows were applied from the notice itself, with no fetch
     rows_applied: int = 0
     catch_ups: dict[str, int] = field(default_factory=lambda: {"load": 0, "reconnect": 0, "poll": 0, "gap": 0, "home": 0})
     reconnects: int = 0
@@ -147,13 +152,13 @@ class Cluster:
     def _heard_notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         from accord.engine.storage.postgres import parse_notice
 
+        self.stats.notices += 1
+        if payload.startswith(self.storage.instance + "\n"):
+            return  # this process's own commit (its rows are in memory): not worth decoding
         try:
             notice = parse_notice(payload)
         except ValueError:
             log.warning("unreadable cluster notice ignored", extra={"bytes": len(payload)})
-            return
-        self.stats.notices += 1
-        if notice.origin == self.storage.instance:
             return
         if notice.heads is None:  # too many calendars to name: check every loaded one
             for name in self.applied:
@@ -161,9 +166,37 @@ class Cluster:
             return
         for name, seq in notice.heads.items():
             if name in self.applied and seq > self.applied[name]:
-                self._mark(name, "notice")
+                rows = notice.rows.get(name)
+                if rows is None or not self._take_carried(name, seq - len(rows) + 1, rows):
+                    self._mark(name, "notice")
             elif name not in self.applied and self.wants(name):
                 self._mark(name, "home")
+
+    def _take_carried(self, name: CalendarId, first: int, rows: list[bytes]) -> bool:
+        """Apply the rows ``first``.. a notice carried, if nothing is missing before them and no
+        fetch of the calendar is queued or running (it would apply them too); False: fetch."""
+        after = self.applied[name]
+        handle = self.calendars.loaded.get(name)
+        lock = self._fetching.get(name)
+        if first > after + 1 or handle is None or name in self._due or (lock is not None and lock.locked()):
+            return False
+        self._take(handle, [(seq, data) for seq, data in enumerate(rows, first) if seq > after])
+        self.stats.carried += 1
+        self.stats.lag_seconds.observe(0.0)
+        return True
+
+    def _take(self, handle: CalendarHandle, rows: list[tuple[int, bytes]]) -> None:
+        """Apply and forward another process's rows (in seq order, all above ``applied``), then
+        run the pipeline's batch hooks for them."""
+        for seq, data in rows:
+            self._apply(handle, data)
+            handle.rows_in_log += 1
+            handle.last_seq = max(handle.last_seq, seq)
+        if rows:
+            self._advance(handle.name, max(self.applied.get(handle.name, 0), rows[-1][0]))
+            for hook in self.pipeline.batch_hooks:
+                hook([handle])
+            self.notice.notify()
 
     def _mark(self, name: CalendarId, why: str) -> None:
         if why != "notice":
@@ -218,17 +251,10 @@ class Cluster:
                 # Rows below were compacted into a snapshot (its seq is the compaction point): fine,
                 # the snapshot holds them; counted, since it costs a full-state apply.
                 self.stats.catch_ups["gap"] += 1
-            for row in rows:
-                if row.origin == self.storage.instance:
-                    continue  # this process's own row: in memory already
-                self._apply(handle, row.data)
-                handle.rows_in_log += 1
-                handle.last_seq = max(handle.last_seq, row.seq)
+            # this process's own rows are in memory already
+            self._take(handle, [(row.seq, row.data) for row in rows if row.origin != self.storage.instance])
             if rows:
                 self._advance(name, max(self.applied.get(name, 0), rows[-1].seq))
-                for hook in self.pipeline.batch_hooks:
-                    hook([handle])
-                self.notice.notify()
             if len(rows) < FETCH_ROWS:
                 return
 
@@ -321,6 +347,9 @@ class Cluster:
             "# HELP accord_cluster_notices_total Commit notices received from the shared store.",
             "# TYPE accord_cluster_notices_total counter",
             f"accord_cluster_notices_total {stats.notices}",
+            "# HELP accord_cluster_notices_carried_total Notices whose rows were applied from the notice, with no query.",
+            "# TYPE accord_cluster_notices_carried_total counter",
+            f"accord_cluster_notices_carried_total {stats.carried}",
             "# HELP accord_cluster_rows_applied_total Rows other relay processes stored, applied and forwarded here.",
             "# TYPE accord_cluster_rows_applied_total counter",
             f"accord_cluster_rows_applied_total {stats.rows_applied}",

@@ -26,6 +26,13 @@ run after each batch is stored and forwarded (the home decides what just became 
 submits its decisions with a fence (:meth:`CommitPipeline.submit_withheld`); a row the store
 refuses as fenced is dropped (never applied or forwarded) and counted in ``metrics.fenced_writes``.
 :attr:`CommitPipeline.notice` fires after every batch, for anyone waiting on a condition.
+
+A calendar whose log outgrew the compaction policy is compacted in a task of its own, from a
+snapshot of its replica taken right after the batch (it holds every row stored so far): the
+pipeline goes on committing meanwhile, so a compaction costs no writer a wait, and the store
+orders the compaction's transaction with the appends. A compaction that fails leaves the log as
+it is (logged) and is tried again once the log has grown by as much again.
+:meth:`CommitPipeline.drain` waits for running compactions too.
 """
 
 from __future__ import annotations
@@ -137,6 +144,7 @@ class CommitPipeline:
         self.failed: StorageError | None = None  # fatal: writes are refused until a restart
         self.hold: Hold | None = None  # transient: writes wait while the batch is retried
         self._releasing = False  # shutting down: nobody is held back any more
+        self._compactions: dict[CalendarId, asyncio.Task[None]] = {}  # one at a time per calendar
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commit-pipeline")
@@ -226,9 +234,12 @@ class CommitPipeline:
         return Health(True)
 
     async def drain(self) -> None:
-        """Wait until everything submitted so far is committed and forwarded."""
-        while not self._queue.empty() or not self._idle.is_set():
+        """Wait until everything submitted so far is committed and forwarded, and the
+        compactions it started are done."""
+        while not self._queue.empty() or not self._idle.is_set() or self._compactions:
             await self._idle.wait()
+            if self._compactions:
+                await asyncio.gather(*self._compactions.values(), return_exceptions=True)
             if not self._queue.empty():
                 await asyncio.sleep(0)
 
@@ -249,6 +260,9 @@ class CommitPipeline:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for task in list(self._compactions.values()):
+            task.cancel()
+        await asyncio.gather(*self._compactions.values(), return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -318,8 +332,11 @@ class CommitPipeline:
         for hook in self.batch_hooks:
             hook(handles)
         for handle in handles:
-            if self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows:
-                await self._compact(handle)
+            if (self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows
+                    and handle.name not in self._compactions):
+                task = asyncio.create_task(self._compact(handle), name=f"compact-{handle.name}")
+                self._compactions[handle.name] = task
+                task.add_done_callback(self._compacted)
 
     async def _store(self, rows: list[tuple[CalendarId, bytes]], audit: list[AuditRecord],
                      fences: list[Fence | None]) -> list[int]:
@@ -402,20 +419,26 @@ class CommitPipeline:
             outgoing.setdefault(connection, []).append(data)
             self.metrics.updates_out += 1
 
+    def _compacted(self, task: asyncio.Task[None]) -> None:
+        for name, running in list(self._compactions.items()):
+            if running is task:
+                del self._compactions[name]
+
     async def _compact(self, handle: CalendarHandle) -> None:
         started = time.perf_counter()
         snapshot = handle.replica.full_state()  # includes every committed row, maybe more: fine
         upto = handle.last_seq
+        before = handle.rows_in_log
         try:
             await self.storage.compact(handle.name, upto, snapshot)
-        except TransientStorageError as exc:  # the log stays as it is: try again once it grew as much again
+        except StorageError as exc:  # the log stays as it is: try again once it grew as much again
             handle.compact_retry_rows = handle.rows_in_log + self.compaction.max_rows
-            log.warning("compaction postponed", extra={"calendar": handle.name, "fault": exc.fault,
-                                                       "rows": handle.rows_in_log, "error": exc.detail})
+            fault = exc.fault if isinstance(exc, TransientStorageError) else "fatal"
+            log.log(logging.WARNING if fault != "fatal" else logging.ERROR, "compaction postponed",
+                    extra={"calendar": handle.name, "fault": fault, "rows": handle.rows_in_log, "error": str(exc)})
             return
         handle.compact_retry_rows = 0
-        before = handle.rows_in_log
-        handle.rows_in_log = 1
+        handle.rows_in_log -= before - 1  # rows stored while it ran stay in the log, after the snapshot
         log.info(
             "calendar compacted",
             extra={"calendar": handle.name, "rows_before": before, "bytes": len(snapshot),

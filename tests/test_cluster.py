@@ -114,6 +114,9 @@ async def test_a_lost_listen_connection_catches_up_from_the_last_applied_seq(tmp
             await client.wait_synced(CAL)
         first = await ta.book(CAL, hour=9)
         await tb.wait_for(lambda: status(tb, first) is not None)
+        second = await ta.book(CAL, hour=17)  # b is caught up: it takes the rows from the notice, no query
+        await tb.wait_for(lambda: status(tb, second) is not None)
+        assert cluster_b.stats.carried >= 1
         admin = await asyncpg.connect(postgres_url)
         assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", cluster_b.listen_pid)
         await admin.close()

@@ -393,6 +393,14 @@ def test_spans_from_state_vectors_match_the_update_read_struct_by_struct(steps: 
         check(replica)
 
 
+async def write_alternately(first: Storage, second: Storage, updates: list[bytes]) -> None:
+    """Append ``updates`` through two stores of one database, unevenly, the second compacting midway."""
+    for i, update in enumerate(updates):
+        await (first if i % 3 else second).append(CAL, update)
+        if i == 6:
+            await second.compact(CAL, (await second.log_length(CAL))[1], merge_log(updates[: i + 1]))
+
+
 async def test_state_vectors_stay_exact_when_another_connection_writes_between_commits(tmp_path: Path) -> None:
     """The writer keeps the vectors it wrote, decoded; rows (and a compaction) committed by
     another connection in between must not make it advance a stale copy."""
@@ -400,10 +408,7 @@ async def test_state_vectors_stay_exact_when_another_connection_writes_between_c
     replica, updates = edits(6)
     first, second = await SqliteStorage.open(path), await SqliteStorage.open(path)
     try:
-        for i, update in enumerate(updates):
-            await (first if i % 3 else second).append(CAL, update)  # alternate writers, uneven
-            if i == 6:
-                await second.compact(CAL, (await second.log_length(CAL))[1], merge_log(updates[: i + 1]))
+        await write_alternately(first, second, updates)
         expected = replica.state_vector()
         for store in (first, second):
             assert decode_state_vector((await store.state_vectors([CAL]))[CAL]) == decode_state_vector(expected)

@@ -16,13 +16,22 @@ from collections import Counter
 
 import asyncpg
 import pytest
+from test_storage import edits, write_alternately
 
 from accord.engine.audit import AuditRecord, verify_chain
 from accord.engine.errors import CorruptRecord, StoreFault, StoreUnavailable, TransientStorageError
 from accord.engine.model import CalendarId
+from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import FENCED, Fence, open_storage
-from accord.engine.storage.postgres import CHANNEL, PostgresStorage, classify_pg_error, notice_payload, parse_notice
+from accord.engine.storage.postgres import (
+    CHANNEL,
+    SNAPSHOT_ORIGIN,
+    PostgresStorage,
+    classify_pg_error,
+    notice_payload,
+    parse_notice,
+)
 
 CAL = CalendarId("clinic-1")
 OTHER = CalendarId("clinic-2")
@@ -155,7 +164,33 @@ async def test_two_stores_on_one_database_interleave_without_holes(postgres_url:
         await b.close()
 
 
-async def test_each_commit_notifies_once_with_each_calendars_last_seq(postgres_url: str) -> None:
+async def test_state_vectors_stay_exact_when_another_process_writes_between_one_statement_commits(
+        postgres_url: str) -> None:
+    """A commit is one statement once the store knows a calendar's stored vector; rows (and a
+    compaction) another process committed in between move that vector, and a commit must then
+    read it again rather than write one advanced from a stale copy."""
+    replica, updates = edits(8)
+    first, second = await PostgresStorage.open(postgres_url), await PostgresStorage.open(postgres_url)
+    listener = await asyncpg.connect(postgres_url)
+    heard: list[str] = []
+    await listener.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: heard.append(payload))
+    try:
+        await write_alternately(first, second, updates)
+        expected = decode_state_vector(replica.state_vector())
+        assert decode_state_vector((await first.state_vectors([CAL]))[CAL]) == expected
+        await listener.fetchval("SELECT 1")  # delivers every notice committed before it
+        # One notice per commit, naming the calendar: none from the one-statement attempts that stored nothing.
+        assert len(heard) == first.stats.notifies + second.stats.notifies == len(updates)
+        assert all(parse_notice(payload).heads == {CAL: seq} for seq, payload in enumerate(heard, 1))
+        assert first.stats.one_statement >= 5  # its runs of appends: one statement each
+        assert first.stats.vector_moved > 0 and second.stats.vector_moved > 0
+    finally:
+        await listener.close()
+        await first.close()
+        await second.close()
+
+
+async def test_each_commit_notifies_once_with_each_calendars_last_seq_and_its_rows_if_they_fit(postgres_url: str) -> None:
     store = await PostgresStorage.open(postgres_url)
     listener = await asyncpg.connect(postgres_url)
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -163,21 +198,30 @@ async def test_each_commit_notifies_once_with_each_calendars_last_seq(postgres_u
     try:
         await store.append(CAL, b"x")
         await store.append_many([(CAL, b"y"), (OTHER, b"z"), (CAL, b"w")])
+        await store.append_many([(CAL, b"v"), (OTHER, b"u"), (CAL, b"t")])  # both known now: one statement
+        await store.append(CAL, bytes(7000))  # too large to carry: the heads only
         async with asyncio.timeout(5):
-            first, second = parse_notice(await heard.get()), parse_notice(await heard.get())
-        assert first.origin == second.origin == store.instance
-        assert (first.heads, second.heads) == ({CAL: 1}, {CAL: 3, OTHER: 1})
-        assert heard.empty() and store.stats.notifies == 2
+            notices = [parse_notice(await heard.get()) for _ in range(4)]
+        assert {notice.origin for notice in notices} == {store.instance}
+        assert [notice.heads for notice in notices] == [{CAL: 1}, {CAL: 3, OTHER: 1}, {CAL: 5, OTHER: 2}, {CAL: 6}]
+        assert [notice.rows for notice in notices] == [{CAL: [b"x"]}, {CAL: [b"y", b"w"], OTHER: [b"z"]},
+                                                       {CAL: [b"v", b"t"], OTHER: [b"u"]}, {}]
+        assert heard.empty() and store.stats.notifies == 4 and store.stats.one_statement == 2
     finally:
         await listener.close()
         await store.close()
 
 
-def test_a_notice_naming_too_many_calendars_says_check_them_all() -> None:
+def test_a_notice_carries_the_rows_that_fit_and_says_check_them_all_when_even_the_names_do_not() -> None:
     heads = {CalendarId(f"clinic-{i:05d}"): i for i in range(1000)}
     payload = notice_payload("me", heads)
     assert len(payload.encode()) < 8000 and parse_notice(payload).heads is None
     assert parse_notice(notice_payload("me", {CalendarId("a:b"): 7})).heads == {"a:b": 7}
+    assert parse_notice(notice_payload("me", {CAL: 2}, {CAL: [b"x", b"\xff\x00"]})).rows == {CAL: [b"x", b"\xff\x00"]}
+    too_large = parse_notice(notice_payload("me", {CAL: 1, OTHER: 1}, {CAL: [bytes(3000)], OTHER: [bytes(3000)]}))
+    assert (too_large.heads, too_large.rows) == ({CAL: 1, OTHER: 1}, {})
+    with pytest.raises(ValueError):
+        parse_notice("me\nclinic-1:1 not*base64")
 
 
 async def test_audit_rows_from_two_stores_form_one_chain_and_repeats_are_skipped(postgres_url: str) -> None:
@@ -215,6 +259,8 @@ async def test_compaction_by_a_lagging_process_keeps_rows_its_snapshot_lacks(pos
         reader.load(await a.load(CAL))
         assert len(reader.calendar.reservations) == 3
         assert await a.log_length(CAL) == (1, top)
+        # The stored snapshot holds a's rows, which b lacks: b's catch-up must not take it for its own row.
+        assert [row.origin for row in await b.rows_after(CAL, 0)] == [SNAPSHOT_ORIGIN]
     finally:
         await a.close()
         await b.close()

@@ -16,9 +16,11 @@ both), for several relay processes sharing one database:
 - **One NOTIFY per commit** on channel :data:`CHANNEL`, sent by the same transaction (so it is
   delivered only if and after it commits), payload :func:`notice_payload`: the writing process's
   :attr:`PostgresStorage.instance` and ``calendar:seq`` of the last row of each calendar in the
-  commit (``*`` instead when that would pass PostgreSQL's 8000-byte limit: listeners then check
-  the heads of every calendar they hold). Notifying commits serialize cluster-wide, hence one
-  per batch, never one per row. Listening is the relay's job (``relay/cluster.py``).
+  commit, followed by the commit's rows themselves when they fit (base64, so a listener that
+  holds everything before them needs no query), ``*`` instead when even the heads would pass
+  PostgreSQL's 8000-byte limit (listeners then check the heads of every calendar they hold).
+  Notifying commits serialize cluster-wide, hence one per batch, never one per row. Listening
+  is the relay's job (``relay/cluster.py``).
 - **Checked rows.** Each row carries a CRC-32 of its bytes; :meth:`load` raises
   :class:`~engine.errors.CorruptRecord` naming the calendar and row on a mismatch.
 - **Fenced writes.** ``append_many(..., fences=)`` reads each named lease's epoch in
@@ -44,6 +46,8 @@ twice changes nothing) and never an acknowledgement of rows that were not stored
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import secrets
 import zlib
@@ -65,13 +69,14 @@ from ..errors import (
 from ..model import CalendarId
 from ..protocol import decode_state_vector, encode_state_vector
 from . import FENCED, Fence, merge_log, redact  # the package is loaded before this module (it imports it lazily)
-from .state_vectors import advance, update_spans
+from .state_vectors import Spans, advance, update_spans
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 CHANNEL = "accord_updates"
 NOTIFY_LIMIT_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 ALL_CALENDARS = "*"
+SNAPSHOT_ORIGIN = "snapshot"  # a compaction's row: never any process's instance (hex), so every process applies it
 MIGRATION_LOCK = 0x6163636F7264  # "accord": one relay creates or migrates the schema at a time
 # Transactions here are a few statements long: one left open (its process frozen, say, while it
 # holds a fence row FOR SHARE or a calendar's counter row) must not hold the other processes up long.
@@ -135,6 +140,41 @@ INSERT_ROWS = """
 INSERT INTO accord.updates (calendar, seq, origin, data, crc)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[])
 """
+# The common commit (no fences, no audit, every calendar's stored vector known): one statement,
+# so one round trip in PostgreSQL's own implicit transaction. Each calendar's counter row is
+# locked in name order (as by BUMP_HEADS) and bumped, with the new state vector, only if its
+# stored vector is still the one this process computed that vector from ($4); the rows of the
+# calendars bumped are numbered from their heads; one NOTIFY names each bumped calendar's head
+# with its rows ($10: base64, comma-separated; '' when they do not fit), just the heads past
+# NOTIFY_LIMIT_BYTES, ``*`` past it even so. A calendar not bumped (another process moved its vector) is
+# left untouched, its rows not stored: they are committed again statement by statement.
+COMMIT_ONE = f"""
+WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $10::text[]) AS t(name, n, sv, known, rows)),
+bumped AS (
+    INSERT INTO accord.calendars AS c (calendar, head, state_vector)
+    SELECT name, n, sv FROM t ORDER BY name
+    ON CONFLICT (calendar) DO UPDATE SET head = c.head + excluded.head, state_vector = excluded.state_vector
+    WHERE c.state_vector = (SELECT known FROM t WHERE t.name = c.calendar)
+    RETURNING calendar, head
+),
+stored AS (
+    INSERT INTO accord.updates (calendar, seq, origin, data, crc)
+    SELECT r.name, b.head - t.n + r.nth, $5, r.data, r.crc
+    FROM unnest($6::text[], $7::bigint[], $8::bytea[], $9::bigint[]) AS r(name, nth, data, crc)
+    JOIN bumped b ON b.calendar = r.name JOIN t ON t.name = r.name
+),
+notified AS (
+    SELECT pg_notify('{CHANNEL}', CASE WHEN octet_length(p.full) <= {NOTIFY_LIMIT_BYTES} THEN p.full
+                                      WHEN octet_length(p.heads) <= {NOTIFY_LIMIT_BYTES} THEN p.heads
+                                      ELSE $5 || E'\\n{ALL_CALENDARS}' END)
+    FROM (SELECT $5 || E'\\n' || string_agg(b.calendar || ':' || b.head || CASE WHEN t.rows = '' THEN '' ELSE ' ' || t.rows END,
+                                            E'\\n') AS full,
+                 $5 || E'\\n' || string_agg(b.calendar || ':' || b.head, E'\\n') AS heads
+          FROM bumped b JOIN t ON t.name = b.calendar) AS p
+    WHERE p.heads IS NOT NULL  -- nothing bumped: nothing to say
+)
+SELECT b.calendar, b.head FROM bumped b, notified
+"""
 CHECK_FENCES = "SELECT name, epoch FROM accord.leases WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE"
 SET_STATES = """
 UPDATE accord.calendars AS c SET state_vector = t.sv
@@ -155,14 +195,33 @@ class StoredRow:
 @dataclass(frozen=True, slots=True)
 class CommitNotice:
     """What a NOTIFY on :data:`CHANNEL` says: who committed, and each calendar's new last seq
-    (``heads`` is None when the payload named too many calendars: check them all)."""
+    (``heads`` is None when the payload named too many calendars: check them all). ``rows``
+    holds, for the calendars whose rows fitted, the commit's rows of it in seq order: the last
+    is row ``heads[name]``."""
 
     origin: str
     heads: dict[CalendarId, int] | None
+    rows: dict[CalendarId, list[bytes]] = field(default_factory=dict)
 
 
-def notice_payload(origin: str, heads: dict[CalendarId, int]) -> str:
-    """The NOTIFY payload for one commit (always under PostgreSQL's 8000-byte limit)."""
+def encoded_rows(rows: list[bytes]) -> str:
+    """One calendar's rows as a notice carries them (see :func:`notice_payload`)."""
+    return ",".join(base64.b64encode(row).decode() for row in rows)
+
+
+def rows_budget(origin: str, rows: dict[CalendarId, str]) -> bool:
+    """True if a notice can carry these encoded rows (with room for every calendar's head)."""
+    return len(origin) + sum(len(name) + len(text) + 22 for name, text in rows.items()) <= NOTIFY_LIMIT_BYTES
+
+
+def notice_payload(origin: str, heads: dict[CalendarId, int], rows: dict[CalendarId, list[bytes]] | None = None) -> str:
+    """The NOTIFY payload for one commit (always under PostgreSQL's 8000-byte limit): a line
+    per calendar, ``name:seq`` and, when they fit, a space and the commit's rows of it."""
+    encoded = {name: encoded_rows(rows[name]) for name in heads} if rows else {}
+    if encoded and rows_budget(origin, encoded):
+        payload = "\n".join([origin, *(f"{name}:{seq} {encoded[name]}" for name, seq in heads.items())])
+        if len(payload.encode()) <= NOTIFY_LIMIT_BYTES:
+            return payload
     payload = "\n".join([origin, *(f"{name}:{seq}" for name, seq in heads.items())])
     if len(payload.encode()) > NOTIFY_LIMIT_BYTES:
         return f"{origin}\n{ALL_CALENDARS}"
@@ -175,10 +234,17 @@ def parse_notice(payload: str) -> CommitNotice:
     if lines == [ALL_CALENDARS]:
         return CommitNotice(origin, None)
     heads: dict[CalendarId, int] = {}
+    rows: dict[CalendarId, list[bytes]] = {}
     for line in lines:
-        name, _, seq = line.rpartition(":")  # calendar names may hold ':'; the seq never does
+        head, _, carried = line.partition(" ")  # calendar names never hold a space
+        name, _, seq = head.rpartition(":")  # calendar names may hold ':'; the seq never does
         heads[CalendarId(name)] = int(seq)
-    return CommitNotice(origin, heads)
+        if carried:
+            try:
+                rows[CalendarId(name)] = [base64.b64decode(part, validate=True) for part in carried.split(",")]
+            except binascii.Error as exc:
+                raise ValueError(f"unreadable rows in a notice: {exc}") from exc
+    return CommitNotice(origin, heads, rows)
 
 
 TRANSIENT_SQLSTATES = {
@@ -233,6 +299,8 @@ class PgStats:
     rows: int = 0
     notifies: int = 0
     fenced: int = 0  # rows refused: their fence was stale
+    one_statement: int = 0  # commits in one statement, one round trip (the common case)
+    vector_moved: int = 0  # calendars such a commit left to the next (another process had moved their vector)
 
 
 class PostgresStorage:
@@ -256,6 +324,9 @@ class PostgresStorage:
         self._writer_conn: asyncpg.Connection | None = writer
         self._readers = readers
         self._queue: list[_Pending] = []
+        # Each calendar's state vector as this process last stored it: what a one-statement
+        # commit advances (and checks against the stored one).
+        self._vectors: dict[CalendarId, bytes] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self.stats = PgStats()
@@ -321,6 +392,7 @@ class PostgresStorage:
             try:
                 seqs = await self._commit(batch)
             except Exception as exc:  # a failed commit fails every append in it, loudly
+                self._vectors.clear()  # its outcome may be unknown: read the stored vectors again
                 error = classify_pg_error(exc, self.name, "commit")
                 if isinstance(error, TransientStorageError):
                     await self._drop_writer()
@@ -348,6 +420,78 @@ class PostgresStorage:
         offered_spans = [update_spans(data) for _, data in offered]
         audit = [record for pending in batch for record in pending.audit]
         conn = await self._connection()
+        if offered and not audit and not any(fences) and all(name in self._vectors for name, _ in offered):
+            kept = [True] * len(offered)
+            seqs, ranges = await self._commit_one(conn, offered, offered_spans)
+            left = [i for i, seq in enumerate(seqs) if seq is None]
+            if left:  # another process moved these calendars' vectors: commit them the long way
+                _, left_seqs, left_ranges = await self._commit_in_transaction(
+                    conn, [offered[i] for i in left], [offered_spans[i] for i in left], [None] * len(left), [])
+                for i, seq in zip(left, left_seqs, strict=True):
+                    seqs[i] = seq
+                ranges.update(left_ranges)
+            stored = [seq for seq in seqs if seq is not None]
+        else:
+            kept, stored, ranges = await self._commit_in_transaction(conn, offered, offered_spans, fences, audit)
+        self.stats.commits += 1
+        self.stats.rows += len(stored)
+        self.stats.fenced += len(offered) - len(stored)
+        if ranges:
+            for hook in self.commit_hooks:
+                hook(ranges)
+        numbered = iter(stored)
+        every = [next(numbered) if keep else FENCED for keep in kept]
+        out: list[list[int]] = []
+        index = 0
+        for pending in batch:
+            out.append(every[index : index + len(pending.items)])
+            index += len(pending.items)
+        return out
+
+    async def _commit_one(self, conn: asyncpg.Connection, rows: list[tuple[CalendarId, bytes]],
+                          spans: list[Spans]) -> tuple[list[int | None], dict[CalendarId, tuple[int, int]]]:
+        """The common commit in one statement (:data:`COMMIT_ONE`): one round trip. Each
+        calendar's new state vector is the one this process stored last, advanced over its rows;
+        a calendar whose stored vector another process moved meanwhile is not committed (its
+        rows' seqs are None), since a vector advanced from a stale one could lose a row."""
+        counts: dict[CalendarId, int] = {}
+        nth: list[int] = []
+        for name, _ in rows:
+            counts[name] = counts.get(name, 0) + 1
+            nth.append(counts[name])
+        names = sorted(counts)
+        known = {name: self._vectors[name] for name in names}
+        clocks = {name: decode_state_vector(known[name]) for name in names}
+        for (name, _), row_spans in zip(rows, spans, strict=True):
+            advance(clocks[name], row_spans)
+        new = {name: encode_state_vector(clocks[name]) for name in names}
+        carried = {name: encoded_rows([d for n, d in rows if n == name]) for name in names}
+        if not rows_budget(self.instance, carried):
+            carried = dict.fromkeys(names, "")
+        found = await conn.fetch(COMMIT_ONE, names, [counts[n] for n in names], [new[n] for n in names],
+                                 [known[n] for n in names], self.instance, [n for n, _ in rows], nth,
+                                 [d for _, d in rows], [zlib.crc32(d) for _, d in rows], [carried[n] for n in names])
+        ranges: dict[CalendarId, tuple[int, int]] = {}
+        for record in found:
+            name = CalendarId(record["calendar"])
+            ranges[name] = (int(record["head"]) - counts[name] + 1, int(record["head"]))
+            self._vectors[name] = new[name]
+        for name in names:
+            if name not in ranges:
+                del self._vectors[name]
+                self.stats.vector_moved += 1
+        if ranges:
+            self.stats.notifies += 1
+            self.stats.one_statement += 1
+        return [ranges[name][0] + i - 1 if name in ranges else None for (name, _), i in zip(rows, nth, strict=True)], ranges
+
+    async def _commit_in_transaction(
+        self, conn: asyncpg.Connection, offered: list[tuple[CalendarId, bytes]], offered_spans: list[Spans],
+        fences: list[Fence | None], audit: list[AuditRecord],
+    ) -> tuple[list[bool], list[int], dict[CalendarId, tuple[int, int]]]:
+        """A commit with fences or audit entries, or of a calendar whose stored vector this
+        process does not know (or knows stale): statement by statement, in one transaction."""
+        vectors: dict[CalendarId, bytes] = {}
         async with conn.transaction():
             stale = await _stale_fences(conn, fences)
             kept = [fence not in stale for fence in fences]
@@ -372,40 +516,18 @@ class PostgresStorage:
             if rows:
                 await conn.execute(INSERT_ROWS, [n for n, _ in rows], seqs, [self.instance] * len(rows),
                                    [d for _, d in rows], [zlib.crc32(d) for _, d in rows])
-                await self._advance_states(conn, states, rows, spans)
+                vectors = await _advance_states(conn, states, rows, spans)
             if audit:
                 await _append_audit(conn, audit)
             if rows:
                 heads = {name: next_seq[name] - 1 for name in counts}
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice_payload(self.instance, heads))
+                by_calendar: dict[CalendarId, list[bytes]] = {}
+                for name, data in rows:
+                    by_calendar.setdefault(name, []).append(data)
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice_payload(self.instance, heads, by_calendar))
                 self.stats.notifies += 1
-        self.stats.commits += 1
-        self.stats.rows += len(rows)
-        self.stats.fenced += len(offered) - len(rows)
-        if rows:
-            ranges = {name: (firsts[name], next_seq[name] - 1) for name in counts}
-            for hook in self.commit_hooks:
-                hook(ranges)
-        numbered = iter(seqs)
-        every = [next(numbered) if keep else FENCED for keep in kept]
-        out: list[list[int]] = []
-        index = 0
-        for pending in batch:
-            out.append(every[index : index + len(pending.items)])
-            index += len(pending.items)
-        return out
-
-    @staticmethod
-    async def _advance_states(conn: asyncpg.Connection, stored: dict[CalendarId, bytes | None],
-                              rows: list[tuple[CalendarId, bytes]], spans: list[dict[int, tuple[int, int]]]) -> None:
-        clocks = {name: decode_state_vector(sv) if sv else {} for name, sv in stored.items()}
-        moved = {name for name, sv in stored.items() if sv is None}
-        for (name, _), row_spans in zip(rows, spans, strict=True):
-            if advance(clocks[name], row_spans):
-                moved.add(name)
-        if moved:
-            names = sorted(moved)
-            await conn.execute(SET_STATES, names, [encode_state_vector(clocks[n]) for n in names])
+        self._vectors.update(vectors)  # committed: what the next commit of these calendars starts from
+        return kept, seqs, {name: (firsts[name], next_seq[name] - 1) for name in counts}
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -463,12 +585,15 @@ class PostgresStorage:
 
         The rows replaced are merged into ``snapshot`` first: in a cluster, the process that
         compacts may not have applied every row another process committed below ``upto_seq``,
-        and a snapshot missing one must not delete it."""
+        and a snapshot missing one must not delete it. Rows this store appended itself are not
+        read: ``snapshot`` holds them (the relay compacts its replica, which applied each before
+        storing it). The snapshot row's origin is :data:`SNAPSHOT_ORIGIN`, not this process's:
+        it may hold rows this process has not applied, so a catch-up must not skip it."""
         try:
             async with self._readers.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT 1 FROM accord.calendars WHERE calendar = $1 FOR UPDATE", calendar)
                 found = await conn.fetch("SELECT seq, data, crc FROM accord.updates WHERE calendar = $1 AND seq <= $2 "
-                                         "ORDER BY seq", calendar, upto_seq)
+                                         "AND origin <> $3 ORDER BY seq", calendar, upto_seq, self.instance)
                 replaced = [_checked(calendar, r["seq"], r["data"], r["crc"]) for r in found]
                 merged = await _merged(snapshot, replaced)
                 state = await conn.fetchval("SELECT state_vector FROM accord.calendars WHERE calendar = $1", calendar)
@@ -477,13 +602,14 @@ class PostgresStorage:
                                    "ON CONFLICT (calendar) DO UPDATE SET head = greatest(accord.calendars.head, $2)",
                                    calendar, upto_seq)
                 await conn.execute("INSERT INTO accord.updates (calendar, seq, origin, data, crc) VALUES ($1, $2, $3, $4, $5)",
-                                   calendar, upto_seq, self.instance, merged, zlib.crc32(merged))
+                                   calendar, upto_seq, SNAPSHOT_ORIGIN, merged, zlib.crc32(merged))
                 clocks = decode_state_vector(state) if state else {}
                 advance(clocks, update_spans(merged))
-                await conn.execute("UPDATE accord.calendars SET state_vector = $2 WHERE calendar = $1", calendar,
-                                   encode_state_vector(clocks))
+                vector = encode_state_vector(clocks)
+                await conn.execute("UPDATE accord.calendars SET state_vector = $2 WHERE calendar = $1", calendar, vector)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise classify_pg_error(exc, self.name, f"compacting {calendar!r}") from exc
+        self._vectors[calendar] = vector  # a hint only: a commit checks it against the stored one
 
     async def calendars(self) -> list[CalendarId]:
         found = await self._fetch("listing calendars", "SELECT calendar FROM accord.calendars WHERE head > 0 "
@@ -582,6 +708,22 @@ async def _merged(snapshot: bytes, replaced: list[bytes]) -> bytes:
             return bytes(snapshot)
 
     return await asyncio.to_thread(merge) if len(replaced) > 100 else merge()
+
+
+async def _advance_states(conn: asyncpg.Connection, stored: dict[CalendarId, bytes | None],
+                          rows: list[tuple[CalendarId, bytes]], spans: list[Spans]) -> dict[CalendarId, bytes]:
+    """Advance each calendar's stored vector (``stored``, read in this transaction) over ``rows``
+    and write the ones that moved; return every calendar's vector as stored now."""
+    clocks = {name: decode_state_vector(sv) if sv else {} for name, sv in stored.items()}
+    moved = {name for name, sv in stored.items() if sv is None}
+    for (name, _), row_spans in zip(rows, spans, strict=True):
+        if advance(clocks[name], row_spans):
+            moved.add(name)
+    vectors = {name: encode_state_vector(clocks[name]) if name in moved else bytes(sv or b"") for name, sv in stored.items()}
+    if moved:
+        names = sorted(moved)
+        await conn.execute(SET_STATES, names, [vectors[n] for n in names])
+    return vectors
 
 
 async def _stale_fences(conn: asyncpg.Connection, fences: list[Fence | None]) -> set[Fence]:
