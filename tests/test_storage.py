@@ -70,6 +70,18 @@ async def test_append_many_keeps_order_and_returns_one_seq_each(store: Storage) 
     assert await store.load(OTHER) == [b"x"]
 
 
+async def test_a_large_batch_keeps_order_and_seqs_across_calendars(store: Storage) -> None:
+    """More rows than one INSERT takes (the SQLite writer puts 300 in each statement)."""
+    items = [(CAL if i % 3 else OTHER, b"row-%d" % i) for i in range(701)]
+    seqs = await store.append_many(items)
+    assert len(seqs) == 701
+    for calendar in (CAL, OTHER):  # seqs increase per calendar (PostgreSQL counts per calendar)
+        mine = [seq for (name, _), seq in zip(items, seqs, strict=True) if name == calendar]
+        assert mine == sorted(mine) and len(set(mine)) == len(mine)
+        assert await store.load(calendar) == [data for name, data in items if name == calendar]
+    assert await store.append(CAL, b"after") > max(seqs)
+
+
 async def test_calendars_do_not_see_each_others_rows(store: Storage) -> None:
     await store.append(CAL, b"mine")
     await store.append(OTHER, b"theirs")
