@@ -23,7 +23,7 @@ from accord.engine.errors import CorruptRecord, StoreFault, StoreUnavailable, Tr
 from accord.engine.model import CalendarId
 from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
-from accord.engine.storage import FENCED, Fence, open_storage
+from accord.engine.storage import FENCED, Fence, merge_log, open_storage
 from accord.engine.storage.postgres import (
     CHANNEL,
     SNAPSHOT_ORIGIN,
@@ -261,6 +261,38 @@ async def test_compaction_by_a_lagging_process_keeps_rows_its_snapshot_lacks(pos
         assert await a.log_length(CAL) == (1, top)
         # The stored snapshot holds a's rows, which b lacks: b's catch-up must not take it for its own row.
         assert [row.origin for row in await b.rows_after(CAL, 0)] == [SNAPSHOT_ORIGIN]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_two_processes_compacting_one_calendar_at_once_lose_nothing(postgres_url: str) -> None:
+    """Both choose the same seq (each compacts what it saw); appends go on meanwhile."""
+    a, b = await PostgresStorage.open(postgres_url), await PostgresStorage.open(postgres_url)
+    desks = [Replica(CAL, actor="desk", client_id=1), Replica(CAL, actor="desk", client_id=2)]
+    try:
+        from datetime import UTC, datetime, timedelta
+        start = datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+        def book(i: int) -> bytes:
+            replica = desks[i % 2]
+            replica.calendar.book(resource=f"room-{i}", start=start, end=start + timedelta(minutes=30),
+                                  patient=f"P-{i}", now=start)
+            (change,) = replica.take_changes()
+            return change.update
+
+        updates = [book(i) for i in range(40)]
+        for i, update in enumerate(updates[:30]):
+            await (a if i % 2 == 0 else b).append(CAL, update)
+        top = (await a.log_length(CAL))[1]
+        snapshot = merge_log(updates[:30])
+        later = [(a if i % 2 else b).append(CAL, update) for i, update in enumerate(updates[30:])]
+        await asyncio.gather(a.compact(CAL, top, snapshot), b.compact(CAL, top, snapshot), *later)
+        reader = Replica(CAL, actor="reader")
+        reader.load(await b.load(CAL))
+        assert len(reader.calendar.reservations) == 40
+        assert (await a.log_length(CAL))[0] == 11  # one snapshot row and the ten appended meanwhile
+        assert await a.state_vectors([CAL]) == {CAL: reader.state_vector()}
     finally:
         await a.close()
         await b.close()

@@ -591,18 +591,23 @@ class PostgresStorage:
         it may hold rows this process has not applied, so a catch-up must not skip it."""
         try:
             async with self._readers.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT 1 FROM accord.calendars WHERE calendar = $1 FOR UPDATE", calendar)
+                # The rows replaced are committed and appends only add seqs above them, so the
+                # calendar's counter row (which every append to it locks) is locked last, for the
+                # state vector only: appends wait two statements and a commit, not the whole job.
+                # Two compactions of one calendar at once (two processes): the second's DELETE
+                # waits for the first's rows; if both chose one seq, the first's snapshot stays (it
+                # holds every row up to it, as the second's would).
                 found = await conn.fetch("SELECT seq, data, crc FROM accord.updates WHERE calendar = $1 AND seq <= $2 "
                                          "AND origin <> $3 ORDER BY seq", calendar, upto_seq, self.instance)
                 replaced = [_checked(calendar, r["seq"], r["data"], r["crc"]) for r in found]
                 merged = await _merged(snapshot, replaced)
-                state = await conn.fetchval("SELECT state_vector FROM accord.calendars WHERE calendar = $1", calendar)
                 await conn.execute("DELETE FROM accord.updates WHERE calendar = $1 AND seq <= $2", calendar, upto_seq)
-                await conn.execute("INSERT INTO accord.calendars (calendar, head) VALUES ($1, $2) "
-                                   "ON CONFLICT (calendar) DO UPDATE SET head = greatest(accord.calendars.head, $2)",
-                                   calendar, upto_seq)
-                await conn.execute("INSERT INTO accord.updates (calendar, seq, origin, data, crc) VALUES ($1, $2, $3, $4, $5)",
+                await conn.execute("INSERT INTO accord.updates (calendar, seq, origin, data, crc) VALUES ($1, $2, $3, $4, $5) "
+                                   "ON CONFLICT (calendar, seq) DO NOTHING",
                                    calendar, upto_seq, SNAPSHOT_ORIGIN, merged, zlib.crc32(merged))
+                state = await conn.fetchval(
+                    "INSERT INTO accord.calendars (calendar, head) VALUES ($1, $2) ON CONFLICT (calendar) "
+                    "DO UPDATE SET head = greatest(accord.calendars.head, $2) RETURNING state_vector", calendar, upto_seq)
                 clocks = decode_state_vector(state) if state else {}
                 advance(clocks, update_spans(merged))
                 vector = encode_state_vector(clocks)
