@@ -1,10 +1,12 @@
-"""Which asyncio event loop a long-running command runs on: ``--loop auto|uvloop|asyncio``.
+"""Which asyncio event loop a long-running command runs on: ``--loop asyncio|uvloop|auto``.
 
-uvloop (libuv, written in Cython) runs the same asyncio programs with a cheaper event loop: its
-transports write to sockets and poll in C. ``auto`` (the default) takes it when it is installed
-(it is a dependency on Linux and macOS; it does not exist for Windows) and plain asyncio
-otherwise; ``asyncio`` is always available, for comparing or for ruling the loop out when
-chasing a bug. Nothing else in accord depends on the choice.
+The default is the standard library's loop. uvloop (libuv, written in Cython; ``pip install
+'accord[uvloop]'``, not for Windows) runs the same program with its sockets and polling in C,
+but measured against the relay's workload it did not win: in one A/B run of
+``benchmarks/relay_vs_peers.py`` (same code, 3 runs per scenario) server CPU moved by -8 % to
++10 % depending on the scenario and latencies both ways, within the run-to-run noise
+(benchmarks/PROFILE.md). It stays selectable, for deployments that measure otherwise; ``auto``
+takes it when it is installed. Nothing else in accord depends on the choice.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")
-LOOP_FLAG_HELP = ("event loop: uvloop (faster sockets, the default where installed) or the standard library's "
-                  "asyncio; auto picks uvloop when it is installed")
+LOOP_FLAG_HELP = ("event loop: the standard library's asyncio (default) or uvloop (pip install 'accord[uvloop]'); "
+                  "auto picks uvloop when it is installed")
 
 
 class LoopUnavailable(RuntimeError):
@@ -61,7 +63,7 @@ def run(main: Coroutine[Any, Any, T], name: str) -> T:
 
 def add_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--loop`` to a command's parser."""
-    parser.add_argument("--loop", default="auto", choices=CHOICES, help=LOOP_FLAG_HELP)
+    parser.add_argument("--loop", default="asyncio", choices=CHOICES, help=LOOP_FLAG_HELP)
 
 
 def running_loop_name() -> str:

@@ -28,7 +28,7 @@ def listening_loop(relay: RelayProcess) -> str:
 async def test_relays_on_uvloop_and_asyncio_peer_and_decide(tmp_path: Path) -> None:
     home = RelayProcess(tmp_path, "home", "--home", "clinic-*", "--loop", "uvloop")
     async with running([home]):
-        desk = RelayProcess(tmp_path, "desk", "--peer", home.url, "--loop", "asyncio")
+        desk = RelayProcess(tmp_path, "desk", "--peer", home.url)  # the default loop: asyncio
         async with running([desk]):
             assert (listening_loop(home), listening_loop(desk)) == ("uvloop", "asyncio")
             async with WireClient(desk.url, actor="t-desk") as booker, WireClient(home.url, actor="t-home") as watcher:
