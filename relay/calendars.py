@@ -44,6 +44,8 @@ class CalendarHandle:
     replica: Replica
     subscribers: set[Connection] = field(default_factory=set)
     rows_in_log: int = 0
+    log_bytes: int = 0  # bytes of the rows in the log (see CompactionPolicy)
+    snapshot_bytes: int = 0  # bytes of its first row: the last snapshot, once compacted
     last_seq: int = 0
     last_active: float = field(default_factory=time.monotonic)
     committed: bytes = b"\x00"  # state vector of the last change committed to the store
@@ -129,7 +131,9 @@ class CalendarSet:
         updates = await self.storage.load(name)
         replica = Replica(name, actor="relay")
         replica.load(updates)
-        handle = CalendarHandle(name, replica, rows_in_log=rows, last_seq=top, committed=replica.state_vector())
+        handle = CalendarHandle(name, replica, rows_in_log=rows, log_bytes=sum(map(len, updates)),
+                                snapshot_bytes=len(updates[0]) if updates else 0, last_seq=top,
+                                committed=replica.state_vector())
         self.loaded[name] = handle
         self.loads += 1
         log.info(

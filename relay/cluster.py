@@ -191,6 +191,7 @@ class Cluster:
         for seq, data in rows:
             self._apply(handle, data)
             handle.rows_in_log += 1
+            handle.log_bytes += len(data)
             handle.last_seq = max(handle.last_seq, seq)
         if rows:
             self._advance(handle.name, max(self.applied.get(handle.name, 0), rows[-1][0]))

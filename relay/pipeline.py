@@ -310,6 +310,7 @@ class CommitPipeline:
                     self.metrics.fenced_writes += 1
                     continue
                 handle.rows_in_log += 1
+                handle.log_bytes += len(item.row)
                 handle.last_seq = seqs[index - 1]
             if item.withheld is not None:  # stored now: apply it (None if it brought nothing new)
                 update, origin = item.withheld
@@ -332,7 +333,8 @@ class CommitPipeline:
         for hook in self.batch_hooks:
             hook(handles)
         for handle in handles:
-            if (self.compaction.should_compact(handle.rows_in_log) and handle.rows_in_log >= handle.compact_retry_rows
+            if (self.compaction.should_compact(handle.rows_in_log, handle.log_bytes, handle.snapshot_bytes)
+                    and handle.rows_in_log >= handle.compact_retry_rows
                     and handle.name not in self._compactions):
                 task = asyncio.create_task(self._compact(handle), name=f"compact-{handle.name}")
                 self._compactions[handle.name] = task
@@ -428,7 +430,7 @@ class CommitPipeline:
         started = time.perf_counter()
         snapshot = handle.replica.full_state()  # includes every committed row, maybe more: fine
         upto = handle.last_seq
-        before = handle.rows_in_log
+        before, bytes_before = handle.rows_in_log, handle.log_bytes
         try:
             await self.storage.compact(handle.name, upto, snapshot)
         except StorageError as exc:  # the log stays as it is: try again once it grew as much again
@@ -439,6 +441,8 @@ class CommitPipeline:
             return
         handle.compact_retry_rows = 0
         handle.rows_in_log -= before - 1  # rows stored while it ran stay in the log, after the snapshot
+        handle.log_bytes += len(snapshot) - bytes_before
+        handle.snapshot_bytes = len(snapshot)
         log.info(
             "calendar compacted",
             extra={"calendar": handle.name, "rows_before": before, "bytes": len(snapshot),

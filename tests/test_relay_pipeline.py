@@ -8,7 +8,7 @@ from wire import NOW
 
 from accord.engine.model import CalendarId
 from accord.engine.replica import Replica
-from accord.engine.storage import MemoryStorage
+from accord.engine.storage import CompactionPolicy, MemoryStorage
 from accord.relay.calendars import CalendarHandle
 from accord.relay.metrics import Metrics
 from accord.relay.pipeline import CommitPipeline
@@ -42,3 +42,50 @@ async def test_a_reader_waits_while_the_queue_is_full() -> None:
         await second
         await pipeline.drain()
     await pipeline.close()
+
+
+async def test_a_large_calendar_is_compacted_once_its_log_grew_by_its_snapshot() -> None:
+    """Not every ``max_rows`` updates whatever its size: that re-encoded a big calendar each time."""
+    name = CalendarId("clinic-1")
+    storage = MemoryStorage()
+    pipeline = CommitPipeline(storage, Metrics(), compaction=CompactionPolicy(max_rows=5))
+    handle = CalendarHandle(name, Replica("clinic-1", actor="relay"))
+    calendar = handle.replica.calendar
+    pipeline.start()
+    try:
+        ids = []
+        for i in range(40):
+            ids.append(calendar.book(resource=f"room-{i}", start=NOW, end=NOW.replace(minute=30), patient="p",
+                                     now=NOW).id)
+            pipeline.submit_local(handle)
+        async with asyncio.timeout(5):
+            await pipeline.drain()
+        assert (await storage.log_length(name))[0] == 1  # small rows then: compacted at max_rows
+        snapshot = handle.snapshot_bytes
+        assert snapshot == handle.log_bytes > 40 * 100
+        edits = 0
+        while True:  # small edits: many more rows than max_rows before their bytes reach the snapshot's
+            grown = handle.log_bytes - snapshot
+            calendar.edit(ids[edits % 40], note=f"n{edits}", now=NOW)
+            pipeline.submit_local(handle)
+            edits += 1
+            async with asyncio.timeout(5):
+                await pipeline.drain()
+            if (await storage.log_length(name))[0] == 1:
+                break
+            assert (await storage.log_length(name))[0] == edits + 1 and edits < 10_000
+        assert edits > 50 and grown >= 0.9 * snapshot  # compacted once the log had grown by the snapshot
+        reader = Replica("clinic-1", actor="reader")
+        reader.load(await storage.load(name))
+        assert reader.calendar.get(ids[(edits - 1) % 40]).note == f"n{edits - 1}"
+        assert len(reader.calendar.reservations) == 40
+    finally:
+        await pipeline.close()
+
+
+def test_the_compaction_policy_weighs_rows_and_bytes() -> None:
+    policy = CompactionPolicy(max_rows=1000)
+    assert policy.should_compact(1001) and not policy.should_compact(1000)  # a terminal's store: rows only
+    assert not policy.should_compact(1001, log_bytes=4_300_000, snapshot_bytes=4_000_000)
+    assert policy.should_compact(1001, log_bytes=8_000_000, snapshot_bytes=4_000_000)
+    assert not policy.should_compact(999, log_bytes=10**9, snapshot_bytes=0)

@@ -131,13 +131,22 @@ class FencedStorage(Storage, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CompactionPolicy:
-    """Compact a calendar's log once it holds more than ``max_rows`` updates."""
+    """Compact a calendar's log once it holds more than ``max_rows`` updates *and* the rows written
+    since its snapshot are at least as many bytes as the snapshot.
+
+    A compaction encodes and stores the whole document, so compacting a large calendar every
+    ``max_rows`` updates costs work in proportion to its size each time (a 4 MB calendar taking
+    1,000 edits a second was re-encoded and rewritten every second). Waiting until the log has
+    grown by the snapshot's size keeps compaction's cost per stored byte constant, and a load
+    reads at most about twice the document. Small calendars compact every ``max_rows`` as before.
+    """
 
     max_rows: int = 1000
 
-    def should_compact(self, rows: int) -> bool:
-        """True if a log of ``rows`` updates is due for compaction."""
-        return rows > self.max_rows
+    def should_compact(self, rows: int, log_bytes: int = 0, snapshot_bytes: int = 0) -> bool:
+        """True if a log of ``rows`` updates, ``log_bytes`` in all, whose first row (the last
+        snapshot, if any) is ``snapshot_bytes``, is due for compaction."""
+        return rows > self.max_rows and log_bytes - snapshot_bytes >= snapshot_bytes
 
 
 def merge_log(updates: list[bytes]) -> bytes:
