@@ -187,11 +187,14 @@ class Cluster:
 
     def _take(self, handle: CalendarHandle, rows: list[tuple[int, bytes]]) -> None:
         """Apply and forward another process's rows (in seq order, all above ``applied``), then
-        run the pipeline's batch hooks for them."""
+        run the pipeline's batch hooks for them.
+
+        They do not count towards this process's compaction (``rows_in_log``, ``log_bytes``): the
+        process that wrote them does, so a calendar written on several processes is compacted
+        about as often as on one, instead of by every process that holds it each time the log
+        grows (each compaction encodes and stores the whole document)."""
         for seq, data in rows:
             self._apply(handle, data)
-            handle.rows_in_log += 1
-            handle.log_bytes += len(data)
             handle.last_seq = max(handle.last_seq, seq)
         if rows:
             self._advance(handle.name, max(self.applied.get(handle.name, 0), rows[-1][0]))

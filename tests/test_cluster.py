@@ -16,6 +16,8 @@ from test_interop_yjs import NodeEnv, node_env, run_yclient
 from wire import NOW, WireClient
 
 from accord.engine.backoff import Backoff
+from accord.engine.model import CalendarId
+from accord.engine.replica import Replica
 from accord.engine.storage import open_storage
 
 CAL = "clinic-1"
@@ -129,6 +131,33 @@ async def test_a_lost_listen_connection_catches_up_from_the_last_applied_seq(tmp
         assert "accord_cluster_listen_reconnects_total 1" in rb.render_metrics()
 
 
+
+
+async def test_the_process_that_writes_a_calendar_compacts_it_not_every_process_holding_it(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Each compaction encodes and stores the whole document: rows another process wrote (and
+    compacts) must not make this one compact too."""
+    store_a, store_b = await open_storage(postgres_url), await open_storage(postgres_url)
+    async with Relay(relay_config(tmp_path, "r-a", compact_rows=5), storage=store_a) as ra, \
+            Relay(relay_config(tmp_path, "r-b", compact_rows=5), storage=store_b) as rb, \
+            WireClient(ra.url, actor="desk-a") as ta, WireClient(rb.url, actor="desk-b") as tb:
+        for client in (ta, tb):
+            await client.open(CAL)
+            await client.wait_synced(CAL)
+        booked = [await ta.book(CAL, resource=f"room-{i}") for i in range(30)]
+        await ta.wait_acked(CAL)
+        await tb.wait_for(lambda: all(status(tb, r) is not None for r in booked))
+        await ra.pipeline.drain()
+        await rb.pipeline.drain()
+        assert (await store_a.log_length(CalendarId(CAL)))[0] < 30  # a compacted what it wrote
+        assert rb.calendars.loaded[CAL].rows_in_log == 0  # b wrote nothing, so it never compacted
+        reader = await open_storage(postgres_url)
+        try:
+            replica = Replica(CAL, actor="reader")
+            replica.load(await reader.load(CalendarId(CAL)))
+            assert set(booked) <= set(replica.calendar.reservations)
+        finally:
+            await reader.close()
 
 
 @pytest.mark.slow
