@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from relays import Relay, free_port, relay_config
-from test_terminal_cli import cli_env, run
+from test_terminal_cli import Run, cli_env, run
 
 from accord.terminal import cli
 
@@ -139,13 +139,24 @@ def test_relay_refuses_likely_typos_in_its_options(argv: list[str], fragment: st
     assert exited.value.code == 2 and fragment in capsys.readouterr().err
 
 
-async def test_a_write_the_relay_refuses_is_held_not_sent_later_under_another_token(tmp_path: Path) -> None:
+def home_with_a_read_only_token(tmp_path: Path) -> Relay:
+    """A home relay with two tokens: ``wall-secret`` (read-only, the wall screen's) and
+    ``desk-secret`` (a terminal's)."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("wall-secret read-only clinic-*\ndesk-secret terminal clinic-*\n")
-    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+    return Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"]))
+
+
+async def book_with_the_read_only_token(env: dict[str, str]) -> Run:
+    """A booking the relay refuses: made with the read-only token."""
+    return await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end", "2099-12-01T09:30",
+                     "--patient", "P-1", "--token", "wall-secret", env=env)
+
+
+async def test_a_write_the_relay_refuses_is_held_not_sent_later_under_another_token(tmp_path: Path) -> None:
+    async with home_with_a_read_only_token(tmp_path) as relay:
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL, ACCORD_STORE=str(tmp_path / "desk.sqlite"))
-        refused = await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end",
-                            "2099-12-01T09:30", "--patient", "P-1", "--token", "wall-secret", env=env)
+        refused = await book_with_the_read_only_token(env=env)
         assert refused.code == 4 and "read-only" in refused.err and "not sent again" in refused.err, refused.err
         first = refused.out.strip() or None
         # The next command has a write token: it must not send the refused booking on its own.
@@ -164,9 +175,7 @@ async def test_a_write_the_relay_refuses_is_held_not_sent_later_under_another_to
 
 
 async def test_discard_drops_what_the_relay_refused_and_pulls_the_calendar_again(tmp_path: Path) -> None:
-    tokens = tmp_path / "tokens.txt"
-    tokens.write_text("wall-secret read-only clinic-*\ndesk-secret terminal clinic-*\n")
-    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+    async with home_with_a_read_only_token(tmp_path) as relay:
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL)
         desk = await run("book", "--resource", "room-1", "--start", "2099-12-01T08:00", "--end", "2099-12-01T08:30",
                          "--patient", "P-0", "--token", "desk-secret", "--store", str(tmp_path / "other.sqlite"),
@@ -174,8 +183,7 @@ async def test_discard_drops_what_the_relay_refused_and_pulls_the_calendar_again
         assert desk.code == 0, desk.err
         mine = {**env, "ACCORD_STORE": str(tmp_path / "desk.sqlite")}
         assert (await run("list", "--token", "wall-secret", env=mine)).code == 0  # pulls the desk's booking
-        refused = await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end",
-                            "2099-12-01T09:30", "--patient", "P-1", "--token", "wall-secret", env=mine)
+        refused = await book_with_the_read_only_token(env=mine)
         assert refused.code == 4
         dropped = await run("discard", "--token", "desk-secret", "--json", env=mine)
         assert dropped.code == 0 and json.loads(dropped.out)["discarded"] == 1, dropped.err
@@ -209,12 +217,9 @@ async def test_discard_lifts_the_hold_only_once_the_refused_changes_are_gone(tmp
     from accord.engine.protocol import EMPTY_STATE_VECTOR
     from accord.terminal.client import Terminal
 
-    tokens = tmp_path / "tokens.txt"
-    tokens.write_text("wall-secret read-only clinic-*\ndesk-secret terminal clinic-*\n")
-    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+    async with home_with_a_read_only_token(tmp_path) as relay:
         env = cli_env(ACCORD_RELAY=relay.url, ACCORD_CALENDAR=CAL, ACCORD_STORE=str(tmp_path / "desk.sqlite"))
-        refused = await run("book", "--resource", "room-1", "--start", "2099-12-01T09:00", "--end",
-                            "2099-12-01T09:30", "--patient", "P-1", "--token", "wall-secret", env=env)
+        refused = await book_with_the_read_only_token(env=env)
         assert refused.code == 4
         async with Terminal(relay=relay.url, store=tmp_path / "desk.sqlite", token="desk-secret", name="desk") as t:
             assert t.held(CAL)
@@ -232,5 +237,5 @@ async def test_discard_lifts_the_hold_only_once_the_refused_changes_are_gone(tmp
         [(opened, diff)] = seen
         assert opened  # it syncs again once discarded ...
         assert diff is None or b"P-1" not in diff  # ... but the refused booking is not in what it sends
-    async with Relay(relay_config(tmp_path, "home", tokens_path=tokens, home_globs=["clinic-*"])) as relay:
+    async with home_with_a_read_only_token(tmp_path) as relay:
         assert len((await relay.calendar(CAL)).reservations) == 0
