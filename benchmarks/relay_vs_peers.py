@@ -553,7 +553,7 @@ async def run_coldsync(server: RunningServer, sc: Scenario, args: argparse.Names
     if not lines:
         return {"ok": False, "error": f"coldsync driver printed nothing (exit {proc.returncode})"}
     data: dict[str, Any] = json.loads(lines[-1])
-    keep = ("ok", "error", "preload", "preload_s", "preload_ups", "coldsync_s", "sync_step2_s", "bytes", "messages",
+    keep = ("ok", "error", "preload", "preload_s", "preload_ups", "coldsync_s", "sync_step2_s", "answer_s", "bytes", "messages",
             "doc_update_bytes", "reservations")
     return {k: data.get(k) for k in keep if k in data}
 
@@ -599,7 +599,8 @@ def describe(row: dict[str, Any]) -> str:
     if not row.get("ok"):
         return f"FAIL {row.get('error')}"
     if row["kind"] == "coldsync":
-        return (f"coldsync {row['coldsync_s']} s, {row['bytes']:,} B, server CPU {row['server_cpu_s']} s, "
+        return (f"coldsync {row['coldsync_s']} s (answer in {row.get('answer_s')} s), {row['bytes']:,} B, "
+                f"server CPU {row['server_cpu_s']} s, "
                 f"RSS {row['server_rss_mb']} MB")
     return (f"converge {row['converge_s']} s, {row['deliveries_per_s']:,.0f} deliveries/s, p50 {row['lat_p50_ms']} ms, "
             f"p99 {row['lat_p99_ms']} ms, server CPU {row['server_cpu_s']} s "

@@ -152,6 +152,7 @@ class Client {
     const buf = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
     this.bytesRx += buf.byteLength
     this.msgsRx++
+    this.tIn = now() // before decoding: when the server's answer arrived, not when it was applied
     try {
       if (this.protocol === 'hocuspocus') this._onHocuspocus(buf)
       else this._onYWebsocket(buf)
@@ -169,6 +170,7 @@ class Client {
     if (t === syncProtocol.messageYjsSyncStep2 && !this.synced) {
       this.synced = true
       this.tSynced = now()
+      this.tAnswerIn = this.tIn
       for (const w of this._syncWaiters) w.resolve()
       this._syncWaiters = []
     }
@@ -466,6 +468,8 @@ async function coldsync () {
       coldsync_s: r3((tAll - t0) / 1000),
       ws_open_s: r3((fresh.tOpen - t0) / 1000),
       sync_step2_s: fresh.tSynced ? r3((fresh.tSynced - t0) / 1000) : null,
+      // the server's part: until its state answer reached the client (the rest is Yjs applying it)
+      answer_s: fresh.tAnswerIn ? r3((fresh.tAnswerIn - t0) / 1000) : null,
       bytes: fresh.bytesAtAll,
       messages: fresh.msgsRx,
       doc_update_bytes: docBytes,

@@ -19,7 +19,8 @@ whole scenario (connects, updates, and a settle period until it is idle, so defe
 **CPU ms / 1k deliv.** = that per 1000 deliveries; **driver CPU %** = CPU of all driver processes during
 the update window, summed (200 % = both cores); **RSS** = server resident memory after the scenario;
 **coldsync s / bytes** = a fresh client connecting until it holds all K reservations, and the bytes it
-received by then (the writer stays connected)."""
+received by then (the writer stays connected); its note's **answer in** is the server's part, until the
+state answer reached the client (the rest is the stock Yjs client applying it)."""
 
 
 CAVEATS = """## Read before quoting numbers
@@ -80,7 +81,8 @@ def _notes(runs: list[Row]) -> str:
     if first.get("kind") == "coldsync":
         ok = [r for r in runs if r.get("ok")]
         if ok:
-            notes.append(f"preload {fmt(median(r.get('preload_ups') for r in ok))} upd/s; "
+            notes.append(f"answer in {fmt(median(r.get('answer_s') for r in ok), 3)} s; "
+                         f"preload {fmt(median(r.get('preload_ups') for r in ok))} upd/s; "
                          f"{fmt(median(r.get('messages') for r in ok))} msgs; "
                          f"doc {fmt(median(r.get('doc_update_bytes') for r in ok))} B")
     else:
