@@ -35,6 +35,7 @@ from accord.engine.errors import AccordError
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # messages taken from the outbox per write round
+LARGE_PAYLOAD_BYTES = 256 * 1024  # a message this large is written after its header, not joined to it
 _SHORT_HEADS = [bytes((0x82, length)) for length in range(126)]  # FIN + binary, unmasked, 7-bit length
 
 
@@ -123,7 +124,11 @@ class Outbox:
                 parts = protocol.data_to_send()  # whatever websockets queued first (normally nothing)
                 for data in messages:
                     parts += (binary_frame_head(len(data)), data)
-                websocket.transport.write(b"".join(parts))
+                if len(messages) == 1 and len(messages[0]) >= LARGE_PAYLOAD_BYTES:
+                    for part in parts:  # a sync answer of megabytes: not copied once more to join it
+                        websocket.transport.write(part)
+                else:
+                    websocket.transport.write(b"".join(parts))
                 return True
             for data in messages:
                 protocol.send_binary(data)

@@ -236,15 +236,26 @@ class Reader:
 
 def encode(message: Message) -> bytes:
     """One message in y-websocket framing (no calendar prefix)."""
+    return b"".join(_parts(message))
+
+
+def _parts(message: Message) -> tuple[bytes, ...]:
+    """``message`` encoded in pieces to be joined once: a sync answer's update can be megabytes,
+    and each ``+`` would copy it again."""
     match message:
         case SyncStep1(state_vector):
-            return b"\x00\x00" + write_var_bytes(state_vector)
+            return b"\x00\x00", write_var_uint(len(state_vector)), state_vector
         case SyncStep2(update):
-            return b"\x00\x01" + write_var_bytes(update)
+            return b"\x00\x01", write_var_uint(len(update)), update
         case SyncUpdate(update):
-            return b"\x00\x02" + write_var_bytes(update)
+            return b"\x00\x02", write_var_uint(len(update)), update
         case SyncStep2Part(state_vector, update):
-            return write_var_uint(MessageType.STEP2_PART) + write_var_bytes(state_vector) + write_var_bytes(update)
+            return write_var_uint(MessageType.STEP2_PART), write_var_bytes(state_vector), write_var_uint(len(update)), update
+    return (_encode_small(message),)
+
+
+def _encode_small(message: Message) -> bytes:
+    match message:
         case Awareness(payload):
             return b"\x01" + write_var_bytes(payload)
         case QueryAwareness():
@@ -268,7 +279,7 @@ def encode(message: Message) -> bytes:
 
 def encode_framed(calendar: str, message: Message) -> bytes:
     """One message in accord's multiplexed framing."""
-    return frame_prefix(calendar) + encode(message)
+    return b"".join((frame_prefix(calendar), *_parts(message)))
 
 
 @functools.lru_cache(maxsize=4096)
