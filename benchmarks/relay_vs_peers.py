@@ -339,7 +339,8 @@ class RunningServer:
         except OSError:
             return {}
         wanted = ("accord_updates_in_total", "accord_updates_out_total", "accord_store_commit_seconds_sum",
-                  "accord_store_commit_seconds_count", "accord_updates_dropped_total")
+                  "accord_store_commit_seconds_count", "accord_updates_dropped_total", "accord_forward_wait_seconds_sum",
+                  "accord_forward_wait_seconds_count")
         found: dict[str, float] = {}
         for line in text.splitlines():
             name = line.split("{")[0].split(" ")[0]
@@ -590,6 +591,9 @@ async def run_scenario(server: RunningServer, sc: Scenario, rep: int, args: argp
             "commits": int(commits),
             "commit_ms_mean": round(1000 * delta.get("accord_store_commit_seconds_sum", 0.0) / commits, 2) if commits else None,
         }
+        waited = delta.get("accord_forward_wait_seconds_count", 0.0)
+        if waited:  # from an update's admission to its forwarding, inside the relay
+            row["accord"]["forward_wait_ms_mean"] = round(1000 * delta.get("accord_forward_wait_seconds_sum", 0.0) / waited, 2)
     if not server.alive():
         row.update(ok=False, error=f"server process exited ({row.get('error') or 'during the scenario'})")
     return row

@@ -49,6 +49,7 @@ class Metrics:
     updates_dropped: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
     commit_seconds: Histogram = field(default_factory=Histogram)
+    forward_wait_seconds: Histogram = field(default_factory=Histogram)  # an update's admission to its forwarding
     decisions: Counter[str] = field(default_factory=Counter)
     home_conflicts: Counter[str] = field(default_factory=Counter)  # calendar -> 1 while another relay is its home
     store_retries: Counter[str] = field(default_factory=Counter)  # fault -> commits retried
@@ -108,6 +109,8 @@ class Metrics:
         lines += ["# HELP accord_peer_link_up Outbound peer links (1 up, 0 down).", "# TYPE accord_peer_link_up gauge"]
         lines += [f'accord_peer_link_up{{peer="{url}"}} {1 if state == "up" else 0}' for url, state in sorted(peer_links.items())]
         lines += self.commit_seconds.render("accord_store_commit_seconds", "Store commit latency.")
+        lines += self.forward_wait_seconds.render(
+            "accord_forward_wait_seconds", "From an update's admission to its forwarding (queued, then stored first).")
         lines += self._render_store_faults()
         return "\n".join(lines) + "\n"
 

@@ -106,6 +106,7 @@ class _Item:
     audit: list[AuditRecord] = field(default_factory=list)  # entries this change brought: stored with it
     reply: bytes | None = None  # sent to the origin only: the part of the change it lacks (its audit entries)
     fence: Fence | None = None  # stored only while this lease epoch is current (a cluster home's decisions)
+    queued_at: float = field(default_factory=time.perf_counter)  # for accord_forward_wait_seconds
 
     @property
     def row(self) -> bytes | None:
@@ -325,6 +326,11 @@ class CommitPipeline:
                     self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
+        forwarded_at = time.perf_counter()
+        waits = self.metrics.forward_wait_seconds
+        for item in batch:
+            if item.change is not None:
+                waits.observe(forwarded_at - item.queued_at)
         for connection, messages in outgoing.items():
             connection.send_all(messages)
         for (connection, name), state_vector in acks.items():

@@ -176,6 +176,8 @@ async def test_healthz_and_metrics_endpoints(tmp_path: Path) -> None:
         updates_in = int(next(line for line in body.splitlines() if line.startswith("accord_updates_in_total")).split()[1])
         assert updates_in >= 1
         assert "accord_store_commit_seconds_count" in body
+        waited = int(next(line for line in body.splitlines() if line.startswith("accord_forward_wait_seconds_count")).split()[1])
+        assert waited >= 1  # the booking was queued, stored, then forwarded
 
 
 async def test_connections_beyond_the_limit_are_refused_with_503(tmp_path: Path) -> None:

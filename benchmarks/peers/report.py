@@ -76,6 +76,8 @@ def _notes(runs: list[Row]) -> str:
     if accord and accord[0].get("commits"):
         notes.append(f"{fmt(median(a['commits'] for a in accord))} store commits, "
                      f"mean {fmt(median(a['commit_ms_mean'] for a in accord), 1)} ms")
+        if any(a.get("forward_wait_ms_mean") is not None for a in accord):
+            notes.append(f"forwarded {fmt(median(a.get('forward_wait_ms_mean') for a in accord), 1)} ms after admission (mean)")
     if any(a.get("dropped") for a in accord):
         notes.append(f"{max(a['dropped'] for a in accord)} updates dropped (slow consumer)")
     if first.get("kind") == "coldsync":
