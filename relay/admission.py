@@ -30,7 +30,7 @@ from websockets.http11 import Request
 from accord.engine.audit import is_audit_key
 from accord.engine.errors import AccordError, CloseCode, InvalidCalendarName
 from accord.engine.model import CalendarId, check_calendar_name
-from accord.engine.place_codes import RESERVATIONS
+from accord.engine.place_codes import HOMES, RESERVATIONS
 from accord.engine.protocol import covers, decode_state_vector
 from accord.engine.replica import Change
 from accord.engine.session import RELAY_HEADER, ROLE_HEADER, SYNC_PATH, parse_bearer
@@ -185,6 +185,16 @@ class Admission:
         except (ValueError, AccordError):
             return False
         return covers(handle.replica.clocks(), theirs)
+
+    def brings_home_record(self, handle: CalendarHandle, update: bytes) -> bool:
+        """True if ``update`` (admitted) writes a home record ``handle`` lacks: content a home
+        relay stored before, coming back (a terminal resending to a home restored from a backup
+        that predates the calendar).
+
+        Raises:
+            MalformedMessage: ``update`` cannot be read (the admission refused it already).
+        """
+        return self._policy(handle).new_entries(update, HOMES) > 0
 
     def _policy(self, handle: CalendarHandle) -> UpdatePolicy:
         policy = self._policies.get(handle.name)

@@ -433,8 +433,14 @@ class Hub:
         Raises:
             MalformedMessage: Yrs refused the update half way (see :meth:`Replica.apply`).
         """
-        if client is not None and update[:1] != b"\x00" and handle.is_empty():
-            self.first_write(handle)  # a client's first content: the home record goes first
+        if client is not None and update[:1] != b"\x00" and handle.is_empty() \
+                and not self.admission.brings_home_record(handle, update):
+            # A client's first content: the home record goes first. Unless the content brings
+            # the home's own record back (a home restored from an older backup): writing the
+            # record again, a second Yjs item under the same signed key, would make every
+            # replica's copy of the original look like an overwrite to this relay, and refused
+            # forever. That content is taken once stored, as a peer's first content is.
+            self.first_write(handle)
         receipts, audit = self.receipts, self.audit
         stamping = receipts is not None and client is not None and receipts.wanted(handle)
         if audit is not None:

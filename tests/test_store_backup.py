@@ -17,6 +17,7 @@ from accord import logs
 from accord.cli import main
 from accord.engine.backoff import Backoff
 from accord.engine.model import CalendarId, Status
+from accord.engine.protocol import decode_state_vector
 from accord.engine.replica import Replica
 from accord.engine.storage import SqliteStorage
 from accord.store_cli import backup_store
@@ -186,6 +187,14 @@ def at(hour: int) -> tuple[datetime, datetime]:
     return start, start + timedelta(minutes=30)
 
 
+async def decided_at_home(home: Relay, reservation_id: str) -> None:
+    """Wait until ``home`` booked the reservation: its verdict is stored (the home applies its
+    verdicts only once they are)."""
+    calendar = await home.calendar(CAL)
+    await home.wait_for(lambda: reservation_id in calendar.reservations
+                        and calendar.get(reservation_id).status is Status.BOOKED, timeout_s=20)
+
+
 def fast_terminal(url: str, store: Path, name: str) -> Terminal:
     return Terminal(relay=url, store=store, name=name, backoff=Backoff(initial_s=0.05, max_s=0.3))
 
@@ -201,7 +210,7 @@ async def test_a_relay_restored_from_an_older_backup_gets_back_all_terminals_and
             for terminal in (desk, app):
                 await terminal.open(CAL)
             early = await desk.book(CAL, resource="room-1", start=at(8)[0], end=at(8)[1], patient="P-1")
-            await desk.decision(CAL, early.id, timeout=20)
+            await decided_at_home(home, early.id)  # (the desk's own view may still lack the home record)
             assert await backup_store(Path(home_config.db_path), backup)  # while the home runs
             # After the backup: writes on both channels, decided and stored by the home.
             late = await desk.book(CAL, resource="room-1", start=at(9)[0], end=at(9)[1], patient="P-2")
@@ -226,6 +235,59 @@ async def test_a_relay_restored_from_an_older_backup_gets_back_all_terminals_and
                 assert calendar.get(late.id).status is Status.BOOKED
                 assert calendar.get(remote.id).status is Status.BOOKED
     assert {early.id, late.id, remote.id} <= await stored_ids(Path(home_config.db_path))
+
+
+async def test_a_home_restored_from_a_backup_older_than_a_calendar_takes_it_back_from_terminals_and_peers(
+    tmp_path: Path,
+) -> None:
+    """Last night's backup predates the calendar: the restored home loads it empty, and the first
+    write that reaches it is a terminal resending what the home had stored, the home's own record
+    with it (the partner relay is down meanwhile). Had the home written its record again first (a
+    second Yjs item under the same signed key), the partner's copy of the original would look
+    like an overwrite to it, and be refused over and over once the partner is back."""
+    home_config = relay_config(tmp_path, "home", home_globs=["clinic-*"])
+    partner_config = relay_config(tmp_path, "partner")
+    backup = tmp_path / "home-backup.sqlite"
+    async with Relay(home_config) as home:
+        home_config.port = home.port
+        partner_config.peers = [home.url]
+        assert await backup_store(Path(home_config.db_path), backup)  # before the calendar existed
+        async with fast_terminal(home.url, tmp_path / "desk.sqlite", "desk") as desk:
+            async with Relay(partner_config) as partner:
+                partner_config.port = partner.port
+                async with fast_terminal(partner.url, tmp_path / "app.sqlite", "app") as app:
+                    for terminal in (desk, app):
+                        await terminal.open(CAL)
+                    made = [await desk.book(CAL, resource="room-1", start=at(8)[0], end=at(8)[1], patient="P-1"),
+                            await app.book(CAL, resource="room-2", start=at(8)[0], end=at(8)[1], patient="P-2")]
+                    for reservation in made:
+                        await decided_at_home(home, reservation.id)
+                    for terminal in (desk, app):
+                        await terminal.synced(timeout=20)
+                    await wait_held(partner, home)
+                    partner_held = (await partner.calendar(CAL)).doc.get_state()
+            await home.stop()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{home_config.db_path}{suffix}").unlink(missing_ok=True)
+            assert await cli("store", "backup", str(backup), str(home_config.db_path)) == 0
+            assert await stored_ids(Path(home_config.db_path)) == set()
+            async with Relay(home_config) as restored:
+                await restored.wait_committed(CAL, desk.link_state_vector(CalendarId(CAL)), timeout_s=20)
+                async with Relay(partner_config):  # back: it syncs with the restored home
+                    await restored.wait_committed(CAL, partner_held, timeout_s=20)
+                for reservation in made:
+                    await decided_at_home(restored, reservation.id)
+                calendar = await restored.calendar(CAL)
+                assert [record.relay_id for record in calendar.home_chain()] == ["home"]
+                # No second copy of the record: the replica's own client writes it when the
+                # relay takes a calendar on a client's first write.
+                assert calendar.doc.client_id not in decode_state_vector(calendar.doc.get_state())
+
+
+async def wait_held(relay: Relay, other: Relay) -> None:
+    """Wait until ``relay`` holds everything ``other`` has of the calendar (both loaded it)."""
+    theirs = await other.calendar(CAL)
+    await relay.wait_for(lambda: relay.calendars.is_committed(CalendarId(CAL), theirs.doc.get_state()), timeout_s=20)
 
 
 async def test_a_terminal_rebuilds_its_store_from_its_relay_and_loses_only_unsynced_writes(
