@@ -107,7 +107,10 @@ class PeerLink:
             code = websocket.close_code
             log.info("peer link down", extra={"peer": self.url, "code": code})
             if code in REFUSED:
-                log.error("peer refused this relay; check --peer-token", extra={"peer": self.url, "code": code})
+                reason = websocket.close_reason or ""
+                # 4403 also closes a link whose update broke a rule: the reason says which
+                hint = "; check --peer-token" if code == CloseCode.UNAUTHORIZED or "token" in reason else ""
+                log.error(f"peer refused this relay{hint}", extra={"peer": self.url, "code": code, "reason": reason})
 
     def _failed(self, exc: BaseException) -> None:
         self.state = "down"
