@@ -298,6 +298,8 @@ class CommitPipeline:
         fences = [item.fence for item in batch if item.row is not None]
         audit = [record for item in batch for record in item.audit]
         seqs = await self._store(rows, audit, fences) if rows else []
+        stored_at = time.perf_counter()  # forwarded right after: accord_forward_wait_seconds
+        waits = self.metrics.forward_wait_seconds
         acks: dict[tuple[Connection, CalendarId], bytes] = {}
         touched: dict[CalendarId, CalendarHandle] = {}
         outgoing: dict[Connection, list[bytes]] = {}  # per connection, in order: one socket write per batch
@@ -319,6 +321,7 @@ class CommitPipeline:
                 if item.change is not None:
                     self._observe(handle, item.change)
             if item.change is not None:
+                waits.observe(stored_at - item.queued_at)
                 handle.committed = item.change.state_vector
                 self._forward(handle, item.change.update, None if item.echo else item.origin, outgoing)
                 if item.reply is not None and item.origin is not None and item.origin in handle.subscribers:
@@ -326,11 +329,6 @@ class CommitPipeline:
                     self.metrics.updates_out += 1
             if item.origin is not None:
                 acks[(item.origin, handle.name)] = item.state_vector
-        forwarded_at = time.perf_counter()
-        waits = self.metrics.forward_wait_seconds
-        for item in batch:
-            if item.change is not None:
-                waits.observe(forwarded_at - item.queued_at)
         for connection, messages in outgoing.items():
             connection.send_all(messages)
         for (connection, name), state_vector in acks.items():
