@@ -264,7 +264,7 @@ async def test_a_home_restored_from_a_backup_older_than_a_calendar_takes_it_back
                         await decided_at_home(home, reservation.id)
                     for terminal in (desk, app):
                         await terminal.synced(timeout=20)
-                    await wait_held(partner, home)
+                    await partner.wait_committed(CAL, (await home.calendar(CAL)).doc.get_state(), timeout_s=20)
                     partner_held = (await partner.calendar(CAL)).doc.get_state()
             await home.stop()
             for suffix in ("", "-wal", "-shm"):
@@ -282,12 +282,6 @@ async def test_a_home_restored_from_a_backup_older_than_a_calendar_takes_it_back
                 # No second copy of the record: the replica's own client writes it when the
                 # relay takes a calendar on a client's first write.
                 assert calendar.doc.client_id not in decode_state_vector(calendar.doc.get_state())
-
-
-async def wait_held(relay: Relay, other: Relay) -> None:
-    """Wait until ``relay`` holds everything ``other`` has of the calendar (both loaded it)."""
-    theirs = await other.calendar(CAL)
-    await relay.wait_for(lambda: relay.calendars.is_committed(CalendarId(CAL), theirs.doc.get_state()), timeout_s=20)
 
 
 async def test_a_terminal_rebuilds_its_store_from_its_relay_and_loses_only_unsynced_writes(
