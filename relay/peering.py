@@ -13,6 +13,7 @@ Relays do not acknowledge each other's updates (see :mod:`accord.engine.session`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from .connection import Connection, ConnectionHandler
 
 log = logging.getLogger(__name__)
 REFUSED = (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN)
+CONNECTING_GRACE_S = 0.5  # on close, how long a link still connecting may take to finish (then it is cancelled)
 
 
 class PeerLink:
@@ -78,13 +80,22 @@ class PeerLink:
         )
 
     async def close(self) -> None:
-        """Stop reconnecting and close the link with 1001 (GOING_AWAY)."""
+        """Stop reconnecting and close the link with 1001 (GOING_AWAY). A connection still being
+        opened is abandoned: a peer that accepts TCP and never answers (a hung host, a relay
+        shutting down) would otherwise hold this relay's shutdown for the handshake timeout."""
         self._stopping = True
         self._wake.set()
         if self._connection is not None:
             await self._connection.close(CloseCode.GOING_AWAY, "relay shutting down")
+        elif self._task is not None:
+            # A handshake about to finish still closes its link with 1001 (_connect_once sees
+            # _stopping); one that does not finish soon is given up.
+            done, _ = await asyncio.wait({self._task}, timeout=CONNECTING_GRACE_S)
+            if not done:
+                self._task.cancel()
         if self._task is not None:
-            await self._task
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _connect_once(self) -> None:
         async with connect(self.url + SYNC_PATH, additional_headers=self.headers, max_size=self.max_message_bytes,

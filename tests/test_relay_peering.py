@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from relays import Relay, relay_config
@@ -140,3 +142,29 @@ async def test_shutdown_closes_outbound_peer_links_with_going_away(tmp_path: Pat
         await b.__aexit__(None, None, None)
         await a.wait_for(lambda: link not in a.connections)
         assert link.websocket.close_code == 1001
+
+
+async def test_a_relay_stops_at_once_while_its_link_waits_on_a_peer_that_never_answers(tmp_path: Path) -> None:
+    """A peer that accepts TCP but never completes the websocket handshake (a relay shutting
+    down, a hung host): stopping must not wait out the handshake timeout (10 s by default)."""
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+        await reader.read()  # until the relay gives up on it
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        relay = await Relay(relay_config(tmp_path, "a", peers=[f"ws://127.0.0.1:{port}"])).__aenter__()
+        await asyncio.wait_for(accepted.wait(), 10)
+        started = time.monotonic()
+        await relay.__aexit__(None, None, None)
+        assert time.monotonic() - started < 2
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
